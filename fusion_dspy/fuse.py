@@ -1,0 +1,73 @@
+"""Fuse: the fusor writes one new answer from the task inputs and all candidates (Fusion-of-N's second stage)."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import dspy
+from dspy.clients.base_lm import BaseLM
+from dspy.signatures.signature import Signature, ensure_signature
+
+from fusion_dspy.errors import FusionDSPyError
+from fusion_dspy.signatures import fuse_signature, presentation_order, render_candidates
+
+
+def candidate_list(candidates: Any) -> list[Any]:
+    """Candidates as a list, whether given as a list or as a ``Sample`` result (a prediction with ``.candidates``)."""
+    if isinstance(candidates, dspy.Prediction) and "candidates" in candidates:
+        candidates = candidates.candidates
+    pool = list(candidates or [])
+    if not pool:
+        raise FusionDSPyError("There are no candidates to fuse or select from: pass at least one.")
+    return pool
+
+
+class Fuse(dspy.Module):
+    """The fusor: reads the task inputs and N candidates, compares them, and writes one new answer.
+
+    Its signature is derived from the task's: the task inputs plus ``candidates`` in, a ``comparison`` and then
+    the task's own output fields out (typed fields and ``reasoning`` included). The instruction follows the
+    Fusion-of-N paper (compare, then synthesize, discarding wrong or unsafe parts) and is an ordinary predictor
+    instruction, so DSPy's optimizers can tune it (``fuse.predict.signature.instructions``).
+
+    Args:
+        signature: The task signature whose outputs the fused answer must have.
+        instructions: Replaces the default fusor instruction.
+        lm: The fusor's LM. Defaults to the predictor's own LM, then the context LM. Kept out of saved state,
+            so saved programs carry no endpoints or keys.
+        shuffle: Present the candidates in an order shuffled per input (seeded, so reruns hit the cache), to
+            spread position bias.
+
+    Example:
+        >>> fuse = Fuse("question -> answer")
+        >>> fused = fuse(candidates=[dspy.Prediction(answer="Paris"), dspy.Prediction(answer="paris, France")],
+        ...              question="Capital of France?")
+        >>> fused.answer
+    """
+
+    def __init__(
+        self,
+        signature: str | type[Signature],
+        instructions: str | None = None,
+        lm: BaseLM | None = None,
+        shuffle: bool = False,
+    ):
+        super().__init__()
+        self.task_signature = ensure_signature(signature)
+        self.predict = dspy.Predict(fuse_signature(self.task_signature, instructions))
+        self.fusor_lm = lm
+        self.shuffle = shuffle
+
+    def _request(self, candidates: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+        pool = candidate_list(candidates)
+        task_inputs = {name: inputs[name] for name in self.task_signature.input_fields if name in inputs}
+        order = presentation_order(len(pool), self.shuffle, task_inputs)
+        request = {**task_inputs, "candidates": render_candidates(pool, list(self.task_signature.output_fields), order)}
+        if self.fusor_lm is not None:
+            request["lm"] = self.fusor_lm
+        return request
+
+    def forward(self, candidates: Sequence[Any], **inputs) -> dspy.Prediction:
+        return self.predict(**self._request(candidates, inputs))
+
+    async def aforward(self, candidates: Sequence[Any], **inputs) -> dspy.Prediction:
+        return await self.predict.acall(**self._request(candidates, inputs))

@@ -1,0 +1,139 @@
+"""Sample: N candidate predictions from one module, drawn concurrently from one LM or a pool of teacher LMs."""
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dspy
+from dspy.clients.base_lm import BaseLM
+from dspy.signatures.signature import Signature
+
+from fusion_dspy.concurrency import arun_concurrently, run_concurrently
+from fusion_dspy.errors import SamplingError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One planned sample: which LM, and its rollout id (the sample's index within that LM)."""
+
+    index: int
+    lm: BaseLM
+    rollout_id: int
+
+
+def as_module(module: dspy.Module | str | type[Signature]) -> dspy.Module:
+    """Accept a module, or a signature (string or class) that becomes a ``dspy.Predict``."""
+    return module if isinstance(module, dspy.Module) else dspy.Predict(module)
+
+
+class Sample(dspy.Module):
+    """Draws N candidate predictions from one module, concurrently, each a distinct LM request.
+
+    Every candidate calls the *same* wrapped module (so traces point at its predictors and optimizers tune
+    them) under an LM copy with its own ``rollout_id`` and the sampling ``temperature``: distinct cache keys,
+    distinct samples, and a rerun hits DSPy's cache sample by sample. With ``lms=[...]`` the candidates are
+    spread over a pool of teacher LMs (the paper's synthetic-data setting).
+
+    Args:
+        module: The module (or signature) to sample from. Its predictors must not carry their own LM: pass the
+            generator LM here as ``lm=`` instead, so that each sample can get its own rollout id.
+        n: Number of candidates. Defaults to 5, or to one per teacher when ``lms`` is given.
+        temperature: Sampling temperature for every candidate; ``None`` keeps the LM's own.
+        lm: The generator LM. Defaults to the context LM (``dspy.configure(lm=...)``).
+        lms: A pool of teacher LMs; sample ``i`` uses ``lms[i % len(lms)]``. Repeat an LM to weight it.
+        max_concurrency: Most samples in flight at once. Defaults to ``n``.
+        min_candidates: Fewest successful samples to go on with; fewer raise ``SamplingError``.
+
+    Example:
+        >>> sample = Sample(dspy.ChainOfThought("question -> answer"), n=5, temperature=0.7)
+        >>> pool = sample(question="Why is the sky blue?")
+        >>> [c.answer for c in pool.candidates]
+    """
+
+    def __init__(
+        self,
+        module: dspy.Module | str | type[Signature],
+        n: int | None = None,
+        temperature: float | None = 0.7,
+        lm: BaseLM | None = None,
+        lms: Sequence[BaseLM] | None = None,
+        max_concurrency: int | None = None,
+        min_candidates: int = 1,
+    ):
+        super().__init__()
+        if lm is not None and lms:
+            raise ValueError("Pass either lm= (one generator) or lms= (a teacher pool), not both.")
+        self.module = as_module(module)
+        self.n = n if n is not None else (len(lms) if lms else 5)
+        if self.n < 1:
+            raise ValueError(f"n must be at least 1, got {self.n}.")
+        if not 1 <= min_candidates <= self.n:
+            raise ValueError(f"min_candidates must be between 1 and n={self.n}, got {min_candidates}.")
+        self.temperature = temperature
+        self.generator_lm = lm
+        self.teacher_lms = list(lms or [])
+        self.max_concurrency = max_concurrency
+        self.min_candidates = min_candidates
+
+    def plan(self) -> list[Draw]:
+        """The N draws of one call: LM and rollout id per sample."""
+        pool = self.teacher_lms or [self.generator_lm or dspy.settings.lm]
+        if pool[0] is None:
+            raise ValueError(
+                "No LM to sample from: pass lm= (or lms=[...]) to Sample/FusionOfN/BestOfN, or call "
+                "dspy.configure(lm=dspy.LM(...)) first."
+            )
+        pinned = [name for name, predictor in self.module.named_predictors() if predictor.lm is not None]
+        if pinned:
+            raise ValueError(
+                f"Predictor(s) {pinned} of the sampled module carry their own LM (set via set_lm or .lm=). DSPy "
+                "prefers that LM over the per-sample copies, so all N candidates would be one cached answer. "
+                "Leave the generator's predictors without an LM and pass it as lm= (or lms=[...]) instead."
+            )
+        return [Draw(i, pool[i % len(pool)], i // len(pool)) for i in range(self.n)]
+
+    def _sampling_lm(self, draw: Draw) -> BaseLM:
+        overrides: dict[str, Any] = {"rollout_id": draw.rollout_id}
+        if self.temperature is not None:
+            overrides["temperature"] = self.temperature
+        return draw.lm.copy(**overrides)
+
+    def forward(self, **inputs) -> dspy.Prediction:
+        draws = self.plan()
+
+        def draw_one(draw: Draw) -> dspy.Prediction:
+            with dspy.context(lm=self._sampling_lm(draw)):
+                return self.module(**inputs)
+
+        return self._collect(draws, run_concurrently(draw_one, draws, self.max_concurrency))
+
+    async def aforward(self, **inputs) -> dspy.Prediction:
+        draws = self.plan()
+
+        async def draw_one(draw: Draw) -> dspy.Prediction:
+            with dspy.context(lm=self._sampling_lm(draw)):
+                return await self.module.acall(**inputs)
+
+        return self._collect(draws, await arun_concurrently(draw_one, draws, self.max_concurrency))
+
+    def _collect(self, draws: list[Draw], outcomes: list[Any]) -> dspy.Prediction:
+        candidates, models, failures = [], [], []
+        for draw, outcome in zip(draws, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                failure = f"sample {draw.index} ({draw.lm.model}): {type(outcome).__name__}: {outcome}"
+                logger.warning("Dropping a failed candidate: %s", failure)
+                failures.append(failure)
+            else:
+                candidates.append(outcome)
+                models.append(draw.lm.model)
+        if len(candidates) < self.min_candidates:
+            raise SamplingError(
+                f"Only {len(candidates)} of {len(draws)} samples succeeded, fewer than min_candidates="
+                f"{self.min_candidates}. Check that the generator LM is reachable and answers in the expected "
+                "format; the failures were:",
+                failures,
+            )
+        return dspy.Prediction(candidates=candidates, models=models, failures=failures)

@@ -1,0 +1,156 @@
+"""Select: Best-of-N's second stage: keep one candidate, by reward function, LLM judge or majority vote."""
+
+import logging
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import dspy
+from dspy.clients.base_lm import BaseLM
+from dspy.signatures.signature import Signature, ensure_signature
+
+from fusion_dspy.concurrency import arun_concurrently, run_concurrently
+from fusion_dspy.errors import SelectionError
+from fusion_dspy.fuse import candidate_list
+from fusion_dspy.signatures import (
+    listwise_judge_signature,
+    pointwise_judge_signature,
+    presentation_order,
+    render_candidate,
+    render_candidates,
+)
+
+logger = logging.getLogger(__name__)
+
+RewardFn = Callable[[dict[str, Any], dspy.Prediction], float]
+
+
+def _normalized(value: Any) -> str:
+    return re.sub(r"\s+", " ", str(value)).strip().strip(".").lower()
+
+
+class Select(dspy.Module):
+    """Keeps the best of N candidates: by a reward function, an LLM judge, or majority vote.
+
+    The method follows from the arguments: ``reward_fn`` scores each candidate (``dspy.BestOfN``'s
+    ``reward_fn(inputs, prediction) -> float``); ``judge="listwise"`` has an LLM pick the best of all candidates
+    shown together, ``judge="pointwise"`` has it score each one 1-10 (concurrently); with neither, the most
+    frequent answer wins (ties go to the earliest candidate), comparing the task's output fields except
+    ``reasoning``.
+
+    Args:
+        signature: The task signature of the candidates.
+        reward_fn: ``reward_fn(inputs: dict, prediction) -> float``; a candidate whose reward raises is skipped.
+        judge: ``"listwise"`` or ``"pointwise"`` for an LLM judge.
+        judge_lm: The judge's LM (defaults to the predictor's own, then the context LM).
+        shuffle: Shuffle the candidates shown to a listwise judge (seeded per input) against position bias.
+        vote_fields: Output fields compared by majority vote (default: all outputs but ``reasoning``).
+
+    Example:
+        >>> select = Select("question -> answer", reward_fn=lambda inputs, pred: -len(pred.answer))
+        >>> best = select(candidates=pool.candidates, question="Capital of France?")
+        >>> best.answer, best.selected_index
+    """
+
+    def __init__(
+        self,
+        signature: str | type[Signature],
+        reward_fn: RewardFn | None = None,
+        judge: Literal["listwise", "pointwise"] | None = None,
+        judge_lm: BaseLM | None = None,
+        shuffle: bool = True,
+        vote_fields: Sequence[str] | None = None,
+    ):
+        super().__init__()
+        if reward_fn is not None and judge is not None:
+            raise ValueError("Pass either reward_fn= or judge=, not both.")
+        if judge not in (None, "listwise", "pointwise"):
+            raise ValueError(f"judge must be 'listwise' or 'pointwise', got {judge!r}.")
+        self.task_signature = ensure_signature(signature)
+        self.method = "reward" if reward_fn else (judge or "majority")
+        # Held behind a lambda so a reward_fn that is itself a dspy.Module is not mistaken for a parameter.
+        self.reward_fn = (lambda inputs, pred: reward_fn(inputs, pred)) if reward_fn else None
+        if judge == "listwise":
+            self.judge = dspy.Predict(listwise_judge_signature(self.task_signature))
+        elif judge == "pointwise":
+            self.judge = dspy.Predict(pointwise_judge_signature(self.task_signature))
+        self.judge_lm = judge_lm
+        self.shuffle = shuffle
+        outputs = list(self.task_signature.output_fields)
+        self.vote_fields = list(vote_fields or [name for name in outputs if name != "reasoning"] or outputs)
+
+    def forward(self, candidates: Sequence[Any], **inputs) -> dspy.Prediction:
+        pool, task_inputs = candidate_list(candidates), self._task_inputs(inputs)
+        if self.method == "reward":
+            scores = run_concurrently(lambda c: self.reward_fn(task_inputs, c), pool, max_workers=1)
+        elif self.method == "pointwise":
+            scores = run_concurrently(lambda c: self.judge(**self._judge_one(c, task_inputs)).score, pool)
+        elif self.method == "listwise":
+            request, order = self._judge_all(pool, task_inputs)
+            return self._pick_listwise(pool, order, self.judge(**request))
+        else:
+            scores = self._votes(pool)
+        return self._pick(pool, scores)
+
+    async def aforward(self, candidates: Sequence[Any], **inputs) -> dspy.Prediction:
+        pool, task_inputs = candidate_list(candidates), self._task_inputs(inputs)
+        if self.method == "pointwise":
+
+            async def score(candidate):
+                return (await self.judge.acall(**self._judge_one(candidate, task_inputs))).score
+
+            return self._pick(pool, await arun_concurrently(score, pool))
+        if self.method == "listwise":
+            request, order = self._judge_all(pool, task_inputs)
+            return self._pick_listwise(pool, order, await self.judge.acall(**request))
+        return self.forward(candidates=pool, **inputs)
+
+    def _task_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        return {name: inputs[name] for name in self.task_signature.input_fields if name in inputs}
+
+    def _with_lm(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {**request, "lm": self.judge_lm} if self.judge_lm is not None else request
+
+    def _judge_one(self, candidate: Any, task_inputs: dict[str, Any]) -> dict[str, Any]:
+        rendered = render_candidate(candidate, list(self.task_signature.output_fields), 1)
+        return self._with_lm({**task_inputs, "candidates": rendered})
+
+    def _judge_all(self, pool: list[Any], task_inputs: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+        order = presentation_order(len(pool), self.shuffle, task_inputs)
+        rendered = render_candidates(pool, list(self.task_signature.output_fields), order)
+        return self._with_lm({**task_inputs, "candidates": rendered}), order
+
+    def _votes(self, pool: list[Any]) -> list[float]:
+        keys = [tuple(_normalized(c.get(f, "")) for f in self.vote_fields) for c in pool]
+        counts = Counter(keys)
+        return [float(counts[key]) for key in keys]
+
+    def _pick_listwise(self, pool: list[Any], order: list[int], verdict: dspy.Prediction) -> dspy.Prediction:
+        label = verdict.best_candidate
+        if not isinstance(label, int) or not 1 <= label <= len(pool):
+            raise SelectionError(
+                f"The judge named candidate {label!r}, but the ids run from 1 to {len(pool)}. Use a stronger judge "
+                "LM, or select with reward_fn= or majority vote."
+            )
+        picked = order[label - 1]
+        scores = [1.0 if i == picked else 0.0 for i in range(len(pool))]
+        return self._pick(pool, scores, judge_comparison=verdict.comparison)
+
+    def _pick(self, pool: list[Any], scores: list[Any], **extra: Any) -> dspy.Prediction:
+        usable = []
+        for index, score in enumerate(scores):
+            if isinstance(score, Exception) or not isinstance(score, (int, float)) or math.isnan(score):
+                logger.warning("Candidate %d could not be scored (%s); it is skipped.", index, score)
+                usable.append(-math.inf)
+            else:
+                usable.append(float(score))
+        if all(score == -math.inf for score in usable):
+            raise SelectionError(
+                f"None of the {len(pool)} candidates could be scored by {self.method}: check the reward function "
+                "or judge LM (see the warnings above for each failure)."
+            )
+        best = max(range(len(pool)), key=lambda i: (usable[i], -i))
+        chosen = dict(pool[best]) if isinstance(pool[best], dict) else pool[best].toDict()
+        return dspy.Prediction(**chosen, selected_index=best, scores=usable, **extra)

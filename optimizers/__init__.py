@@ -1,0 +1,1 @@
+"""Tuning of fusion programs (shipped as fusion_dspy.optimizers)."""

@@ -1,0 +1,1 @@
+"""Ready task programs (shipped as fusion_dspy.programs)."""

@@ -1,0 +1,41 @@
+"""Offline fixtures: no DSPy cache unless a test asks for it, scripted LMs that answer like a task and a fusor."""
+
+import dspy
+import pytest
+
+from fusion_dspy.testing import ScriptedCall, scripted_lm
+
+
+@pytest.fixture(autouse=True)
+def no_dspy_cache():
+    dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
+    yield
+    dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
+
+
+@pytest.fixture
+def memory_cache():
+    """DSPy's in-memory cache on (fresh), to test cache keys and reuse."""
+    dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=True)
+    dspy.cache.reset_memory_cache()
+    yield dspy.cache
+
+
+def qa_responder(call: ScriptedCall) -> dict:
+    """Generators answer 'answer <request index>'; the fusor answers 'fused'; judges pick candidate 1 / score 5."""
+    if call.wants("comparison", "answer"):
+        fused = {"comparison": "candidates compared", "answer": "fused"}
+        return {**fused, "reasoning": "fused reasoning"} if call.wants("reasoning") else fused
+    if call.wants("best_candidate"):
+        return {"comparison": "1 is best", "best_candidate": 1}
+    if call.wants("score"):
+        return {"score": 5}
+    if call.wants("answer"):
+        answer = {"answer": f"answer {call.index}"}
+        return {"reasoning": "because", **answer} if call.wants("reasoning") else answer
+    return {name: f"{name} text" for name in call.output_fields}
+
+
+@pytest.fixture
+def lm():
+    return scripted_lm(qa_responder, model="scripted/generator")
