@@ -21,6 +21,11 @@ def candidate_list(candidates: Any) -> list[Any]:
     return pool
 
 
+def adapter_override(adapter: dspy.Adapter | None) -> dict[str, Any]:
+    """``dspy.context`` arguments that set a role's adapter, or change nothing (keeping the user's) when unset."""
+    return {"adapter": adapter} if adapter is not None else {}
+
+
 class Fuse(dspy.Module):
     """The fusor: reads the task inputs and N candidates, compares them, and writes one new answer.
 
@@ -36,6 +41,7 @@ class Fuse(dspy.Module):
             so saved programs carry no endpoints or keys.
         shuffle: Present the candidates in an order shuffled per input (seeded, so reruns hit the cache), to
             spread position bias.
+        adapter: The DSPy adapter for the fusor's calls (default: the context's).
 
     Example:
         >>> fuse = Fuse("question -> answer")
@@ -50,12 +56,14 @@ class Fuse(dspy.Module):
         instructions: str | None = None,
         lm: BaseLM | None = None,
         shuffle: bool = False,
+        adapter: dspy.Adapter | None = None,
     ):
         super().__init__()
         self.task_signature = ensure_signature(signature)
         self.predict = dspy.Predict(fuse_signature(self.task_signature, instructions))
         self.fusor_lm = lm
         self.shuffle = shuffle
+        self.adapter = adapter
 
     def _request(self, candidates: Any, inputs: dict[str, Any]) -> dict[str, Any]:
         pool = candidate_list(candidates)
@@ -67,7 +75,9 @@ class Fuse(dspy.Module):
         return request
 
     def forward(self, candidates: Sequence[Any], **inputs) -> dspy.Prediction:
-        return self.predict(**self._request(candidates, inputs))
+        with dspy.context(**adapter_override(self.adapter)):
+            return self.predict(**self._request(candidates, inputs))
 
     async def aforward(self, candidates: Sequence[Any], **inputs) -> dspy.Prediction:
-        return await self.predict.acall(**self._request(candidates, inputs))
+        with dspy.context(**adapter_override(self.adapter)):
+            return await self.predict.acall(**self._request(candidates, inputs))

@@ -46,6 +46,7 @@ class Sample(dspy.Module):
         lms: A pool of teacher LMs; sample ``i`` uses ``lms[i % len(lms)]``. Repeat an LM to weight it.
         max_concurrency: Most samples in flight at once. Defaults to ``n``.
         min_candidates: Fewest successful samples to go on with; fewer raise ``SamplingError``.
+        adapter: The DSPy adapter for the generator's calls (default: the context's), e.g. for a small model.
 
     Example:
         >>> sample = Sample(dspy.ChainOfThought("question -> answer"), n=5, temperature=0.7)
@@ -62,6 +63,7 @@ class Sample(dspy.Module):
         lms: Sequence[BaseLM] | None = None,
         max_concurrency: int | None = None,
         min_candidates: int = 1,
+        adapter: dspy.Adapter | None = None,
     ):
         super().__init__()
         if lm is not None and lms:
@@ -77,6 +79,7 @@ class Sample(dspy.Module):
         self.teacher_lms = list(lms or [])
         self.max_concurrency = max_concurrency
         self.min_candidates = min_candidates
+        self.adapter = adapter
 
     def plan(self) -> list[Draw]:
         """The N draws of one call: LM and rollout id per sample."""
@@ -95,17 +98,18 @@ class Sample(dspy.Module):
             )
         return [Draw(i, pool[i % len(pool)], i // len(pool)) for i in range(self.n)]
 
-    def _sampling_lm(self, draw: Draw) -> BaseLM:
+    def _draw_context(self, draw: Draw) -> dict[str, Any]:
         overrides: dict[str, Any] = {"rollout_id": draw.rollout_id}
         if self.temperature is not None:
             overrides["temperature"] = self.temperature
-        return draw.lm.copy(**overrides)
+        context = {"lm": draw.lm.copy(**overrides)}
+        return {**context, "adapter": self.adapter} if self.adapter else context
 
     def forward(self, **inputs) -> dspy.Prediction:
         draws = self.plan()
 
         def draw_one(draw: Draw) -> dspy.Prediction:
-            with dspy.context(lm=self._sampling_lm(draw)):
+            with dspy.context(**self._draw_context(draw)):
                 return self.module(**inputs)
 
         return self._collect(draws, run_concurrently(draw_one, draws, self.max_concurrency))
@@ -114,7 +118,7 @@ class Sample(dspy.Module):
         draws = self.plan()
 
         async def draw_one(draw: Draw) -> dspy.Prediction:
-            with dspy.context(lm=self._sampling_lm(draw)):
+            with dspy.context(**self._draw_context(draw)):
                 return await self.module.acall(**inputs)
 
         return self._collect(draws, await arun_concurrently(draw_one, draws, self.max_concurrency))

@@ -13,7 +13,7 @@ from dspy.signatures.signature import Signature, ensure_signature
 
 from fusion_dspy.concurrency import arun_concurrently, run_concurrently
 from fusion_dspy.errors import SelectionError
-from fusion_dspy.fuse import candidate_list
+from fusion_dspy.fuse import adapter_override, candidate_list
 from fusion_dspy.signatures import (
     listwise_judge_signature,
     pointwise_judge_signature,
@@ -47,6 +47,7 @@ class Select(dspy.Module):
         judge_lm: The judge's LM (defaults to the predictor's own, then the context LM).
         shuffle: Shuffle the candidates shown to a listwise judge (seeded per input) against position bias.
         vote_fields: Output fields compared by majority vote (default: all outputs but ``reasoning``).
+        adapter: The DSPy adapter for the judge's calls (default: the context's).
 
     Example:
         >>> select = Select("question -> answer", reward_fn=lambda inputs, pred: -len(pred.answer))
@@ -62,6 +63,7 @@ class Select(dspy.Module):
         judge_lm: BaseLM | None = None,
         shuffle: bool = True,
         vote_fields: Sequence[str] | None = None,
+        adapter: dspy.Adapter | None = None,
     ):
         super().__init__()
         if reward_fn is not None and judge is not None:
@@ -78,10 +80,19 @@ class Select(dspy.Module):
             self.judge = dspy.Predict(pointwise_judge_signature(self.task_signature))
         self.judge_lm = judge_lm
         self.shuffle = shuffle
+        self.adapter = adapter
         outputs = list(self.task_signature.output_fields)
         self.vote_fields = list(vote_fields or [name for name in outputs if name != "reasoning"] or outputs)
 
     def forward(self, candidates: Sequence[Any], **inputs) -> dspy.Prediction:
+        with dspy.context(**adapter_override(self.adapter)):
+            return self._select(candidates, inputs)
+
+    async def aforward(self, candidates: Sequence[Any], **inputs) -> dspy.Prediction:
+        with dspy.context(**adapter_override(self.adapter)):
+            return await self._aselect(candidates, inputs)
+
+    def _select(self, candidates: Sequence[Any], inputs: dict[str, Any]) -> dspy.Prediction:
         pool, task_inputs = candidate_list(candidates), self._task_inputs(inputs)
         if self.method == "reward":
             scores = run_concurrently(lambda c: self.reward_fn(task_inputs, c), pool, max_workers=1)
@@ -94,7 +105,7 @@ class Select(dspy.Module):
             scores = self._votes(pool)
         return self._pick(pool, scores)
 
-    async def aforward(self, candidates: Sequence[Any], **inputs) -> dspy.Prediction:
+    async def _aselect(self, candidates: Sequence[Any], inputs: dict[str, Any]) -> dspy.Prediction:
         pool, task_inputs = candidate_list(candidates), self._task_inputs(inputs)
         if self.method == "pointwise":
 
@@ -105,7 +116,7 @@ class Select(dspy.Module):
         if self.method == "listwise":
             request, order = self._judge_all(pool, task_inputs)
             return self._pick_listwise(pool, order, await self.judge.acall(**request))
-        return self.forward(candidates=pool, **inputs)
+        return self._select(pool, inputs)
 
     def _task_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         return {name: inputs[name] for name in self.task_signature.input_fields if name in inputs}

@@ -7,10 +7,12 @@ from fusion_dspy.testing import ScriptedCall, scripted_lm
 
 
 @pytest.fixture(autouse=True)
-def no_dspy_cache():
+def isolated_dspy():
+    """No DSPy cache, and no global LM/adapter leaking from a test that called dspy.configure."""
     dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
     yield
     dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
+    dspy.configure(lm=None, adapter=None, track_usage=False)
 
 
 @pytest.fixture

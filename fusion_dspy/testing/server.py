@@ -95,7 +95,7 @@ class StubOpenAIServer:
         return Handler
 
     def start(self) -> "StubOpenAIServer":
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="stub-openai", daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="stub-openai", daemon=True)
         self._thread.start()
         return self
 

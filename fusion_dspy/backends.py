@@ -1,0 +1,225 @@
+"""From a config to ready ``dspy.LM`` objects per role, all routed through litellm, and to a FusionOfN/BestOfN.
+
+Every model goes through litellm (``engine="litellm"``): a local vLLM server, an API model and the embedded
+model are the same code path. A model with several ``deployments`` or with ``fallbacks`` is served by a
+``litellm.Router`` (load balancing, retries, fallbacks) wrapped as a DSPy engine.
+"""
+
+import os
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import dspy
+from dspy.clients.engines.litellm_engine import AsyncLiteLLMEngine, LiteLLMEngine
+from dspy.clients.engines.litellm_errors import litellm_errors
+from dspy.signatures.signature import Signature
+
+from fusion_dspy.config import EMBEDDED, ConfigError, FusionConfig, ModelConfig, config_source
+from fusion_dspy.fusion import BestOfN, FusionOfN
+
+# A self-hosted server without auth still needs *some* key: the OpenAI client refuses to send a request without
+# one (vLLM's docs use "EMPTY"). Without api_base, litellm finds the provider's usual variable by itself.
+NO_KEY = "no-key"
+
+ADAPTERS = {"chat": dspy.ChatAdapter, "json": dspy.JSONAdapter, "xml": dspy.XMLAdapter}
+
+
+def _router_call(data: dict[str, Any]) -> dict[str, Any]:
+    # The Router owns retries and fallbacks; DSPy's per-call num_retries=0 would switch them off.
+    data = dict(data)
+    data.pop("num_retries", None)
+    return data
+
+
+class RouterEngine(LiteLLMEngine):
+    """DSPy's litellm engine, sending each request through a ``litellm.Router`` instead of ``litellm.completion``."""
+
+    # DSPy 3.4 prefers its own litellm engine's legacy shortcut (plain litellm.completion); switching it off
+    # sends every request through complete() below, and so through the Router.
+    complete_legacy = None
+
+    def __init__(self, router: Any, model_group: str):
+        super().__init__(wire_model=model_group)
+        self.router = router
+
+    def complete(self, request):
+        with litellm_errors(model=request.model):
+            raw = self.router.completion(**_router_call(self._arguments(request)))
+        return self._response(raw, request)
+
+
+class AsyncRouterEngine(AsyncLiteLLMEngine):
+    """The async twin of ``RouterEngine``, sharing its Router."""
+
+    # DSPy 3.4 prefers its own litellm engine's legacy shortcut (plain litellm.completion); switching it off
+    # sends every request through complete() below, and so through the Router.
+    complete_legacy = None
+
+    def __init__(self, router: Any, model_group: str):
+        super().__init__(wire_model=model_group)
+        self.router = router
+
+    async def complete(self, request):
+        with litellm_errors(model=request.model):
+            raw = await self.router.acompletion(**_router_call(self._arguments(request)))
+        return self._response(raw, request)
+
+
+@dataclass
+class Backends:
+    """The LMs of one config, built once per model name and shared by the roles that use it.
+
+    Args:
+        config: A validated ``FusionConfig`` (``fusion_dspy.load_config(path)``).
+
+    Example:
+        >>> backends = Backends(load_config("models.yaml"))
+        >>> backends.check()                      # keys present, servers reachable: before any sampling
+        >>> program = backends.program(dspy.ChainOfThought("question -> answer"))
+    """
+
+    config: FusionConfig
+
+    def __post_init__(self):
+        self._lms: dict[str, dspy.LM] = {}
+
+    def _where(self, name: str, field: str) -> str:
+        return f"{config_source(self.config)}: models.{name}.{field}"
+
+    def _key(self, name: str, variable: str | None, field: str = "api_key_env") -> str | None:
+        if variable is None:
+            return None
+        value = os.environ.get(variable)
+        if not value:
+            raise ConfigError(f"{self._where(name, field)}: the environment variable {variable} is not set. Export "
+                              f"it (export {variable}=...) or point {field} at the variable that holds the key.")
+        return value
+
+    def _litellm_params(self, name: str, cfg: ModelConfig) -> dict[str, Any]:
+        params: dict[str, Any] = {"model": cfg.model}
+        if cfg.api_base:
+            params["api_base"] = cfg.api_base
+        if key := self._key(name, cfg.api_key_env):
+            params["api_key"] = key
+        elif cfg.api_base:
+            params["api_key"] = NO_KEY
+        if cfg.timeout is not None:
+            params["timeout"] = cfg.timeout
+        return params
+
+    def _router(self, name: str, cfg: ModelConfig) -> Any:
+        import litellm
+
+        model_list = []
+        for i, replica in enumerate(cfg.deployments or [None]):
+            params = self._litellm_params(name, cfg)
+            if replica is not None:
+                key = self._key(name, replica.api_key_env, f"deployments.{i}.api_key_env")
+                params.update(api_base=replica.api_base, model=replica.model or cfg.model)
+                params["api_key"] = key or params.get("api_key") or NO_KEY
+            model_list.append({"model_name": name, "litellm_params": params})
+        for fallback in cfg.fallbacks:
+            fallback_cfg = self.config.model(fallback)
+            model_list.append({"model_name": fallback, "litellm_params": self._litellm_params(fallback, fallback_cfg)})
+        return litellm.Router(
+            model_list=model_list,
+            fallbacks=[{name: cfg.fallbacks}] if cfg.fallbacks else [],
+            num_retries=cfg.num_retries,
+            timeout=cfg.timeout,
+        )
+
+    def lm(self, name: str) -> dspy.LM:
+        """The ``dspy.LM`` of one named model (the built-in ``embedded`` one included)."""
+        if name in self._lms:
+            return self._lms[name]
+        cfg = self.config.model(name)
+        sampling = {key: value for key, value in (("temperature", cfg.temperature), ("max_tokens", cfg.max_tokens))
+                    if value is not None}  # fmt: skip
+        if cfg.model == EMBEDDED:
+            from fusion_dspy.embedded import get_embedded_server
+
+            lm = get_embedded_server().lm(cache=cfg.cache, num_retries=cfg.num_retries, **sampling, **cfg.extra)
+        elif cfg.deployments or cfg.fallbacks:
+            router = self._router(name, cfg)
+            # The LM's model string keeps the config's name, so cache entries of different backends never mix.
+            lm = dspy.LM(f"router/{name}", engine=RouterEngine(router, name),
+                         async_engine=AsyncRouterEngine(router, name), cache=cfg.cache, num_retries=0,
+                         **sampling, **cfg.extra)  # fmt: skip
+        else:
+            lm = dspy.LM(engine="litellm", cache=cfg.cache, num_retries=cfg.num_retries,
+                         **self._litellm_params(name, cfg), **sampling, **cfg.extra)  # fmt: skip
+        self._lms[name] = lm
+        return lm
+
+    def adapter(self, name: str) -> dspy.Adapter | None:
+        choice = self.config.model(name).adapter
+        return ADAPTERS[choice]() if choice else None
+
+    @cached_property
+    def generators(self) -> list[dspy.LM]:
+        return [self.lm(t.model) for t in self.config.roles.teachers() for _ in range(t.count)]
+
+    @property
+    def fusor(self) -> dspy.LM:
+        return self.lm(self.config.fusor)
+
+    @property
+    def judge(self) -> dspy.LM:
+        return self.lm(self.config.judge)
+
+    def used_models(self) -> list[str]:
+        names = [t.model for t in self.config.roles.teachers()] + [self.config.fusor]
+        if self.config.fusion.method == "select" and self.config.fusion.select != "majority":
+            names.append(self.config.judge)
+        names += [fb for name in list(names) for fb in self.config.model(name).fallbacks]
+        return list(dict.fromkeys(names))
+
+    def check(self, timeout: float = 5.0) -> None:
+        """Fail fast, before any sampling: every key variable set, every local server answering."""
+        for name in self.used_models():
+            self.lm(name)  # builds it: raises on missing key variables
+            cfg = self.config.model(name)
+            bases = [("api_base", cfg.api_base)] + [(f"deployments.{i}.api_base", d.api_base)
+                                                    for i, d in enumerate(cfg.deployments)]  # fmt: skip
+            for field, base in bases:
+                if base and not cfg.fallbacks and not len(cfg.deployments) > 1:
+                    _probe(base, timeout, self._where(name, field))
+
+    def program(self, module: dspy.Module | str | type[Signature], **overrides: Any) -> FusionOfN | BestOfN:
+        """A FusionOfN (``fusion.method: fuse``) or BestOfN (``select``) over ``module``, wired to the roles."""
+        settings = self.config.fusion
+        teachers = self.generators
+        common = {
+            "n": settings.n or (len(teachers) if len(teachers) > 1 else 5),
+            "temperature": settings.temperature,
+            "lm": teachers[0] if len(teachers) == 1 else None,
+            "lms": teachers if len(teachers) > 1 else None,
+            "min_candidates": settings.min_candidates,
+            "max_concurrency": settings.max_concurrency,
+        }
+        if settings.method == "fuse":
+            program = FusionOfN(module, fusor_lm=self.fusor, fallback=settings.fallback, shuffle=settings.shuffle,
+                                **{**common, **overrides})  # fmt: skip
+            program.fuse.adapter = self.adapter(self.config.fusor)
+        else:
+            judge = None if settings.select == "majority" else settings.select
+            program = BestOfN(module, judge=judge, judge_lm=self.judge if judge else None, **{**common, **overrides})
+            if judge:
+                program.select.adapter = self.adapter(self.config.judge)
+        program.sample.adapter = self.adapter(self.config.roles.teachers()[0].model)
+        return program
+
+
+def _probe(api_base: str, timeout: float, where: str) -> None:
+    url = api_base.rstrip("/") + "/models"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered (401, 404 ...): the server is up; auth problems surface on the first call
+    except (urllib.error.URLError, OSError) as error:
+        raise ConfigError(f"{where}: cannot reach {api_base} ({getattr(error, 'reason', error)}). Start the server, "
+                          "or fix the address.") from None

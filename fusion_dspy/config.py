@@ -1,0 +1,179 @@
+"""The config file: named models, the roles that use them (generators, fusor, judge), and fusion settings.
+
+YAML or TOML, validated with pydantic. Keys are never written in it: a model names the *environment variable*
+that holds its key. Example (YAML)::
+
+    models:
+      qwen:   {model: hosted_vllm/Qwen/Qwen2.5-7B-Instruct, api_base: "http://127.0.0.1:8000/v1"}
+      gpt:    {model: openai/gpt-4o-mini, api_key_env: OPENAI_API_KEY}
+    roles:
+      generators: qwen          # or a teacher pool: [{model: qwen, count: 2}, {model: gpt}]
+      fusor: gpt
+      judge: gpt
+    fusion: {n: 5, temperature: 0.7, method: fuse}
+"""
+
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from fusion_dspy.errors import FusionDSPyError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+EMBEDDED = "embedded"  # the built-in model name: SmolLM2-135M served in-process (fusion_dspy.embedded)
+
+
+class ConfigError(FusionDSPyError):
+    """A config file that cannot be used; the message names the file, the field and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Deployment(_Strict):
+    """One replica of a model (e.g. one vLLM server); a model with several is load-balanced by litellm's Router."""
+
+    api_base: str
+    api_key_env: str | None = None
+    model: str | None = Field(None, description="litellm model string of this replica, if not the model's")
+
+
+class ModelConfig(_Strict):
+    """A model as litellm reaches it, with its sampling defaults."""
+
+    model: str = Field(description="litellm model string (openai/..., hosted_vllm/...), or 'embedded'")
+    api_base: str | None = None
+    api_key_env: str | None = Field(None, description="name of the environment variable holding the key")
+    temperature: float | None = None
+    max_tokens: int | None = None
+    timeout: float | None = Field(None, description="seconds per request")
+    num_retries: int = 2
+    adapter: Literal["chat", "json", "xml"] | None = Field(None, description="DSPy adapter for this model's calls")
+    cache: bool = True
+    deployments: list[Deployment] = Field(default_factory=list)
+    fallbacks: list[str] = Field(default_factory=list, description="names of models to try when this one fails")
+    extra: dict[str, Any] = Field(default_factory=dict, description="more dspy.LM / litellm arguments (top_p ...)")
+
+    @field_validator("extra")
+    @classmethod
+    def _no_secrets_in_extra(cls, extra: dict[str, Any]) -> dict[str, Any]:
+        if {"api_key", "key"} & set(extra):
+            raise ValueError("keys never go in the config file: put the key in an environment variable and name it "
+                             "in api_key_env")  # fmt: skip
+        return extra
+
+
+class Teacher(_Strict):
+    """One member of a teacher pool; ``count`` samples per call weight it against the others."""
+
+    model: str
+    count: int = Field(1, ge=1)
+
+
+class Roles(_Strict):
+    """Which model plays each role. The fusor and judge default to the first generator."""
+
+    generators: str | list[Teacher | str] = EMBEDDED
+    fusor: str | None = None
+    judge: str | None = None
+
+    def teachers(self) -> list[Teacher]:
+        pool = [self.generators] if isinstance(self.generators, str) else self.generators
+        return [Teacher(model=entry) if isinstance(entry, str) else entry for entry in pool]
+
+
+class FusionSettings(_Strict):
+    """How candidates are drawn and combined."""
+
+    n: int | None = Field(None, ge=1, description="candidates per input (default 5, or the pool's total count)")
+    temperature: float | None = 0.7
+    method: Literal["fuse", "select"] = "fuse"
+    select: Literal["majority", "listwise", "pointwise"] = "majority"
+    min_candidates: int = Field(1, ge=1)
+    fallback: Literal["raise", "select"] = "raise"
+    shuffle: bool = False
+    max_concurrency: int | None = Field(None, ge=1)
+
+
+class FusionConfig(_Strict):
+    """A whole config file. Build LMs and programs from it with ``fusion_dspy.backends``."""
+
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+    roles: Roles = Field(default_factory=Roles)
+    fusion: FusionSettings = Field(default_factory=FusionSettings)
+    _source: Path | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _names_resolve(self) -> "FusionConfig":
+        known = set(self.models) | {EMBEDDED}
+        used = [("roles.generators", t.model) for t in self.roles.teachers()]
+        used += [(f"roles.{role}", getattr(self.roles, role)) for role in ("fusor", "judge")]
+        used += [(f"models.{name}.fallbacks", fb) for name, cfg in self.models.items() for fb in cfg.fallbacks]
+        for where, name in used:
+            if name is not None and name not in known:
+                raise ValueError(f"{where} names the model {name!r}, which is not defined; define it under "
+                                 f"models: or use one of {sorted(known)}")  # fmt: skip
+        return self
+
+    def model(self, name: str) -> ModelConfig:
+        return self.models.get(name) or ModelConfig(model=EMBEDDED)
+
+    @property
+    def fusor(self) -> str:
+        return self.roles.fusor or self.roles.teachers()[0].model
+
+    @property
+    def judge(self) -> str:
+        return self.roles.judge or self.roles.teachers()[0].model
+
+
+def _read(path: Path) -> dict[str, Any]:
+    text = path.read_text()
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {error}") from error
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping with models:, roles: and fusion:")
+    return data
+
+
+def _explain(issue: dict[str, Any]) -> str:
+    if issue["type"] == "extra_forbidden":
+        return "unknown field: check its spelling, or remove it (README, 'Config reference', lists every field)"
+    return issue["msg"].removeprefix("Value error, ")
+
+
+def load_config(path: str | Path | None = None) -> FusionConfig:
+    """Read and validate a YAML (.yaml/.yml) or TOML (.toml) config; ``None`` gives the all-embedded default."""
+    if path is None:
+        return FusionConfig()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file. Check the path, or run without --config to use the "
+                          "embedded local model for every role.")  # fmt: skip
+    try:
+        config = FusionConfig.model_validate(_read(path))
+    except ValidationError as error:
+        problems = "\n".join(
+            f"  - {'.'.join(str(part) for part in issue['loc']) or '(top level)'}: {_explain(issue)}"
+            for issue in error.errors()
+        )
+        raise ConfigError(f"{path}: invalid config:\n{problems}") from None
+    config._source = path
+    return config
+
+
+def config_source(config: FusionConfig) -> str:
+    """Where a config came from, for error messages."""
+    return str(config._source or "the default config")
