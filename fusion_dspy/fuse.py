@@ -6,6 +6,7 @@ from typing import Any
 import dspy
 from dspy.clients.base_lm import BaseLM
 from dspy.signatures.signature import Signature, ensure_signature
+from dspy.utils.exceptions import AdapterParseError
 
 from fusion_dspy.errors import FusionDSPyError
 from fusion_dspy.signatures import fuse_signature, presentation_order, render_candidates
@@ -19,6 +20,9 @@ def candidate_list(candidates: Any) -> list[Any]:
     if not pool:
         raise FusionDSPyError("There are no candidates to fuse or select from: pass at least one.")
     return pool
+
+
+RETRY_TEMPERATURE = 0.7
 
 
 def adapter_override(adapter: dspy.Adapter | None) -> dict[str, Any]:
@@ -42,6 +46,9 @@ class Fuse(dspy.Module):
         shuffle: Present the candidates in an order shuffled per input (seeded, so reruns hit the cache), to
             spread position bias.
         adapter: The DSPy adapter for the fusor's calls (default: the context's).
+        retries: Times to ask again when the output cannot be parsed even after DSPy's adapter fallback. A retry
+            is a fresh sample (new ``rollout_id``, temperature at least ``RETRY_TEMPERATURE``): the identical
+            request would return the identical broken answer, from the model or from the cache.
 
     Example:
         >>> fuse = Fuse("question -> answer")
@@ -57,6 +64,7 @@ class Fuse(dspy.Module):
         lm: BaseLM | None = None,
         shuffle: bool = False,
         adapter: dspy.Adapter | None = None,
+        retries: int = 1,
     ):
         super().__init__()
         self.task_signature = ensure_signature(signature)
@@ -64,6 +72,7 @@ class Fuse(dspy.Module):
         self.fusor_lm = lm
         self.shuffle = shuffle
         self.adapter = adapter
+        self.retries = retries
 
     def _request(self, candidates: Any, inputs: dict[str, Any]) -> dict[str, Any]:
         pool = candidate_list(candidates)
@@ -74,10 +83,29 @@ class Fuse(dspy.Module):
             request["lm"] = self.fusor_lm
         return request
 
+    def _retry_config(self, attempt: int) -> dict[str, Any]:
+        if attempt == 0:
+            return {}
+        lm = self.fusor_lm or self.predict.lm or dspy.settings.lm
+        temperature = max(getattr(lm, "kwargs", {}).get("temperature") or 0.0, RETRY_TEMPERATURE)
+        return {"config": {"rollout_id": attempt, "temperature": temperature}}
+
     def forward(self, candidates: Sequence[Any], **inputs) -> dspy.Prediction:
+        request = self._request(candidates, inputs)
         with dspy.context(**adapter_override(self.adapter)):
-            return self.predict(**self._request(candidates, inputs))
+            for attempt in range(self.retries + 1):
+                try:
+                    return self.predict(**request, **self._retry_config(attempt))
+                except AdapterParseError:
+                    if attempt == self.retries:
+                        raise
 
     async def aforward(self, candidates: Sequence[Any], **inputs) -> dspy.Prediction:
+        request = self._request(candidates, inputs)
         with dspy.context(**adapter_override(self.adapter)):
-            return await self.predict.acall(**self._request(candidates, inputs))
+            for attempt in range(self.retries + 1):
+                try:
+                    return await self.predict.acall(**request, **self._retry_config(attempt))
+                except AdapterParseError:
+                    if attempt == self.retries:
+                        raise

@@ -85,6 +85,7 @@ class FusionOfN(_SampleThenCombine):
             ``"raise"`` a ``FusionError``, or ``"select"`` the majority-vote candidate and say so in
             ``fusion_error``.
         shuffle: Shuffle the order candidates are shown to the fusor (seeded per input).
+        retries: Fresh fusor samples to try when its output cannot be parsed (see ``Fuse``).
         sample: An existing ``Sample`` to draw from, to share one candidate pool with a ``BestOfN``.
 
     Example:
@@ -110,12 +111,14 @@ class FusionOfN(_SampleThenCombine):
         max_concurrency: int | None = None,
         fallback: Literal["raise", "select"] = "raise",
         shuffle: bool = False,
+        retries: int = 1,
         sample: Sample | None = None,
     ):
         super().__init__(module, n, temperature, lm, lms, signature, min_candidates, max_concurrency, sample)
         if fallback not in ("raise", "select"):
             raise ValueError(f"fallback must be 'raise' or 'select', got {fallback!r}.")
-        self.fuse = Fuse(self.task_signature, instructions=instructions, lm=fusor_lm or lm, shuffle=shuffle)
+        self.fuse = Fuse(self.task_signature, instructions=instructions, lm=fusor_lm or lm, shuffle=shuffle,
+                         retries=retries)  # fmt: skip
         self.fallback = fallback
 
     def _combine(self, pool: Any, inputs: dict[str, Any]) -> dspy.Prediction:

@@ -5,6 +5,7 @@ import re
 import dspy
 import pydantic
 import pytest
+from dspy.utils.exceptions import AdapterParseError
 
 import fusion_dspy as fd
 from fusion_dspy.signatures import fuse_signature
@@ -107,3 +108,20 @@ def test_select_fallback_returns_the_majority_candidate_and_says_so(caplog):
     assert result.answer == "Paris"
     assert "AdapterParseError" in result.fusion_error
     assert "falling back" in caplog.text
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_broken_fusor_answer_is_retried_as_a_fresh_sample(asynchronous):
+    fusor = scripted_lm(lambda call: "{answer}" if call.index < 2 else qa_responder(call), temperature=0.0)
+    fuse = fd.Fuse("question -> answer", lm=fusor, retries=1)
+    if asynchronous:
+        import asyncio
+
+        fused = asyncio.run(fuse.acall(candidates=CANDIDATES, question="q"))
+    else:
+        fused = fuse(candidates=CANDIDATES, question="q")
+    assert fused.answer == "fused"
+    assert [call.temperature for call in fusor.engine.calls] == [0.0, 0.0, 0.7]  # chat, JSON fallback, retry
+    with pytest.raises(AdapterParseError):
+        fd.Fuse("question -> answer", lm=scripted_lm(lambda call: "{answer}"), retries=2)(candidates=CANDIDATES,
+                                                                                           question="q")
