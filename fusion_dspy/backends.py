@@ -188,8 +188,13 @@ class Backends:
                 if base and not cfg.fallbacks and not len(cfg.deployments) > 1:
                     _probe(base, timeout, self._where(name, field))
 
-    def program(self, module: dspy.Module | str | type[Signature], **overrides: Any) -> FusionOfN | BestOfN:
-        """A FusionOfN (``fusion.method: fuse``) or BestOfN (``select``) over ``module``, wired to the roles."""
+    def program(
+        self, module: dspy.Module | str | type[Signature], method: str | None = None, **overrides: Any
+    ) -> FusionOfN | BestOfN:
+        """A FusionOfN (``fusion.method: fuse``) or BestOfN (``select``) over ``module``, wired to the roles.
+
+        ``method`` overrides the config's; other keyword arguments override the constructor's (e.g. ``n=3``).
+        """
         settings = self.config.fusion
         teachers = self.generators
         common = {
@@ -200,15 +205,14 @@ class Backends:
             "min_candidates": settings.min_candidates,
             "max_concurrency": settings.max_concurrency,
         }
-        if settings.method == "fuse":
+        if (method or settings.method) == "fuse":
             program = FusionOfN(module, fusor_lm=self.fusor, fallback=settings.fallback, shuffle=settings.shuffle,
                                 **{**common, **overrides})  # fmt: skip
             program.fuse.adapter = self.adapter(self.config.fusor)
         else:
             judge = None if settings.select == "majority" else settings.select
             program = BestOfN(module, judge=judge, judge_lm=self.judge if judge else None, **{**common, **overrides})
-            if judge:
-                program.select.adapter = self.adapter(self.config.judge)
+            program.select.adapter = self.adapter(self.config.judge) if judge else None
         program.sample.adapter = self.adapter(self.config.roles.teachers()[0].model)
         return program
 

@@ -1,0 +1,100 @@
+"""The fusion-dspy command and the batch runner, against a loopback stub server."""
+
+import io
+import json
+
+import pytest
+import yaml
+from rich.console import Console
+
+from fusion_dspy.batch import done_ids, run_batch
+from fusion_dspy.cli import main
+from fusion_dspy.config import load_config
+from fusion_dspy.demo import run_demo
+from fusion_dspy.testing import StubOpenAIServer, scripted_lm
+from tests.conftest import qa_responder
+
+
+def reply(body: dict) -> str:
+    outputs = body["messages"][0]["content"].split("Your output fields are:")[-1].split("All interactions")[0]
+    user = body["messages"][-1]["content"]
+    if "`comparison`" in outputs:
+        return "[[ ## comparison ## ]]\nc\n\n[[ ## answer ## ]]\nfused answer\n\n[[ ## completed ## ]]"
+    if "poison" in user:
+        return "I refuse to follow the format."
+    return "[[ ## answer ## ]]\na candidate\n\n[[ ## completed ## ]]"
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    with StubOpenAIServer(reply) as server:
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump({"models": {"stub": {"model": "openai/stub", "api_base": server.api_base}},
+                                        "roles": {"generators": "stub"}, "fusion": {"n": 2}}))  # fmt: skip
+        yield path
+
+
+def lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_run_writes_one_line_per_input_and_resumes(tmp_path, config_file):
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text('{"question": "one"}\n{"id": "b", "question": "poison two"}\n{"question": "three"}\n')
+    output = tmp_path / "out.jsonl"
+    args = ["run", "--config", str(config_file), "--inputs", str(inputs), "--output", str(output), "--quiet"]
+    assert main(args) == 0
+    records = {r["id"]: r for r in lines(output)}
+    assert set(records) == {"0", "b", "2"}
+    assert records["0"]["answer"] == "fused answer" and len(records["0"]["candidates"]) == 2
+    assert records["0"]["stage_tokens"]["sample"] > 0 and records["0"]["error"] is None
+    assert records["b"]["error"].startswith("SamplingError")  # a broken item is recorded, the batch goes on
+    assert main(args) == 0
+    assert len(lines(output)) == 3, "a rerun must not redo finished items"
+
+
+def test_run_one_input_and_select_method(tmp_path, config_file):
+    output = tmp_path / "one.jsonl"
+    assert main(["run", "--config", str(config_file), "--input", "hi", "--method", "select", "--n", "3",
+                 "--output", str(output), "--quiet"]) == 0  # fmt: skip
+    [record] = lines(output)
+    assert record["answer"] == "a candidate" and record["selected_index"] == 0 and len(record["candidates"]) == 3
+
+
+def test_an_interrupted_last_line_is_repaired(tmp_path):
+    output = tmp_path / "out.jsonl"
+    output.write_text('{"id": "0", "answer": "x"}\n{"id": "1", "ans')
+    assert done_ids(output) == {"0"}
+    assert output.read_text() == '{"id": "0", "answer": "x"}\n'
+    import fusion_dspy as fd
+
+    program = fd.FusionOfN("question -> answer", n=2, lm=scripted_lm(qa_responder))
+    counts = run_batch(program, [{"question": "a"}, {"question": "b"}], output, ["question"], show_progress=False)
+    assert counts == {"done": 1, "failed": 0, "skipped": 1}
+    assert [r["id"] for r in lines(output)] == ["0", "1"]
+
+
+def test_clear_errors_and_exit_codes(tmp_path, capsys):
+    assert main(["run", "--config", str(tmp_path / "missing.yaml"), "--input", "x"]) == 2
+    assert "no such config file" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "ok"}\nnot json\n')
+    assert main(["run", "--inputs", str(bad), "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert f"{bad}:2: not a JSON object" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["run"]])
+def test_help_everywhere(command, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main([*command, "--help"])
+    assert exited.value.code == 0 and "usage: fusion-dspy" in capsys.readouterr().out
+
+
+def test_demo_shows_candidates_selection_fusion_and_costs(config_file):
+    out = io.StringIO()
+    rows = run_demo(load_config(config_file), n=2, prompts=["Why?", "poison"], console=Console(file=out, width=120))
+    text = out.getvalue()
+    assert "a candidate" in text and "Best-of-N (majority) keeps candidate 1" in text
+    assert "Fusion-of-N writes: fused answer" in text and "cost of this prompt" in text
+    assert rows[0].error is None and rows[0].tokens["sample"] > 0 and rows[0].tokens["fuse"] > 0
+    assert rows[1].error.startswith("SamplingError") and "'poison' failed" in text  # reported, demo went on
