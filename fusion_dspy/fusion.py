@@ -15,6 +15,7 @@ from fusion_dspy.meter import StageMeter
 from fusion_dspy.sample import Sample, as_module
 from fusion_dspy.select import RewardFn, Select
 from fusion_dspy.signatures import check_reserved_fields, task_signature
+from fusion_dspy.store import CandidateStore
 
 logger = logging.getLogger(__name__)
 
@@ -24,15 +25,12 @@ class _SampleThenCombine(dspy.Module):
 
     stage_name = "combine"
 
-    def __init__(self, module, n, temperature, lm, lms, signature, min_candidates, max_concurrency, sample):
+    def __init__(self, module, signature, sample: Sample | None, **sample_options):
         super().__init__()
         if sample is None:
             if module is None:
                 raise ValueError("Pass the module (or signature) to sample from, or an existing sample=Sample(...).")
-            sample = Sample(
-                as_module(module), n=n, temperature=temperature, lm=lm, lms=lms,
-                max_concurrency=max_concurrency, min_candidates=min_candidates,
-            )  # fmt: skip
+            sample = Sample(as_module(module), **sample_options)
         self.sample = sample
         self.task_signature = task_signature(self.sample.module, signature)
         check_reserved_fields(self.task_signature)
@@ -86,6 +84,7 @@ class FusionOfN(_SampleThenCombine):
             ``fusion_error``.
         shuffle: Shuffle the order candidates are shown to the fusor (seeded per input).
         retries: Fresh fusor samples to try when its output cannot be parsed (see ``Fuse``).
+        store: A ``CandidateStore`` that keeps candidates across calls and runs (see ``Sample``).
         sample: An existing ``Sample`` to draw from, to share one candidate pool with a ``BestOfN``.
 
     Example:
@@ -112,9 +111,11 @@ class FusionOfN(_SampleThenCombine):
         fallback: Literal["raise", "select"] = "raise",
         shuffle: bool = False,
         retries: int = 1,
+        store: CandidateStore | None = None,
         sample: Sample | None = None,
     ):
-        super().__init__(module, n, temperature, lm, lms, signature, min_candidates, max_concurrency, sample)
+        super().__init__(module, signature, sample, n=n, temperature=temperature, lm=lm, lms=lms, store=store,
+                         min_candidates=min_candidates, max_concurrency=max_concurrency)  # fmt: skip
         if fallback not in ("raise", "select"):
             raise ValueError(f"fallback must be 'raise' or 'select', got {fallback!r}.")
         self.fuse = Fuse(self.task_signature, instructions=instructions, lm=fusor_lm or lm, shuffle=shuffle,
@@ -157,7 +158,7 @@ class BestOfN(_SampleThenCombine):
         reward_fn: ``reward_fn(inputs: dict, prediction) -> float``, as in ``dspy.BestOfN``.
         judge: ``"listwise"`` or ``"pointwise"`` to select with an LLM judge instead.
         judge_lm: The judge's LM. Defaults to ``lm``, then the judge predictor's own LM, then the context LM.
-        temperature, lm, lms, signature, min_candidates, max_concurrency, sample: as in ``FusionOfN``.
+        temperature, lm, lms, signature, min_candidates, max_concurrency, store, sample: as in ``FusionOfN``.
 
     Example:
         >>> best = BestOfN(dspy.ChainOfThought("question -> answer"), n=5,
@@ -180,9 +181,11 @@ class BestOfN(_SampleThenCombine):
         signature: str | type[Signature] | None = None,
         min_candidates: int = 1,
         max_concurrency: int | None = None,
+        store: CandidateStore | None = None,
         sample: Sample | None = None,
     ):
-        super().__init__(module, n, temperature, lm, lms, signature, min_candidates, max_concurrency, sample)
+        super().__init__(module, signature, sample, n=n, temperature=temperature, lm=lm, lms=lms, store=store,
+                         min_candidates=min_candidates, max_concurrency=max_concurrency)  # fmt: skip
         self.select = Select(self.task_signature, reward_fn=reward_fn, judge=judge, judge_lm=judge_lm or lm)
 
     def _combine(self, pool: Any, inputs: dict[str, Any]) -> dspy.Prediction:

@@ -11,6 +11,7 @@ from dspy.signatures.signature import Signature
 
 from fusion_dspy.concurrency import arun_concurrently, run_concurrently
 from fusion_dspy.errors import SamplingError
+from fusion_dspy.store import CandidateStore
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ class Sample(dspy.Module):
         max_concurrency: Most samples in flight at once. Defaults to ``n``.
         min_candidates: Fewest successful samples to go on with; fewer raise ``SamplingError``.
         adapter: The DSPy adapter for the generator's calls (default: the context's), e.g. for a small model.
+        store: A ``CandidateStore`` to reuse candidates from and save new ones to, across calls, trials and runs.
+            Stored candidates leave no trace, so bootstrap demos without a store.
 
     Example:
         >>> sample = Sample(dspy.ChainOfThought("question -> answer"), n=5, temperature=0.7)
@@ -64,6 +67,7 @@ class Sample(dspy.Module):
         max_concurrency: int | None = None,
         min_candidates: int = 1,
         adapter: dspy.Adapter | None = None,
+        store: CandidateStore | None = None,
     ):
         super().__init__()
         if lm is not None and lms:
@@ -80,6 +84,7 @@ class Sample(dspy.Module):
         self.max_concurrency = max_concurrency
         self.min_candidates = min_candidates
         self.adapter = adapter
+        self.store = store
 
     def plan(self) -> list[Draw]:
         """The N draws of one call: LM and rollout id per sample."""
@@ -105,34 +110,59 @@ class Sample(dspy.Module):
         context = {"lm": draw.lm.copy(**overrides)}
         return {**context, "adapter": self.adapter} if self.adapter else context
 
+    def _lookup(self, draws: list[Draw], inputs: dict[str, Any]) -> tuple[list[str | None], dict[int, Any]]:
+        """Store keys of the draws, and the (candidate, usage) of those already stored."""
+        if self.store is None:
+            return [None] * len(draws), {}
+        keys = [self.store.key(d.lm, self.temperature, self.module, self.adapter, inputs, d.rollout_id) for d in draws]
+        found = {d.index: self.store.get(key) for d, key in zip(draws, keys, strict=True)}
+        return keys, {index: hit for index, hit in found.items() if hit is not None}
+
+    def _drawn(self, draw: Draw, key: str | None, candidate: dspy.Prediction, usage: dict) -> tuple:
+        if key is not None:
+            self.store.put(key, candidate, usage)  # at once: a crash later keeps this sample
+        return candidate, usage
+
     def forward(self, **inputs) -> dspy.Prediction:
         draws = self.plan()
+        keys, stored = self._lookup(draws, inputs)
 
-        def draw_one(draw: Draw) -> dspy.Prediction:
-            with dspy.context(**self._draw_context(draw)):
-                return self.module(**inputs)
+        def draw_one(draw: Draw) -> tuple:
+            with dspy.context(**self._draw_context(draw)), dspy.track_usage() as tracker:
+                candidate = self.module(**inputs)
+            return self._drawn(draw, keys[draw.index], candidate, tracker.get_total_tokens())
 
-        return self._collect(draws, run_concurrently(draw_one, draws, self.max_concurrency))
+        todo = [draw for draw in draws if draw.index not in stored]
+        fresh = dict(zip([d.index for d in todo], run_concurrently(draw_one, todo, self.max_concurrency), strict=True))
+        return self._collect(draws, stored, fresh)
 
     async def aforward(self, **inputs) -> dspy.Prediction:
         draws = self.plan()
+        keys, stored = self._lookup(draws, inputs)
 
-        async def draw_one(draw: Draw) -> dspy.Prediction:
-            with dspy.context(**self._draw_context(draw)):
-                return await self.module.acall(**inputs)
+        async def draw_one(draw: Draw) -> tuple:
+            with dspy.context(**self._draw_context(draw)), dspy.track_usage() as tracker:
+                candidate = await self.module.acall(**inputs)
+            return self._drawn(draw, keys[draw.index], candidate, tracker.get_total_tokens())
 
-        return self._collect(draws, await arun_concurrently(draw_one, draws, self.max_concurrency))
+        todo = [draw for draw in draws if draw.index not in stored]
+        outcomes = await arun_concurrently(draw_one, todo, self.max_concurrency)
+        return self._collect(draws, stored, dict(zip([d.index for d in todo], outcomes, strict=True)))
 
-    def _collect(self, draws: list[Draw], outcomes: list[Any]) -> dspy.Prediction:
-        candidates, models, failures = [], [], []
-        for draw, outcome in zip(draws, outcomes, strict=True):
+    def _collect(self, draws: list[Draw], stored: dict[int, Any], fresh: dict[int, Any]) -> dspy.Prediction:
+        candidates, models, usage, cached, failures = [], [], [], [], []
+        for draw in draws:
+            outcome = stored.get(draw.index, fresh.get(draw.index))
             if isinstance(outcome, Exception):
                 failure = f"sample {draw.index} ({draw.lm.model}): {type(outcome).__name__}: {outcome}"
                 logger.warning("Dropping a failed candidate: %s", failure)
                 failures.append(failure)
-            else:
-                candidates.append(outcome)
-                models.append(draw.lm.model)
+                continue
+            candidate, cost = outcome
+            candidates.append(candidate)
+            models.append(draw.lm.model)
+            usage.append(cost)
+            cached.append(draw.index in stored)
         if len(candidates) < self.min_candidates:
             raise SamplingError(
                 f"Only {len(candidates)} of {len(draws)} samples succeeded, fewer than min_candidates="
@@ -140,4 +170,4 @@ class Sample(dspy.Module):
                 "format; the failures were:",
                 failures,
             )
-        return dspy.Prediction(candidates=candidates, models=models, failures=failures)
+        return dspy.Prediction(candidates=candidates, models=models, usage=usage, cached=cached, failures=failures)

@@ -1,0 +1,81 @@
+"""CandidateStore: candidate pools on disk (diskcache), reused across optimizer trials, evaluations and runs.
+
+A candidate is stored under its generator model, sampling settings, the generator's prompt state
+(instructions and demos), the adapter, the example's inputs and its sample index within that model. So a trial
+with N=2 reuses the first two samples a trial with N=8 drew, a rerun of a study samples nothing new, and a
+tuned *fusor* never invalidates the candidates. Each candidate is written as soon as it is drawn: a crash loses
+at most the samples in flight. diskcache is safe across threads and processes (two optuna workers share it).
+"""
+
+import hashlib
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import diskcache
+import dspy
+
+# Connection details are not sampling settings: the embedded server gets a new port every run, and a key
+# rotation must not throw away the pool. Models are told apart by their (unique) model names.
+_NOT_SETTINGS = {"api_base", "base_url", "api_key", "rollout_id", "headers", "extra_headers"}
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class CandidateStore:
+    """A persistent, process-safe store of sampled candidates.
+
+    Args:
+        directory: Folder of the diskcache (created if missing).
+        size_limit: Most bytes kept on disk; the least recently used entries go first past it.
+
+    Example:
+        >>> store = CandidateStore(".fusion_dspy_cache/candidates")
+        >>> fused = FusionOfN(qa, n=8, store=store)    # or Sample(qa, n=8, store=store)
+        >>> fused(question="...")                       # second time: no generator request at all
+        >>> store.hits, store.misses
+    """
+
+    def __init__(self, directory: str | Path = ".fusion_dspy_cache/candidates", size_limit: int = 2**32):
+        self.directory = Path(directory)
+        self._cache = diskcache.Cache(str(self.directory), size_limit=size_limit)
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(lm: Any, temperature: float | None, generator: dspy.Module, adapter: Any, inputs: dict, index: int) -> str:
+        """The key of one sample: everything that changes what the generator would write, nothing else."""
+        settings = {k: v for k, v in (getattr(lm, "kwargs", {}) or {}).items() if k not in _NOT_SETTINGS}
+        if temperature is not None:
+            settings["temperature"] = temperature
+        return _digest({
+            "model": lm.model,
+            "settings": settings,
+            "generator": _digest(generator.dump_state()),
+            "adapter": type(adapter or dspy.settings.adapter).__name__,
+            "inputs": inputs,
+            "index": index,
+        })  # fmt: skip
+
+    def get(self, key: str) -> tuple[dspy.Prediction, dict] | None:
+        """A stored candidate and the token usage it cost when it was drawn, or ``None``."""
+        record = self._cache.get(key)
+        with self._lock:
+            if record is None:
+                self.misses += 1
+                return None
+            self.hits += 1
+        return dspy.Prediction(**record["fields"]), record["usage"]
+
+    def put(self, key: str, candidate: dspy.Prediction, usage: dict) -> None:
+        self._cache.set(key, {"fields": candidate.toDict(), "usage": usage})
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def close(self) -> None:
+        self._cache.close()
