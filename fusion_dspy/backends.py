@@ -19,12 +19,13 @@ from dspy.signatures.signature import Signature
 
 from fusion_dspy.config import EMBEDDED, ConfigError, FusionConfig, ModelConfig, config_source
 from fusion_dspy.fusion import BestOfN, FusionOfN
+from fusion_dspy.plain_adapter import PlainAdapter
 
 # A self-hosted server without auth still needs *some* key: the OpenAI client refuses to send a request without
 # one (vLLM's docs use "EMPTY"). Without api_base, litellm finds the provider's usual variable by itself.
 NO_KEY = "no-key"
 
-ADAPTERS = {"chat": dspy.ChatAdapter, "json": dspy.JSONAdapter, "xml": dspy.XMLAdapter}
+ADAPTERS = {"chat": dspy.ChatAdapter, "json": dspy.JSONAdapter, "xml": dspy.XMLAdapter, "plain": PlainAdapter}
 
 
 def _router_call(data: dict[str, Any]) -> dict[str, Any]:
@@ -172,7 +173,7 @@ class Backends:
 
     def used_models(self) -> list[str]:
         names = [t.model for t in self.config.roles.teachers()] + [self.config.fusor]
-        if self.config.fusion.method == "select" and self.config.fusion.select != "majority":
+        if self.config.fusion.method == "select" and self.config.fusion.select in ("listwise", "pointwise"):
             names.append(self.config.judge)
         names += [fb for name in list(names) for fb in self.config.model(name).fallbacks]
         return list(dict.fromkeys(names))
@@ -206,12 +207,16 @@ class Backends:
             "max_concurrency": settings.max_concurrency,
         }
         if (method or settings.method) == "fuse":
+            compare = settings.compare if settings.compare is not None else not isinstance(
+                self.adapter(self.config.fusor), PlainAdapter)  # fmt: skip
             program = FusionOfN(module, fusor_lm=self.fusor, fallback=settings.fallback, shuffle=settings.shuffle,
-                                **{**common, **overrides})  # fmt: skip
+                                compare=compare, **{**common, **overrides})  # fmt: skip
             program.fuse.adapter = self.adapter(self.config.fusor)
         else:
-            judge = None if settings.select == "majority" else settings.select
-            program = BestOfN(module, judge=judge, judge_lm=self.judge if judge else None, **{**common, **overrides})
+            judge = settings.select if settings.select in ("listwise", "pointwise") else None
+            vote = settings.select if judge is None else "majority"
+            program = BestOfN(module, judge=judge, judge_lm=self.judge if judge else None, vote=vote,
+                              **{**common, **overrides})  # fmt: skip
             program.select.adapter = self.adapter(self.config.judge) if judge else None
         program.sample.adapter = self.adapter(self.config.roles.teachers()[0].model)
         return program

@@ -46,6 +46,8 @@ class Fuse(dspy.Module):
         shuffle: Present the candidates in an order shuffled per input (seeded, so reruns hit the cache), to
             spread position bias.
         adapter: The DSPy adapter for the fusor's calls (default: the context's).
+        compare: Have the fusor write a ``comparison`` of the candidates before its answer (the paper's two
+            steps). Turn off for small fusors that cannot write two fields (with ``PlainAdapter``).
         retries: Times to ask again when the output cannot be parsed even after DSPy's adapter fallback. A retry
             is a fresh sample (new ``rollout_id``, temperature at least ``RETRY_TEMPERATURE``): the identical
             request would return the identical broken answer, from the model or from the cache.
@@ -65,10 +67,11 @@ class Fuse(dspy.Module):
         shuffle: bool = False,
         adapter: dspy.Adapter | None = None,
         retries: int = 1,
+        compare: bool = True,
     ):
         super().__init__()
         self.task_signature = ensure_signature(signature)
-        self.predict = dspy.Predict(fuse_signature(self.task_signature, instructions))
+        self.predict = dspy.Predict(fuse_signature(self.task_signature, instructions, compare=compare))
         self.fusor_lm = lm
         self.shuffle = shuffle
         self.adapter = adapter

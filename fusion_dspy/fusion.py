@@ -84,6 +84,7 @@ class FusionOfN(_SampleThenCombine):
             ``fusion_error``.
         shuffle: Shuffle the order candidates are shown to the fusor (seeded per input).
         retries: Fresh fusor samples to try when its output cannot be parsed (see ``Fuse``).
+        compare: The fusor compares the candidates in a ``comparison`` field before answering (see ``Fuse``).
         store: A ``CandidateStore`` that keeps candidates across calls and runs (see ``Sample``).
         sample: An existing ``Sample`` to draw from, to share one candidate pool with a ``BestOfN``.
 
@@ -111,6 +112,7 @@ class FusionOfN(_SampleThenCombine):
         fallback: Literal["raise", "select"] = "raise",
         shuffle: bool = False,
         retries: int = 1,
+        compare: bool = True,
         store: CandidateStore | None = None,
         sample: Sample | None = None,
     ):
@@ -119,7 +121,7 @@ class FusionOfN(_SampleThenCombine):
         if fallback not in ("raise", "select"):
             raise ValueError(f"fallback must be 'raise' or 'select', got {fallback!r}.")
         self.fuse = Fuse(self.task_signature, instructions=instructions, lm=fusor_lm or lm, shuffle=shuffle,
-                         retries=retries)  # fmt: skip
+                         retries=retries, compare=compare)  # fmt: skip
         self.fallback = fallback
 
     def _combine(self, pool: Any, inputs: dict[str, Any]) -> dspy.Prediction:
@@ -158,6 +160,8 @@ class BestOfN(_SampleThenCombine):
         reward_fn: ``reward_fn(inputs: dict, prediction) -> float``, as in ``dspy.BestOfN``.
         judge: ``"listwise"`` or ``"pointwise"`` to select with an LLM judge instead.
         judge_lm: The judge's LM. Defaults to ``lm``, then the judge predictor's own LM, then the context LM.
+        vote: Without reward_fn or judge: ``"majority"`` (exact answers) or ``"consensus"`` (free text); see
+            ``Select``.
         temperature, lm, lms, signature, min_candidates, max_concurrency, store, sample: as in ``FusionOfN``.
 
     Example:
@@ -175,6 +179,7 @@ class BestOfN(_SampleThenCombine):
         reward_fn: RewardFn | None = None,
         judge: Literal["listwise", "pointwise"] | None = None,
         judge_lm: BaseLM | None = None,
+        vote: Literal["majority", "consensus"] = "majority",
         temperature: float | None = 0.7,
         lm: BaseLM | None = None,
         lms: Sequence[BaseLM] | None = None,
@@ -186,7 +191,7 @@ class BestOfN(_SampleThenCombine):
     ):
         super().__init__(module, signature, sample, n=n, temperature=temperature, lm=lm, lms=lms, store=store,
                          min_candidates=min_candidates, max_concurrency=max_concurrency)  # fmt: skip
-        self.select = Select(self.task_signature, reward_fn=reward_fn, judge=judge, judge_lm=judge_lm or lm)
+        self.select = Select(self.task_signature, reward_fn=reward_fn, judge=judge, judge_lm=judge_lm or lm, vote=vote)
 
     def _combine(self, pool: Any, inputs: dict[str, Any]) -> dspy.Prediction:
         return self.select(candidates=pool, **inputs)
