@@ -19,6 +19,14 @@ DEMO_PROMPTS = [
     "Why is the sky blue?",
 ]
 DEMO_SIGNATURE = "question -> answer"
+CLIP = 360  # characters of each candidate shown; the picked and fused answers are shown whole
+METHOD_NOTES = {
+    "consensus": "the candidate closest to all the others",
+    "majority": "the most frequent answer",
+    "listwise": "an LLM judge's pick",
+    "pointwise": "the best LLM judge score",
+    "reward": "the highest reward",
+}
 
 
 @dataclass
@@ -49,7 +57,8 @@ def _one_prompt(prompt: str, fused_program: FusionOfN, best_program: BestOfN, co
         pool = fused_program.sample(question=prompt)
     candidates = Table("#", "candidate answer", show_header=True, title="candidates", title_justify="left")
     for i, candidate in enumerate(pool.candidates, 1):
-        candidates.add_row(str(i), candidate.answer)
+        text = str(candidate.answer)
+        candidates.add_row(str(i), text if len(text) <= CLIP else text[:CLIP].rstrip() + " …")
     parts: list = [candidates]
     for failure in pool.failures:
         parts.append(f"[yellow]dropped a failed sample:[/yellow] {failure.splitlines()[0][:160]}")
@@ -59,14 +68,16 @@ def _one_prompt(prompt: str, fused_program: FusionOfN, best_program: BestOfN, co
         try:
             best = best_program(question=prompt, candidates=pool)
             how = best_program.select.method
-            parts.append(f"[bold]Best-of-N[/bold] ({how}) keeps candidate {best.selected_index + 1}: {best.answer}")
+            parts.append(f"[bold]Best-of-N[/bold] ({how}: {METHOD_NOTES[how]}) keeps candidate "
+                         f"{best.selected_index + 1}:\n{best.answer}\n")  # fmt: skip
         except Exception as error:  # noqa: BLE001 - shown, and the demo goes on
             parts.append(f"[red]Best-of-N failed:[/red] {type(error).__name__}: {str(error)[:200]}")
     with console.status("Fusion-of-N: the fusor writes a new answer from all candidates..."):
         try:
             fused = fused_program(question=prompt, candidates=pool)
             note = " [yellow](fusor output unusable: fell back to the vote)[/yellow]" if "fusion_error" in fused else ""
-            parts.append(f"[bold green]Fusion-of-N[/bold green] writes:{note} {fused.answer}")
+            parts.append(f"[bold green]Fusion-of-N[/bold green] writes a new answer from all of them:{note}\n"
+                         f"{fused.answer}\n")  # fmt: skip
         except Exception as error:  # noqa: BLE001
             parts.append(f"[red]Fusion-of-N failed:[/red] {type(error).__name__}: {str(error)[:200]}")
     parts.append(_stage_table(meter, best, fused))

@@ -31,14 +31,26 @@ def _normalized(value: Any) -> str:
     return re.sub(r"\s+", " ", str(value)).strip().strip(".").lower()
 
 
+def _token_f1(a: str, b: str) -> float:
+    """Bag-of-words F1 of two texts: 1.0 for the same words, 0.0 for none in common."""
+    left, right = Counter(re.findall(r"\w+", a)), Counter(re.findall(r"\w+", b))
+    common = sum((left & right).values())
+    if not common:
+        return 0.0
+    precision, recall = common / sum(left.values()), common / sum(right.values())
+    return 2 * precision * recall / (precision + recall)
+
+
 class Select(dspy.Module):
     """Keeps the best of N candidates: by a reward function, an LLM judge, or majority vote.
 
     The method follows from the arguments: ``reward_fn`` scores each candidate (``dspy.BestOfN``'s
     ``reward_fn(inputs, prediction) -> float``); ``judge="listwise"`` has an LLM pick the best of all candidates
-    shown together, ``judge="pointwise"`` has it score each one 1-10 (concurrently); with neither, the most
-    frequent answer wins (ties go to the earliest candidate), comparing the task's output fields except
-    ``reasoning``.
+    shown together, ``judge="pointwise"`` has it score each one 1-10 (concurrently). With neither, a vote over
+    the task's output fields except ``reasoning``: ``vote="majority"`` keeps the most frequent answer (exact match
+    after normalizing case and spacing: self-consistency, right for short answers), ``vote="consensus"`` the
+    answer most similar to all the others (mean word-overlap F1, a minimum-Bayes-risk pick, right for free
+    text, where no two answers are equal). Ties go to the earliest candidate.
 
     Args:
         signature: The task signature of the candidates.
@@ -46,7 +58,8 @@ class Select(dspy.Module):
         judge: ``"listwise"`` or ``"pointwise"`` for an LLM judge.
         judge_lm: The judge's LM (defaults to the predictor's own, then the context LM).
         shuffle: Shuffle the candidates shown to a listwise judge (seeded per input) against position bias.
-        vote_fields: Output fields compared by majority vote (default: all outputs but ``reasoning``).
+        vote: ``"majority"`` or ``"consensus"``, used when there is no reward_fn or judge.
+        vote_fields: Output fields compared by the vote (default: all outputs but ``reasoning``).
         adapter: The DSPy adapter for the judge's calls (default: the context's).
 
     Example:
@@ -62,6 +75,7 @@ class Select(dspy.Module):
         judge: Literal["listwise", "pointwise"] | None = None,
         judge_lm: BaseLM | None = None,
         shuffle: bool = True,
+        vote: Literal["majority", "consensus"] = "majority",
         vote_fields: Sequence[str] | None = None,
         adapter: dspy.Adapter | None = None,
     ):
@@ -70,8 +84,10 @@ class Select(dspy.Module):
             raise ValueError("Pass either reward_fn= or judge=, not both.")
         if judge not in (None, "listwise", "pointwise"):
             raise ValueError(f"judge must be 'listwise' or 'pointwise', got {judge!r}.")
+        if vote not in ("majority", "consensus"):
+            raise ValueError(f"vote must be 'majority' or 'consensus', got {vote!r}.")
         self.task_signature = ensure_signature(signature)
-        self.method = "reward" if reward_fn else (judge or "majority")
+        self.method = "reward" if reward_fn else (judge or vote)
         # Held behind a lambda so a reward_fn that is itself a dspy.Module is not mistaken for a parameter.
         self.reward_fn = (lambda inputs, pred: reward_fn(inputs, pred)) if reward_fn else None
         if judge == "listwise":
@@ -101,6 +117,8 @@ class Select(dspy.Module):
         elif self.method == "listwise":
             request, order = self._judge_all(pool, task_inputs)
             return self._pick_listwise(pool, order, self.judge(**request))
+        elif self.method == "consensus":
+            scores = self._consensus(pool)
         else:
             scores = self._votes(pool)
         return self._pick(pool, scores)
@@ -133,10 +151,19 @@ class Select(dspy.Module):
         rendered = render_candidates(pool, list(self.task_signature.output_fields), order)
         return self._with_lm({**task_inputs, "candidates": rendered}), order
 
+    def _vote_texts(self, pool: list[Any]) -> list[str]:
+        return [" | ".join(_normalized(c.get(field, "")) for field in self.vote_fields) for c in pool]
+
     def _votes(self, pool: list[Any]) -> list[float]:
-        keys = [tuple(_normalized(c.get(f, "")) for f in self.vote_fields) for c in pool]
-        counts = Counter(keys)
-        return [float(counts[key]) for key in keys]
+        counts = Counter(self._vote_texts(pool))
+        return [float(counts[text]) for text in self._vote_texts(pool)]
+
+    def _consensus(self, pool: list[Any]) -> list[float]:
+        texts = self._vote_texts(pool)
+        if len(texts) == 1:
+            return [1.0]
+        return [sum(_token_f1(t, other) for j, other in enumerate(texts) if j != i) / (len(texts) - 1)
+                for i, t in enumerate(texts)]  # fmt: skip
 
     def _pick_listwise(self, pool: list[Any], order: list[int], verdict: dspy.Prediction) -> dspy.Prediction:
         label = verdict.best_candidate

@@ -94,7 +94,8 @@ def test_demo_shows_candidates_selection_fusion_and_costs(config_file):
     out = io.StringIO()
     rows = run_demo(load_config(config_file), n=2, prompts=["Why?", "poison"], console=Console(file=out, width=120))
     text = out.getvalue()
-    assert "a candidate" in text and "Best-of-N (majority) keeps candidate 1" in text
-    assert "Fusion-of-N writes: fused answer" in text and "cost of this prompt" in text
+    assert "a candidate" in text and "Best-of-N (consensus: the candidate closest to all the others) keeps" in text
+    assert "Fusion-of-N writes a new answer from all of them" in text and "fused answer" in text
+    assert "cost of this prompt" in text
     assert rows[0].error is None and rows[0].tokens["sample"] > 0 and rows[0].tokens["fuse"] > 0
     assert rows[1].error.startswith("SamplingError") and "'poison' failed" in text  # reported, demo went on

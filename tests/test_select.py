@@ -80,3 +80,17 @@ def test_bad_arguments():
         fd.Select("q -> a", judge="pairwise")
     with pytest.raises(fd.FusionDSPyError, match="no candidates"):
         fd.Select("q -> a")(candidates=[], q="x")
+
+
+def test_consensus_keeps_the_answer_closest_to_all_others():
+    pool = [dspy.Prediction(answer=a) for a in [
+        "The sky is blue because air scatters blue sunlight more than red.",
+        "Because the ocean reflects onto it.",
+        "Air molecules scatter blue sunlight more strongly than red light, so the sky looks blue.",
+        "Blue light is scattered more by the air than red light.",
+    ]]  # fmt: skip
+    best = fd.Select("question -> answer", vote="consensus")(candidates=pool, question="Why is the sky blue?")
+    assert best.selected_index in (0, 2) and best.scores[1] == min(best.scores)
+    assert fd.Select("q -> a", vote="consensus")(candidates=[dspy.Prediction(a="x")], q="?").scores == [1.0]
+    with pytest.raises(ValueError, match="vote"):
+        fd.Select("q -> a", vote="mbr")
