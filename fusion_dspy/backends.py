@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import dspy
@@ -17,7 +18,7 @@ from dspy.clients.engines.litellm_engine import AsyncLiteLLMEngine, LiteLLMEngin
 from dspy.clients.engines.litellm_errors import litellm_errors
 from dspy.signatures.signature import Signature
 
-from fusion_dspy.config import EMBEDDED, ConfigError, FusionConfig, ModelConfig, config_source
+from fusion_dspy.config import EMBEDDED, ConfigError, FusionConfig, ModelConfig, config_source, read_config
 from fusion_dspy.fusion import BestOfN, FusionOfN
 from fusion_dspy.plain_adapter import PlainAdapter
 
@@ -74,10 +75,10 @@ class Backends:
     """The LMs of one config, built once per model name and shared by the roles that use it.
 
     Args:
-        config: A validated ``FusionConfig`` (``fusion_dspy.load_config(path)``).
+        config: A validated ``FusionConfig`` (``fusion_dspy.read_config(path)``).
 
     Example:
-        >>> backends = Backends(load_config("models.yaml"))
+        >>> backends = load_config("models.yaml")          # = Backends(read_config("models.yaml"))
         >>> backends.check()                      # keys present, servers reachable: before any sampling
         >>> program = backends.program(dspy.ChainOfThought("question -> answer"))
     """
@@ -220,6 +221,18 @@ class Backends:
             program.select.adapter = self.adapter(self.config.judge) if judge else None
         program.sample.adapter = self.adapter(self.config.roles.teachers()[0].model)
         return program
+
+
+def load_config(path: str | Path | None = None) -> Backends:
+    """Read and validate a config file (``None``: the embedded model for every role) into its ``Backends``.
+
+    Nothing is contacted yet: LMs are built on first use, and ``check()`` tests keys and servers up front.
+
+    Example:
+        >>> backends = load_config("configs/vllm.yaml")
+        >>> fused = backends.program(dspy.ChainOfThought("question -> answer"))
+    """
+    return Backends(read_config(path))
 
 
 def _probe(api_base: str, timeout: float, where: str) -> None:

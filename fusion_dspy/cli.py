@@ -11,10 +11,10 @@ from fusion_dspy.errors import FusionDSPyError
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from fusion_dspy.config import load_config
+    from fusion_dspy.config import read_config
     from fusion_dspy.demo import run_demo
 
-    rows = run_demo(load_config(args.config), n=args.n, prompts=args.prompt or None)
+    rows = run_demo(read_config(args.config), n=args.n, prompts=args.prompt or None)
     return 1 if all(row.error for row in rows) else 0
 
 
@@ -23,7 +23,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from fusion_dspy.backends import Backends
     from fusion_dspy.batch import read_jsonl, run_batch
-    from fusion_dspy.config import load_config
+    from fusion_dspy.config import read_config
 
     signature = ensure_signature(args.signature)
     fields = list(signature.input_fields)
@@ -33,7 +33,7 @@ def _run(args: argparse.Namespace) -> int:
         items = list(read_jsonl(args.inputs))
     else:
         raise FusionDSPyError("Give --input TEXT (one input) or --inputs FILE.jsonl (one JSON object per line).")
-    backends = Backends(load_config(args.config))
+    backends = Backends(read_config(args.config))
     backends.check()
     overrides = {"n": args.n} if args.n else {}
     program = backends.program(signature, method=args.method, **overrides)

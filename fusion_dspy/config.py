@@ -167,7 +167,7 @@ def _explain(issue: dict[str, Any]) -> str:
     return issue["msg"].removeprefix("Value error, ")
 
 
-def load_config(path: str | Path | None = None) -> FusionConfig:
+def read_config(path: str | Path | None = None) -> FusionConfig:
     """Read and validate a YAML (.yaml/.yml) or TOML (.toml) config; ``None`` gives the all-embedded default."""
     if path is None:
         return FusionConfig()

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from fusion_dspy.backends import Backends
 from fusion_dspy.config import FusionConfig
+from fusion_dspy.embedded import SMOLLM2_ALIAS
 from fusion_dspy.fusion import BestOfN, FusionOfN
 from fusion_dspy.meter import StageMeter, total_tokens
 
@@ -109,4 +110,20 @@ def run_demo(config: FusionConfig, n: int = 3, prompts: list[str] | None = None,
         except Exception as error:  # noqa: BLE001 - e.g. every sample failed: report it, go on with the next
             console.print(f"[red]{prompt!r} failed:[/red] {type(error).__name__}: {str(error)[:300]}")
             rows.append(DemoRow(prompt, {}, {}, error=f"{type(error).__name__}: {error}"))
+    _summary(rows, backends, console)
     return rows
+
+
+def _summary(rows: list[DemoRow], backends: Backends, console: Console) -> None:
+    table = Table("stage", "tokens", "seconds", title="all prompts", title_justify="left")
+    for stage in ("sample", "select", "fuse"):
+        tokens = sum(row.tokens.get(stage, 0) for row in rows)
+        seconds = sum(row.seconds.get(stage, 0.0) for row in rows)
+        table.add_row(stage, str(tokens), f"{seconds:.1f}")
+    console.print(table)
+    if any(lm.model.endswith(SMOLLM2_ALIAS) for lm in [*backends.generators, backends.fusor]):
+        console.print(
+            "[dim]These answers come from SmolLM2-135M, a tiny model that proves the pipeline runs offline; the "
+            "paper wants a 27B+ fusor. Point the same demo at real models with --config (README: 'Use your own "
+            "models').[/dim]"
+        )

@@ -51,6 +51,9 @@ def _alias_for(path: pathlib.Path) -> str:
     return path.name.removesuffix(".gguf").lower().replace(".", "-").replace(" ", "-")
 
 
+SMOLLM2_ALIAS = _alias_for(pathlib.Path(SMOLLM2_GGUF))  # "smollm2-135m-instruct-q4_1"
+
+
 class EmbeddedServer:
     """A GGUF model served in-process on an OpenAI-compatible endpoint at ``http://127.0.0.1:<free port>/v1``.
 

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from fusion_dspy.backends import Backends
-from fusion_dspy.config import load_config
+from fusion_dspy.config import read_config
 from fusion_dspy.testing import StubOpenAIServer
 
 SECRET = "sk-fusion-test-0123456789abcdef"
@@ -41,7 +41,7 @@ def servers():
 def backends_for(tmp_path, config: dict) -> Backends:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    return Backends(load_config(path))
+    return Backends(read_config(path))
 
 
 def model(server, name, **extra):

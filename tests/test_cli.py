@@ -9,7 +9,7 @@ from rich.console import Console
 
 from fusion_dspy.batch import done_ids, run_batch
 from fusion_dspy.cli import main
-from fusion_dspy.config import load_config
+from fusion_dspy.config import read_config
 from fusion_dspy.demo import run_demo
 from fusion_dspy.testing import StubOpenAIServer, scripted_lm
 from tests.conftest import qa_responder
@@ -92,10 +92,19 @@ def test_help_everywhere(command, capsys):
 
 def test_demo_shows_candidates_selection_fusion_and_costs(config_file):
     out = io.StringIO()
-    rows = run_demo(load_config(config_file), n=2, prompts=["Why?", "poison"], console=Console(file=out, width=120))
+    rows = run_demo(read_config(config_file), n=2, prompts=["Why?", "poison"], console=Console(file=out, width=120))
     text = out.getvalue()
     assert "a candidate" in text and "Best-of-N (consensus: the candidate closest to all the others) keeps" in text
     assert "Fusion-of-N writes a new answer from all of them" in text and "fused answer" in text
     assert "cost of this prompt" in text
     assert rows[0].error is None and rows[0].tokens["sample"] > 0 and rows[0].tokens["fuse"] > 0
     assert rows[1].error.startswith("SamplingError") and "'poison' failed" in text  # reported, demo went on
+
+
+@pytest.mark.embedded
+def test_demo_on_the_embedded_model():
+    out = io.StringIO()
+    rows = run_demo(read_config(None), n=2, prompts=["Name a primary color."], console=Console(file=out, width=120))
+    assert rows[0].error is None, rows[0].error
+    assert rows[0].tokens["sample"] > 0 and rows[0].tokens["fuse"] > 0
+    assert "smollm2-135m-instruct-q4_1" in out.getvalue() and "tiny model" in out.getvalue()
