@@ -84,9 +84,10 @@ class Backends:
     """
 
     config: FusionConfig
+    lms: dict[str, dspy.BaseLM] | None = None
 
     def __post_init__(self):
-        self._lms: dict[str, dspy.LM] = {}
+        self._lms: dict[str, dspy.BaseLM] = dict(self.lms or {})
 
     def _where(self, name: str, field: str) -> str:
         return f"{config_source(self.config)}: models.{name}.{field}"
@@ -182,6 +183,8 @@ class Backends:
     def check(self, timeout: float = 5.0) -> None:
         """Fail fast, before any sampling: every key variable set, every local server answering."""
         for name in self.used_models():
+            if name in self._lms:
+                continue  # given ready-made: nothing of ours to check
             self.lm(name)  # builds it: raises on missing key variables
             cfg = self.config.model(name)
             bases = [("api_base", cfg.api_base)] + [(f"deployments.{i}.api_base", d.api_base)

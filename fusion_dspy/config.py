@@ -55,6 +55,8 @@ class ModelConfig(_Strict):
     temperature: float | None = None
     max_tokens: int | None = None
     timeout: float | None = Field(None, description="seconds per request")
+    context_window: int | None = Field(None, description="tokens the model reads at once (default: litellm's "
+                                       "model info, when it knows the model)")  # fmt: skip
     num_retries: int = 2
     adapter: Literal["chat", "json", "xml", "plain"] | None = Field(
         None, description="DSPy adapter for this model's calls; 'plain' for small models (see PlainAdapter)"
@@ -77,7 +79,7 @@ class ModelConfig(_Strict):
 # plain chat (it cannot keep DSPy's field markers), 200 tokens (64 cut a quarter of the answers), and 0.3 for
 # its own calls, i.e. the fusor's (fusion got worse with heat: 94% -> 72% from 0.3 to 0.8); candidates are
 # sampled at fusion.temperature. Define a model named `embedded` to change them.
-EMBEDDED_DEFAULTS = ModelConfig(model=EMBEDDED, temperature=0.3, max_tokens=200, adapter="plain")
+EMBEDDED_DEFAULTS = ModelConfig(model=EMBEDDED, temperature=0.3, max_tokens=200, adapter="plain", context_window=8192)
 
 
 class Teacher(_Strict):

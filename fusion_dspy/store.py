@@ -77,5 +77,9 @@ class CandidateStore:
     def __len__(self) -> int:
         return len(self._cache)
 
+    def __bool__(self) -> bool:
+        # An empty store is still a store: without this, `store or default` would silently swap it out.
+        return True
+
     def close(self) -> None:
         self._cache.close()

@@ -87,3 +87,8 @@ def test_async_sampling_uses_the_store(tmp_path):
     again = asyncio.run(sample.acall(question="q"))
     assert again.cached == [True] * 3 and len(lm.engine.calls) == 3
     assert store.hits == 3 and store.misses == 3
+
+
+def test_an_empty_store_is_still_truthy(tmp_path):
+    store = CandidateStore(tmp_path)
+    assert len(store) == 0 and bool(store)

@@ -1,0 +1,94 @@
+"""Task: what the optimizer and the evaluation need to know about a task program, and dev sets from JSONL."""
+
+import importlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dspy
+from dspy.signatures.signature import Signature, ensure_signature
+
+from fusion_dspy.batch import read_jsonl
+from fusion_dspy.errors import FusionDSPyError
+
+Metric = Callable[..., Any]  # metric(example, prediction, trace=None) -> float | bool
+
+
+class MetricError(FusionDSPyError):
+    """The metric raised, or returned something that is not a number."""
+
+
+@dataclass
+class Task:
+    """A task program: its signature, the generator module, a metric, and (optionally) an offline data loader.
+
+    Args:
+        name: Short name, used in study names and reports.
+        signature: The task signature (``"question -> answer"`` or a class).
+        metric: ``metric(example, prediction, trace=None) -> float | bool``, higher is better.
+        module: Builds the generator module; defaults to ``dspy.Predict(signature)``.
+        load: ``load(split, size, seed) -> list[dspy.Example]`` for built-in data.
+
+    Example:
+        >>> qa = Task("qa", "question -> answer", metric=lambda ex, pred, trace=None: ex.answer == pred.answer)
+        >>> devset = qa.read_examples("dev.jsonl")
+    """
+
+    name: str
+    signature: str | type[Signature]
+    metric: Metric
+    module: Callable[[], dspy.Module] | None = None
+    load: Callable[[str, int, int], list[dspy.Example]] | None = None
+
+    def __post_init__(self):
+        self.signature = ensure_signature(self.signature)
+
+    @property
+    def input_fields(self) -> list[str]:
+        return list(self.signature.input_fields)
+
+    def generator(self) -> dspy.Module:
+        return self.module() if self.module else dspy.Predict(self.signature)
+
+    def read_examples(self, path: str | Path) -> list[dspy.Example]:
+        """Examples from JSONL: each line has the input fields and the gold output fields."""
+        examples = []
+        for number, row in enumerate(read_jsonl(path), 1):
+            missing = [name for name in self.input_fields if name not in row]
+            if missing:
+                raise FusionDSPyError(f"{path}: example {number} lacks the input field(s) {missing} of the task "
+                                      f"'{self.name}' ({self.signature.signature}).")  # fmt: skip
+            examples.append(dspy.Example(**row).with_inputs(*self.input_fields))
+        return examples
+
+    def score(self, example: dspy.Example, prediction: dspy.Prediction, where: str = "") -> float:
+        """The metric as a float, or a ``MetricError`` that says which example and what came back."""
+        try:
+            value = self.metric(example, prediction)
+        except Exception as error:
+            raise MetricError(f"The metric of task '{self.name}' raised {type(error).__name__}: {error} on "
+                              f"{where or 'an example'}. Fix the metric; it must return a number.") from error
+        if isinstance(value, bool):
+            return float(value)
+        if isinstance(value, (int, float)) and not math.isnan(value):
+            return float(value)
+        raise MetricError(f"The metric of task '{self.name}' returned {value!r} ({type(value).__name__}) on "
+                          f"{where or 'an example'}; it must return a number or a bool.")  # fmt: skip
+
+
+def resolve_task(spec: str) -> Task:
+    """A ``Task`` from ``"package.module:attribute"``, or a built-in program name of ``fusion_dspy.programs``."""
+    module_name, _, attribute = spec.partition(":")
+    if not attribute:
+        module_name, attribute = "fusion_dspy.programs", spec
+    try:
+        target = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise FusionDSPyError(f"--program {spec!r}: cannot import it ({error}). Give 'package.module:task' naming "
+                              "a fusion_dspy.Task, or a built-in program name.") from None  # fmt: skip
+    task = target() if callable(target) and not isinstance(target, Task) else target
+    if not isinstance(task, Task):
+        raise FusionDSPyError(f"--program {spec!r} is a {type(task).__name__}, not a fusion_dspy.Task.")
+    return task

@@ -1,0 +1,229 @@
+"""FusionSearch: optuna search over how Fusion-of-N spends N samples, scored by a metric on a dev set.
+
+Searched: N, the sampling temperature, fuse vs select, the fusor instruction and, for teacher pools, which
+teachers take part. Candidates come from a ``CandidateStore``, so a trial with N=2 reuses what a trial with N=8
+drew and a resumed or repeated study samples nothing again. The study lives in optuna storage (a SQLite file by
+default, any RDB URL for many workers): kill it, rerun the same command, and it goes on where it stopped.
+"""
+
+import itertools
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dspy
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.study import MaxTrialsCallback
+from optuna.trial import TrialState
+
+from fusion_dspy.backends import Backends
+from fusion_dspy.concurrency import run_concurrently
+from fusion_dspy.errors import FusionDSPyError
+from fusion_dspy.fusion import BestOfN, FusionOfN
+from fusion_dspy.meter import total_tokens
+from fusion_dspy.optimizers.context import check_context_window
+from fusion_dspy.optimizers.instructions import builtin_instructions, propose_instructions
+from fusion_dspy.optimizers.tuned import save_tuned
+from fusion_dspy.store import CandidateStore
+from fusion_dspy.task import MetricError, Task
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchSpace:
+    """The values each trial chooses from. Categorical on purpose: shared values mean shared candidates.
+
+    Args:
+        n: Candidate counts to try.
+        temperatures: Sampling temperatures to try.
+        methods: ``"fuse"`` and/or ``"select"``.
+        teachers: Model names of the config's teacher pool whose subsets to try (``None``: always the whole pool).
+        proposed_instructions: How many extra fusor instructions to ask the config's judge model for.
+    """
+
+    n: Sequence[int] = (1, 2, 4, 8)
+    temperatures: Sequence[float] = (0.7,)
+    methods: Sequence[str] = ("fuse", "select")
+    teachers: Sequence[str] | None = None
+    proposed_instructions: int = 0
+
+
+def teacher_subsets(names: Sequence[str]) -> list[str]:
+    """Every non-empty subset of the teachers, as ``"a+b"`` strings (categorical values optuna can store)."""
+    return ["+".join(combo) for size in range(1, len(names) + 1) for combo in itertools.combinations(names, size)]
+
+
+class FusionSearch:
+    """Tunes N, temperature, fuse-vs-select, the fusor instruction and the teacher pool with optuna.
+
+    Args:
+        backends: The config's role LMs (``fusion_dspy.load_config(path)``).
+        task: The task: signature, generator module and metric.
+        devset: Examples to score each configuration on.
+        space: What to search.
+        store: Where candidates are kept (default: a ``CandidateStore`` in ``.fusion_dspy_cache/candidates``).
+        storage: Optuna storage URL; a SQLite file by default, any RDB URL for many workers.
+        study_name: Name of the study in the storage; the same name resumes it.
+        cost_objective: Also minimize tokens per example (a Pareto front of score and cost).
+        num_threads: Dev examples evaluated at once.
+        sampler: ``"tpe"`` (optuna's default, for large spaces) or ``"grid"`` (every configuration once).
+        seed: Seed of the TPE sampler.
+
+    Example:
+        >>> search = FusionSearch(fd.load_config("configs/vllm.yaml"), task, devset)
+        >>> study = search.optimize(n_trials=20)
+        >>> tuned = search.best_program()
+    """
+
+    def __init__(self, backends: Backends, task: Task, devset: list[dspy.Example], space: SearchSpace | None = None,
+                 store: CandidateStore | None = None, storage: str = "sqlite:///fusion_study.db",
+                 study_name: str | None = None, cost_objective: bool = False, num_threads: int = 4,
+                 sampler: str = "tpe", seed: int = 0):
+        if not devset:
+            raise FusionDSPyError("The dev set is empty: give at least one example to score configurations on.")
+        self.backends, self.task, self.devset = backends, task, list(devset)
+        self.space = space or SearchSpace()
+        self.store = store if store is not None else CandidateStore()  # an empty store is falsy
+        self.cost_objective, self.num_threads = cost_objective, num_threads
+        check_context_window(backends, max(self.space.n), self.devset[0])
+        directions = ["maximize", "minimize"] if cost_objective else ["maximize"]
+        self.study = optuna.create_study(
+            study_name=study_name or f"fusion-{task.name}",
+            storage=_storage(storage),
+            directions=directions,
+            load_if_exists=True,
+        )
+        self.instructions = self._instructions()
+        if sampler not in ("tpe", "grid"):
+            raise ValueError(f"sampler must be 'tpe' or 'grid', got {sampler!r}.")
+        # Set after the instructions are known: the grid needs their number.
+        self.study.sampler = (optuna.samplers.GridSampler(self.grid(), seed=seed) if sampler == "grid"
+                              else optuna.samplers.TPESampler(seed=seed))  # fmt: skip
+
+    def _instructions(self) -> list[str]:
+        """The fusor instructions of this study: fixed when it is created, so resumed runs and workers agree."""
+        saved = self.study.user_attrs.get("instructions")
+        if saved:
+            return saved
+        probe = self.backends.program(self.task.generator(), method="fuse")
+        compare = "comparison" in probe.fuse.predict.signature.output_fields
+        texts = list(builtin_instructions(compare).values())
+        if self.space.proposed_instructions:
+            texts += propose_instructions(self.backends.judge, self.task.signature, self.space.proposed_instructions,
+                                          compare=compare)  # fmt: skip
+        self.study.set_user_attr("instructions", texts)
+        return texts
+
+    def grid(self) -> dict[str, list]:
+        """The whole search space, parameter by parameter."""
+        grid = {"n": list(self.space.n), "temperature": list(self.space.temperatures),
+                "method": list(self.space.methods), "instruction": list(range(len(self.instructions)))}  # fmt: skip
+        if self.space.teachers:
+            grid["teachers"] = teacher_subsets(self.space.teachers)
+        return grid
+
+    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
+        return {name: trial.suggest_categorical(name, values) for name, values in self.grid().items()}
+
+    def build(self, params: dict[str, Any]) -> FusionOfN | BestOfN:
+        """The program a set of trial parameters describes."""
+        overrides: dict[str, Any] = {"n": params["n"], "temperature": params["temperature"], "store": self.store}
+        if params.get("teachers"):
+            pool = [self.backends.lm(name) for name in params["teachers"].split("+")]
+            overrides.update(lm=pool[0] if len(pool) == 1 else None, lms=pool if len(pool) > 1 else None)
+        program = self.backends.program(self.task.generator(), method=params["method"], **overrides)
+        if params["method"] == "fuse":
+            fusor = program.fuse.predict
+            fusor.signature = fusor.signature.with_instructions(self.instructions[params["instruction"]])
+        return program
+
+    def evaluate(self, params: dict[str, Any]) -> tuple[float, float]:
+        """Mean metric and mean tokens per example (every sample's and the fusor's, cached ones at their cost)."""
+        program = self.build(params)
+        stage = "fuse" if isinstance(program, FusionOfN) else "select"
+
+        def run(example: dspy.Example) -> tuple[dspy.Prediction, int]:
+            pool = program.sample(**example.inputs())
+            result = program(candidates=pool, **example.inputs())
+            return result, sum(total_tokens(u) for u in pool.usage) + result.stage_tokens[stage]
+
+        outcomes = run_concurrently(run, self.devset, self.num_threads)
+        scores, costs = [], []
+        for index, (example, outcome) in enumerate(zip(self.devset, outcomes, strict=True)):
+            if isinstance(outcome, MetricError):
+                raise outcome
+            if isinstance(outcome, Exception):
+                logger.warning("Dev example %d failed (scored 0): %s: %s", index, type(outcome).__name__, outcome)
+                scores.append(0.0)
+                continue
+            prediction, cost = outcome
+            scores.append(self.task.score(example, prediction, where=f"dev example {index}"))
+            costs.append(cost)
+        return sum(scores) / len(scores), (sum(costs) / len(costs) if costs else 0.0)
+
+    def objective(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        params = self.suggest(trial)
+        score, cost = self._already_scored(params) or self.evaluate(params)
+        trial.set_user_attr("tokens_per_example", cost)
+        return (score, cost) if self.cost_objective else score
+
+    def _already_scored(self, params: dict[str, Any]) -> tuple[float, float] | None:
+        """TPE may propose a configuration again: reuse its result instead of paying the fusor twice."""
+        key = canonical(params)
+        for done in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if canonical(done.params) == key:
+                return done.values[0], done.user_attrs.get("tokens_per_example", 0.0)
+        return None
+
+    def optimize(self, n_trials: int, timeout: float | None = None, callbacks: Sequence = ()) -> optuna.Study:
+        """Run until the study (all workers together) has ``n_trials`` complete trials."""
+        done = len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        if done < n_trials:
+            stop_at_total = MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,))
+            self.study.optimize(self.objective, n_trials=n_trials - done, timeout=timeout,
+                                callbacks=[stop_at_total, *callbacks])  # fmt: skip
+        return self.study
+
+    def best_params(self) -> dict[str, Any]:
+        """The best trial's parameters: the highest score, then (with a cost objective) the fewest tokens."""
+        complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if not complete:
+            raise FusionDSPyError("The study has no complete trial yet: run optimize() first.")
+        best = min(complete, key=lambda t: (-t.values[0], t.user_attrs.get("tokens_per_example", 0.0), t.number))
+        return dict(best.params)
+
+    def best_program(self) -> FusionOfN | BestOfN:
+        return self.build(self.best_params())
+
+    def save_best(self, path: str | Path) -> Path:
+        """Save the best configuration so that ``load_tuned(path, backends, module)`` rebuilds it."""
+        params = self.best_params()
+        settings = {key: params.get(key) for key in ("n", "temperature", "method", "teachers")}
+        settings["instruction"] = self.instructions[params["instruction"]] if params["method"] == "fuse" else None
+        return save_tuned(self.best_program(), settings, path)
+
+
+def canonical(params: dict[str, Any]) -> tuple:
+    """Parameters that change the result: the instruction does not matter when selecting."""
+    relevant = {k: v for k, v in params.items() if not (k == "instruction" and params.get("method") == "select")}
+    return tuple(sorted(relevant.items()))
+
+
+def _storage(url: str) -> RDBStorage:
+    # Heartbeats mark the trial of a killed process as failed once its grace period passes, and the retry
+    # callback queues its parameters again, so a crash costs one trial's progress at most. (Optuna calls both
+    # "experimental" since v2.8; they are its documented way to survive killed workers.)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RDBStorage(
+            url,
+            engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {},
+            heartbeat_interval=10,
+            grace_period=30,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+        )

@@ -1,0 +1,48 @@
+"""Save a tuned fusion program to JSON and load it back: the searched settings plus the predictors' state."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import dspy
+from dspy.signatures.signature import Signature
+
+from fusion_dspy.backends import Backends
+from fusion_dspy.errors import FusionDSPyError
+from fusion_dspy.fusion import BestOfN, FusionOfN
+
+FORMAT = "fusion-dspy/tuned-program/1"
+
+
+def save_tuned(program: FusionOfN | BestOfN, settings: dict[str, Any], path: str | Path) -> Path:
+    """Write ``settings`` (n, temperature, method, teachers...) and the program's predictor state to ``path``.
+
+    Predictor state holds instructions and demos (the fusor's tuned instruction included) and no LM, so the
+    file carries no endpoints or keys: backends come from the config when it is loaded.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"format": FORMAT, "settings": settings, "state": program.dump_state()}
+    path.write_text(json.dumps(record, indent=2, ensure_ascii=False, default=str))
+    return path
+
+
+def load_tuned(
+    path: str | Path, backends: Backends, module: dspy.Module | str | type[Signature]
+) -> FusionOfN | BestOfN:
+    """Rebuild the tuned program over ``module`` with ``backends``; it behaves as the program that was saved.
+
+    Example:
+        >>> tuned = load_tuned("tuned.json", fd.load_config("configs/vllm.yaml"), dspy.Predict("question -> answer"))
+    """
+    record = json.loads(Path(path).read_text())
+    if record.get("format") != FORMAT:
+        raise FusionDSPyError(f"{path}: not a tuned fusion-dspy program (format {record.get('format')!r}).")
+    settings = record["settings"]
+    overrides: dict[str, Any] = {"n": settings["n"], "temperature": settings["temperature"]}
+    if settings.get("teachers"):
+        pool = [backends.lm(name) for name in settings["teachers"].split("+")]
+        overrides.update(lm=pool[0] if len(pool) == 1 else None, lms=pool if len(pool) > 1 else None)
+    program = backends.program(module, method=settings["method"], **overrides)
+    program.load_state(record["state"])
+    return program
