@@ -43,6 +43,48 @@ def _run(args: argparse.Namespace) -> int:
     return 1 if counts["failed"] and not counts["done"] else 0
 
 
+def _csv(kind):
+    return lambda text: [kind(part) for part in text.split(",") if part.strip()]
+
+
+def _optimize(args: argparse.Namespace) -> int:
+    import optuna
+    from optuna.trial import TrialState
+    from rich.progress import Progress
+
+    from fusion_dspy.backends import load_config
+    from fusion_dspy.optimizers.report import plot_study, trials_table
+    from fusion_dspy.optimizers.search import FusionSearch, SearchSpace
+    from fusion_dspy.store import CandidateStore
+    from fusion_dspy.task import resolve_task
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and final table say it better
+    task = resolve_task(args.program)
+    devset = task.read_examples(args.devset) if args.devset else (task.load("dev", args.size, 0) if task.load else [])
+    backends = load_config(args.config)
+    backends.check()
+    space = SearchSpace(n=args.n_values, temperatures=args.temperatures, methods=args.methods,
+                        teachers=args.teachers, proposed_instructions=args.propose)  # fmt: skip
+    search = FusionSearch(backends, task, devset, space=space, store=CandidateStore(args.cache_dir),
+                          storage=args.storage, study_name=args.study, cost_objective=args.cost,
+                          num_threads=args.threads, sampler=args.sampler)  # fmt: skip
+    console = Console(stderr=True)
+
+    def complete() -> int:
+        return len(search.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+    with Progress(console=console, disable=args.quiet) as progress:
+        bar = progress.add_task(f"study {search.study.study_name}", total=args.trials, completed=complete())
+        search.optimize(args.trials, timeout=args.timeout,
+                        callbacks=[lambda study, trial: progress.update(bar, completed=complete())])  # fmt: skip
+    best = search.best_params()
+    console.print(trials_table(search.study, search.instructions, best))
+    saved = search.save_best(args.output)
+    plotted = plot_study(search.study, args.plot)
+    console.print(f"best: {best} -> {saved} (load with fusion_dspy.optimizers.tuned.load_tuned); plot: {plotted}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fusion-dspy", description="Fusion-of-N and Best-of-N for DSPy programs.",
@@ -73,6 +115,35 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--n", type=int, help="override the config's fusion.n")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(handler=_run)
+
+    optimize = commands.add_parser("optimize", help="tune N, temperature, fuse vs select, fusor prompt, teachers",
+                                   description="Optuna search scored by the task's metric on a dev set. The study "
+                                   "lives in --storage: rerun the same command to resume it, or start it on "
+                                   "several machines to share the work. Candidates are cached in --cache-dir and "
+                                   "reused by every trial and run.")  # fmt: skip
+    optimize.add_argument("--config", type=Path, help="YAML/TOML config (default: the embedded model)")
+    optimize.add_argument("--program", required=True,
+                          help="the task: a built-in program name or 'package.module:task' (a fusion_dspy.Task)")
+    optimize.add_argument("--devset", type=Path, help="JSONL dev set: input fields and gold outputs per line")
+    optimize.add_argument("--size", type=int, default=20, help="dev examples from the program's own data (default 20)")
+    optimize.add_argument("--trials", type=int, default=20, help="complete trials the study should have (default 20)")
+    optimize.add_argument("--timeout", type=float, help="stop after this many seconds (resume later)")
+    optimize.add_argument("--n-values", type=_csv(int), default=[1, 2, 4, 8], help="N to try (default 1,2,4,8)")
+    optimize.add_argument("--temperatures", type=_csv(float), default=[0.7], help="temperatures (default 0.7)")
+    optimize.add_argument("--methods", type=_csv(str), default=["fuse", "select"], help="default fuse,select")
+    optimize.add_argument("--teachers", type=_csv(str), help="model names whose subsets to try as the teacher pool")
+    optimize.add_argument("--propose", type=int, default=0, help="extra fusor instructions from the judge model")
+    optimize.add_argument("--cost", action="store_true", help="also minimize tokens (a Pareto front)")
+    optimize.add_argument("--sampler", choices=["tpe", "grid"], default="tpe", help="tpe (default) or grid")
+    optimize.add_argument("--storage", default="sqlite:///fusion_study.db", help="optuna storage URL")
+    optimize.add_argument("--study", help="study name (default fusion-<program>)")
+    optimize.add_argument("--cache-dir", type=Path, default=Path(".fusion_dspy_cache/candidates"),
+                          help="candidate store (default .fusion_dspy_cache/candidates)")
+    optimize.add_argument("--threads", type=int, default=4, help="dev examples evaluated at once (default 4)")
+    optimize.add_argument("--output", type=Path, default=Path("tuned.json"), help="best program (default tuned.json)")
+    optimize.add_argument("--plot", type=Path, default=Path("fusion_study.png"), help="PNG of score and cost vs N")
+    optimize.add_argument("--quiet", action="store_true", help="no progress bar")
+    optimize.set_defaults(handler=_optimize)
     return parser
 
 

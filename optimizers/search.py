@@ -8,6 +8,9 @@ default, any RDB URL for many workers): kill it, rerun the same command, and it 
 
 import itertools
 import logging
+import os
+import socket
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -167,9 +170,12 @@ class FusionSearch:
         return sum(scores) / len(scores), (sum(costs) / len(costs) if costs else 0.0)
 
     def objective(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        # Another worker may have created the study's instruction list first: everyone uses the stored one.
+        self.instructions = self.study.user_attrs.get("instructions", self.instructions)
         params = self.suggest(trial)
         score, cost = self._already_scored(params) or self.evaluate(params)
         trial.set_user_attr("tokens_per_example", cost)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         return (score, cost) if self.cost_objective else score
 
     def _already_scored(self, params: dict[str, Any]) -> tuple[float, float] | None:
@@ -218,12 +224,22 @@ def _storage(url: str) -> RDBStorage:
     # Heartbeats mark the trial of a killed process as failed once its grace period passes, and the retry
     # callback queues its parameters again, so a crash costs one trial's progress at most. (Optuna calls both
     # "experimental" since v2.8; they are its documented way to survive killed workers.)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RDBStorage(
-            url,
-            engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {},
-            heartbeat_interval=10,
-            grace_period=30,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
-        )
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(
+                    url,
+                    engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {},
+                    heartbeat_interval=10,
+                    grace_period=30,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+                )
+        except (IntegrityError, OperationalError):
+            # Workers started together race to create the schema of a new database; the loser finds it made.
+            if attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")

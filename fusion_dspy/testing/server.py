@@ -4,6 +4,7 @@ It answers ``POST /v1/chat/completions`` (non-streaming) and ``GET /v1/models``,
 (so concurrency is real), can take a fixed time per request, and records every request body it received.
 """
 
+import contextlib
 import json
 import threading
 import time
@@ -59,7 +60,8 @@ class StubOpenAIServer:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client went away (killed)
+                    self.wfile.write(body)
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 self._send(200, {"object": "list", "data": [{"id": "stub", "object": "model"}]})
