@@ -8,12 +8,22 @@ line cut off mid-write.
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import dspy
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +43,53 @@ def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
             yield item
 
 
+class ResultsLog:
+    """An append-only JSONL file of finished items: one flushed, fsynced line each, resumable by ``id``.
+
+    Opening it cuts off a last line a crash left unfinished, and ``done`` holds the ids already written, so a
+    rerun skips them. ``write`` is thread-safe.
+
+    Args:
+        path: The JSONL file (created with its folder if missing).
+
+    Example:
+        >>> with ResultsLog("out.jsonl") as log:
+        ...     for item in items:
+        ...         if item["id"] not in log.done:
+        ...             log.write({"id": item["id"], **work(item)})
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.done = done_ids(self.path)
+        self._lock = threading.Lock()
+        self._sink = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close() / __exit__
+
+    def write(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        with self._lock:
+            self._sink.write(line)
+            self._sink.flush()
+            os.fsync(self._sink.fileno())
+            self.done.add(str(record["id"]))
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every record written so far, this run's and earlier runs'."""
+        with self._lock:
+            self._sink.flush()
+        return list(read_jsonl(self.path))
+
+    def close(self) -> None:
+        self._sink.close()
+
+    def __enter__(self) -> "ResultsLog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def done_ids(path: Path) -> set[str]:
     """Ids already written to a results file, after cutting off a last line a crash left unfinished."""
     if not path.exists():
@@ -44,6 +101,20 @@ def done_ids(path: Path) -> set[str]:
         with open(path, "r+b") as file:
             file.truncate(len(complete))
     return {str(json.loads(line)["id"]) for line in complete.decode("utf-8").splitlines() if line.strip()}
+
+
+class RateColumn(ProgressColumn):
+    """Items per second (rich's own speed column counts bytes)."""
+
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:.2f}/s" if task.speed else "-/s")
+
+
+def progress_bar(disable: bool = False) -> Progress:
+    """A rich progress bar with count, rate, elapsed time and ETA."""
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]  # fmt: skip
+    return Progress(*columns, disable=disable)
 
 
 def _jsonable(value: Any) -> Any:
@@ -75,19 +146,15 @@ def run_batch(
     Items are dicts of input fields, with an optional ``id`` (default: the item's position). A failing item is
     written with its ``error`` and the batch goes on.
     """
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    already = done_ids(output)
+    log = ResultsLog(output)
     todo = []
     for position, item in enumerate(items):
         item_id = str(item.get("id", position))
-        if item_id not in already:
+        if item_id not in log.done:
             todo.append((item_id, {name: item[name] for name in input_fields if name in item}))
-    counts = {"done": 0, "failed": 0, "skipped": len(already)}
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("eta"), TimeRemainingColumn()]  # fmt: skip
-    with open(output, "a", encoding="utf-8") as sink, Progress(*columns, disable=not show_progress) as progress:
-        task = progress.add_task(f"{type(program).__name__} -> {output.name}", total=len(todo))
+    counts = {"done": 0, "failed": 0, "skipped": len(log.done)}
+    with log, progress_bar(disable=not show_progress) as progress:
+        task = progress.add_task(f"{type(program).__name__} -> {log.path.name}", total=len(todo))
         for item_id, inputs in todo:
             try:
                 record = result_record(item_id, inputs, program(**inputs))
@@ -96,8 +163,6 @@ def run_batch(
                 logger.warning("Item %s failed: %s: %s", item_id, type(error).__name__, error)
                 record = {"id": item_id, "inputs": inputs, "error": f"{type(error).__name__}: {error}"}
                 counts["failed"] += 1
-            sink.write(json.dumps(record, ensure_ascii=False) + "\n")
-            sink.flush()
-            os.fsync(sink.fileno())
+            log.write(record)
             progress.advance(task)
     return counts

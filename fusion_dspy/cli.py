@@ -85,6 +85,56 @@ def _optimize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _examples(task, args) -> list:
+    if args.devset:
+        return task.read_examples(args.devset)
+    if task.load is None:
+        raise FusionDSPyError(f"The program '{task.name}' has no data of its own: pass --devset FILE.jsonl.")
+    return task.load(args.split, args.size, args.seed)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from fusion_dspy.backends import load_config
+    from fusion_dspy.eval_report import plot_summary, report_table, summarize, write_summary
+    from fusion_dspy.evaluation import PairedEvaluation
+    from fusion_dspy.task import resolve_task
+
+    task = resolve_task(args.program)
+    backends = load_config(args.config)
+    backends.check()
+    evaluation = PairedEvaluation(backends, task, _examples(task, args), n_values=args.n_values,
+                                  output_dir=args.output_dir, num_threads=args.threads)  # fmt: skip
+    records = evaluation.run(show_progress=not args.quiet)
+    if not records:
+        raise FusionDSPyError("No example could be evaluated (see the warnings): check the backends.")
+    rows = summarize(records)
+    models = ", ".join(dict.fromkeys(lm.model for lm in backends.generators))
+    title = f"{task.name}: {len({r['example'] for r in records})} examples, generators {models}"
+    console = Console()
+    console.print(report_table(rows, title))
+    json_path, csv_path = write_summary(rows, args.output_dir)
+    plot = plot_summary(rows, Path(args.output_dir) / "quality.png", title)
+    console.print(f"records: {Path(args.output_dir) / 'results.jsonl'} | summary: {json_path}, {csv_path} | "
+                  f"plot: {plot}")
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from fusion_dspy.backends import load_config
+    from fusion_dspy.batch import read_jsonl
+    from fusion_dspy.synth import synthesize
+
+    backends = load_config(args.config)
+    backends.check()
+    program = backends.program(args.signature, method="fuse", **({"n": args.n} if args.n else {}))
+    counts = synthesize(program, read_jsonl(args.prompts), args.output, concurrency=args.concurrency,
+                        show_progress=not args.quiet)  # fmt: skip
+    Console(stderr=True).print(f"{args.output}: {counts['done']} written, {counts['failed']} failed (in "
+                               f"{Path(args.output).with_suffix('.errors.jsonl')}; rerun to retry), "
+                               f"{counts['skipped']} already there")  # fmt: skip
+    return 1 if counts["failed"] and not counts["done"] and not counts["skipped"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fusion-dspy", description="Fusion-of-N and Best-of-N for DSPy programs.",
@@ -144,6 +194,36 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("--plot", type=Path, default=Path("fusion_study.png"), help="PNG of score and cost vs N")
     optimize.add_argument("--quiet", action="store_true", help="no progress bar")
     optimize.set_defaults(handler=_optimize)
+
+    evaluate = commands.add_parser("eval", help="single sample vs Best-of-N vs Fusion-of-N vs oracle, same candidates",
+                                   description="Draws the largest N's candidates once per example, scores a single "
+                                   "sample, Best-of-N, Fusion-of-N and the oracle (the best candidate by the metric) "
+                                   "on them for every N, and reports means with bootstrap 95% intervals. Rerunning "
+                                   "continues an interrupted evaluation.")  # fmt: skip
+    evaluate.add_argument("--config", type=Path, help="YAML/TOML config (default: the embedded model)")
+    evaluate.add_argument("--program", required=True, help="a built-in program name or 'package.module:task'")
+    evaluate.add_argument("--devset", type=Path, help="JSONL examples (default: the program's own data)")
+    evaluate.add_argument("--split", default="test", help="split of the program's own data (default test)")
+    evaluate.add_argument("--size", type=int, default=20, help="examples of the program's own data (default 20)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the program's own data (default 0)")
+    evaluate.add_argument("--n-values", type=_csv(int), default=[1, 2, 4, 8], help="N to compare (default 1,2,4,8)")
+    evaluate.add_argument("--output-dir", type=Path, default=Path("eval"), help="records, summary, plot (eval/)")
+    evaluate.add_argument("--threads", type=int, default=4, help="examples at once (default 4)")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+    evaluate.set_defaults(handler=_eval)
+
+    synth = commands.add_parser("synth", help="prompts -> teacher pool -> fused answers -> chat fine-tuning JSONL",
+                                description="Samples every prompt from the config's teacher pool, fuses the "
+                                "answers and appends one chat-format training example with its provenance per "
+                                "prompt. Safe to kill and rerun: each prompt is written exactly once.")  # fmt: skip
+    synth.add_argument("--config", type=Path, help="YAML/TOML config: roles.generators is the teacher pool")
+    synth.add_argument("--prompts", type=Path, required=True, help="JSONL, one object of input fields (and id) a line")
+    synth.add_argument("--output", type=Path, default=Path("train.jsonl"), help="training set (default train.jsonl)")
+    synth.add_argument("--signature", default="prompt -> response", help='default "prompt -> response"')
+    synth.add_argument("--n", type=int, help="samples per prompt (default: one per teacher count)")
+    synth.add_argument("--concurrency", type=int, default=4, help="prompts in flight at once (default 4)")
+    synth.add_argument("--quiet", action="store_true", help="no progress bar")
+    synth.set_defaults(handler=_synth)
     return parser
 
 

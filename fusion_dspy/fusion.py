@@ -54,6 +54,8 @@ class _SampleThenCombine(dspy.Module):
     def _result(self, combined: dspy.Prediction, pool: Any, meter: StageMeter) -> dspy.Prediction:
         fields = combined.toDict()
         fields["candidates"] = candidate_list(pool)
+        if isinstance(pool, dspy.Prediction) and "models" in pool:  # drawn by a Sample: say where from
+            fields["candidate_models"], fields["sample_failures"] = pool.models, pool.failures
         fields["stage_usage"] = meter.usage
         fields["stage_seconds"] = meter.seconds
         fields["stage_tokens"] = meter.tokens()

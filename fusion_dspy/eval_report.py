@@ -1,0 +1,109 @@
+"""Summaries of a paired evaluation: means with bootstrap confidence intervals, CSV/JSON, a table and plots."""
+
+import csv
+import json
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.table import Table
+
+from fusion_dspy.evaluation import METHODS
+
+LABELS = {"single": "single sample", "bon": "Best-of-N", "fusion": "Fusion-of-N", "oracle": "oracle",
+          "fusion-bon": "FusioN - BoN"}  # fmt: skip
+
+
+@dataclass
+class Row:
+    """One method at one N: mean score over examples, its 95% bootstrap interval, mean tokens per example."""
+
+    method: str
+    n: int
+    examples: int
+    mean: float
+    ci_low: float
+    ci_high: float
+    tokens: float
+    errors: int
+
+
+def bootstrap_ci(values: np.ndarray, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the mean, resampling examples (paired: pass per-example differences)."""
+    if len(values) < 2:
+        return float(values.mean()), float(values.mean())
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def summarize(records: list[dict[str, Any]]) -> list[Row]:
+    """Rows per (method, N), plus the paired difference FusioN - BoN, over the examples evaluated at that N."""
+    by_n: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        by_n[record["n"]].append(record)
+    rows = []
+    for n in sorted(by_n):
+        group = sorted(by_n[n], key=lambda r: r["example"])
+        series = {m: np.array([r["scores"][m] for r in group], dtype=float) for m in METHODS}
+        series["fusion-bon"] = series["fusion"] - series["bon"]
+        for method, values in series.items():
+            tokens = [r["tokens"].get(method, 0) for r in group] if method in METHODS else [0]
+            errors = sum(method in r.get("errors", {}) for r in group)
+            low, high = bootstrap_ci(values)
+            rows.append(Row(method, n, len(group), float(values.mean()), low, high, float(np.mean(tokens)), errors))
+    return rows
+
+
+def report_table(rows: list[Row], title: str) -> Table:
+    table = Table("N", "method", "mean", "95% CI", "tokens/example", "errors", title=title, title_justify="left")
+    for row in rows:
+        table.add_row(str(row.n), LABELS[row.method], f"{row.mean:.3f}", f"[{row.ci_low:.3f}, {row.ci_high:.3f}]",
+                      f"{row.tokens:.0f}" if row.method != "fusion-bon" else "", str(row.errors or ""))  # fmt: skip
+    return table
+
+
+def write_summary(rows: list[Row], output_dir: str | Path) -> tuple[Path, Path]:
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    json_path, csv_path = output_dir / "summary.json", output_dir / "summary.csv"
+    json_path.write_text(json.dumps([asdict(row) for row in rows], indent=2))
+    with open(csv_path, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(asdict(rows[0])))
+        writer.writeheader()
+        writer.writerows(asdict(row) for row in rows)
+    return json_path, csv_path
+
+
+def plot_summary(rows: list[Row], path: str | Path, title: str) -> Path:
+    """Quality against N (with 95% intervals) and quality against tokens per example, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (by_n, by_tokens) = plt.subplots(1, 2, figsize=(11, 4))
+    for method in METHODS:
+        mine = sorted((r for r in rows if r.method == method), key=lambda r: r.n)
+        ns, means = [r.n for r in mine], [r.mean for r in mine]
+        by_n.plot(ns, means, marker="o", label=LABELS[method], linestyle="--" if method == "oracle" else "-")
+        by_n.fill_between(ns, [r.ci_low for r in mine], [r.ci_high for r in mine], alpha=0.15)
+        if method != "oracle":
+            by_tokens.plot([r.tokens for r in mine], means, marker="o", label=LABELS[method])
+    all_n = sorted({r.n for r in rows})
+    by_n.set_xscale("log", base=2)
+    by_n.set_xticks(all_n, [str(n) for n in all_n])
+    by_n.set_xlabel("N (candidates)")
+    by_tokens.set_xlabel("tokens per example")
+    for axis in (by_n, by_tokens):
+        axis.set_ylabel("score")
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

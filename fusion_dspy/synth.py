@@ -1,0 +1,97 @@
+"""Synthetic data: prompts -> a pool of teacher models -> one fused answer each -> a chat fine-tuning set (JSONL).
+
+Each finished prompt is one line ``{"id", "messages": [user, assistant], "provenance": {...}}``, flushed and
+fsynced at once: killed (even with SIGKILL) and restarted, the run writes every prompt exactly once and never
+leaves a broken line. A prompt that fails (every teacher down, fusor unusable) goes to ``<output>.errors.jsonl``
+instead, and is tried again by the next run. A failing teacher only shrinks the pool: its samples are dropped.
+"""
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import dspy
+
+from fusion_dspy.batch import ResultsLog, progress_bar
+from fusion_dspy.concurrency import run_concurrently
+from fusion_dspy.fusion import FusionOfN
+
+logger = logging.getLogger(__name__)
+
+
+def _user_content(inputs: dict[str, Any]) -> str:
+    if len(inputs) == 1:
+        return str(next(iter(inputs.values())))
+    return "\n\n".join(f"{name.replace('_', ' ').capitalize()}:\n{value}" for name, value in inputs.items())
+
+
+def training_record(item_id: str, inputs: dict[str, Any], fused: dspy.Prediction, program: FusionOfN) -> dict:
+    """One chat-format training example with where it came from: teachers, N, fusor and tokens per stage."""
+    output_field = next(name for name in program.task_signature.output_fields if name != "reasoning")
+    fusor = program.fuse.fusor_lm or program.fuse.predict.lm or dspy.settings.lm
+    return {
+        "id": item_id,
+        "messages": [
+            {"role": "user", "content": _user_content(inputs)},
+            {"role": "assistant", "content": str(fused[output_field])},
+        ],
+        "provenance": {
+            "teachers": sorted(set(fused.get("candidate_models") or [])),
+            "n": len(fused.candidates),
+            "failed_samples": fused.get("sample_failures") or [],
+            "fusor": getattr(fusor, "model", None),
+            "tokens": fused.stage_tokens,
+            "fell_back_to_selection": "fusion_error" in fused,
+        },
+    }
+
+
+def synthesize(
+    program: FusionOfN,
+    prompts: Iterable[dict[str, Any]],
+    output: str | Path,
+    concurrency: int = 4,
+    show_progress: bool = True,
+) -> dict[str, int]:
+    """Fuse one training answer per prompt into ``output``; returns counts of ``done``, ``failed``, ``skipped``.
+
+    Args:
+        program: A ``FusionOfN`` whose sample draws from the teacher pool (``lms=[...]``).
+        prompts: Dicts of the task's input fields, each with an optional ``id`` (default: its position).
+        output: The JSONL training set; written to incrementally and resumed by ``id``.
+        concurrency: Prompts in flight at once (each also samples its teachers concurrently).
+        show_progress: Show a progress bar with rate and ETA.
+
+    Example:
+        >>> teachers = fd.load_config("configs/teacher_pool.yaml")
+        >>> synthesize(teachers.program(dspy.Predict("prompt -> response")), read_jsonl("prompts.jsonl"),
+        ...            "train.jsonl")
+    """
+    fields = list(program.task_signature.input_fields)
+    log = ResultsLog(output)
+    errors = ResultsLog(Path(output).with_suffix(".errors.jsonl"))
+    todo = []
+    for position, item in enumerate(prompts):
+        item_id = str(item.get("id", position))
+        if item_id not in log.done:
+            todo.append((item_id, {name: item[name] for name in fields if name in item}))
+    counts = {"done": 0, "failed": 0, "skipped": len(log.done)}
+    with log, errors, progress_bar(disable=not show_progress) as progress:
+        bar = progress.add_task(f"synthesizing -> {log.path.name}", total=len(todo))
+
+        def fuse_one(job: tuple[str, dict[str, Any]]) -> str:
+            item_id, inputs = job
+            try:
+                log.write(training_record(item_id, inputs, program(**inputs), program))
+                return "done"
+            except Exception as error:  # noqa: BLE001 - recorded; the next run tries this prompt again
+                logger.warning("Prompt %s failed: %s: %s", item_id, type(error).__name__, error)
+                errors.write({"id": item_id, "inputs": inputs, "error": f"{type(error).__name__}: {error}"})
+                return "failed"
+            finally:
+                progress.advance(bar)
+
+        for outcome in run_concurrently(fuse_one, todo, max_workers=concurrency):
+            counts[outcome] += 1
+    return counts
