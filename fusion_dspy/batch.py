@@ -74,6 +74,15 @@ class ResultsLog:
             os.fsync(self._sink.fileno())
             self.done.add(str(record["id"]))
 
+    def pending(self, items: Iterable[dict[str, Any]], fields: list[str]) -> list[tuple[str, dict[str, Any]]]:
+        """``(id, inputs)`` of the items not written yet; an item's id is its ``id`` or its position."""
+        todo = []
+        for position, item in enumerate(items):
+            item_id = str(item.get("id", position))
+            if item_id not in self.done:
+                todo.append((item_id, {name: item[name] for name in fields if name in item}))
+        return todo
+
     def records(self) -> list[dict[str, Any]]:
         """Every record written so far, this run's and earlier runs'."""
         with self._lock:
@@ -147,11 +156,7 @@ def run_batch(
     written with its ``error`` and the batch goes on.
     """
     log = ResultsLog(output)
-    todo = []
-    for position, item in enumerate(items):
-        item_id = str(item.get("id", position))
-        if item_id not in log.done:
-            todo.append((item_id, {name: item[name] for name in input_fields if name in item}))
+    todo = log.pending(items, input_fields)
     counts = {"done": 0, "failed": 0, "skipped": len(log.done)}
     with log, progress_bar(disable=not show_progress) as progress:
         task = progress.add_task(f"{type(program).__name__} -> {log.path.name}", total=len(todo))

@@ -60,7 +60,7 @@ def _optimize(args: argparse.Namespace) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and final table say it better
     task = resolve_task(args.program)
-    devset = task.read_examples(args.devset) if args.devset else (task.load("dev", args.size, 0) if task.load else [])
+    devset = _examples(task, args)
     backends = load_config(args.config)
     backends.check()
     space = SearchSpace(n=args.n_values, temperatures=args.temperatures, methods=args.methods,
@@ -83,6 +83,20 @@ def _optimize(args: argparse.Namespace) -> int:
     plotted = plot_study(search.study, args.plot)
     console.print(f"best: {best} -> {saved} (load with fusion_dspy.optimizers.tuned.load_tuned); plot: {plotted}")
     return 0
+
+
+def _add_task_arguments(parser: argparse.ArgumentParser, split: str) -> None:
+    parser.add_argument("--config", type=Path, help="YAML/TOML config (default: the embedded model for every role)")
+    parser.add_argument("--program", required=True,
+                        help="the task: a built-in program name or 'package.module:task' (a fusion_dspy.Task)")
+    parser.add_argument("--devset", type=Path, help="JSONL examples: input fields and gold outputs per line "
+                        "(default: the program's own data)")  # fmt: skip
+    parser.add_argument("--split", default=split, help=f"split of the program's own data (default {split})")
+    parser.add_argument("--size", type=int, default=20, help="examples of the program's own data (default 20)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the program's own data (default 0)")
+    parser.add_argument("--n-values", type=_csv(int), default=[1, 2, 4, 8], help="N to try (default 1,2,4,8)")
+    parser.add_argument("--threads", type=int, default=4, help="examples evaluated at once (default 4)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _examples(task, args) -> list:
@@ -171,14 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "lives in --storage: rerun the same command to resume it, or start it on "
                                    "several machines to share the work. Candidates are cached in --cache-dir and "
                                    "reused by every trial and run.")  # fmt: skip
-    optimize.add_argument("--config", type=Path, help="YAML/TOML config (default: the embedded model)")
-    optimize.add_argument("--program", required=True,
-                          help="the task: a built-in program name or 'package.module:task' (a fusion_dspy.Task)")
-    optimize.add_argument("--devset", type=Path, help="JSONL dev set: input fields and gold outputs per line")
-    optimize.add_argument("--size", type=int, default=20, help="dev examples from the program's own data (default 20)")
+    _add_task_arguments(optimize, split="dev")
     optimize.add_argument("--trials", type=int, default=20, help="complete trials the study should have (default 20)")
     optimize.add_argument("--timeout", type=float, help="stop after this many seconds (resume later)")
-    optimize.add_argument("--n-values", type=_csv(int), default=[1, 2, 4, 8], help="N to try (default 1,2,4,8)")
     optimize.add_argument("--temperatures", type=_csv(float), default=[0.7], help="temperatures (default 0.7)")
     optimize.add_argument("--methods", type=_csv(str), default=["fuse", "select"], help="default fuse,select")
     optimize.add_argument("--teachers", type=_csv(str), help="model names whose subsets to try as the teacher pool")
@@ -189,10 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("--study", help="study name (default fusion-<program>)")
     optimize.add_argument("--cache-dir", type=Path, default=Path(".fusion_dspy_cache/candidates"),
                           help="candidate store (default .fusion_dspy_cache/candidates)")
-    optimize.add_argument("--threads", type=int, default=4, help="dev examples evaluated at once (default 4)")
     optimize.add_argument("--output", type=Path, default=Path("tuned.json"), help="best program (default tuned.json)")
     optimize.add_argument("--plot", type=Path, default=Path("fusion_study.png"), help="PNG of score and cost vs N")
-    optimize.add_argument("--quiet", action="store_true", help="no progress bar")
     optimize.set_defaults(handler=_optimize)
 
     evaluate = commands.add_parser("eval", help="single sample vs Best-of-N vs Fusion-of-N vs oracle, same candidates",
@@ -200,16 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "sample, Best-of-N, Fusion-of-N and the oracle (the best candidate by the metric) "
                                    "on them for every N, and reports means with bootstrap 95% intervals. Rerunning "
                                    "continues an interrupted evaluation.")  # fmt: skip
-    evaluate.add_argument("--config", type=Path, help="YAML/TOML config (default: the embedded model)")
-    evaluate.add_argument("--program", required=True, help="a built-in program name or 'package.module:task'")
-    evaluate.add_argument("--devset", type=Path, help="JSONL examples (default: the program's own data)")
-    evaluate.add_argument("--split", default="test", help="split of the program's own data (default test)")
-    evaluate.add_argument("--size", type=int, default=20, help="examples of the program's own data (default 20)")
-    evaluate.add_argument("--seed", type=int, default=0, help="seed of the program's own data (default 0)")
-    evaluate.add_argument("--n-values", type=_csv(int), default=[1, 2, 4, 8], help="N to compare (default 1,2,4,8)")
+    _add_task_arguments(evaluate, split="test")
     evaluate.add_argument("--output-dir", type=Path, default=Path("eval"), help="records, summary, plot (eval/)")
-    evaluate.add_argument("--threads", type=int, default=4, help="examples at once (default 4)")
-    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(handler=_eval)
 
     synth = commands.add_parser("synth", help="prompts -> teacher pool -> fused answers -> chat fine-tuning JSONL",

@@ -71,11 +71,7 @@ def synthesize(
     fields = list(program.task_signature.input_fields)
     log = ResultsLog(output)
     errors = ResultsLog(Path(output).with_suffix(".errors.jsonl"))
-    todo = []
-    for position, item in enumerate(prompts):
-        item_id = str(item.get("id", position))
-        if item_id not in log.done:
-            todo.append((item_id, {name: item[name] for name in fields if name in item}))
+    todo = log.pending(prompts, fields)
     counts = {"done": 0, "failed": 0, "skipped": len(log.done)}
     with log, errors, progress_bar(disable=not show_progress) as progress:
         bar = progress.add_task(f"synthesizing -> {log.path.name}", total=len(todo))
