@@ -125,18 +125,29 @@ def test_dspy_best_of_n_collects_no_demos_where_ours_does(lm):
     assert len(compiled_ours.sample.module.demos) > 0
 
 
-def test_mipro_v2_tunes_the_fusor_instruction():
+def test_mipro_v2_tunes_the_fusor_instruction_and_bootstraps_demos_for_both(monkeypatch):
     def respond(call):
         if call.wants("proposed_instruction"):
             return {"proposed_instruction": "Pick the capital and state it plainly."}
         if call.wants("comparison", "answer"):
-            return {"comparison": "c", "answer": "Paris" if "capital" in call.system else "not sure"}
+            # Right with the proposed instruction, or on the easy training questions (so traces pass the metric
+            # and MIPROv2 has demos to bootstrap), wrong on the held-out ones otherwise.
+            right = "capital" in call.system or call.inputs.get("question") in ("q0", "q1", "q2")
+            return {"comparison": "c", "answer": "Paris" if right else "not sure"}
         return qa_responder(call)
 
     lm = scripted_lm(respond)
     trainset = [dspy.Example(question=f"q{i}", answer="Paris").with_inputs("question") for i in range(8)]
     metric = lambda example, pred, trace=None: float(pred.answer == example.answer)  # noqa: E731
     program = fd.FusionOfN("question -> answer", n=2)
+    bootstrapped = []
+    original = MIPROv2._bootstrap_fewshot_examples
+
+    def spy(self, *args, **kwargs):
+        bootstrapped.append(original(self, *args, **kwargs))
+        return bootstrapped[-1]
+
+    monkeypatch.setattr(MIPROv2, "_bootstrap_fewshot_examples", spy)
     with dspy.context(lm=lm):
         before = dspy.Evaluate(devset=trainset[4:], metric=metric, display_progress=False)(program).score
         optimizer = MIPROv2(metric=metric, auto=None, num_candidates=2, max_bootstrapped_demos=1,
@@ -146,6 +157,9 @@ def test_mipro_v2_tunes_the_fusor_instruction():
         after = dspy.Evaluate(devset=trainset[4:], metric=metric, display_progress=False)(compiled).score
     assert before == 0.0 and after == 100.0
     assert "capital" in compiled.fuse.predict.signature.instructions
+    demo_sets = bootstrapped[0]  # {predictor index: candidate demo sets}; 0 = generator, 1 = fusor
+    assert any(len(demos) for demos in demo_sets[0]) and any(len(demos) for demos in demo_sets[1])
+    assert any("candidates" in demo for demos in demo_sets[1] for demo in demos)
 
 
 def test_constructor_errors(lm):
