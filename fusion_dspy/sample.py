@@ -118,7 +118,7 @@ class Sample(dspy.Module):
         found = {d.index: self.store.get(key) for d, key in zip(draws, keys, strict=True)}
         return keys, {index: hit for index, hit in found.items() if hit is not None}
 
-    def _drawn(self, draw: Draw, key: str | None, candidate: dspy.Prediction, usage: dict) -> tuple:
+    def _drawn(self, key: str | None, candidate: dspy.Prediction, usage: dict) -> tuple:
         if key is not None:
             self.store.put(key, candidate, usage)  # at once: a crash later keeps this sample
         return candidate, usage
@@ -130,7 +130,7 @@ class Sample(dspy.Module):
         def draw_one(draw: Draw) -> tuple:
             with dspy.context(**self._draw_context(draw)), dspy.track_usage() as tracker:
                 candidate = self.module(**inputs)
-            return self._drawn(draw, keys[draw.index], candidate, tracker.get_total_tokens())
+            return self._drawn(keys[draw.index], candidate, tracker.get_total_tokens())
 
         todo = [draw for draw in draws if draw.index not in stored]
         fresh = dict(zip([d.index for d in todo], run_concurrently(draw_one, todo, self.max_concurrency), strict=True))
@@ -143,7 +143,7 @@ class Sample(dspy.Module):
         async def draw_one(draw: Draw) -> tuple:
             with dspy.context(**self._draw_context(draw)), dspy.track_usage() as tracker:
                 candidate = await self.module.acall(**inputs)
-            return self._drawn(draw, keys[draw.index], candidate, tracker.get_total_tokens())
+            return self._drawn(keys[draw.index], candidate, tracker.get_total_tokens())
 
         todo = [draw for draw in draws if draw.index not in stored]
         outcomes = await arun_concurrently(draw_one, todo, self.max_concurrency)
