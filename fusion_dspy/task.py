@@ -30,6 +30,8 @@ class Task:
         metric: ``metric(example, prediction, trace=None) -> float | bool``, higher is better.
         module: Builds the generator module; defaults to ``dspy.Predict(signature)``.
         load: ``load(split, size, seed) -> list[dspy.Example]`` for built-in data.
+        needs_baseline: The metric compares a prediction with ``example.baseline`` (a pairwise judge). The paired
+            evaluation then uses each example's single sample as its baseline when it has none.
 
     Example:
         >>> qa = Task("qa", "question -> answer", metric=lambda ex, pred, trace=None: ex.answer == pred.answer)
@@ -41,6 +43,7 @@ class Task:
     metric: Metric
     module: Callable[[], dspy.Module] | None = None
     load: Callable[[str, int, int], list[dspy.Example]] | None = None
+    needs_baseline: bool = False
 
     def __post_init__(self):
         self.signature = ensure_signature(self.signature)

@@ -150,3 +150,18 @@ def test_eval_command_end_to_end(tmp_path, capsys):
     assert "Fusion-of-N" in out and "95% CI" in out
     assert {p.name for p in (tmp_path / "out").iterdir()} >= {"results.jsonl", "summary.json", "summary.csv",
                                                               "quality.png", "candidates"}
+
+
+def test_a_pairwise_metric_gets_the_single_sample_as_baseline(tmp_path):
+    from fusion_dspy.task import Task
+
+    seen = []
+
+    def win_over_baseline(example, pred, trace=None):
+        seen.append(example.baseline)
+        return float(pred.answer != example.baseline)
+
+    task = Task("pairwise", "question -> answer", metric=win_over_baseline, needs_baseline=True)
+    records = PairedEvaluation(make_backends(), task, DEVSET[:1], n_values=(4,), output_dir=tmp_path).run(False)
+    assert set(seen) == {"41"}, "the baseline is the example's first sample"
+    assert records[0]["scores"]["single"] == 0.0 and records[0]["scores"]["bon"] == 1.0
