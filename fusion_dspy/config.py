@@ -139,7 +139,13 @@ class FusionConfig(_Strict):
         return self
 
     def model(self, name: str) -> ModelConfig:
-        return self.models.get(name) or EMBEDDED_DEFAULTS
+        """A model's settings; a model of the embedded kind starts from the measured embedded defaults."""
+        defined = self.models.get(name)
+        if defined is None:
+            return EMBEDDED_DEFAULTS
+        if defined.model == EMBEDDED:
+            return EMBEDDED_DEFAULTS.model_copy(update={k: getattr(defined, k) for k in defined.model_fields_set})
+        return defined
 
     @property
     def fusor(self) -> str:

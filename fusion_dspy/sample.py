@@ -1,6 +1,7 @@
 """Sample: N candidate predictions from one module, drawn concurrently from one LM or a pool of teacher LMs."""
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -101,7 +102,17 @@ class Sample(dspy.Module):
                 "prefers that LM over the per-sample copies, so all N candidates would be one cached answer. "
                 "Leave the generator's predictors without an LM and pass it as lm= (or lms=[...]) instead."
             )
-        return [Draw(i, pool[i % len(pool)], i // len(pool)) for i in range(self.n)]
+        # A rollout id counts the samples of one LM configuration, so a teacher listed twice (weighted by count)
+        # gets rollouts 0 and 1, not two identical requests, and a teacher's first sample is rollout 0 whatever
+        # pool it is in (the CandidateStore reuses it across pools).
+        drawn: Counter = Counter()
+        draws = []
+        for i in range(self.n):
+            lm = pool[i % len(pool)]
+            identity = (lm.model, repr(sorted((getattr(lm, "kwargs", {}) or {}).items())))
+            draws.append(Draw(i, lm, drawn[identity]))
+            drawn[identity] += 1
+        return draws
 
     def _draw_context(self, draw: Draw) -> dict[str, Any]:
         overrides: dict[str, Any] = {"rollout_id": draw.rollout_id}

@@ -108,3 +108,10 @@ def test_shipped_example_configs_are_valid(path, monkeypatch):
     backends = Backends(config)
     assert backends.used_models()
     assert all(backends.lm(name) is not None for name in backends.used_models() if name != "embedded")
+
+
+def test_a_model_of_the_embedded_kind_keeps_the_measured_defaults(tmp_path):
+    config = read_config(write(tmp_path, "models: {warm: {model: embedded, temperature: 1.0}}\n"
+                                         "roles: {generators: warm}"))
+    warm = config.model("warm")
+    assert (warm.temperature, warm.adapter, warm.max_tokens, warm.context_window) == (1.0, "plain", 200, 8192)

@@ -45,12 +45,14 @@ def test_token_usage_is_tracked_through_threads(lm):
     assert usage["total_tokens"] == 3 * (usage["total_tokens"] // 3)  # three identical-size requests
 
 
-def test_teacher_pool_spreads_samples_and_weights_by_repetition():
-    a = scripted_lm(qa_responder, model="scripted/a")
-    b = scripted_lm(qa_responder, model="scripted/b")
-    pool = fd.Sample("question -> answer", lms=[a, a, b])(question="q")
+def test_teacher_pool_spreads_samples_and_weights_by_repetition(memory_cache):
+    a = scripted_lm(qa_responder, model="scripted/a", cache=True)
+    b = scripted_lm(qa_responder, model="scripted/b", cache=True)
+    sample = fd.Sample("question -> answer", lms=[a, a, b], max_concurrency=1)
+    pool = sample(question="q")
     assert pool.models == ["scripted/a", "scripted/a", "scripted/b"]
-    assert (len(a.engine.calls), len(b.engine.calls)) == (2, 1)
+    assert (len(a.engine.calls), len(b.engine.calls)) == (2, 1), "a teacher listed twice makes two requests"
+    assert [d.rollout_id for d in sample.plan()] == [0, 1, 0]
 
 
 def test_uses_the_context_lm(lm):
