@@ -109,7 +109,10 @@ class Sample(dspy.Module):
         draws = []
         for i in range(self.n):
             lm = pool[i % len(pool)]
-            identity = (lm.model, repr(sorted((getattr(lm, "kwargs", {}) or {}).items())))
+            settings = dict(getattr(lm, "kwargs", {}) or {})
+            if self.temperature is not None:  # what is sent: two LMs that differ only in temperature are one here
+                settings["temperature"] = self.temperature
+            identity = (lm.model, repr(sorted(settings.items())))
             draws.append(Draw(i, lm, drawn[identity]))
             drawn[identity] += 1
         return draws

@@ -53,6 +53,9 @@ def test_teacher_pool_spreads_samples_and_weights_by_repetition(memory_cache):
     assert pool.models == ["scripted/a", "scripted/a", "scripted/b"]
     assert (len(a.engine.calls), len(b.engine.calls)) == (2, 1), "a teacher listed twice makes two requests"
     assert [d.rollout_id for d in sample.plan()] == [0, 1, 0]
+    cool, warm = a.copy(temperature=0.2), a.copy(temperature=1.0)
+    assert [d.rollout_id for d in fd.Sample("q -> a", lms=[cool, warm], temperature=0.7).plan()] == [0, 1]
+    assert [d.rollout_id for d in fd.Sample("q -> a", lms=[cool, warm], temperature=None).plan()] == [0, 0]
 
 
 def test_uses_the_context_lm(lm):
