@@ -31,14 +31,17 @@ def _normalized(value: Any) -> str:
     return re.sub(r"\s+", " ", str(value)).strip().strip(".").lower()
 
 
-def _token_f1(a: str, b: str) -> float:
-    """Bag-of-words F1 of two texts: 1.0 for the same words, 0.0 for none in common."""
-    left, right = Counter(re.findall(r"\w+", a)), Counter(re.findall(r"\w+", b))
-    common = sum((left & right).values())
+def overlap_f1(predicted: Sequence[str], expected: Sequence[str]) -> float:
+    """F1 of two bags of tokens: 1.0 for the same tokens, 0.0 for none in common (SQuAD's token F1)."""
+    common = sum((Counter(predicted) & Counter(expected)).values())
     if not common:
         return 0.0
-    precision, recall = common / sum(left.values()), common / sum(right.values())
+    precision, recall = common / len(predicted), common / len(expected)
     return 2 * precision * recall / (precision + recall)
+
+
+def _token_f1(a: str, b: str) -> float:
+    return overlap_f1(re.findall(r"\w+", a), re.findall(r"\w+", b))
 
 
 class Select(dspy.Module):

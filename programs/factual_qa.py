@@ -15,12 +15,12 @@ import json
 import random
 import re
 import unicodedata
-from collections import Counter
 from pathlib import Path
 
 import dspy
 
 from fusion_dspy.errors import FusionDSPyError
+from fusion_dspy.select import overlap_f1
 from fusion_dspy.task import Task
 
 SPLITS = {"train": range(0, 6), "dev": range(6, 8), "test": range(8, 10)}  # buckets of sha256(parent id) % 10
@@ -65,11 +65,7 @@ def token_f1(prediction: object, gold: object) -> float:
     predicted, expected = normalize_answer(prediction).split(), normalize_answer(gold).split()
     if not predicted or not expected:
         return float(predicted == expected)
-    common = sum((Counter(predicted) & Counter(expected)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(predicted), common / len(expected)
-    return 2 * precision * recall / (precision + recall)
+    return overlap_f1(predicted, expected)
 
 
 def answer_f1(example: dspy.Example, prediction: dspy.Prediction, trace: object = None) -> float:
