@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 from fusion_dspy.backends import Backends
@@ -165,3 +166,16 @@ def test_a_pairwise_metric_gets_the_single_sample_as_baseline(tmp_path):
     records = PairedEvaluation(make_backends(), task, DEVSET[:1], n_values=(4,), output_dir=tmp_path).run(False)
     assert set(seen) == {"41"}, "the baseline is the example's first sample"
     assert records[0]["scores"]["single"] == 0.0 and records[0]["scores"]["bon"] == 1.0
+
+
+@pytest.mark.embedded
+def test_eval_smoke_on_the_embedded_model(tmp_path):
+    from fusion_dspy.backends import load_config
+    from fusion_dspy.task import resolve_task
+
+    task = resolve_task("factual_qa")
+    records = PairedEvaluation(load_config(None), task, task.load("test", 2, 0), n_values=(1, 2),
+                               output_dir=tmp_path, num_threads=2).run(False)  # fmt: skip
+    assert sorted(r["id"] for r in records) == ["0:1", "0:2", "1:1", "1:2"]
+    assert all(0.0 <= r["scores"][m] <= 1.0 for r in records for m in ("single", "bon", "fusion", "oracle"))
+    assert all(r["tokens"]["fusion"] > r["tokens"]["single"] > 0 for r in records)
