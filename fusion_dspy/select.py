@@ -114,7 +114,7 @@ class Select(dspy.Module):
     def _select(self, candidates: Sequence[Any], inputs: dict[str, Any]) -> dspy.Prediction:
         pool, task_inputs = candidate_list(candidates), self._task_inputs(inputs)
         if self.method == "reward":
-            scores = run_concurrently(lambda c: self.reward_fn(task_inputs, c), pool, max_workers=1)
+            scores = [self._reward(task_inputs, candidate) for candidate in pool]
         elif self.method == "pointwise":
             scores = run_concurrently(lambda c: self.judge(**self._judge_one(c, task_inputs)).score, pool)
         elif self.method == "listwise":
@@ -138,6 +138,13 @@ class Select(dspy.Module):
             request, order = self._judge_all(pool, task_inputs)
             return self._pick_listwise(pool, order, await self.judge.acall(**request))
         return self._select(pool, inputs)
+
+    def _reward(self, task_inputs: dict[str, Any], candidate: Any) -> float | Exception:
+        """The reward, or the exception it raised: one failing candidate is skipped, not the whole selection."""
+        try:
+            return self.reward_fn(task_inputs, candidate)
+        except Exception as error:  # noqa: BLE001 - reported by _pick, which skips the candidate
+            return error
 
     def _task_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         return {name: inputs[name] for name in self.task_signature.input_fields if name in inputs}

@@ -226,20 +226,21 @@ def _storage(url: str) -> RDBStorage:
     # "experimental" since v2.8; they are its documented way to survive killed workers.)
     from sqlalchemy.exc import IntegrityError, OperationalError
 
-    for attempt in range(5):
+    def connect() -> RDBStorage:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(
+                url,
+                engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {},
+                heartbeat_interval=10,
+                grace_period=30,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+            )
+
+    for attempt in range(4):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return RDBStorage(
-                    url,
-                    engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {},
-                    heartbeat_interval=10,
-                    grace_period=30,
-                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
-                )
+            return connect()
         except (IntegrityError, OperationalError):
             # Workers started together race to create the schema of a new database; the loser finds it made.
-            if attempt == 4:
-                raise
             time.sleep(0.2 * (attempt + 1))
-    raise AssertionError("unreachable")
+    return connect()
