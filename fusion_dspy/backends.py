@@ -165,6 +165,11 @@ class Backends:
     def generators(self) -> list[dspy.LM]:
         return [self.lm(t.model) for t in self.config.roles.teachers() for _ in range(t.count)]
 
+    def generator_options(self, names: list[str] | None = None) -> dict[str, Any]:
+        """``Sample``'s ``lm=``/``lms=`` for these model names (default: the config's teacher pool)."""
+        pool = [self.lm(name) for name in names] if names else self.generators
+        return {"lm": pool[0], "lms": None} if len(pool) == 1 else {"lm": None, "lms": pool}
+
     @property
     def fusor(self) -> dspy.LM:
         return self.lm(self.config.fusor)
@@ -205,8 +210,7 @@ class Backends:
         common = {
             "n": settings.n or (len(teachers) if len(teachers) > 1 else 5),
             "temperature": settings.temperature,
-            "lm": teachers[0] if len(teachers) == 1 else None,
-            "lms": teachers if len(teachers) > 1 else None,
+            **self.generator_options(),
             "min_candidates": settings.min_candidates,
             "max_concurrency": settings.max_concurrency,
         }

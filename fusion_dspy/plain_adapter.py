@@ -18,6 +18,13 @@ from dspy.utils.exceptions import AdapterParseError
 _DSPY_DEFAULT_INSTRUCTION = "Given the fields"
 
 
+def render_inputs(inputs: dict[str, Any]) -> str:
+    """Inputs as plain text: one field is its value alone; several are ``Name:`` blocks, in order."""
+    if len(inputs) == 1:
+        return str(next(iter(inputs.values())))
+    return "\n\n".join(f"{name.replace('_', ' ').capitalize()}:\n{value}" for name, value in inputs.items())
+
+
 class PlainAdapter(ChatAdapter):
     """Formats a single-output signature as a plain chat turn, and reads the whole reply as that output.
 
@@ -50,11 +57,7 @@ class PlainAdapter(ChatAdapter):
         suffix: str = "",
         main_request: bool = False,
     ) -> str:
-        present = [name for name in signature.input_fields if name in inputs]
-        if len(present) == 1:
-            body = str(inputs[present[0]])
-        else:
-            body = "\n\n".join(f"{name.replace('_', ' ').capitalize()}:\n{inputs[name]}" for name in present)
+        body = render_inputs({name: inputs[name] for name in signature.input_fields if name in inputs})
         return "\n\n".join(part for part in (prefix, body, suffix) if part).strip()
 
     def format_assistant_message_content(

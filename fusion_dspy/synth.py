@@ -16,14 +16,9 @@ import dspy
 from fusion_dspy.batch import ResultsLog, progress_bar
 from fusion_dspy.concurrency import run_concurrently
 from fusion_dspy.fusion import FusionOfN
+from fusion_dspy.plain_adapter import render_inputs
 
 logger = logging.getLogger(__name__)
-
-
-def _user_content(inputs: dict[str, Any]) -> str:
-    if len(inputs) == 1:
-        return str(next(iter(inputs.values())))
-    return "\n\n".join(f"{name.replace('_', ' ').capitalize()}:\n{value}" for name, value in inputs.items())
 
 
 def training_record(item_id: str, inputs: dict[str, Any], fused: dspy.Prediction, program: FusionOfN) -> dict:
@@ -33,7 +28,7 @@ def training_record(item_id: str, inputs: dict[str, Any], fused: dspy.Prediction
     return {
         "id": item_id,
         "messages": [
-            {"role": "user", "content": _user_content(inputs)},
+            {"role": "user", "content": render_inputs(inputs)},
             {"role": "assistant", "content": str(fused[output_field])},
         ],
         "provenance": {

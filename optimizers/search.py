@@ -137,8 +137,7 @@ class FusionSearch:
         """The program a set of trial parameters describes."""
         overrides: dict[str, Any] = {"n": params["n"], "temperature": params["temperature"], "store": self.store}
         if params.get("teachers"):
-            pool = [self.backends.lm(name) for name in params["teachers"].split("+")]
-            overrides.update(lm=pool[0] if len(pool) == 1 else None, lms=pool if len(pool) > 1 else None)
+            overrides.update(self.backends.generator_options(params["teachers"].split("+")))
         program = self.backends.program(self.task.generator(), method=params["method"], **overrides)
         if params["method"] == "fuse":
             fusor = program.fuse.predict

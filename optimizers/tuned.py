@@ -41,8 +41,7 @@ def load_tuned(
     settings = record["settings"]
     overrides: dict[str, Any] = {"n": settings["n"], "temperature": settings["temperature"]}
     if settings.get("teachers"):
-        pool = [backends.lm(name) for name in settings["teachers"].split("+")]
-        overrides.update(lm=pool[0] if len(pool) == 1 else None, lms=pool if len(pool) > 1 else None)
+        overrides.update(backends.generator_options(settings["teachers"].split("+")))
     program = backends.program(module, method=settings["method"], **overrides)
     program.load_state(record["state"])
     return program
