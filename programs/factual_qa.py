@@ -9,7 +9,6 @@ of one multi-hop question never straddle two splits.
 """
 
 import functools
-import hashlib
 import importlib.util
 import json
 import random
@@ -20,10 +19,10 @@ from pathlib import Path
 import dspy
 
 from fusion_dspy.errors import FusionDSPyError
+from fusion_dspy.programs.splits import check_split, in_split
 from fusion_dspy.select import overlap_f1
 from fusion_dspy.task import Task
 
-SPLITS = {"train": range(0, 6), "dev": range(6, 8), "test": range(8, 10)}  # buckets of sha256(parent id) % 10
 INSTALL = "pip install --no-deps fanoutqa"
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
@@ -83,10 +82,6 @@ def answer_f1(example: dspy.Example, prediction: dspy.Prediction, trace: object 
     return token_f1(getattr(prediction, "answer", None) or "", example.answer)
 
 
-def _bucket(key: str) -> int:
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % 10
-
-
 def _as_text(answer: object) -> str | None:
     if isinstance(answer, bool):
         return "yes" if answer else "no"
@@ -133,9 +128,8 @@ def load_factual_qa(split: str = "dev", size: int = 20, seed: int = 0) -> list[d
         >>> devset = load_factual_qa("dev", 10, seed=0)
         >>> devset[0].question, devset[0].answer
     """
-    if split not in SPLITS:
-        raise ValueError(f"Unknown split {split!r} of the factual_qa program; use one of {list(SPLITS)}.")
-    pool = [(question, answer) for parent, question, answer in _sub_questions() if _bucket(parent) in SPLITS[split]]
+    check_split(split, "factual_qa")
+    pool = [(question, answer) for parent, question, answer in _sub_questions() if in_split(parent, split)]
     if not 0 <= size <= len(pool):
         raise ValueError(f"The {split} split of factual_qa has {len(pool)} questions; size {size} is out of range.")
     random.Random(seed).shuffle(pool)

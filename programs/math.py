@@ -12,9 +12,9 @@ import re
 import dspy
 
 from fusion_dspy.errors import FusionDSPyError
+from fusion_dspy.programs.splits import check_split, in_split
 from fusion_dspy.task import Task
 
-SPLITS = {"train": range(0, 6), "dev": range(6, 8), "test": range(8, 10)}  # buckets of sha256(question) % 10
 _SUFFIX = " Give the result as your final answer. Do not include units."  # added by reasoning-gym to every question
 _VIRTUAL_SIZE = 200_000  # problems the generator could give per seed; we draw only what the split needs
 _NUMBER = re.compile(r"((?<![\w.])-)?\$?\s?(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?")  # a minus only if not a range dash
@@ -62,10 +62,6 @@ def numeric_match(example: dspy.Example, prediction: dspy.Prediction, trace: obj
     return float(abs(gold - predicted) <= 1e-6 * max(1.0, abs(gold)))
 
 
-def _bucket(question: str) -> int:
-    return int.from_bytes(hashlib.sha256(question.encode()).digest()[:8], "big") % 10
-
-
 @functools.lru_cache(maxsize=32)
 def _generator(seed: int):
     try:
@@ -90,8 +86,7 @@ def load_math(split: str = "dev", size: int = 20, seed: int = 0) -> list[dspy.Ex
         >>> devset = load_math("dev", 5, seed=0)
         >>> devset[0].question, devset[0].answer
     """
-    if split not in SPLITS:
-        raise ValueError(f"Unknown split {split!r} of the math program; use one of {list(SPLITS)}.")
+    check_split(split, "math")
     if not 0 <= size <= _VIRTUAL_SIZE // 20:
         raise ValueError(f"size must be between 0 and {_VIRTUAL_SIZE // 20}, not {size}.")
     generator, examples, seen = _generator(seed), [], set()
@@ -100,7 +95,7 @@ def load_math(split: str = "dev", size: int = 20, seed: int = 0) -> list[dspy.Ex
             break
         item = generator[index]
         question = item["question"].removesuffix(_SUFFIX).strip()
-        if question in seen or _bucket(question) not in SPLITS[split]:
+        if question in seen or not in_split(question, split):
             continue
         seen.add(question)
         examples.append(dspy.Example(question=question, answer=str(item["answer"])).with_inputs("question"))

@@ -9,7 +9,6 @@ text (train 60 %, dev 20 %, test 20 %), the same for every language.
 
 import functools
 import glob
-import hashlib
 import importlib.util
 import random
 import re
@@ -18,9 +17,9 @@ from pathlib import Path
 import dspy
 
 from fusion_dspy.errors import FusionDSPyError
+from fusion_dspy.programs.splits import check_split, in_split
 from fusion_dspy.task import Task
 
-SPLITS = {"train": range(0, 6), "dev": range(6, 8), "test": range(8, 10)}  # buckets of sha256(msgid) % 10
 SENTENCE_WORDS = 4  # messages with at least this many words come first; shorter ones (2-3 words) after them
 _PLACEHOLDER = re.compile(r"%(?:\([^)]*\))?[-#0 +]*\d*(?:\.\d+)?[sdifrxXeEgGc%]|\{[^{}]*\}")
 
@@ -54,10 +53,6 @@ def chrf(example: dspy.Example, prediction: dspy.Prediction, trace: object = Non
     if not hypothesis:
         return 0.0
     return CHRF().sentence_score(hypothesis, [str(example.translation)]).score / 100
-
-
-def _bucket(source: str) -> int:
-    return int.from_bytes(hashlib.sha256(source.encode()).digest()[:8], "big") % 10
 
 
 def _words(text: str) -> int:
@@ -134,9 +129,8 @@ def load_translations(split: str = "dev", size: int = 20, seed: int = 0, languag
         >>> devset = load_translations("dev", 10, seed=0, language="fr")
         >>> devset[0].source, devset[0].target_language, devset[0].translation
     """
-    if split not in SPLITS:
-        raise ValueError(f"Unknown split {split!r} of the translation program; use one of {list(SPLITS)}.")
-    pool = [pair for pair in _pairs(language) if _bucket(pair[0]) in SPLITS[split]]
+    check_split(split, "translation")
+    pool = [pair for pair in _pairs(language) if in_split(pair[0], split)]
     if not 0 <= size <= len(pool):
         raise ValueError(f"The {split} split of translation into {language!r} has {len(pool)} messages; "
                          f"size {size} is out of range.")  # fmt: skip
