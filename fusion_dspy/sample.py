@@ -128,7 +128,8 @@ class Sample(dspy.Module):
         """Store keys of the draws, and the (candidate, usage) of those already stored."""
         if self.store is None:
             return [None] * len(draws), {}
-        keys = [self.store.key(d.lm, self.temperature, self.module, self.adapter, inputs, d.rollout_id) for d in draws]
+        state = self.store.generator_state(self.module)
+        keys = [self.store.key(d.lm, self.temperature, state, self.adapter, inputs, d.rollout_id) for d in draws]
         found = {d.index: self.store.get(key) for d, key in zip(draws, keys, strict=True)}
         return keys, {index: hit for index, hit in found.items() if hit is not None}
 

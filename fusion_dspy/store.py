@@ -47,7 +47,12 @@ class CandidateStore:
         self.misses = 0
 
     @staticmethod
-    def key(lm: Any, temperature: float | None, generator: dspy.Module, adapter: Any, inputs: dict, index: int) -> str:
+    def generator_state(generator: dspy.Module) -> str:
+        """A digest of the generator's prompt state (instructions, demos): one per call, shared by its N keys."""
+        return _digest(generator.dump_state())
+
+    @staticmethod
+    def key(lm: Any, temperature: float | None, generator_state: str, adapter: Any, inputs: dict, index: int) -> str:
         """The key of one sample: everything that changes what the generator would write, nothing else."""
         settings = {k: v for k, v in (getattr(lm, "kwargs", {}) or {}).items() if k not in _NOT_SETTINGS}
         if temperature is not None:
@@ -55,7 +60,7 @@ class CandidateStore:
         return _digest({
             "model": lm.model,
             "settings": settings,
-            "generator": _digest(generator.dump_state()),
+            "generator": generator_state,
             "adapter": type(adapter or dspy.settings.adapter).__name__,
             "inputs": inputs,
             "index": index,

@@ -63,9 +63,9 @@ def test_a_new_server_port_or_key_keeps_the_pool(tmp_path):
     store = CandidateStore(tmp_path)
     first = dspy.LM("openai/local-model", api_base="http://127.0.0.1:1111/v1", api_key="a", engine="litellm")
     second = first.copy(api_base="http://127.0.0.1:2222/v1", api_key="b")
-    module = dspy.Predict("question -> answer")
-    assert store.key(first, 0.7, module, None, {"question": "q"}, 0) == store.key(second, 0.7, module, None,
-                                                                                   {"question": "q"}, 0)
+    state = store.generator_state(dspy.Predict("question -> answer"))
+    assert store.key(first, 0.7, state, None, {"question": "q"}, 0) == store.key(second, 0.7, state, None,
+                                                                                  {"question": "q"}, 0)
 
 
 def test_samples_drawn_before_a_crash_are_kept(tmp_path):
