@@ -15,11 +15,8 @@ from fusion_dspy.testing import StubOpenAIServer
 DELAY, N = 0.5, 8
 
 
-def reply(body: dict) -> str:
-    outputs = body["messages"][0]["content"].split("Your output fields are:")[-1].split("All interactions")[0]
-    if "`comparison`" in outputs:
-        return "[[ ## comparison ## ]]\nsame\n\n[[ ## answer ## ]]\nfused\n\n[[ ## completed ## ]]"
-    return "[[ ## answer ## ]]\nsampled\n\n[[ ## completed ## ]]"
+def respond(call):
+    return {"comparison": "same", "answer": "fused"} if call.wants("comparison") else {"answer": "sampled"}
 
 
 class Program(dspy.Module):
@@ -37,7 +34,7 @@ class Program(dspy.Module):
 def main() -> None:
     dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
     critical, sequential = 2 * DELAY, (N + 1) * DELAY
-    with StubOpenAIServer(reply, delay=DELAY) as server:
+    with StubOpenAIServer(respond=respond, delay=DELAY) as server:
         lm = dspy.LM("openai/bench", api_base=server.api_base, api_key="x", engine="litellm", num_retries=0)
         with dspy.context(lm=lm):
             # litellm's first sync and first async call import and set up clients (~3 s): not what we measure.

@@ -11,8 +11,8 @@ from fusion_dspy.errors import FusionDSPyError
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from fusion_dspy.config import read_config
-    from fusion_dspy.demo import run_demo
+    from fusion_dspy.backends.config import read_config
+    from fusion_dspy.workflows.demo import run_demo
 
     rows = run_demo(read_config(args.config), n=args.n, prompts=args.prompt or None)
     return 1 if all(row.error for row in rows) else 0
@@ -22,8 +22,9 @@ def _run(args: argparse.Namespace) -> int:
     from dspy.signatures.signature import ensure_signature
 
     from fusion_dspy.backends import Backends
-    from fusion_dspy.batch import read_jsonl, run_batch
-    from fusion_dspy.config import read_config
+    from fusion_dspy.backends.config import read_config
+    from fusion_dspy.workflows.batch import run_batch
+    from fusion_dspy.workflows.jsonl import read_jsonl
 
     signature = ensure_signature(args.signature)
     fields = list(signature.input_fields)
@@ -49,14 +50,13 @@ def _csv(kind):
 
 def _optimize(args: argparse.Namespace) -> int:
     import optuna
-    from optuna.trial import TrialState
     from rich.progress import Progress
 
     from fusion_dspy.backends import load_config
+    from fusion_dspy.core.store import CandidateStore
     from fusion_dspy.optimizers.report import plot_study, trials_table
-    from fusion_dspy.optimizers.search import FusionSearch, SearchSpace
-    from fusion_dspy.store import CandidateStore
-    from fusion_dspy.task import resolve_task
+    from fusion_dspy.optimizers.search import FusionSearch, SearchSpace, completed_trials
+    from fusion_dspy.workflows.task import resolve_task
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and final table say it better
     task = resolve_task(args.program)
@@ -71,7 +71,7 @@ def _optimize(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
 
     def complete() -> int:
-        return len(search.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        return len(completed_trials(search.study))
 
     with Progress(console=console, disable=args.quiet) as progress:
         bar = progress.add_task(f"study {search.study.study_name}", total=args.trials, completed=complete())
@@ -109,9 +109,9 @@ def _examples(task, args) -> list:
 
 def _eval(args: argparse.Namespace) -> int:
     from fusion_dspy.backends import load_config
-    from fusion_dspy.eval_report import plot_summary, report_table, summarize, write_summary
-    from fusion_dspy.evaluation import PairedEvaluation
-    from fusion_dspy.task import resolve_task
+    from fusion_dspy.workflows.evaluation import PairedEvaluation
+    from fusion_dspy.workflows.reports import plot_summary, report_table, summarize, write_summary
+    from fusion_dspy.workflows.task import resolve_task
 
     task = resolve_task(args.program)
     backends = load_config(args.config)
@@ -135,8 +135,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _synth(args: argparse.Namespace) -> int:
     from fusion_dspy.backends import load_config
-    from fusion_dspy.batch import read_jsonl
-    from fusion_dspy.synth import synthesize
+    from fusion_dspy.workflows.jsonl import read_jsonl
+    from fusion_dspy.workflows.synth import synthesize
 
     backends = load_config(args.config)
     backends.check()

@@ -5,8 +5,8 @@ import logging
 import dspy
 
 from fusion_dspy.backends import Backends
-from fusion_dspy.config import ConfigError, config_source
-from fusion_dspy.signatures import DEFAULT_FUSE_INSTRUCTIONS
+from fusion_dspy.backends.config import ConfigError, config_source
+from fusion_dspy.core.signatures import DEFAULT_FUSE_INSTRUCTIONS
 
 logger = logging.getLogger(__name__)
 

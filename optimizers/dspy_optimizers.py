@@ -20,8 +20,8 @@ from typing import Any
 import dspy
 from dspy.teleprompt import COPRO, GEPA, MIPROv2
 
+from fusion_dspy.core.fuse import Fuse
 from fusion_dspy.errors import FusionDSPyError
-from fusion_dspy.fuse import Fuse
 
 OPTIMIZERS: dict[str, type] = {"mipro": MIPROv2, "gepa": GEPA, "copro": COPRO}
 _VIEW_PREFIX = "program."
@@ -37,8 +37,8 @@ def fusor_predictors(program: dspy.Module) -> list[tuple[str, dspy.Predict]]:
         ``(name, predictor)`` pairs, named as ``program.named_predictors()`` would, e.g. ``"answer.fuse.predict"``.
 
     Example:
-        >>> fusor_predictors(FusionOfN("question -> answer", n=3))
-        [('fuse.predict', Predict(...))]
+        >>> [name for name, _ in fusor_predictors(fd.FusionOfN("question -> answer", n=3))]
+        ['fuse.predict']
     """
     found = []
     for path, fuse in program.named_sub_modules(type_=Fuse):
@@ -167,10 +167,13 @@ def tune_fusor(
         ...) attached as it attached them.
 
     Example:
-        >>> program = FusionOfN(dspy.ChainOfThought("question -> answer"), n=3)
+        >>> program = fd.FusionOfN("question -> answer", n=2, lm=lm)   # lm: the generators' and the fusor's
         >>> metric = lambda example, pred, trace=None: example.answer == pred.answer
-        >>> tuned = tune_fusor(program, trainset, metric, optimizer="gepa", reflection_lm=dspy.LM("openai/gpt-4o"))
-        >>> tuned.fuse.predict.signature.instructions
+        >>> import contextlib, io
+        >>> with contextlib.redirect_stdout(io.StringIO()):   # COPRO prints the prompts it sends
+        ...     tuned = tune_fusor(program, devset, metric, optimizer="copro", prompt_lm=lm)  # or "mipro", "gepa"
+        >>> tuned is not program, fusor_predictors(tuned)[0][0]
+        (True, 'fuse.predict')
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"Unknown optimizer {optimizer!r}: choose one of {sorted(OPTIMIZERS)}.")

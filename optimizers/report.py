@@ -4,21 +4,18 @@ from collections import defaultdict
 from pathlib import Path
 
 import optuna
-from optuna.trial import TrialState
 from rich.table import Table
 
-from fusion_dspy.optimizers.search import canonical
-
-
-def _complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+from fusion_dspy.optimizers.search import canonical, completed_trials
+from fusion_dspy.workflows.plots import n_axis, two_panels
 
 
 def trials_table(study: optuna.Study, instructions: list[str], best: dict | None = None, limit: int = 20) -> Table:
     """The best ``limit`` trials, best first: parameters, score and tokens per example."""
+    complete = completed_trials(study)
     table = Table("trial", "method", "N", "temp.", "instruction", "teachers", "score", "tokens/example",
-                  title=f"study {study.study_name}: {len(_complete(study))} complete trials", title_justify="left")
-    ranked = sorted(_complete(study), key=lambda t: (-t.values[0], t.user_attrs.get("tokens_per_example", 0)))
+                  title=f"study {study.study_name}: {len(complete)} complete trials", title_justify="left")
+    ranked = sorted(complete, key=lambda t: (-t.values[0], t.user_attrs.get("tokens_per_example", 0)))
     unique = list({canonical(t.params): t for t in reversed(ranked)}.values())[::-1]  # one row per configuration
     for trial in unique[:limit]:
         p = trial.params
@@ -32,36 +29,21 @@ def trials_table(study: optuna.Study, instructions: list[str], best: dict | None
 
 def plot_study(study: optuna.Study, path: str | Path) -> Path:
     """Best score per N for each method (left) and tokens per example per N (right), saved as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display on servers and in CI
-    import matplotlib.pyplot as plt
-
     score: dict[str, dict[int, float]] = defaultdict(dict)
     tokens: dict[str, dict[int, float]] = defaultdict(dict)
-    for trial in _complete(study):
+    for trial in completed_trials(study):
         method, n = trial.params["method"], trial.params["n"]
         if trial.values[0] >= score[method].get(n, float("-inf")):
             score[method][n] = trial.values[0]
             tokens[method][n] = trial.user_attrs.get("tokens_per_example", 0.0)
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     labels = {"fuse": "Fusion-of-N", "select": "Best-of-N"}
     all_n = sorted({n for by_n in score.values() for n in by_n})
-    for method in sorted(score):
-        ns = sorted(score[method])
-        left.plot(ns, [score[method][n] for n in ns], marker="o", label=labels.get(method, method))
-        right.plot(ns, [tokens[method][n] for n in ns], marker="o", label=labels.get(method, method))
-    for axis, ylabel in ((left, "best score"), (right, "tokens per example")):
-        axis.set_xscale("log", base=2)
-        axis.set_xticks(all_n, [str(n) for n in all_n])
-        axis.set_xlabel("N (candidates)")
-        axis.set_ylabel(ylabel)
-        axis.grid(alpha=0.3)
-        axis.legend()
-    figure.suptitle(f"{study.study_name}: quality and cost against N")
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    with two_panels(path, f"{study.study_name}: quality and cost against N", figsize=(10, 4)) as (left, right):
+        for method in sorted(score):
+            ns = sorted(score[method])
+            left.plot(ns, [score[method][n] for n in ns], marker="o", label=labels.get(method, method))
+            right.plot(ns, [tokens[method][n] for n in ns], marker="o", label=labels.get(method, method))
+        for axis, ylabel in ((left, "best score"), (right, "tokens per example")):
+            n_axis(axis, all_n)
+            axis.set_ylabel(ylabel)
+    return Path(path)

@@ -24,15 +24,14 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
 from fusion_dspy.backends import Backends
-from fusion_dspy.concurrency import run_concurrently
+from fusion_dspy.core.fusion import BestOfN, FusionOfN
+from fusion_dspy.core.store import CandidateStore
 from fusion_dspy.errors import FusionDSPyError
-from fusion_dspy.fusion import BestOfN, FusionOfN
-from fusion_dspy.meter import total_tokens
 from fusion_dspy.optimizers.context import check_context_window
 from fusion_dspy.optimizers.instructions import builtin_instructions, propose_instructions
 from fusion_dspy.optimizers.tuned import save_tuned
-from fusion_dspy.store import CandidateStore
-from fusion_dspy.task import MetricError, Task
+from fusion_dspy.workflows.scoring import score_examples, score_stage
+from fusion_dspy.workflows.task import Task
 
 logger = logging.getLogger(__name__)
 
@@ -78,9 +77,11 @@ class FusionSearch:
         seed: Seed of the TPE sampler.
 
     Example:
-        >>> search = FusionSearch(fd.load_config("configs/vllm.yaml"), task, devset)
-        >>> study = search.optimize(n_trials=20)
-        >>> tuned = search.best_program()
+        >>> search = FusionSearch(backends, task, devset, space=SearchSpace(n=(1, 2), methods=("select",)),
+        ...                       storage=f"sqlite:///{tmp_path}/study.db", sampler="grid")
+        >>> study = search.optimize(n_trials=2)
+        >>> sorted(search.best_params())
+        ['instruction', 'method', 'n', 'temperature']
     """
 
     def __init__(self, backends: Backends, task: Task, devset: list[dspy.Example], space: SearchSpace | None = None,
@@ -138,34 +139,26 @@ class FusionSearch:
         overrides: dict[str, Any] = {"n": params["n"], "temperature": params["temperature"], "store": self.store}
         if params.get("teachers"):
             overrides.update(self.backends.generator_options(params["teachers"].split("+")))
-        program = self.backends.program(self.task.generator(), method=params["method"], **overrides)
         if params["method"] == "fuse":
-            fusor = program.fuse.predict
-            fusor.signature = fusor.signature.with_instructions(self.instructions[params["instruction"]])
-        return program
+            overrides["instructions"] = self.instructions[params["instruction"]]
+        return self.backends.program(self.task.generator(), method=params["method"], **overrides)
 
     def evaluate(self, params: dict[str, Any]) -> tuple[float, float]:
-        """Mean metric and mean tokens per example (every sample's and the fusor's, cached ones at their cost)."""
+        """Mean metric and mean tokens per example (every sample's and the fusor's, cached ones at their cost).
+
+        An example whose sampling failed scores 0 and adds no cost.
+        """
         program = self.build(params)
-        stage = "fuse" if isinstance(program, FusionOfN) else "select"
 
-        def run(example: dspy.Example) -> tuple[dspy.Prediction, int]:
+        def run(index: int) -> tuple[float, int]:
+            example = self.devset[index]
             pool = program.sample(**example.inputs())
-            result = program(candidates=pool, **example.inputs())
-            return result, sum(total_tokens(u) for u in pool.usage) + result.stage_tokens[stage]
+            scored = score_stage(self.task, program, example, pool, f"dev example {index}")
+            return scored.score, pool.tokens + scored.tokens
 
-        outcomes = run_concurrently(run, self.devset, self.num_threads)
-        scores, costs = [], []
-        for index, (example, outcome) in enumerate(zip(self.devset, outcomes, strict=True)):
-            if isinstance(outcome, MetricError):
-                raise outcome
-            if isinstance(outcome, Exception):
-                logger.warning("Dev example %d failed (scored 0): %s: %s", index, type(outcome).__name__, outcome)
-                scores.append(0.0)
-                continue
-            prediction, cost = outcome
-            scores.append(self.task.score(example, prediction, where=f"dev example {index}"))
-            costs.append(cost)
+        results = score_examples(run, self.devset, self.num_threads)
+        scores = [result[0] if result else 0.0 for result in results]
+        costs = [result[1] for result in results if result]
         return sum(scores) / len(scores), (sum(costs) / len(costs) if costs else 0.0)
 
     def objective(self, trial: optuna.Trial) -> float | tuple[float, float]:
@@ -180,14 +173,14 @@ class FusionSearch:
     def _already_scored(self, params: dict[str, Any]) -> tuple[float, float] | None:
         """TPE may propose a configuration again: reuse its result instead of paying the fusor twice."""
         key = canonical(params)
-        for done in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        for done in completed_trials(self.study):
             if canonical(done.params) == key:
                 return done.values[0], done.user_attrs.get("tokens_per_example", 0.0)
         return None
 
     def optimize(self, n_trials: int, timeout: float | None = None, callbacks: Sequence = ()) -> optuna.Study:
         """Run until the study (all workers together) has ``n_trials`` complete trials."""
-        done = len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        done = len(completed_trials(self.study))
         if done < n_trials:
             stop_at_total = MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,))
             self.study.optimize(self.objective, n_trials=n_trials - done, timeout=timeout,
@@ -196,7 +189,7 @@ class FusionSearch:
 
     def best_params(self) -> dict[str, Any]:
         """The best trial's parameters: the highest score, then (with a cost objective) the fewest tokens."""
-        complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        complete = completed_trials(self.study)
         if not complete:
             raise FusionDSPyError("The study has no complete trial yet: run optimize() first.")
         best = min(complete, key=lambda t: (-t.values[0], t.user_attrs.get("tokens_per_example", 0.0), t.number))
@@ -211,6 +204,11 @@ class FusionSearch:
         settings = {key: params.get(key) for key in ("n", "temperature", "method", "teachers")}
         settings["instruction"] = self.instructions[params["instruction"]] if params["method"] == "fuse" else None
         return save_tuned(self.best_program(), settings, path)
+
+
+def completed_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The study's complete trials (of every worker), without copying them."""
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
 
 def canonical(params: dict[str, Any]) -> tuple:

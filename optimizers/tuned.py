@@ -8,8 +8,8 @@ import dspy
 from dspy.signatures.signature import Signature
 
 from fusion_dspy.backends import Backends
+from fusion_dspy.core.fusion import BestOfN, FusionOfN
 from fusion_dspy.errors import FusionDSPyError
-from fusion_dspy.fusion import BestOfN, FusionOfN
 
 FORMAT = "fusion-dspy/tuned-program/1"
 
@@ -33,7 +33,11 @@ def load_tuned(
     """Rebuild the tuned program over ``module`` with ``backends``; it behaves as the program that was saved.
 
     Example:
-        >>> tuned = load_tuned("tuned.json", fd.load_config("configs/vllm.yaml"), dspy.Predict("question -> answer"))
+        >>> program = backends.program(dspy.Predict("question -> answer"), n=3, instructions="Merge the drafts.")
+        >>> path = save_tuned(program, {"n": 3, "temperature": 0.7, "method": "fuse"}, tmp_path / "tuned.json")
+        >>> tuned = load_tuned(path, backends, dspy.Predict("question -> answer"))
+        >>> tuned.sample.n, tuned.fuse.predict.signature.instructions
+        (3, 'Merge the drafts.')
     """
     record = json.loads(Path(path).read_text())
     if record.get("format") != FORMAT:

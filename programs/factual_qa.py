@@ -18,10 +18,10 @@ from pathlib import Path
 
 import dspy
 
+from fusion_dspy.core.votes import overlap_f1
 from fusion_dspy.errors import FusionDSPyError
 from fusion_dspy.programs.splits import check_split, in_split
-from fusion_dspy.select import overlap_f1
-from fusion_dspy.task import Task
+from fusion_dspy.workflows.task import Task
 
 INSTALL = "pip install --no-deps fanoutqa"
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -126,7 +126,8 @@ def load_factual_qa(split: str = "dev", size: int = 20, seed: int = 0) -> list[d
 
     Example:
         >>> devset = load_factual_qa("dev", 10, seed=0)
-        >>> devset[0].question, devset[0].answer
+        >>> len(devset), list(devset[0].inputs())
+        (10, ['question'])
     """
     check_split(split, "factual_qa")
     pool = [(question, answer) for parent, question, answer in _sub_questions() if in_split(parent, split)]

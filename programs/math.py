@@ -13,7 +13,7 @@ import dspy
 
 from fusion_dspy.errors import FusionDSPyError
 from fusion_dspy.programs.splits import check_split, in_split
-from fusion_dspy.task import Task
+from fusion_dspy.workflows.task import Task
 
 _SUFFIX = " Give the result as your final answer. Do not include units."  # added by reasoning-gym to every question
 _VIRTUAL_SIZE = 200_000  # problems the generator could give per seed; we draw only what the split needs
@@ -84,7 +84,8 @@ def load_math(split: str = "dev", size: int = 20, seed: int = 0) -> list[dspy.Ex
 
     Example:
         >>> devset = load_math("dev", 5, seed=0)
-        >>> devset[0].question, devset[0].answer
+        >>> len(devset), list(devset[0].inputs()), parse_number(devset[0].answer) is not None
+        (5, ['question'], True)
     """
     check_split(split, "math")
     if not 0 <= size <= _VIRTUAL_SIZE // 20:
@@ -106,7 +107,7 @@ def solver() -> dspy.Module:
     """The generator module: chain of thought, then the numeric answer.
 
     Example:
-        >>> with dspy.context(lm=dspy.LM("openai/gpt-4o-mini")):
+        >>> with dspy.context(lm=scripted_lm(lambda call: {"reasoning": "3 + 4 = 7", "answer": "7"})):
         ...     solver()(question="Tom has 3 apples and buys 4 more. How many apples does he have?").answer
         '7'
     """

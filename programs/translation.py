@@ -18,7 +18,7 @@ import dspy
 
 from fusion_dspy.errors import FusionDSPyError
 from fusion_dspy.programs.splits import check_split, in_split
-from fusion_dspy.task import Task
+from fusion_dspy.workflows.task import Task
 
 SENTENCE_WORDS = 4  # messages with at least this many words come first; shorter ones (2-3 words) after them
 _PLACEHOLDER = re.compile(r"%(?:\([^)]*\))?[-#0 +]*\d*(?:\.\d+)?[sdifrxXeEgGc%]|\{[^{}]*\}")
@@ -127,7 +127,8 @@ def load_translations(split: str = "dev", size: int = 20, seed: int = 0, languag
 
     Example:
         >>> devset = load_translations("dev", 10, seed=0, language="fr")
-        >>> devset[0].source, devset[0].target_language, devset[0].translation
+        >>> len(devset), devset[0].target_language
+        (10, 'French')
     """
     check_split(split, "translation")
     pool = [pair for pair in _pairs(language) if in_split(pair[0], split)]
@@ -152,6 +153,8 @@ def translation_task(language: str = "de") -> Task:
 
     Example:
         >>> french = translation_task("fr")  # in your module; then --program yourmodule:french
+        >>> french.name
+        'translation-fr'
     """
     return Task(name=f"translation-{language}", signature=Translate, metric=chrf,
                 load=functools.partial(load_translations, language=language))  # fmt: skip

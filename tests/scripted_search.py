@@ -12,9 +12,9 @@ from collections import Counter, defaultdict
 import dspy
 
 from fusion_dspy.backends import Backends
-from fusion_dspy.config import FusionConfig
-from fusion_dspy.task import Task
+from fusion_dspy.backends.config import FusionConfig
 from fusion_dspy.testing import scripted_lm
+from fusion_dspy.workflows.task import Task
 
 ANSWERS = ["41", "42", "42", "43", "42", "40", "44", "45"]
 DEVSET = [dspy.Example(question=f"question {i}", answer="42").with_inputs("question") for i in range(3)]

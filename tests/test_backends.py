@@ -7,34 +7,35 @@ import pytest
 import yaml
 
 from fusion_dspy.backends import Backends
-from fusion_dspy.config import read_config
+from fusion_dspy.backends.config import read_config
 from fusion_dspy.testing import StubOpenAIServer
+from fusion_dspy.testing.wire import parse_body
 
 SECRET = "sk-fusion-test-0123456789abcdef"
 
 
-def output_block(body: dict) -> str:
-    return body["messages"][0]["content"].split("Your output fields are:")[-1].split("All interactions")[0]
-
-
 def replying(name: str):
-    def reply(body: dict) -> str:
-        if "`best_candidate`" in output_block(body):
-            return "[[ ## comparison ## ]]\nc\n\n[[ ## best_candidate ## ]]\n2\n\n[[ ## completed ## ]]"
-        if "`comparison`" in output_block(body):
-            return f"[[ ## comparison ## ]]\nc\n\n[[ ## answer ## ]]\nfused by {name}\n\n[[ ## completed ## ]]"
-        return f"[[ ## answer ## ]]\nsampled by {name}\n\n[[ ## completed ## ]]"
+    def respond(call):
+        if call.wants("best_candidate"):
+            return {"comparison": "c", "best_candidate": 2}
+        if call.wants("comparison"):
+            return {"comparison": "c", "answer": f"fused by {name}"}
+        return {"answer": f"sampled by {name}"}
 
-    return reply
+    return respond
+
+
+def calls(server):
+    return [parse_body(body, index) for index, body in enumerate(server.requests)]
 
 
 def fusor_requests(server):
-    return [body for body in server.requests if {"`answer`", "`comparison`"} <= set(output_block(body).split())]
+    return [call for call in calls(server) if call.wants("answer", "comparison")]
 
 
 @pytest.fixture
 def servers():
-    with StubOpenAIServer(replying("a")) as a, StubOpenAIServer(replying("b")) as b:
+    with StubOpenAIServer(respond=replying("a")) as a, StubOpenAIServer(respond=replying("b")) as b:
         yield a, b
 
 
@@ -84,11 +85,11 @@ def test_select_method_uses_the_judge_role(tmp_path, servers):
     })  # fmt: skip
     result = backends.program("question -> answer")(question="q")
     assert result.answer == "sampled by a" and len(a.requests) == 2
-    assert len(b.requests) == 1 and "`best_candidate`" in output_block(b.requests[0])
+    assert len(b.requests) == 1 and calls(b)[0].wants("best_candidate")
 
 
 def test_router_falls_back_when_a_deployment_fails(tmp_path):
-    with StubOpenAIServer(replying("down"), status=500) as down, StubOpenAIServer(replying("up")) as up:
+    with StubOpenAIServer(respond=replying("down"), status=500) as down, StubOpenAIServer(respond=replying("up")) as up:
         backends = backends_for(tmp_path, {
             "models": {"primary": {**model(down, "primary"), "fallbacks": ["backup"]}, "backup": model(up, "backup")},
             "roles": {"generators": "primary", "fusor": "backup"},

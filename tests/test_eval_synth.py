@@ -13,11 +13,11 @@ import pytest
 import yaml
 
 from fusion_dspy.backends import Backends
-from fusion_dspy.config import FusionConfig
-from fusion_dspy.eval_report import bootstrap_ci, plot_summary, summarize, write_summary
-from fusion_dspy.evaluation import PairedEvaluation
-from fusion_dspy.synth import synthesize
+from fusion_dspy.backends.config import FusionConfig
 from fusion_dspy.testing import StubOpenAIServer, scripted_lm
+from fusion_dspy.workflows.evaluation import PairedEvaluation
+from fusion_dspy.workflows.reports import bootstrap_ci, plot_summary, summarize, write_summary
+from fusion_dspy.workflows.synth import synthesize
 from tests.conftest import qa_responder
 from tests.scripted_search import DEVSET, TASK, generator_calls, make_backends
 
@@ -100,18 +100,15 @@ def test_synth_failures_go_to_the_errors_file_and_are_retried(tmp_path):
     assert "SamplingError" in (tmp_path / "t.errors.jsonl").read_text()
 
 
-def reply(body: dict) -> str:
-    outputs = body["messages"][0]["content"].split("Your output fields are:")[-1].split("All interactions")[0]
-    if "`comparison`" in outputs:
-        return "[[ ## comparison ## ]]\nc\n\n[[ ## response ## ]]\nfused\n\n[[ ## completed ## ]]"
-    return "[[ ## response ## ]]\na draft\n\n[[ ## completed ## ]]"
+def respond(call):
+    return {"comparison": "c", "response": "fused"} if call.wants("comparison") else {"response": "a draft"}
 
 
 def test_synth_killed_with_sigkill_resumes_and_writes_every_prompt_exactly_once(tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"id": i, "prompt": f"prompt {i}"}) + "\n" for i in range(30)))
     output = tmp_path / "train.jsonl"
-    with StubOpenAIServer(reply, delay=0.15) as server:
+    with StubOpenAIServer(respond=respond, delay=0.15) as server:
         config = tmp_path / "config.yaml"
         config.write_text(yaml.safe_dump({"models": {"a": {"model": "openai/teacher-a", "api_base": server.api_base,
                                                            "cache": False}},
@@ -140,8 +137,10 @@ def test_eval_command_end_to_end(tmp_path, capsys):
 
     devset = tmp_path / "dev.jsonl"
     devset.write_text("".join(json.dumps({"question": f"q{i}", "answer": "42"}) + "\n" for i in range(3)))
-    qa_reply = lambda body: reply(body).replace("response", "answer").replace("a draft", "42")  # noqa: E731
-    with StubOpenAIServer(qa_reply) as server:
+    def qa_respond(call):
+        return {"comparison": "c", "answer": "fused"} if call.wants("comparison") else {"answer": "42"}
+
+    with StubOpenAIServer(respond=qa_respond) as server:
         config = tmp_path / "config.yaml"
         config.write_text(yaml.safe_dump({"models": {"m": {"model": "openai/m", "api_base": server.api_base,
                                                            "cache": False}}, "roles": {"generators": "m"}}))
@@ -154,7 +153,7 @@ def test_eval_command_end_to_end(tmp_path, capsys):
 
 
 def test_a_pairwise_metric_gets_the_single_sample_as_baseline(tmp_path):
-    from fusion_dspy.task import Task
+    from fusion_dspy.workflows.task import Task
 
     seen = []
 
@@ -171,7 +170,7 @@ def test_a_pairwise_metric_gets_the_single_sample_as_baseline(tmp_path):
 @pytest.mark.embedded
 def test_eval_smoke_on_the_embedded_model(tmp_path):
     from fusion_dspy.backends import load_config
-    from fusion_dspy.task import resolve_task
+    from fusion_dspy.workflows.task import resolve_task
 
     task = resolve_task("factual_qa")
     records = PairedEvaluation(load_config(None), task, task.load("test", 2, 0), n_values=(1, 2),

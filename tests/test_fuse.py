@@ -8,7 +8,7 @@ import pytest
 from dspy.utils.exceptions import AdapterParseError
 
 import fusion_dspy as fd
-from fusion_dspy.signatures import fuse_signature
+from fusion_dspy.core.signatures import fuse_signature
 from fusion_dspy.testing import scripted_lm
 from tests.conftest import qa_responder
 

@@ -9,14 +9,15 @@ from fusion_dspy.testing import scripted_lm
 from tests.conftest import qa_responder
 
 
-def test_fusion_returns_task_fields_candidates_and_stage_stats(lm):
+def test_fusion_returns_task_fields_candidates_and_stage_stats():
+    lm = scripted_lm(qa_responder, model="scripted/generator", delay=0.05)  # every request takes >= 0.05 s
     fused = fd.FusionOfN(dspy.ChainOfThought("question -> answer"), n=3, lm=lm)
     result = fused(question="Capital of France?")
     assert (result.answer, result.reasoning) == ("fused", "fused reasoning")
     assert [c.answer for c in result.candidates] and len(result.candidates) == 3
     assert set(result.stage_tokens) == {"sample", "fuse"} and all(result.stage_tokens.values())
     assert result.stage_usage["sample"]["scripted/generator"]["total_tokens"] == result.stage_tokens["sample"]
-    assert result.stage_seconds["sample"] >= 0 and result.stage_seconds["fuse"] >= 0
+    assert result.stage_seconds["sample"] >= 0.05 and result.stage_seconds["fuse"] >= 0.05
 
 
 async def test_async_fusion_and_best_of_n(lm):
@@ -47,8 +48,8 @@ def test_paired_comparison_on_the_same_candidates(lm):
     fused_result = fused(question="q", candidates=pool)
     best_result = best(question="q", candidates=pool)
     assert len(lm.engine.calls) == 4 + 1  # four samples, one fusion, nothing sampled twice
-    assert fused_result.candidates == best_result.candidates == pool.candidates
-    assert best_result.answer == max((c.answer for c in pool.candidates), key=lambda a: int(a.split()[-1]))
+    assert fused_result.candidates == best_result.candidates == pool.predictions
+    assert best_result.answer == max((c.answer for c in pool.predictions), key=lambda a: int(a.split()[-1]))
 
 
 class Pipeline(dspy.Module):
@@ -113,7 +114,7 @@ def test_bootstrap_few_shot_collects_demos_for_generator_and_fusor(lm):
 
 
 def test_dspy_best_of_n_collects_no_demos_where_ours_does(lm):
-    """The reason not to build on dspy.BestOfN (DESIGN.md §2): its deep copies hide the calls."""
+    """The reason not to build on dspy.BestOfN (README, "Design notes"): its deep copies hide the calls."""
     metric = lambda example, pred, trace=None: True  # noqa: E731
     trainset = [dspy.Example(question=f"q{i}", answer="x").with_inputs("question") for i in range(3)]
     theirs = dspy.BestOfN(dspy.Predict("question -> answer"), N=2, reward_fn=lambda i, p: 1.0, threshold=2.0)

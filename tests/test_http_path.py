@@ -8,13 +8,12 @@ import fusion_dspy as fd
 from fusion_dspy.testing import StubOpenAIServer
 
 
-def chat_adapter_reply(body: dict) -> str:
-    outputs = body["messages"][0]["content"].split("Your output fields are:")[-1].split("All interactions")[0]
-    if "`comparison`" in outputs:
-        return "[[ ## comparison ## ]]\nthey agree\n\n[[ ## answer ## ]]\nfused\n\n[[ ## completed ## ]]"
-    if "`clear_question`" in outputs:
-        return "[[ ## clear_question ## ]]\nclear\n\n[[ ## completed ## ]]"
-    return "[[ ## answer ## ]]\nsampled\n\n[[ ## completed ## ]]"
+def respond(call):
+    if call.wants("comparison"):
+        return {"comparison": "they agree", "answer": "fused"}
+    if call.wants("clear_question"):
+        return {"clear_question": "clear"}
+    return {"answer": "sampled"}
 
 
 class Program(dspy.Module):
@@ -37,7 +36,7 @@ def _lm(server: StubOpenAIServer) -> dspy.LM:
 
 
 def test_fusion_of_8_sends_all_samples_at_once_over_http():
-    with StubOpenAIServer(chat_adapter_reply, delay=0.2) as server, dspy.context(lm=_lm(server), track_usage=True):
+    with StubOpenAIServer(respond=respond, delay=0.2) as server, dspy.context(lm=_lm(server), track_usage=True):
         result = Program(n=8)(question="Why is the sky blue?")
     assert result.answer == "fused" and len(result.candidates) == 8
     assert len(server.requests) == 1 + 8 + 1
@@ -48,7 +47,7 @@ def test_fusion_of_8_sends_all_samples_at_once_over_http():
 
 
 def test_async_fusion_of_8_over_http():
-    with StubOpenAIServer(chat_adapter_reply, delay=0.2) as server, dspy.context(lm=_lm(server)):
+    with StubOpenAIServer(respond=respond, delay=0.2) as server, dspy.context(lm=_lm(server)):
         result = asyncio.run(Program(n=8).acall(question="Why is the sky blue?"))
     assert result.answer == "fused"
     assert server.peak_in_flight == 8

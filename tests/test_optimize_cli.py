@@ -14,17 +14,14 @@ import yaml
 from optuna.trial import TrialState
 
 from fusion_dspy.cli import main
-from fusion_dspy.store import CandidateStore
+from fusion_dspy.core.store import CandidateStore
 from fusion_dspy.testing import StubOpenAIServer
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def reply(body: dict) -> str:
-    outputs = body["messages"][0]["content"].split("Your output fields are:")[-1].split("All interactions")[0]
-    if "`comparison`" in outputs:
-        return "[[ ## comparison ## ]]\nc\n\n[[ ## answer ## ]]\n42\n\n[[ ## completed ## ]]"
-    return "[[ ## answer ## ]]\n42\n\n[[ ## completed ## ]]"
+def respond(call):
+    return {"comparison": "c", "answer": "42"} if call.wants("comparison") else {"answer": "42"}
 
 
 def generator_requests(server) -> int:
@@ -68,7 +65,7 @@ def complete_trials(workdir, name="fusion-toy"):
 
 
 def test_optimize_end_to_end(workdir, capsys):
-    with StubOpenAIServer(reply) as server:
+    with StubOpenAIServer(respond=respond) as server:
         assert main(arguments(workdir, write_config(workdir, server), 6, ["--sampler", "grid", "--methods",
                                                                           "select", "--n-values", "1,2"])) == 0
     err = capsys.readouterr().err
@@ -80,7 +77,7 @@ def test_optimize_end_to_end(workdir, capsys):
 
 
 def test_killed_study_resumes_without_losing_work(workdir):
-    with StubOpenAIServer(reply, delay=0.4) as server:
+    with StubOpenAIServer(respond=respond, delay=0.4) as server:
         config = write_config(workdir, server)
         args = arguments(workdir, config, 10, ["--methods", "select"])
         worker = spawn(args, workdir)
@@ -106,7 +103,7 @@ def test_killed_study_resumes_without_losing_work(workdir):
 
 
 def test_two_workers_share_one_study(workdir):
-    with StubOpenAIServer(reply, delay=0.2) as server:
+    with StubOpenAIServer(respond=respond, delay=0.2) as server:
         args = arguments(workdir, write_config(workdir, server), 8, ["--methods", "select,fuse"])
         workers = [spawn(args, workdir) for _ in range(2)]
         outputs = [worker.communicate(timeout=300)[0] for worker in workers]

@@ -3,7 +3,7 @@ import pytest
 from dspy.utils.exceptions import AdapterParseError
 
 import fusion_dspy as fd
-from fusion_dspy.plain_adapter import PlainAdapter
+from fusion_dspy.backends.plain_adapter import PlainAdapter
 from fusion_dspy.testing import scripted_lm
 
 

@@ -13,8 +13,8 @@ from fusion_dspy.programs.factual_qa import answer_f1, load_factual_qa, normaliz
 from fusion_dspy.programs.instructions import PairwiseJudge, load_instructions, with_baseline
 from fusion_dspy.programs.math import load_math, numeric_match, parse_number
 from fusion_dspy.programs.translation import chrf, language_name, load_translations, translation_task
-from fusion_dspy.task import Task, resolve_task
 from fusion_dspy.testing import scripted_lm
+from fusion_dspy.workflows.task import Task, resolve_task
 
 LOADERS = {"math": load_math, "factual_qa": load_factual_qa, "translation": load_translations}
 
@@ -161,7 +161,7 @@ def test_modules_run_end_to_end_on_a_scripted_lm(name, field):
 def judge_lm(pick):
     """A scripted judge: ``pick(call)`` returns "A", "B" or "tie"."""
     return scripted_lm(
-        lambda call: {"explanation": "compared", "verdict": pick(call)}, model="scripted/judge", delay=0.05
+        lambda call: {"explanation": "compared", "verdict": pick(call)}, model="scripted/judge", rendezvous=2
     )
 
 

@@ -16,7 +16,7 @@ def test_n_distinct_requests_at_the_sampling_temperature(memory_cache):
     assert len(pool.candidates) == 4
     assert len(lm.engine.calls) == 4  # distinct rollout ids: four requests, not one cached answer
     assert {call.temperature for call in lm.engine.calls} == {0.9}
-    assert len({c.answer for c in pool.candidates}) == 4
+    assert len({c.answer for c in pool.predictions}) == 4
     sample(question="Why?")
     assert len(lm.engine.calls) == 4, "a rerun must be served sample by sample from DSPy's cache"
     fd.Sample(dspy.Predict("question -> answer"), n=6, temperature=0.9, lm=lm)(question="Why?")
@@ -24,14 +24,14 @@ def test_n_distinct_requests_at_the_sampling_temperature(memory_cache):
 
 
 def test_sync_forward_is_concurrent():
-    lm = scripted_lm(qa_responder, delay=0.2)
+    lm = scripted_lm(qa_responder, rendezvous=6)  # each request waits until six are in flight together
     pool = fd.Sample("question -> answer", n=6, lm=lm)(question="q")
     assert len(pool.candidates) == 6
     assert lm.engine.peak_in_flight == 6
 
 
 async def test_aforward_is_concurrent_and_bounded():
-    lm = scripted_lm(qa_responder, delay=0.1)
+    lm = scripted_lm(qa_responder, rendezvous=3)
     pool = await fd.Sample("question -> answer", n=6, lm=lm, max_concurrency=3).acall(question="q")
     assert len(pool.candidates) == 6
     assert lm.engine.peak_in_flight == 3

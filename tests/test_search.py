@@ -4,13 +4,13 @@ import dspy
 import pytest
 
 from fusion_dspy.backends import Backends
-from fusion_dspy.config import ConfigError, FusionConfig
+from fusion_dspy.backends.config import ConfigError, FusionConfig
+from fusion_dspy.core.store import CandidateStore
 from fusion_dspy.optimizers.instructions import builtin_instructions, propose_instructions
 from fusion_dspy.optimizers.search import FusionSearch, SearchSpace, teacher_subsets
 from fusion_dspy.optimizers.tuned import load_tuned
-from fusion_dspy.store import CandidateStore
-from fusion_dspy.task import MetricError, Task
 from fusion_dspy.testing import scripted_lm
+from fusion_dspy.workflows.task import MetricError, Task
 from tests.scripted_search import DEVSET, TASK, generator_calls, make_backends
 
 SPACE = SearchSpace(n=(1, 2, 4, 8), methods=("fuse", "select"))

@@ -63,7 +63,7 @@ def test_pointwise_judge_scores_each_candidate_concurrently(asynchronous):
     def respond(call):
         return {"score": 9 if "Paris" in call.inputs["candidates"] else 2}
 
-    judge_lm = scripted_lm(respond, delay=0.1)
+    judge_lm = scripted_lm(respond, rendezvous=4)
     select = fd.Select("question -> answer", judge="pointwise", judge_lm=judge_lm)
     if asynchronous:
         best = asyncio.run(select.acall(candidates=POOL, question="q"))

@@ -4,7 +4,7 @@ import dspy
 import pytest
 
 import fusion_dspy as fd
-from fusion_dspy.store import CandidateStore
+from fusion_dspy.core.store import CandidateStore
 from fusion_dspy.testing import scripted_lm
 from tests.conftest import qa_responder
 
@@ -35,9 +35,10 @@ def test_smaller_n_reuses_exactly_the_first_samples(tmp_path):
     store = CandidateStore(tmp_path)
     big = fd.Sample("question -> answer", n=4, lm=scripted_lm(qa_responder), store=store)(question="q")
     small = fd.Sample("question -> answer", n=2, lm=scripted_lm(qa_responder), store=store)(question="q")
-    assert [c.answer for c in small.candidates] == [c.answer for c in big.candidates[:2]]
-    assert small.cached == [True, True] and big.cached == [False] * 4
-    assert small.usage == big.usage[:2] and all(u["scripted/lm"]["total_tokens"] > 0 for u in small.usage)
+    assert [c.answer for c in small.predictions] == [c.answer for c in big[:2].predictions]
+    assert [c.cached for c in small] == [True, True] and [c.cached for c in big] == [False] * 4
+    assert [c.usage for c in small] == [c.usage for c in big[:2]]
+    assert all(c.usage["scripted/lm"]["total_tokens"] > 0 for c in small)
 
 
 @pytest.mark.parametrize(
@@ -55,8 +56,9 @@ def test_anything_that_changes_the_samples_changes_the_key(tmp_path, change):
     base = {"module": "question -> answer", "n": 2, "lm": scripted_lm(qa_responder), "temperature": 0.7}
     fd.Sample(**{**base, "store": store})(question="q")
     changed = {**base, **change, "store": store}
-    assert fd.Sample(**changed)(question="q").cached == [False, False]
-    assert fd.Sample(**{**base, "store": store})(question="other question").cached == [False, False]
+    assert [c.cached for c in fd.Sample(**changed)(question="q").candidates] == [False, False]
+    other = fd.Sample(**{**base, "store": store})(question="other question")
+    assert [c.cached for c in other] == [False, False]
 
 
 def test_a_new_server_port_or_key_keeps_the_pool(tmp_path):
@@ -76,7 +78,7 @@ def test_samples_drawn_before_a_crash_are_kept(tmp_path):
     assert len(store) == 2
     healthy = scripted_lm(qa_responder)
     pool = fd.Sample("question -> answer", n=3, lm=healthy, store=store)(question="q")
-    assert pool.cached == [True, True, False] and len(healthy.engine.calls) == 1
+    assert [c.cached for c in pool] == [True, True, False] and len(healthy.engine.calls) == 1
 
 
 def test_async_sampling_uses_the_store(tmp_path):
@@ -85,7 +87,7 @@ def test_async_sampling_uses_the_store(tmp_path):
     sample = fd.Sample("question -> answer", n=3, lm=lm, store=store)
     asyncio.run(sample.acall(question="q"))
     again = asyncio.run(sample.acall(question="q"))
-    assert again.cached == [True] * 3 and len(lm.engine.calls) == 3
+    assert [c.cached for c in again] == [True] * 3 and len(lm.engine.calls) == 3
     assert store.hits == 3 and store.misses == 3
 
 

@@ -6,65 +6,21 @@ the tests need to exercise. ``dspy.utils.DummyLM`` skips most of it.
 """
 
 import asyncio
-import json
-import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import dspy
 from dspy.lm15 import Message, Request, Response, TextPart, Usage
 
-_OUTPUT_FIELDS = re.compile(r"^\d+\. `(\w+)`", re.MULTILINE)
-_SECTION = re.compile(r"\[\[ ## (\w+) ## \]\]\n(.*?)(?=\n\n\[\[ ## |\n*\Z|\n\nRespond with)", re.DOTALL)
-
-
-@dataclass
-class ScriptedCall:
-    """What the scripted LM was asked: the parsed prompt of one request."""
-
-    system: str
-    user: str
-    inputs: dict[str, str]
-    output_fields: list[str]
-    temperature: float | None
-    json_mode: bool
-    index: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def wants(self, *names: str) -> bool:
-        """True when the request asks for all these output fields (tells a fusor call from a generator call)."""
-        return all(name in self.output_fields for name in names)
-
-
-Responder = Callable[[ScriptedCall], "dict[str, Any] | str"]
+from fusion_dspy.testing.wire import InFlight, Responder, ScriptedCall, format_reply, parse_prompt
 
 
 def _parse(request: Request, index: int) -> ScriptedCall:
     system = request.system if isinstance(request.system, str) else "".join(p.text for p in request.system or ())
-    user = request.messages[-1].text or ""
-    outputs_block = system.split("Your output fields are:", 1)[-1].split("All interactions", 1)[0]
-    return ScriptedCall(
-        system=system,
-        user=user,
-        inputs={name: value.strip() for name, value in _SECTION.findall(user)},
-        output_fields=_OUTPUT_FIELDS.findall(outputs_block),
-        temperature=request.config.temperature,
-        json_mode=request.config.response_format is not None or "Respond with a JSON object" in user,
-        index=index,
-    )
-
-
-def format_reply(call: ScriptedCall, reply: "dict[str, Any] | str") -> str:
-    """A dict of field values in the format the request's adapter parses; a string is sent as it is."""
-    if isinstance(reply, str):
-        return reply
-    if call.json_mode:
-        return json.dumps(reply)
-    sections = [f"[[ ## {name} ## ]]\n{value}" for name, value in reply.items()]
-    return "\n\n".join([*sections, "[[ ## completed ## ]]"])
+    return parse_prompt(system, request.messages[-1].text or "", request.config.temperature,
+                        request.config.response_format is not None, index)  # fmt: skip
 
 
 class ScriptedEngine:
@@ -72,25 +28,23 @@ class ScriptedEngine:
 
     Args:
         respond: Maps a ``ScriptedCall`` to a dict of output field values (or a raw string).
-        delay: Seconds each request takes, to test concurrency.
+        delay: Seconds each request takes.
         fail: ``fail(call) -> bool``; when true the request raises ``RuntimeError`` (a failing backend).
+        rendezvous: Each request waits until this many have been in flight together (see ``InFlight``): a
+            deterministic test of concurrency.
     """
 
-    def __init__(self, respond: Responder, delay: float = 0.0, fail: Callable[[ScriptedCall], bool] | None = None):
+    def __init__(self, respond: Responder, delay: float = 0.0, fail: Callable[[ScriptedCall], bool] | None = None,
+                 rendezvous: int | None = None):
         self.respond, self.delay, self.fail = respond, delay, fail
         self.calls: list[ScriptedCall] = []
-        self.in_flight = 0
-        self.peak_in_flight = 0  # most requests being answered at once: proof of concurrency without timing
+        self.flight = InFlight(rendezvous)
         self._lock = threading.Lock()
 
-    def _enter(self) -> None:
-        with self._lock:
-            self.in_flight += 1
-            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
-
-    def _exit(self) -> None:
-        with self._lock:
-            self.in_flight -= 1
+    @property
+    def peak_in_flight(self) -> int:
+        """Most requests being answered at once: proof of concurrency without timing."""
+        return self.flight.peak
 
     def _answer(self, request: Request) -> Response:
         with self._lock:
@@ -109,12 +63,13 @@ class ScriptedEngine:
         )
 
     def complete(self, request: Request) -> Response:
-        self._enter()
+        self.flight.enter()
         try:
+            self.flight.wait()
             time.sleep(self.delay)
             return self._answer(request)
         finally:
-            self._exit()
+            self.flight.exit()
 
     def close(self) -> None:
         pass
@@ -127,12 +82,14 @@ class AsyncScriptedEngine:
         self.sync = sync
 
     async def complete(self, request: Request) -> Response:
-        self.sync._enter()
+        flight = self.sync.flight
+        flight.enter()
         try:
+            await flight.await_met()
             await asyncio.sleep(self.sync.delay)
             return self.sync._answer(request)
         finally:
-            self.sync._exit()
+            flight.exit()
 
     async def aclose(self) -> None:
         pass
@@ -143,6 +100,7 @@ def scripted_lm(
     model: str = "scripted/lm",
     delay: float = 0.0,
     fail: Callable[[ScriptedCall], bool] | None = None,
+    rendezvous: int | None = None,
     **lm_kwargs: Any,
 ) -> dspy.LM:
     """A ``dspy.LM`` driven by ``respond``; its engine (with ``.calls``) is at ``lm.engine``.
@@ -152,9 +110,11 @@ def scripted_lm(
 
     Example:
         >>> lm = scripted_lm(lambda call: {"answer": "42"})
-        >>> dspy.Predict("question -> answer", lm=lm)  # or dspy.configure(lm=lm)
-        >>> len(lm.engine.calls)
+        >>> dspy.Predict("question -> answer")(question="6 x 7?", lm=lm).answer  # or dspy.configure(lm=lm)
+        '42'
+        >>> len(lm.engine.calls), lm.engine.calls[0].inputs
+        (1, {'question': '6 x 7?'})
     """
-    engine = ScriptedEngine(respond, delay=delay, fail=fail)
+    engine = ScriptedEngine(respond, delay=delay, fail=fail, rendezvous=rendezvous)
     lm_kwargs.setdefault("cache", False)
     return dspy.LM(model, engine=engine, async_engine=AsyncScriptedEngine(engine), **lm_kwargs)

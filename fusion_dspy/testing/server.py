@@ -12,7 +12,16 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from fusion_dspy.testing.wire import InFlight, Responder, format_reply, parse_body
+
 Reply = Callable[[dict[str, Any]], str]
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # Python's default listen backlog of 5 makes a burst of new connections (N samples at once) stall for about
+    # a second in TCP retries; real servers accept hundreds.
+    request_queue_size = 256
 
 
 class StubOpenAIServer:
@@ -20,24 +29,30 @@ class StubOpenAIServer:
 
     Args:
         reply: Maps a request body (``{"model", "messages", ...}``) to the assistant's text.
+        respond: Instead of ``reply``: maps the parsed request (a ``ScriptedCall``, as ``scripted_lm`` gets) to a
+            dict of output fields or a raw string, like ``scripted_lm``'s ``respond``.
         delay: Seconds each request takes before it is answered.
+        rendezvous: Each request waits until this many have been in flight together (see ``InFlight``).
         status: HTTP status to answer with; anything but 200 returns an OpenAI-style error body.
 
     Example:
-        >>> with StubOpenAIServer(lambda body: "[[ ## answer ## ]]\\n4\\n\\n[[ ## completed ## ]]") as server:
-        ...     lm = dspy.LM("openai/stub", api_base=server.api_base, api_key="x", engine="litellm")
-        ...     dspy.Predict("question -> answer", lm=lm)(question="2+2?")
+        >>> with StubOpenAIServer(respond=lambda call: {"answer": "4"}) as server:
+        ...     lm = dspy.LM("openai/stub", api_base=server.api_base, api_key="x", engine="litellm", cache=False)
+        ...     dspy.Predict("question -> answer")(question="2+2?", lm=lm).answer
+        '4'
         >>> len(server.requests)
+        1
     """
 
-    def __init__(self, reply: Reply, delay: float = 0.0, status: int = 200):
-        self.reply, self.delay, self.status = reply, delay, status
+    def __init__(self, reply: Reply | None = None, delay: float = 0.0, status: int = 200,
+                 respond: Responder | None = None, rendezvous: int | None = None):
+        if (reply is None) == (respond is None):
+            raise ValueError("Pass one of reply= (body -> text) or respond= (parsed call -> fields).")
+        self.reply, self.respond, self.delay, self.status = reply, respond, delay, status
         self.requests: list[dict[str, Any]] = []
-        self.in_flight = 0
-        self.peak_in_flight = 0  # most requests being served at once
+        self.flight = InFlight(rendezvous)
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._httpd.daemon_threads = True
+        self._httpd = _Server(("127.0.0.1", 0), self._handler_class())
         self._thread: threading.Thread | None = None
 
     @property
@@ -69,18 +84,20 @@ class StubOpenAIServer:
             def do_POST(self) -> None:  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
                 with server._lock:
+                    index = len(server.requests)
                     server.requests.append(body)
-                    server.in_flight += 1
-                    server.peak_in_flight = max(server.peak_in_flight, server.in_flight)
+                server.flight.enter()
                 try:
+                    server.flight.wait()
                     time.sleep(server.delay)
+                except RuntimeError as missed:  # the rendezvous was not met: say so in the reply
+                    return self._send(500, {"error": {"message": str(missed), "type": "server_error"}})
                 finally:
-                    with server._lock:
-                        server.in_flight -= 1
+                    server.flight.exit()
                 if server.status != 200:
                     error = {"message": "stub server failure", "type": "server_error", "code": server.status}
                     return self._send(server.status, {"error": error})
-                text = server.reply(body)
+                text = server._text(body, index)
                 prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
                 completion_tokens = len(text.split())
                 self._send(200, {
@@ -95,6 +112,17 @@ class StubOpenAIServer:
                 })  # fmt: skip
 
         return Handler
+
+    @property
+    def peak_in_flight(self) -> int:
+        """Most requests being served at once."""
+        return self.flight.peak
+
+    def _text(self, body: dict[str, Any], index: int) -> str:
+        if self.reply is not None:
+            return self.reply(body)
+        call = parse_body(body, index)
+        return format_reply(call, self.respond(call))
 
     def start(self) -> "StubOpenAIServer":
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="stub-openai", daemon=True)

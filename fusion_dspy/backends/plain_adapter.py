@@ -33,9 +33,12 @@ class PlainAdapter(ChatAdapter):
     For the fusor, build it with ``compare=False`` so that the task's answer is its only output.
 
     Example:
-        >>> lm = get_embedded_server().lm(max_tokens=200)
+        >>> lm = scripted_lm(lambda call: "Red.")   # a small model's plain reply, no field markers
         >>> with dspy.context(lm=lm, adapter=PlainAdapter()):
         ...     dspy.Predict("question -> answer")(question="Name a primary color.").answer
+        'Red.'
+        >>> lm.engine.calls[0].user
+        'Name a primary color.'
     """
 
     def __init__(self, callbacks: list | None = None):

@@ -1,6 +1,7 @@
 """Task: what the optimizer and the evaluation need to know about a task program, and dev sets from JSONL."""
 
 import importlib
+import importlib.metadata
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,10 +11,13 @@ from typing import Any
 import dspy
 from dspy.signatures.signature import Signature, ensure_signature
 
-from fusion_dspy.batch import read_jsonl
 from fusion_dspy.errors import FusionDSPyError
+from fusion_dspy.workflows.jsonl import read_jsonl
 
 Metric = Callable[..., Any]  # metric(example, prediction, trace=None) -> float | bool
+
+# Installed packages name their ready tasks under this entry-point group (this project's own: pyproject.toml).
+TASKS_GROUP = "fusion_dspy.tasks"
 
 
 class MetricError(FusionDSPyError):
@@ -35,7 +39,8 @@ class Task:
 
     Example:
         >>> qa = Task("qa", "question -> answer", metric=lambda ex, pred, trace=None: ex.answer == pred.answer)
-        >>> devset = qa.read_examples("dev.jsonl")
+        >>> qa.score(dspy.Example(question="2+2?", answer="4"), dspy.Prediction(answer="4"))
+        1.0
     """
 
     name: str
@@ -81,17 +86,31 @@ class Task:
                           f"{where or 'an example'}; it must return a number or a bool.")  # fmt: skip
 
 
+def builtin_tasks() -> dict[str, importlib.metadata.EntryPoint]:
+    """The ready tasks installed packages declare (entry-point group ``fusion_dspy.tasks``), by name."""
+    return {entry.name: entry for entry in importlib.metadata.entry_points(group=TASKS_GROUP)}
+
+
 def resolve_task(spec: str) -> Task:
-    """A ``Task`` from ``"package.module:attribute"``, or a built-in program name of ``fusion_dspy.programs``."""
+    """A ``Task`` from ``"package.module:attribute"``, or the name of a ready task an installed package declares.
+
+    Example:
+        >>> resolve_task("math").name
+        'math'
+    """
     module_name, _, attribute = spec.partition(":")
-    if not attribute:
-        module_name, attribute = "fusion_dspy.programs", spec
     try:
-        target = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as error:
-        raise FusionDSPyError(f"--program {spec!r}: cannot import it ({error}). Give 'package.module:task' naming "
-                              "a fusion_dspy.Task, or a built-in program name.") from None  # fmt: skip
+        if attribute:
+            target = getattr(importlib.import_module(module_name), attribute)
+        else:
+            known = builtin_tasks()
+            if spec not in known:
+                raise LookupError(f"no ready task is named {spec!r}; the installed ones are {sorted(known)}")
+            target = known[spec].load()
+    except (ImportError, AttributeError, LookupError) as error:
+        raise FusionDSPyError(f"Task {spec!r}: cannot load it ({error}). Give 'package.module:task' naming a "
+                              "fusion_dspy.workflows.Task, or the name of a ready task.") from None  # fmt: skip
     task = target() if callable(target) and not isinstance(target, Task) else target
     if not isinstance(task, Task):
-        raise FusionDSPyError(f"--program {spec!r} is a {type(task).__name__}, not a fusion_dspy.Task.")
+        raise FusionDSPyError(f"Task {spec!r} is a {type(task).__name__}, not a fusion_dspy.workflows.Task.")
     return task

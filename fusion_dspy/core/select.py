@@ -2,46 +2,26 @@
 
 import logging
 import math
-import re
-from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import dspy
-from dspy.clients.base_lm import BaseLM
-from dspy.signatures.signature import Signature, ensure_signature
 
-from fusion_dspy.concurrency import arun_concurrently, run_concurrently
-from fusion_dspy.errors import SelectionError
-from fusion_dspy.fuse import adapter_override, candidate_list
-from fusion_dspy.signatures import (
+from fusion_dspy.core.pool import Pool, predictions
+from fusion_dspy.core.signatures import (
     listwise_judge_signature,
     pointwise_judge_signature,
     presentation_order,
     render_candidate,
     render_candidates,
 )
+from fusion_dspy.core.steps import Call, Gather, Steps, adapter_override, arun, run
+from fusion_dspy.core.votes import consensus_scores, majority_counts, normalized
+from fusion_dspy.errors import SelectionError
 
 logger = logging.getLogger(__name__)
 
 RewardFn = Callable[[dict[str, Any], dspy.Prediction], float]
-
-
-def _normalized(value: Any) -> str:
-    return re.sub(r"\s+", " ", str(value)).strip().strip(".").lower()
-
-
-def overlap_f1(predicted: Sequence[str], expected: Sequence[str]) -> float:
-    """F1 of two bags of tokens: 1.0 for the same tokens, 0.0 for none in common (SQuAD's token F1)."""
-    common = sum((Counter(predicted) & Counter(expected)).values())
-    if not common:
-        return 0.0
-    precision, recall = common / len(predicted), common / len(expected)
-    return 2 * precision * recall / (precision + recall)
-
-
-def _token_f1(a: str, b: str) -> float:
-    return overlap_f1(re.findall(r"\w+", a), re.findall(r"\w+", b))
 
 
 class Select(dspy.Module):
@@ -67,16 +47,17 @@ class Select(dspy.Module):
 
     Example:
         >>> select = Select("question -> answer", reward_fn=lambda inputs, pred: -len(pred.answer))
-        >>> best = select(candidates=pool.candidates, question="Capital of France?")
+        >>> best = select(candidates=[{"answer": "Paris, France"}, {"answer": "Paris"}], question="Capital?")
         >>> best.answer, best.selected_index
+        ('Paris', 1)
     """
 
     def __init__(
         self,
-        signature: str | type[Signature],
+        signature: str | type[dspy.Signature],
         reward_fn: RewardFn | None = None,
         judge: Literal["listwise", "pointwise"] | None = None,
-        judge_lm: BaseLM | None = None,
+        judge_lm: dspy.BaseLM | None = None,
         shuffle: bool = True,
         vote: Literal["majority", "consensus"] = "majority",
         vote_fields: Sequence[str] | None = None,
@@ -89,7 +70,7 @@ class Select(dspy.Module):
             raise ValueError(f"judge must be 'listwise' or 'pointwise', got {judge!r}.")
         if vote not in ("majority", "consensus"):
             raise ValueError(f"vote must be 'majority' or 'consensus', got {vote!r}.")
-        self.task_signature = ensure_signature(signature)
+        self.task_signature = dspy.ensure_signature(signature)
         self.method = "reward" if reward_fn else (judge or vote)
         # Held behind a lambda so a reward_fn that is itself a dspy.Module is not mistaken for a parameter.
         self.reward_fn = (lambda inputs, pred: reward_fn(inputs, pred)) if reward_fn else None
@@ -103,41 +84,28 @@ class Select(dspy.Module):
         outputs = list(self.task_signature.output_fields)
         self.vote_fields = list(vote_fields or [name for name in outputs if name != "reasoning"] or outputs)
 
-    def forward(self, candidates: Sequence[Any], **inputs) -> dspy.Prediction:
+    def _select(self, candidates: Pool | Sequence[Any], inputs: dict[str, Any]) -> Steps[dspy.Prediction]:
+        pool, task_inputs = predictions(candidates), self._task_inputs(inputs)
         with dspy.context(**adapter_override(self.adapter)):
-            return self._select(candidates, inputs)
-
-    async def aforward(self, candidates: Sequence[Any], **inputs) -> dspy.Prediction:
-        with dspy.context(**adapter_override(self.adapter)):
-            return await self._aselect(candidates, inputs)
-
-    def _select(self, candidates: Sequence[Any], inputs: dict[str, Any]) -> dspy.Prediction:
-        pool, task_inputs = candidate_list(candidates), self._task_inputs(inputs)
-        if self.method == "reward":
-            scores = [self._reward(task_inputs, candidate) for candidate in pool]
-        elif self.method == "pointwise":
-            scores = run_concurrently(lambda c: self.judge(**self._judge_one(c, task_inputs)).score, pool)
-        elif self.method == "listwise":
-            request, order = self._judge_all(pool, task_inputs)
-            return self._pick_listwise(pool, order, self.judge(**request))
-        elif self.method == "consensus":
-            scores = self._consensus(pool)
-        else:
-            scores = self._votes(pool)
+            if self.method == "listwise":
+                request, order = self._judge_all(pool, task_inputs)
+                return self._pick_listwise(pool, order, (yield Call(self.judge, request)))
+            if self.method == "pointwise":
+                verdicts = yield Gather([Call(self.judge, self._judge_one(c, task_inputs)) for c in pool])
+                scores = [v if isinstance(v, Exception) else v.score for v in verdicts]
+            elif self.method == "reward":
+                scores = [self._reward(task_inputs, candidate) for candidate in pool]
+            elif self.method == "consensus":
+                scores = consensus_scores(self._vote_texts(pool))
+            else:
+                scores = majority_counts(self._vote_texts(pool))
         return self._pick(pool, scores)
 
-    async def _aselect(self, candidates: Sequence[Any], inputs: dict[str, Any]) -> dspy.Prediction:
-        pool, task_inputs = candidate_list(candidates), self._task_inputs(inputs)
-        if self.method == "pointwise":
+    def forward(self, candidates: Pool | Sequence[Any], **inputs) -> dspy.Prediction:
+        return run(self._select(candidates, inputs))
 
-            async def score(candidate):
-                return (await self.judge.acall(**self._judge_one(candidate, task_inputs))).score
-
-            return self._pick(pool, await arun_concurrently(score, pool))
-        if self.method == "listwise":
-            request, order = self._judge_all(pool, task_inputs)
-            return self._pick_listwise(pool, order, await self.judge.acall(**request))
-        return self._select(pool, inputs)
+    async def aforward(self, candidates: Pool | Sequence[Any], **inputs) -> dspy.Prediction:
+        return await arun(self._select(candidates, inputs))
 
     def _reward(self, task_inputs: dict[str, Any], candidate: Any) -> float | Exception:
         """The reward, or the exception it raised: one failing candidate is skipped, not the whole selection."""
@@ -162,18 +130,7 @@ class Select(dspy.Module):
         return self._with_lm({**task_inputs, "candidates": rendered}), order
 
     def _vote_texts(self, pool: list[Any]) -> list[str]:
-        return [" | ".join(_normalized(c.get(field, "")) for field in self.vote_fields) for c in pool]
-
-    def _votes(self, pool: list[Any]) -> list[float]:
-        counts = Counter(self._vote_texts(pool))
-        return [float(counts[text]) for text in self._vote_texts(pool)]
-
-    def _consensus(self, pool: list[Any]) -> list[float]:
-        texts = self._vote_texts(pool)
-        if len(texts) == 1:
-            return [1.0]
-        return [sum(_token_f1(t, other) for j, other in enumerate(texts) if j != i) / (len(texts) - 1)
-                for i, t in enumerate(texts)]  # fmt: skip
+        return [" | ".join(normalized(c.get(field, "")) for field in self.vote_fields) for c in pool]
 
     def _pick_listwise(self, pool: list[Any], order: list[int], verdict: dspy.Prediction) -> dspy.Prediction:
         label = verdict.best_candidate

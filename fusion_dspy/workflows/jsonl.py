@@ -1,8 +1,7 @@
-"""Run a FusionOfN/BestOfN program over many inputs into a JSONL file: resumable, one error per item, never the batch.
+"""JSONL in and out: input files read with errors that name the line, and ``ResultsLog``, the resumable output.
 
-Each finished item is appended as one JSON line and flushed to disk at once, so a crash or a kill loses at most
-the item in flight; rerunning the same command skips the items already written (by ``id``) and repairs a last
-line cut off mid-write.
+Each finished item is appended as one JSON line and flushed and fsynced at once, so a crash or a kill loses at
+most the items in flight; a rerun skips the ids already written and cuts off a last line a crash left unfinished.
 """
 
 import json
@@ -12,18 +11,6 @@ import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
-
-import dspy
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +40,13 @@ class ResultsLog:
         path: The JSONL file (created with its folder if missing).
 
     Example:
-        >>> with ResultsLog("out.jsonl") as log:
+        >>> items = [{"id": "a", "x": 1}, {"id": "b", "x": 2}]
+        >>> with ResultsLog(tmp_path / "out.jsonl") as log:
         ...     for item in items:
         ...         if item["id"] not in log.done:
-        ...             log.write({"id": item["id"], **work(item)})
+        ...             log.write({"id": item["id"], "double": 2 * item["x"]})
+        >>> sorted(ResultsLog(tmp_path / "out.jsonl").done)     # a rerun would skip both
+        ['a', 'b']
     """
 
     def __init__(self, path: str | Path):
@@ -110,64 +100,3 @@ def done_ids(path: Path) -> set[str]:
         with open(path, "r+b") as file:
             file.truncate(len(complete))
     return {str(json.loads(line)["id"]) for line in complete.decode("utf-8").splitlines() if line.strip()}
-
-
-class RateColumn(ProgressColumn):
-    """Items per second (rich's own speed column counts bytes)."""
-
-    def render(self, task) -> Text:
-        return Text(f"{task.speed:.2f}/s" if task.speed else "-/s")
-
-
-def progress_bar(disable: bool = False) -> Progress:
-    """A rich progress bar with count, rate, elapsed time and ETA."""
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
-               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]  # fmt: skip
-    return Progress(*columns, disable=disable)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dspy.Prediction):
-        return {key: _jsonable(item) for key, item in value.items()}
-    if hasattr(value, "model_dump"):
-        return value.model_dump(mode="json")
-    if isinstance(value, dict):
-        return {str(key): _jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
-    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
-
-
-def result_record(item_id: str, inputs: dict[str, Any], prediction: dspy.Prediction) -> dict[str, Any]:
-    """One JSONL line: the id, the inputs, every field of the prediction (candidates and stage stats included)."""
-    return {"id": item_id, "inputs": inputs, **_jsonable(prediction), "error": None}
-
-
-def run_batch(
-    program: dspy.Module,
-    items: Iterable[dict[str, Any]],
-    output: str | Path,
-    input_fields: list[str],
-    show_progress: bool = True,
-) -> dict[str, int]:
-    """Run ``program`` on each item not yet in ``output``; returns counts of ``done``, ``failed`` and ``skipped``.
-
-    Items are dicts of input fields, with an optional ``id`` (default: the item's position). A failing item is
-    written with its ``error`` and the batch goes on.
-    """
-    log = ResultsLog(output)
-    todo = log.pending(items, input_fields)
-    counts = {"done": 0, "failed": 0, "skipped": len(log.done)}
-    with log, progress_bar(disable=not show_progress) as progress:
-        task = progress.add_task(f"{type(program).__name__} -> {log.path.name}", total=len(todo))
-        for item_id, inputs in todo:
-            try:
-                record = result_record(item_id, inputs, program(**inputs))
-                counts["done"] += 1
-            except Exception as error:  # noqa: BLE001 - one bad item must not end the batch
-                logger.warning("Item %s failed: %s: %s", item_id, type(error).__name__, error)
-                record = {"id": item_id, "inputs": inputs, "error": f"{type(error).__name__}: {error}"}
-                counts["failed"] += 1
-            log.write(record)
-            progress.advance(task)
-    return counts

@@ -13,10 +13,11 @@ from typing import Any
 
 import dspy
 
-from fusion_dspy.batch import ResultsLog, progress_bar
-from fusion_dspy.concurrency import run_concurrently
-from fusion_dspy.fusion import FusionOfN
-from fusion_dspy.plain_adapter import render_inputs
+from fusion_dspy.backends.plain_adapter import render_inputs
+from fusion_dspy.core.concurrency import run_concurrently
+from fusion_dspy.core.fusion import FusionOfN
+from fusion_dspy.workflows.jsonl import ResultsLog
+from fusion_dspy.workflows.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +60,9 @@ def synthesize(
         show_progress: Show a progress bar with rate and ETA.
 
     Example:
-        >>> teachers = fd.load_config("configs/teacher_pool.yaml")
-        >>> synthesize(teachers.program(dspy.Predict("prompt -> response")), read_jsonl("prompts.jsonl"),
-        ...            "train.jsonl")
+        >>> program = backends.program(dspy.Predict("prompt -> response"), n=2)  # e.g. configs/teacher_pool.yaml
+        >>> synthesize(program, [{"id": "p1", "prompt": "Say hi."}], tmp_path / "train.jsonl", show_progress=False)
+        {'done': 1, 'failed': 0, 'skipped': 0}
     """
     fields = list(program.task_signature.input_fields)
     log = ResultsLog(output)

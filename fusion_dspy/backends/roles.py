@@ -14,60 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import dspy
-from dspy.clients.engines.litellm_engine import AsyncLiteLLMEngine, LiteLLMEngine
-from dspy.clients.engines.litellm_errors import litellm_errors
-from dspy.signatures.signature import Signature
 
-from fusion_dspy.config import EMBEDDED, ConfigError, FusionConfig, ModelConfig, config_source, read_config
-from fusion_dspy.fusion import BestOfN, FusionOfN
-from fusion_dspy.plain_adapter import PlainAdapter
+from fusion_dspy.backends.config import EMBEDDED, ConfigError, FusionConfig, ModelConfig, config_source, read_config
+from fusion_dspy.backends.engine import AsyncRouterEngine, RouterEngine
+from fusion_dspy.backends.plain_adapter import PlainAdapter
+from fusion_dspy.core.fusion import BestOfN, FusionOfN
 
 # A self-hosted server without auth still needs *some* key: the OpenAI client refuses to send a request without
 # one (vLLM's docs use "EMPTY"). Without api_base, litellm finds the provider's usual variable by itself.
 NO_KEY = "no-key"
 
 ADAPTERS = {"chat": dspy.ChatAdapter, "json": dspy.JSONAdapter, "xml": dspy.XMLAdapter, "plain": PlainAdapter}
-
-
-def _router_call(data: dict[str, Any]) -> dict[str, Any]:
-    # The Router owns retries and fallbacks; DSPy's per-call num_retries=0 would switch them off.
-    data = dict(data)
-    data.pop("num_retries", None)
-    return data
-
-
-class RouterEngine(LiteLLMEngine):
-    """DSPy's litellm engine, sending each request through a ``litellm.Router`` instead of ``litellm.completion``."""
-
-    # DSPy 3.4 prefers its own litellm engine's legacy shortcut (plain litellm.completion); switching it off
-    # sends every request through complete() below, and so through the Router.
-    complete_legacy = None
-
-    def __init__(self, router: Any, model_group: str):
-        super().__init__(wire_model=model_group)
-        self.router = router
-
-    def complete(self, request):
-        with litellm_errors(model=request.model):
-            raw = self.router.completion(**_router_call(self._arguments(request)))
-        return self._response(raw, request)
-
-
-class AsyncRouterEngine(AsyncLiteLLMEngine):
-    """The async twin of ``RouterEngine``, sharing its Router."""
-
-    # DSPy 3.4 prefers its own litellm engine's legacy shortcut (plain litellm.completion); switching it off
-    # sends every request through complete() below, and so through the Router.
-    complete_legacy = None
-
-    def __init__(self, router: Any, model_group: str):
-        super().__init__(wire_model=model_group)
-        self.router = router
-
-    async def complete(self, request):
-        with litellm_errors(model=request.model):
-            raw = await self.router.acompletion(**_router_call(self._arguments(request)))
-        return self._response(raw, request)
 
 
 @dataclass
@@ -78,9 +35,12 @@ class Backends:
         config: A validated ``FusionConfig`` (``fusion_dspy.read_config(path)``).
 
     Example:
-        >>> backends = load_config("models.yaml")          # = Backends(read_config("models.yaml"))
-        >>> backends.check()                      # keys present, servers reachable: before any sampling
-        >>> program = backends.program(dspy.ChainOfThought("question -> answer"))
+        >>> _ = (tmp_path / "models.yaml").write_text("{models: {local: {model: embedded}}, fusion: {n: 3}}")
+        >>> backends = load_config(tmp_path / "models.yaml")   # = Backends(read_config(path))
+        >>> backends.check()                  # keys present, servers reachable: before any sampling
+        >>> program = backends.program(dspy.Predict("question -> answer"))
+        >>> type(program).__name__, program.sample.n
+        ('FusionOfN', 3)
     """
 
     config: FusionConfig
@@ -142,7 +102,7 @@ class Backends:
         sampling = {key: value for key, value in (("temperature", cfg.temperature), ("max_tokens", cfg.max_tokens))
                     if value is not None}  # fmt: skip
         if cfg.model == EMBEDDED:
-            from fusion_dspy.embedded import get_embedded_server
+            from fusion_dspy.backends.embedded import get_embedded_server
 
             lm = get_embedded_server().lm(cache=cfg.cache, num_retries=cfg.num_retries, **sampling, **cfg.extra)
         elif cfg.deployments or cfg.fallbacks:
@@ -199,35 +159,38 @@ class Backends:
                     _probe(base, timeout, self._where(name, field))
 
     def program(
-        self, module: dspy.Module | str | type[Signature], method: str | None = None, **overrides: Any
+        self, module: dspy.Module | str | type[dspy.Signature], method: str | None = None, **overrides: Any
     ) -> FusionOfN | BestOfN:
         """A FusionOfN (``fusion.method: fuse``) or BestOfN (``select``) over ``module``, wired to the roles.
 
-        ``method`` overrides the config's; other keyword arguments override the constructor's (e.g. ``n=3``).
+        ``method`` overrides the config's; other keyword arguments override the constructor's (e.g. ``n=3``,
+        ``instructions=...``, ``reward_fn=...``). With ``sample=`` the program draws from that Sample, and the
+        config's sampling settings are not applied.
         """
         settings = self.config.fusion
-        teachers = self.generators
-        common = {
-            "n": settings.n or (len(teachers) if len(teachers) > 1 else 5),
-            "temperature": settings.temperature,
-            **self.generator_options(),
-            "min_candidates": settings.min_candidates,
-            "max_concurrency": settings.max_concurrency,
-        }
-        if (method or settings.method) == "fuse":
-            compare = settings.compare if settings.compare is not None else not isinstance(
-                self.adapter(self.config.fusor), PlainAdapter)  # fmt: skip
-            program = FusionOfN(module, fusor_lm=self.fusor, fallback=settings.fallback, shuffle=settings.shuffle,
-                                compare=compare, **{**common, **overrides})  # fmt: skip
-            program.fuse.adapter = self.adapter(self.config.fusor)
+        if "sample" in overrides:
+            common: dict[str, Any] = {}
         else:
-            judge = settings.select if settings.select in ("listwise", "pointwise") else None
-            vote = settings.select if judge is None else "majority"
-            program = BestOfN(module, judge=judge, judge_lm=self.judge if judge else None, vote=vote,
-                              **{**common, **overrides})  # fmt: skip
-            program.select.adapter = self.adapter(self.config.judge) if judge else None
-        program.sample.adapter = self.adapter(self.config.roles.teachers()[0].model)
-        return program
+            teachers = self.generators
+            common = {
+                "n": settings.n or (len(teachers) if len(teachers) > 1 else 5),
+                "temperature": settings.temperature,
+                **self.generator_options(),
+                "min_candidates": settings.min_candidates,
+                "max_concurrency": settings.max_concurrency,
+                "adapter": self.adapter(self.config.roles.teachers()[0].model),
+            }
+        if (method or settings.method) == "fuse":
+            fusor_adapter = self.adapter(self.config.fusor)
+            compare = settings.compare if settings.compare is not None else not isinstance(fusor_adapter, PlainAdapter)
+            return FusionOfN(module, fusor_lm=self.fusor, fusor_adapter=fusor_adapter, fallback=settings.fallback,
+                             shuffle=settings.shuffle, compare=compare, **{**common, **overrides})  # fmt: skip
+        judge = settings.select if settings.select in ("listwise", "pointwise") else None
+        options = {"judge": judge, "judge_lm": self.judge if judge else None, "vote": "majority" if judge else
+                   settings.select, "judge_adapter": self.adapter(self.config.judge) if judge else None}  # fmt: skip
+        if overrides.get("reward_fn") is not None:
+            options.update(judge=None, judge_lm=None, judge_adapter=None)
+        return BestOfN(module, **{**common, **options, **overrides})
 
 
 def load_config(path: str | Path | None = None) -> Backends:
@@ -236,8 +199,10 @@ def load_config(path: str | Path | None = None) -> Backends:
     Nothing is contacted yet: LMs are built on first use, and ``check()`` tests keys and servers up front.
 
     Example:
-        >>> backends = load_config("configs/vllm.yaml")
-        >>> fused = backends.program(dspy.ChainOfThought("question -> answer"))
+        >>> backends = load_config(None)      # or load_config("configs/vllm.yaml")
+        >>> fused = backends.program(dspy.Predict("question -> answer"), n=2)
+        >>> fused.sample.n, fused.fuse.fusor_lm.model
+        (2, 'openai/smollm2-135m-instruct...')
     """
     return Backends(read_config(path))
 

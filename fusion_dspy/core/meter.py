@@ -43,10 +43,12 @@ class StageMeter:
     cost no tokens and are counted as zero, as DSPy does.
 
     Example:
+        >>> sample = fd.Sample("question -> answer", n=2, lm=lm)
         >>> meter = StageMeter()
         >>> with meter.stage("sample"):
-        ...     candidates = sample(question="...")
-        >>> meter.usage["sample"], meter.seconds["sample"]
+        ...     pool = sample(question="2 + 2?")
+        >>> list(meter.usage["sample"]), meter.tokens()["sample"] > 0
+        (['scripted/lm'], True)
     """
 
     def __init__(self):

@@ -8,26 +8,11 @@ from dspy.clients.base_lm import BaseLM
 from dspy.signatures.signature import Signature, ensure_signature
 from dspy.utils.exceptions import AdapterParseError
 
-from fusion_dspy.errors import FusionDSPyError
-from fusion_dspy.signatures import fuse_signature, presentation_order, render_candidates
-
-
-def candidate_list(candidates: Any) -> list[Any]:
-    """Candidates as a list, whether given as a list or as a ``Sample`` result (a prediction with ``.candidates``)."""
-    if isinstance(candidates, dspy.Prediction) and "candidates" in candidates:
-        candidates = candidates.candidates
-    pool = list(candidates or [])
-    if not pool:
-        raise FusionDSPyError("There are no candidates to fuse or select from: pass at least one.")
-    return pool
-
+from fusion_dspy.core.pool import Pool, predictions
+from fusion_dspy.core.signatures import fuse_signature, presentation_order, render_candidates
+from fusion_dspy.core.steps import Call, Steps, adapter_override, arun, run
 
 RETRY_TEMPERATURE = 0.7
-
-
-def adapter_override(adapter: dspy.Adapter | None) -> dict[str, Any]:
-    """``dspy.context`` arguments that set a role's adapter, or change nothing (keeping the user's) when unset."""
-    return {"adapter": adapter} if adapter is not None else {}
 
 
 class Fuse(dspy.Module):
@@ -53,10 +38,12 @@ class Fuse(dspy.Module):
             request would return the identical broken answer, from the model or from the cache.
 
     Example:
-        >>> fuse = Fuse("question -> answer")
+        >>> fusor = scripted_lm(lambda call: {"comparison": "Both say Paris.", "answer": "Paris, France"})
+        >>> fuse = Fuse("question -> answer", lm=fusor)
         >>> fused = fuse(candidates=[dspy.Prediction(answer="Paris"), dspy.Prediction(answer="paris, France")],
         ...              question="Capital of France?")
         >>> fused.answer
+        'Paris, France'
     """
 
     def __init__(
@@ -77,8 +64,8 @@ class Fuse(dspy.Module):
         self.adapter = adapter
         self.retries = retries
 
-    def _request(self, candidates: Any, inputs: dict[str, Any]) -> dict[str, Any]:
-        pool = candidate_list(candidates)
+    def _request(self, candidates: Pool | Sequence[Any], inputs: dict[str, Any]) -> dict[str, Any]:
+        pool = predictions(candidates)
         task_inputs = {name: inputs[name] for name in self.task_signature.input_fields if name in inputs}
         order = presentation_order(len(pool), self.shuffle, task_inputs)
         request = {**task_inputs, "candidates": render_candidates(pool, list(self.task_signature.output_fields), order)}
@@ -93,22 +80,18 @@ class Fuse(dspy.Module):
         temperature = max(getattr(lm, "kwargs", {}).get("temperature") or 0.0, RETRY_TEMPERATURE)
         return {"config": {"rollout_id": attempt, "temperature": temperature}}
 
-    def forward(self, candidates: Sequence[Any], **inputs) -> dspy.Prediction:
+    def _fuse(self, candidates: Pool | Sequence[Any], inputs: dict[str, Any]) -> Steps[dspy.Prediction]:
         request = self._request(candidates, inputs)
         with dspy.context(**adapter_override(self.adapter)):
             for attempt in range(self.retries + 1):
                 try:
-                    return self.predict(**request, **self._retry_config(attempt))
+                    return (yield Call(self.predict, {**request, **self._retry_config(attempt)}))
                 except AdapterParseError:
                     if attempt == self.retries:
                         raise
 
-    async def aforward(self, candidates: Sequence[Any], **inputs) -> dspy.Prediction:
-        request = self._request(candidates, inputs)
-        with dspy.context(**adapter_override(self.adapter)):
-            for attempt in range(self.retries + 1):
-                try:
-                    return await self.predict.acall(**request, **self._retry_config(attempt))
-                except AdapterParseError:
-                    if attempt == self.retries:
-                        raise
+    def forward(self, candidates: Pool | Sequence[Any], **inputs) -> dspy.Prediction:
+        return run(self._fuse(candidates, inputs))
+
+    async def aforward(self, candidates: Pool | Sequence[Any], **inputs) -> dspy.Prediction:
+        return await arun(self._fuse(candidates, inputs))

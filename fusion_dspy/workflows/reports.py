@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
-from fusion_dspy.evaluation import METHODS
+from fusion_dspy.workflows.evaluation import METHODS
+from fusion_dspy.workflows.plots import n_axis, two_panels
 
 LABELS = {"single": "single sample", "bon": "Best-of-N", "fusion": "Fusion-of-N", "oracle": "oracle",
           "fusion-bon": "FusioN - BoN"}  # fmt: skip
@@ -79,31 +80,16 @@ def write_summary(rows: list[Row], output_dir: str | Path) -> tuple[Path, Path]:
 
 def plot_summary(rows: list[Row], path: str | Path, title: str) -> Path:
     """Quality against N (with 95% intervals) and quality against tokens per example, one line per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (by_n, by_tokens) = plt.subplots(1, 2, figsize=(11, 4))
-    for method in METHODS:
-        mine = sorted((r for r in rows if r.method == method), key=lambda r: r.n)
-        ns, means = [r.n for r in mine], [r.mean for r in mine]
-        by_n.plot(ns, means, marker="o", label=LABELS[method], linestyle="--" if method == "oracle" else "-")
-        by_n.fill_between(ns, [r.ci_low for r in mine], [r.ci_high for r in mine], alpha=0.15)
-        if method != "oracle":
-            by_tokens.plot([r.tokens for r in mine], means, marker="o", label=LABELS[method])
-    all_n = sorted({r.n for r in rows})
-    by_n.set_xscale("log", base=2)
-    by_n.set_xticks(all_n, [str(n) for n in all_n])
-    by_n.set_xlabel("N (candidates)")
-    by_tokens.set_xlabel("tokens per example")
-    for axis in (by_n, by_tokens):
-        axis.set_ylabel("score")
-        axis.grid(alpha=0.3)
-        axis.legend()
-    figure.suptitle(title)
-    figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    with two_panels(path, title) as (by_n, by_tokens):
+        for method in METHODS:
+            mine = sorted((r for r in rows if r.method == method), key=lambda r: r.n)
+            ns, means = [r.n for r in mine], [r.mean for r in mine]
+            by_n.plot(ns, means, marker="o", label=LABELS[method], linestyle="--" if method == "oracle" else "-")
+            by_n.fill_between(ns, [r.ci_low for r in mine], [r.ci_high for r in mine], alpha=0.15)
+            if method != "oracle":
+                by_tokens.plot([r.tokens for r in mine], means, marker="o", label=LABELS[method])
+        n_axis(by_n, sorted({r.n for r in rows}))
+        by_tokens.set_xlabel("tokens per example")
+        for axis in (by_n, by_tokens):
+            axis.set_ylabel("score")
+    return Path(path)

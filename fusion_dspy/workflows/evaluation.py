@@ -2,11 +2,10 @@
 
 For each example the largest N's candidates are drawn once (and kept in a ``CandidateStore``); every smaller N
 uses their first N. Per example and N one record goes to ``results.jsonl`` as soon as it is scored, so an
-interrupted evaluation picks up where it stopped. ``fusion_dspy.eval_report`` turns the records into a table
+interrupted evaluation picks up where it stopped. ``fusion_dspy.workflows.reports`` turns the records into a table
 with bootstrap confidence intervals, CSV/JSON and plots.
 """
 
-import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,14 +13,11 @@ from typing import Any
 import dspy
 
 from fusion_dspy.backends import Backends
-from fusion_dspy.batch import ResultsLog, progress_bar
-from fusion_dspy.concurrency import run_concurrently
-from fusion_dspy.meter import total_tokens
-from fusion_dspy.select import Select
-from fusion_dspy.store import CandidateStore
-from fusion_dspy.task import MetricError, Task
-
-logger = logging.getLogger(__name__)
+from fusion_dspy.core.store import CandidateStore
+from fusion_dspy.workflows.jsonl import ResultsLog
+from fusion_dspy.workflows.progress import progress_bar
+from fusion_dspy.workflows.scoring import score_examples, score_stage
+from fusion_dspy.workflows.task import Task
 
 METHODS = ("single", "bon", "fusion", "oracle")
 
@@ -41,9 +37,10 @@ class PairedEvaluation:
         num_threads: Examples evaluated at once.
 
     Example:
-        >>> evaluation = PairedEvaluation(fd.load_config("configs/vllm.yaml"), task, devset, n_values=(1, 2, 4))
-        >>> records = evaluation.run()
-        >>> print_report(summarize(records))
+        >>> evaluation = PairedEvaluation(backends, task, devset, n_values=(1, 2), output_dir=tmp_path / "eval")
+        >>> records = evaluation.run(show_progress=False)
+        >>> sorted({r["n"] for r in records}), records[0]["scores"]["fusion"]   # fusion_dspy.workflows.reports
+        ([1, 2], 1.0)
     """
 
     def __init__(self, backends: Backends, task: Task, examples: Sequence[dspy.Example],
@@ -56,18 +53,9 @@ class PairedEvaluation:
         self.output_dir = Path(output_dir)
         self.store = store if store is not None else CandidateStore(self.output_dir / "candidates")
         self.fusion = backends.program(task.generator(), method="fuse", n=self.n_values[-1], store=self.store)
-        self.best = backends.program(task.generator(), method="select", sample=self.fusion.sample)
-        if reward_fn is not None:
-            self.best.select = Select(self.fusion.task_signature, reward_fn=reward_fn)
+        self.best = backends.program(task.generator(), method="select", sample=self.fusion.sample,
+                                     reward_fn=reward_fn)  # fmt: skip
         self.num_threads = num_threads
-
-    def _method(self, program: dspy.Module, stage: str, example: dspy.Example, candidates: list, where: str):
-        """Score and stage tokens of one combining step; a failure scores 0 and is recorded."""
-        try:
-            prediction = program(candidates=candidates, **example.inputs())
-        except Exception as error:  # noqa: BLE001 - a failed fusion or selection is a miss, and is reported
-            return 0.0, 0, f"{type(error).__name__}: {error}"
-        return self.task.score(example, prediction, where), prediction.stage_tokens[stage], None
 
     def _evaluate_example(self, index: int, log: ResultsLog) -> int:
         example = self.examples[index]
@@ -78,25 +66,26 @@ class PairedEvaluation:
         if self.task.needs_baseline and "baseline" not in example:
             # A pairwise judge needs something to compare with: the single sample, as a win rate against it.
             output = next(name for name in self.task.signature.output_fields if name != "reasoning")
-            example = example.copy(baseline=str(pool.candidates[0][output]))
-        scores = [self.task.score(example, c, f"example {index}") for c in pool.candidates]
+            example = example.copy(baseline=str(pool[0].prediction[output]))
+        scores = [self.task.score(example, c, f"example {index}") for c in pool.predictions]
         for n in todo:
-            candidates, usage = pool.candidates[:n], pool.usage[:n]
-            sample_tokens = sum(total_tokens(u) for u in usage)
-            where = f"example {index}, N={n}"
-            bon, bon_tokens, bon_error = self._method(self.best, "select", example, candidates, where)
-            fusion, fusion_tokens, fusion_error = self._method(self.fusion, "fuse", example, candidates, where)
+            candidates, where = pool[:n], f"example {index}, N={n}"
+            bon = score_stage(self.task, self.best, example, candidates, where)
+            fusion = score_stage(self.task, self.fusion, example, candidates, where)
             log.write({
                 "id": f"{index}:{n}", "example": index, "n": n, "candidates": len(candidates),
-                "scores": {"single": scores[0], "bon": bon, "fusion": fusion, "oracle": max(scores[:n])},
-                "tokens": {"single": total_tokens(usage[0]), "bon": sample_tokens + bon_tokens,
-                           "fusion": sample_tokens + fusion_tokens, "oracle": sample_tokens},
-                "errors": {name: e for name, e in (("bon", bon_error), ("fusion", fusion_error)) if e},
+                "scores": {"single": scores[0], "bon": bon.score, "fusion": fusion.score, "oracle": max(scores[:n])},
+                "tokens": {"single": candidates[0].tokens, "bon": candidates.tokens + bon.tokens,
+                           "fusion": candidates.tokens + fusion.tokens, "oracle": candidates.tokens},
+                "errors": {name: step.error for name, step in (("bon", bon), ("fusion", fusion)) if step.error},
             })  # fmt: skip
         return len(todo)
 
     def run(self, show_progress: bool = True) -> list[dict[str, Any]]:
-        """Evaluate what ``results.jsonl`` lacks; returns every record (earlier runs' included)."""
+        """Evaluate what ``results.jsonl`` lacks; returns every record (earlier runs' included).
+
+        An example that could not be evaluated (e.g. every sample failed) is left for a rerun.
+        """
         with ResultsLog(self.output_dir / "results.jsonl") as log, progress_bar(not show_progress) as progress:
             bar = progress.add_task("paired evaluation", total=len(self.examples))
 
@@ -106,9 +95,5 @@ class PairedEvaluation:
                 finally:
                     progress.advance(bar)
 
-            for index, outcome in enumerate(run_concurrently(evaluate, range(len(self.examples)), self.num_threads)):
-                if isinstance(outcome, MetricError):
-                    raise outcome
-                if isinstance(outcome, Exception):  # e.g. every sample failed: the example is left for a rerun
-                    logger.warning("Example %d was not evaluated: %s: %s", index, type(outcome).__name__, outcome)
+            score_examples(evaluate, self.examples, self.num_threads)
             return log.records()

@@ -10,9 +10,10 @@ import dspy
 from dspy.clients.base_lm import BaseLM
 from dspy.signatures.signature import Signature
 
-from fusion_dspy.concurrency import arun_concurrently, run_concurrently
+from fusion_dspy.core.pool import Candidate, Pool
+from fusion_dspy.core.steps import Call, Gather, Steps, arun, run
+from fusion_dspy.core.store import CandidateStore
 from fusion_dspy.errors import SamplingError
-from fusion_dspy.store import CandidateStore
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +54,11 @@ class Sample(dspy.Module):
             Stored candidates leave no trace, so bootstrap demos without a store.
 
     Example:
-        >>> sample = Sample(dspy.ChainOfThought("question -> answer"), n=5, temperature=0.7)
+        >>> lm = scripted_lm(lambda call: {"answer": f"draft {call.index}"})
+        >>> sample = Sample(dspy.Predict("question -> answer"), n=3, temperature=0.7, lm=lm)
         >>> pool = sample(question="Why is the sky blue?")
-        >>> [c.answer for c in pool.candidates]
+        >>> sorted(c.prediction.answer for c in pool), pool[0].model
+        (['draft 0', 'draft 1', 'draft 2'], 'scripted/lm')
     """
 
     def __init__(
@@ -133,39 +136,29 @@ class Sample(dspy.Module):
         found = {d.index: self.store.get(key) for d, key in zip(draws, keys, strict=True)}
         return keys, {index: hit for index, hit in found.items() if hit is not None}
 
-    def _drawn(self, key: str | None, candidate: dspy.Prediction, usage: dict) -> tuple:
+    def _draw(self, draw: Draw, key: str | None, inputs: dict[str, Any]) -> Steps[tuple]:
+        with dspy.context(**self._draw_context(draw)), dspy.track_usage() as tracker:
+            prediction = yield Call(self.module, inputs)
+        usage = tracker.get_total_tokens()
         if key is not None:
-            self.store.put(key, candidate, usage)  # at once: a crash later keeps this sample
-        return candidate, usage
+            self.store.put(key, prediction, usage)  # at once: a crash later keeps this sample
+        return prediction, usage
 
-    def forward(self, **inputs) -> dspy.Prediction:
+    def _sample(self, inputs: dict[str, Any]) -> Steps[Pool]:
         draws = self.plan()
         keys, stored = self._lookup(draws, inputs)
-
-        def draw_one(draw: Draw) -> tuple:
-            with dspy.context(**self._draw_context(draw)), dspy.track_usage() as tracker:
-                candidate = self.module(**inputs)
-            return self._drawn(keys[draw.index], candidate, tracker.get_total_tokens())
-
         todo = [draw for draw in draws if draw.index not in stored]
-        fresh = dict(zip([d.index for d in todo], run_concurrently(draw_one, todo, self.max_concurrency), strict=True))
-        return self._collect(draws, stored, fresh)
-
-    async def aforward(self, **inputs) -> dspy.Prediction:
-        draws = self.plan()
-        keys, stored = self._lookup(draws, inputs)
-
-        async def draw_one(draw: Draw) -> tuple:
-            with dspy.context(**self._draw_context(draw)), dspy.track_usage() as tracker:
-                candidate = await self.module.acall(**inputs)
-            return self._drawn(keys[draw.index], candidate, tracker.get_total_tokens())
-
-        todo = [draw for draw in draws if draw.index not in stored]
-        outcomes = await arun_concurrently(draw_one, todo, self.max_concurrency)
+        outcomes = yield Gather([self._draw(d, keys[d.index], inputs) for d in todo], self.max_concurrency)
         return self._collect(draws, stored, dict(zip([d.index for d in todo], outcomes, strict=True)))
 
-    def _collect(self, draws: list[Draw], stored: dict[int, Any], fresh: dict[int, Any]) -> dspy.Prediction:
-        candidates, models, usage, cached, failures = [], [], [], [], []
+    def forward(self, **inputs) -> Pool:
+        return run(self._sample(inputs))
+
+    async def aforward(self, **inputs) -> Pool:
+        return await arun(self._sample(inputs))
+
+    def _collect(self, draws: list[Draw], stored: dict[int, Any], fresh: dict[int, Any]) -> Pool:
+        candidates, failures = [], []
         for draw in draws:
             outcome = stored.get(draw.index, fresh.get(draw.index))
             if isinstance(outcome, Exception):
@@ -173,11 +166,8 @@ class Sample(dspy.Module):
                 logger.warning("Dropping a failed candidate: %s", failure)
                 failures.append(failure)
                 continue
-            candidate, cost = outcome
-            candidates.append(candidate)
-            models.append(draw.lm.model)
-            usage.append(cost)
-            cached.append(draw.index in stored)
+            prediction, usage = outcome
+            candidates.append(Candidate(prediction, draw.lm.model, usage, draw.index in stored, draw.index))
         if len(candidates) < self.min_candidates:
             raise SamplingError(
                 f"Only {len(candidates)} of {len(draws)} samples succeeded, fewer than min_candidates="
@@ -185,4 +175,4 @@ class Sample(dspy.Module):
                 "format; the failures were:",
                 failures,
             )
-        return dspy.Prediction(candidates=candidates, models=models, usage=usage, cached=cached, failures=failures)
+        return Pool(candidates, failures)

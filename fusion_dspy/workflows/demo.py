@@ -8,10 +8,10 @@ from rich.panel import Panel
 from rich.table import Table
 
 from fusion_dspy.backends import Backends
-from fusion_dspy.config import FusionConfig
-from fusion_dspy.embedded import SMOLLM2_ALIAS
-from fusion_dspy.fusion import BestOfN, FusionOfN
-from fusion_dspy.meter import StageMeter, total_tokens
+from fusion_dspy.backends.config import FusionConfig
+from fusion_dspy.backends.embedded import SMOLLM2_ALIAS
+from fusion_dspy.core.fusion import BestOfN, FusionOfN
+from fusion_dspy.core.meter import StageMeter, total_tokens
 
 DEMO_PROMPTS = [
     "What is the capital of France?",
@@ -57,8 +57,8 @@ def _one_prompt(prompt: str, fused_program: FusionOfN, best_program: BestOfN, co
     with console.status(f"Sampling {n} candidates concurrently..."), meter.stage("sample"):
         pool = fused_program.sample(question=prompt)
     candidates = Table("#", "candidate answer", show_header=True, title="candidates", title_justify="left")
-    for i, candidate in enumerate(pool.candidates, 1):
-        text = str(candidate.answer)
+    for i, candidate in enumerate(pool, 1):
+        text = str(candidate.prediction.answer)
         candidates.add_row(str(i), text if len(text) <= CLIP else text[:CLIP].rstrip() + " …")
     parts: list = [candidates]
     for failure in pool.failures:

@@ -27,7 +27,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-EMBEDDED = "embedded"  # the built-in model name: SmolLM2-135M served in-process (fusion_dspy.embedded)
+EMBEDDED = "embedded"  # the built-in model name: SmolLM2-135M served in-process (fusion_dspy.backends.embedded)
 
 
 class ConfigError(FusionDSPyError):

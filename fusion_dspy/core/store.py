@@ -33,15 +33,18 @@ class CandidateStore:
         size_limit: Most bytes kept on disk; the least recently used entries go first past it.
 
     Example:
-        >>> store = CandidateStore(".fusion_dspy_cache/candidates")
-        >>> fused = FusionOfN(qa, n=8, store=store)    # or Sample(qa, n=8, store=store)
-        >>> fused(question="...")                       # second time: no generator request at all
-        >>> store.hits, store.misses
+        >>> store = CandidateStore(tmp_path / "candidates")
+        >>> sample = fd.Sample("question -> answer", n=4, lm=lm, store=store)   # or FusionOfN(..., store=store)
+        >>> _ = sample(question="2 + 2?"), sample(question="2 + 2?")   # the second call sends no request
+        >>> store.hits, store.misses, len(lm.engine.calls)
+        (4, 4, 4)
     """
 
     def __init__(self, directory: str | Path = ".fusion_dspy_cache/candidates", size_limit: int = 2**32):
         self.directory = Path(directory)
-        self._cache = diskcache.Cache(str(self.directory), size_limit=size_limit)
+        # "least-recently-used" updates an entry's access time on every hit, so the pools a study keeps reading
+        # stay while old ones go; diskcache's default ("least-recently-stored") would evict the oldest draws first.
+        self._cache = diskcache.Cache(str(self.directory), size_limit=size_limit, eviction_policy="least-recently-used")
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0

@@ -1,0 +1,122 @@
+"""A ``litellm.Router`` behind DSPy's public engine contract: the one module that speaks DSPy's engine API.
+
+DSPy 3.4 takes any object with ``complete(Request) -> Response`` as ``dspy.LM(engine=..., async_engine=...)``
+(``dspy.clients.engines``); DSPy keeps its cache, rollout ids, usage tracking and history above it. This engine
+turns the typed ``dspy.lm15.Request`` into an OpenAI chat body, lets the Router send it (replicas, retries,
+fallbacks), and reads the reply back with ``dspy.lm15.response_from_openai_chat``. Only public names are used,
+so it does not break where DSPy 3.5 removes the 3.4 transition interfaces (``complete_legacy``, the litellm
+engine's private ``_arguments`` / ``_response``).
+"""
+
+from contextlib import contextmanager
+from typing import Any
+
+from dspy import lm15
+
+# Request.config fields sent as OpenAI chat parameters of the same name (the rest are DSPy's own controls).
+_CHAT_PARAMETERS = ("max_tokens", "temperature", "top_p", "stop", "seed", "frequency_penalty", "presence_penalty",
+                    "response_format", "logprobs", "user_id")  # fmt: skip
+_ERRORS_BY_STATUS = {400: lm15.InvalidRequestError, 401: lm15.AuthError, 403: lm15.AuthError,
+                     404: lm15.UnsupportedModelError, 408: lm15.TimeoutError, 413: lm15.ContextLengthError,
+                     429: lm15.RateLimitError}  # fmt: skip
+
+
+def chat_body(request: lm15.Request) -> dict[str, Any]:
+    """The OpenAI chat-completions body of a text request (what DSPy's adapters send)."""
+    messages = []
+    if request.system:
+        messages.append({"role": "system", "content": _text(request.system, "system")})
+    for message in request.messages:
+        messages.append({"role": message.role, "content": _text(message.parts, message.role)})
+    if request.tools:
+        raise lm15.UnsupportedFeatureError("The router engine sends text chat only; tools need a plain dspy.LM.")
+    body: dict[str, Any] = {"messages": messages}
+    config = request.config
+    for name in _CHAT_PARAMETERS:
+        value = getattr(config, name, None)
+        if value not in (None, (), []):
+            body["user" if name == "user_id" else name] = list(value) if name == "stop" else value
+    body.update(config.extensions or {})
+    return body
+
+
+def _text(content: Any, role: str) -> str:
+    if isinstance(content, str):
+        return content
+    texts = [part.text for part in content if getattr(part, "type", None) == "text"]
+    if len(texts) != len(content):
+        raise lm15.UnsupportedFeatureError(f"The router engine sends text only; a {role} message has other parts.")
+    return "".join(texts)
+
+
+@contextmanager
+def lm15_errors(model: str):
+    """Raise litellm's errors as the ``dspy.lm15`` errors the engine contract asks for, the cause kept."""
+    try:
+        yield
+    except lm15.LM15Error:
+        raise
+    except Exception as error:
+        status = getattr(error, "status_code", None)
+        name = type(error).__name__
+        if "ContextWindow" in name:
+            kind = lm15.ContextLengthError
+        elif "Timeout" in name:
+            kind = lm15.TimeoutError
+        elif "Connection" in name:
+            kind = lm15.TransportError
+        elif isinstance(status, int):
+            kind = _ERRORS_BY_STATUS.get(status, lm15.ServerError if status >= 500 else lm15.ProviderError)
+        else:
+            raise
+        raise kind(f"{model}: {name}: {error}", status=status if isinstance(status, int) else None) from error
+
+
+def _arguments(model_group: str, request: lm15.Request) -> dict[str, Any]:
+    return {**chat_body(request), "model": model_group}
+
+
+def _reply(raw: Any, request: lm15.Request) -> lm15.Response:
+    body = raw.model_dump() if hasattr(raw, "model_dump") else dict(raw)
+    return lm15.response_from_openai_chat(body, model=request.model)
+
+
+class RouterEngine:
+    """Sends each request of a ``dspy.LM`` through a ``litellm.Router`` model group.
+
+    Args:
+        router: The ``litellm.Router`` (replicas, fallbacks, retries).
+        model_group: The Router's model name to call.
+
+    Example:
+        >>> import dspy, litellm
+        >>> router = litellm.Router(model_list=[{"model_name": "m", "litellm_params": {
+        ...     "model": "openai/m", "api_base": "http://127.0.0.1:9/v1", "api_key": "none"}}])
+        >>> lm = dspy.LM("router/m", engine=RouterEngine(router, "m"), async_engine=AsyncRouterEngine(router, "m"))
+        >>> lm.model
+        'router/m'
+    """
+
+    def __init__(self, router: Any, model_group: str):
+        self.router, self.model_group = router, model_group
+
+    def complete(self, request: lm15.Request) -> lm15.Response:
+        with lm15_errors(request.model):
+            raw = self.router.completion(**_arguments(self.model_group, request))
+        return _reply(raw, request)
+
+    def close(self) -> None:
+        pass
+
+
+class AsyncRouterEngine(RouterEngine):
+    """The async twin of ``RouterEngine``; it shares the same Router (and so its health and cooldowns)."""
+
+    async def complete(self, request: lm15.Request) -> lm15.Response:  # type: ignore[override]
+        with lm15_errors(request.model):
+            raw = await self.router.acompletion(**_arguments(self.model_group, request))
+        return _reply(raw, request)
+
+    async def aclose(self) -> None:
+        pass
+

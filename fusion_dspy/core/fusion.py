@@ -1,0 +1,230 @@
+"""FusionOfN = Sample -> Fuse and BestOfN = Sample -> Select: the two ways to spend N samples."""
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import dspy
+from dspy.utils.exceptions import AdapterParseError
+
+from fusion_dspy.core.fuse import Fuse
+from fusion_dspy.core.meter import StageMeter
+from fusion_dspy.core.pool import Pool
+from fusion_dspy.core.sample import Sample, as_module
+from fusion_dspy.core.select import RewardFn, Select
+from fusion_dspy.core.signatures import check_reserved_fields, task_signature
+from fusion_dspy.core.steps import Call, Steps, arun, run
+from fusion_dspy.core.store import CandidateStore
+from fusion_dspy.errors import FusionError
+
+logger = logging.getLogger(__name__)
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "<Sample's default>"
+
+
+UNSET: Any = _Unset()  # a sampling option not given: Sample's own default applies
+
+
+def build_sample(owner: str, module: Any, sample: Sample | None, **options: Any) -> Sample:
+    """The ``Sample`` a FusionOfN/BestOfN draws from: the one given, or one built from the sampling options."""
+    given = {name: value for name, value in options.items() if value is not UNSET}
+    if sample is not None:
+        if given:
+            raise ValueError(f"{owner} got sample= and also the sampling option(s) {sorted(given)}, which only a new "
+                             "Sample would use. Set them on the Sample you pass, or drop sample=.")  # fmt: skip
+        return sample
+    if module is None:
+        raise ValueError(f"{owner} needs the module (or signature) to sample from, or an existing sample=Sample(...).")
+    return Sample(as_module(module), **given)
+
+
+class _SampleThenCombine(dspy.Module):
+    """Shared by FusionOfN and BestOfN: sample N candidates (or take given ones), then one combining stage."""
+
+    stage_name = "combine"
+
+    def __init__(self, sample: Sample, signature: str | type[dspy.Signature] | None):
+        super().__init__()
+        self.sample = sample
+        self.task_signature = task_signature(self.sample.module, signature)
+        check_reserved_fields(self.task_signature)
+
+    def _combine(self, pool: Pool, inputs: dict[str, Any]) -> Steps[dspy.Prediction]:
+        raise NotImplementedError
+
+    def _steps(self, candidates: Pool | Sequence[Any] | None, inputs: dict[str, Any]) -> Steps[dspy.Prediction]:
+        meter = StageMeter()
+        with meter.stage("sample"):
+            pool = (yield Call(self.sample, inputs)) if candidates is None else Pool.of(candidates)
+        with meter.stage(self.stage_name):
+            combined = yield from self._combine(pool.require(), inputs)
+        return self._result(combined, pool, meter)
+
+    def forward(self, candidates: Pool | Sequence[Any] | None = None, **inputs) -> dspy.Prediction:
+        return run(self._steps(candidates, inputs))
+
+    async def aforward(self, candidates: Pool | Sequence[Any] | None = None, **inputs) -> dspy.Prediction:
+        return await arun(self._steps(candidates, inputs))
+
+    def _result(self, combined: dspy.Prediction, pool: Pool, meter: StageMeter) -> dspy.Prediction:
+        fields = combined.toDict()
+        fields["candidates"] = pool.predictions
+        if any(model is not None for model in pool.models):  # drawn by a Sample: say where from
+            fields["candidate_models"], fields["sample_failures"] = pool.models, pool.failures
+        fields["stage_usage"] = meter.usage
+        fields["stage_seconds"] = meter.seconds
+        fields["stage_tokens"] = meter.tokens()
+        return dspy.Prediction(**fields)
+
+
+class FusionOfN(_SampleThenCombine):
+    """Fusion-of-N: sample N candidates, then have a fusor LM write one answer that combines their strengths.
+
+    Works over any module or signature and keeps the task's own output fields, so it drops into a larger
+    program where the module was. Pass ``candidates=`` to fuse a pool you already have (for example the one a
+    ``BestOfN`` sharing the same ``Sample`` just drew), skipping the sampling stage.
+
+    Args:
+        module: The generator: any DSPy module, or a signature for a ``dspy.Predict``.
+        n: Number of candidates (default 5; one per teacher when ``lms`` is given).
+        temperature: Sampling temperature of the candidates (default 0.7, the paper's for test-time scaling).
+        lm: The generator LM (default: the context LM); also the fusor's when ``fusor_lm`` is not given.
+        lms: A pool of teacher LMs to spread the samples over (the paper's synthetic-data setting).
+        fusor_lm: The fusor's LM, settable apart from the generators' (good proposers can be bad fusors).
+            Defaults to ``lm``, then to the fusor predictor's own LM, then the context LM.
+        instructions: Replaces the default, paper-style fusor instruction.
+        signature: The module's task signature when it cannot be inferred (multi-predictor modules).
+        min_candidates: Fewest successful samples to fuse (default 1); failed samples are dropped with a warning.
+        max_concurrency: Most samples in flight at once (default ``n``).
+        fallback: What to do when the fusor's output cannot be parsed even after DSPy's adapter fallback:
+            ``"raise"`` a ``FusionError``, or ``"select"`` the majority-vote candidate and say so in
+            ``fusion_error``.
+        shuffle: Shuffle the order candidates are shown to the fusor (seeded per input).
+        retries: Fresh fusor samples to try when its output cannot be parsed (see ``Fuse``).
+        compare: The fusor compares the candidates in a ``comparison`` field before answering (see ``Fuse``).
+        adapter: The DSPy adapter of the generator's calls (default: the context's).
+        fusor_adapter: The DSPy adapter of the fusor's calls (default: the context's), e.g. ``PlainAdapter``.
+        store: A ``CandidateStore`` that keeps candidates across calls and runs (see ``Sample``).
+        sample: An existing ``Sample`` to draw from, to share one candidate pool with a ``BestOfN``. The
+            sampling options (``n``, ``temperature``, ``lm``, ``lms``, ``min_candidates``, ``max_concurrency``,
+            ``adapter``, ``store``) then belong to that Sample: passing them too is an error.
+
+    Example:
+        >>> lm = scripted_lm(lambda call: {"comparison": "All agree.", "answer": "4"} if call.wants("comparison")
+        ...                  else {"answer": "4"})
+        >>> fused = FusionOfN(dspy.Predict("question -> answer"), n=3, lm=lm)
+        >>> p = fused(question="2 + 2?")
+        >>> p.answer, len(p.candidates), sorted(p.stage_tokens)
+        ('4', 3, ['fuse', 'sample'])
+    """
+
+    stage_name = "fuse"
+
+    def __init__(
+        self,
+        module: dspy.Module | str | type[dspy.Signature] | None = None,
+        n: int | None = UNSET,
+        temperature: float | None = UNSET,
+        lm: dspy.BaseLM | None = None,
+        lms: Sequence[dspy.BaseLM] | None = UNSET,
+        fusor_lm: dspy.BaseLM | None = None,
+        instructions: str | None = None,
+        signature: str | type[dspy.Signature] | None = None,
+        min_candidates: int = UNSET,
+        max_concurrency: int | None = UNSET,
+        fallback: Literal["raise", "select"] = "raise",
+        shuffle: bool = False,
+        retries: int = 1,
+        compare: bool = True,
+        adapter: dspy.Adapter | None = UNSET,
+        fusor_adapter: dspy.Adapter | None = None,
+        store: CandidateStore | None = UNSET,
+        sample: Sample | None = None,
+    ):
+        if fallback not in ("raise", "select"):
+            raise ValueError(f"fallback must be 'raise' or 'select', got {fallback!r}.")
+        generator_lm = UNSET if lm is None else lm
+        super().__init__(build_sample("FusionOfN", module, sample, n=n, temperature=temperature, lm=generator_lm,
+                                      lms=lms, min_candidates=min_candidates, max_concurrency=max_concurrency,
+                                      adapter=adapter, store=store), signature)  # fmt: skip
+        self.fuse = Fuse(self.task_signature, instructions=instructions, lm=fusor_lm or lm, shuffle=shuffle,
+                         adapter=fusor_adapter, retries=retries, compare=compare)  # fmt: skip
+        self.fallback = fallback
+
+    def _combine(self, pool: Pool, inputs: dict[str, Any]) -> Steps[dspy.Prediction]:
+        try:
+            return (yield Call(self.fuse, {"candidates": pool, **inputs}))
+        except AdapterParseError as error:  # unreachable servers and the like propagate unchanged
+            return self._fallback(pool, inputs, error)
+
+    def _fallback(self, pool: Pool, inputs: dict[str, Any], error: Exception) -> dspy.Prediction:
+        reason = f"{type(error).__name__}: {error}"
+        if self.fallback == "raise":
+            raise FusionError(
+                f"The fusor's output could not be used ({reason}). Use a stronger fusor_lm, or pass "
+                "fallback='select' to return the majority-vote candidate instead."
+            ) from error
+        logger.warning("Fusion failed (%s); falling back to the majority-vote candidate.", reason)
+        chosen = Select(self.task_signature)(candidates=pool, **inputs)
+        return dspy.Prediction(**chosen.toDict(), fusion_error=reason)
+
+
+class BestOfN(_SampleThenCombine):
+    """Best-of-N: sample N candidates, then keep one, by reward function, LLM judge or majority vote.
+
+    Unlike ``dspy.BestOfN`` it samples concurrently, has ``aforward``, keeps traces on the original predictors
+    (so optimizers see them), never returns ``None`` and works in programs that use several LMs.
+
+    Args:
+        module: The generator: any DSPy module, or a signature for a ``dspy.Predict``.
+        n: Number of candidates (default 5; one per teacher when ``lms`` is given).
+        reward_fn: ``reward_fn(inputs: dict, prediction) -> float``, as in ``dspy.BestOfN``.
+        judge: ``"listwise"`` or ``"pointwise"`` to select with an LLM judge instead.
+        judge_lm: The judge's LM. Defaults to ``lm``, then the judge predictor's own LM, then the context LM.
+        vote: Without reward_fn or judge: ``"majority"`` (exact answers) or ``"consensus"`` (free text); see
+            ``Select``.
+        judge_adapter: The DSPy adapter of the judge's calls (default: the context's).
+        temperature, lm, lms, signature, min_candidates, max_concurrency, adapter, store, sample: as in
+            ``FusionOfN``.
+
+    Example:
+        >>> lm = scripted_lm(lambda call: {"answer": ["Brussels", "Brussels, Belgium"][call.index % 2]})
+        >>> best = BestOfN(dspy.Predict("question -> answer"), n=2, lm=lm,
+        ...                reward_fn=lambda inputs, pred: float(len(pred.answer.split()) == 1))
+        >>> best(question="Capital of Belgium?").answer
+        'Brussels'
+    """
+
+    stage_name = "select"
+
+    def __init__(
+        self,
+        module: dspy.Module | str | type[dspy.Signature] | None = None,
+        n: int | None = UNSET,
+        reward_fn: RewardFn | None = None,
+        judge: Literal["listwise", "pointwise"] | None = None,
+        judge_lm: dspy.BaseLM | None = None,
+        vote: Literal["majority", "consensus"] = "majority",
+        temperature: float | None = UNSET,
+        lm: dspy.BaseLM | None = None,
+        lms: Sequence[dspy.BaseLM] | None = UNSET,
+        signature: str | type[dspy.Signature] | None = None,
+        min_candidates: int = UNSET,
+        max_concurrency: int | None = UNSET,
+        adapter: dspy.Adapter | None = UNSET,
+        judge_adapter: dspy.Adapter | None = None,
+        store: CandidateStore | None = UNSET,
+        sample: Sample | None = None,
+    ):
+        generator_lm = UNSET if lm is None else lm
+        super().__init__(build_sample("BestOfN", module, sample, n=n, temperature=temperature, lm=generator_lm,
+                                      lms=lms, min_candidates=min_candidates, max_concurrency=max_concurrency,
+                                      adapter=adapter, store=store), signature)  # fmt: skip
+        self.select = Select(self.task_signature, reward_fn=reward_fn, judge=judge, judge_lm=judge_lm or lm,
+                             vote=vote, adapter=judge_adapter)  # fmt: skip
+
+    def _combine(self, pool: Pool, inputs: dict[str, Any]) -> Steps[dspy.Prediction]:
+        return (yield Call(self.select, {"candidates": pool, **inputs}))

@@ -1,0 +1,132 @@
+"""Pool and Candidate: the typed result of sampling, accepted wherever candidates are.
+
+A ``Sample`` returns a ``Pool``: its ``Candidate``s (each a prediction with the model that wrote it, the tokens it
+cost, whether it came from the store, and its sample index) and one line per failed sample. ``Fuse``,
+``Select``, ``FusionOfN`` and ``BestOfN`` take a ``Pool``, a list of ``Candidate``s, or plain predictions/dicts.
+"""
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, overload
+
+import dspy
+
+from fusion_dspy.core.meter import Usage, total_tokens
+from fusion_dspy.errors import FusionDSPyError
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One sampled answer and where it came from.
+
+    Args:
+        prediction: The generator's output (the task's output fields).
+        model: The model string of the LM that wrote it (``None`` when given from outside).
+        usage: Token usage of drawing it, ``{model: {"prompt_tokens": ..., ...}}`` (its original cost when stored).
+        cached: It came from a ``CandidateStore`` instead of a new request.
+        index: Its sample index in the draw (stable across N: sample ``i`` of N=8 is sample ``i`` of N=2).
+    """
+
+    prediction: dspy.Prediction
+    model: str | None = None
+    usage: Usage = field(default_factory=dict)
+    cached: bool = False
+    index: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return total_tokens(self.usage)
+
+
+def _as_prediction(value: Any) -> dspy.Prediction:
+    if isinstance(value, dspy.Prediction):
+        return value
+    if isinstance(value, dict):
+        return dspy.Prediction(**value)
+    if isinstance(value, dspy.Example):
+        return dspy.Prediction(**value.toDict())
+    raise FusionDSPyError(f"A candidate must be a Candidate, a dspy.Prediction or a dict of output fields, got a "
+                          f"{type(value).__name__}.")  # fmt: skip
+
+
+class Pool(dspy.Prediction):
+    """The candidates of one call, in sample order, and the samples that failed.
+
+    A ``dspy.Prediction`` (so DSPy's usage tracking attaches to it) that is also a sequence of ``Candidate``:
+    ``len(pool)``, ``pool[0]``, ``pool[:4]`` (a smaller ``Pool``, as an N-sweep wants) and iteration.
+
+    Args:
+        candidates: The candidates, in sample order.
+        failures: One line per failed sample (``"sample 3 (openai/x): TimeoutError: ..."``).
+
+    Example:
+        >>> pool = Pool.of([{"answer": "Paris"}, {"answer": "Lyon"}])
+        >>> len(pool), pool[1].prediction.answer, [c.index for c in pool[:1]]
+        (2, 'Lyon', [0])
+    """
+
+    def __init__(self, candidates: Iterable[Candidate] = (), failures: Iterable[str] = ()):
+        super().__init__(candidates=list(candidates), failures=list(failures))
+
+    candidates: list[Candidate]
+    failures: list[str]
+
+    @classmethod
+    def of(cls, value: "Pool | Iterable[Any]") -> "Pool":
+        """A ``Pool`` from a pool, ``Candidate``s, or predictions/dicts (numbered in the order given)."""
+        if isinstance(value, Pool):
+            return value
+        if value is None:
+            return cls()
+        return cls(item if isinstance(item, Candidate) else Candidate(_as_prediction(item), index=i)
+                   for i, item in enumerate(value))  # fmt: skip
+
+    @property
+    def predictions(self) -> list[dspy.Prediction]:
+        return [candidate.prediction for candidate in self.candidates]
+
+    @property
+    def models(self) -> list[str | None]:
+        return [candidate.model for candidate in self.candidates]
+
+    @property
+    def tokens(self) -> int:
+        """Tokens of every candidate (stored ones at what they cost when drawn)."""
+        return sum(candidate.tokens for candidate in self.candidates)
+
+    def require(self) -> "Pool":
+        """This pool, or a clear error when there is nothing to fuse or select from."""
+        if not self.candidates:
+            raise FusionDSPyError("There are no candidates to fuse or select from: pass at least one.")
+        return self
+
+    def __len__(self) -> int:
+        return len(self.candidates)
+
+    def __iter__(self) -> Iterator[Candidate]:  # type: ignore[override]
+        return iter(self.candidates)
+
+    def __bool__(self) -> bool:
+        return bool(self.candidates)
+
+    @overload
+    def __getitem__(self, key: int) -> Candidate: ...
+    @overload
+    def __getitem__(self, key: slice) -> "Pool": ...
+    @overload
+    def __getitem__(self, key: str) -> Any: ...
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            return Pool(self.candidates[key], self.failures)
+        if isinstance(key, int):
+            return self.candidates[key]
+        return super().__getitem__(key)
+
+    def __repr__(self) -> str:
+        return f"Pool({len(self)} candidates, {len(self.failures)} failed)"
+
+
+def predictions(candidates: "Pool | Sequence[Any]") -> list[dspy.Prediction]:
+    """The predictions of any candidates argument, or an error when there are none."""
+    return Pool.of(candidates).require().predictions

@@ -1,0 +1,64 @@
+"""Run a FusionOfN/BestOfN program over many inputs into a JSONL file: resumable, one error per item, never the batch.
+
+Results go to a ``ResultsLog`` (``fusion_dspy.workflows.jsonl``): a crash or a kill loses at most the item in
+flight, and rerunning the same command skips the items already written (by ``id``).
+"""
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import dspy
+
+from fusion_dspy.workflows.jsonl import ResultsLog
+from fusion_dspy.workflows.progress import progress_bar
+
+logger = logging.getLogger(__name__)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dspy.Prediction):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+
+
+def result_record(item_id: str, inputs: dict[str, Any], prediction: dspy.Prediction) -> dict[str, Any]:
+    """One JSONL line: the id, the inputs, every field of the prediction (candidates and stage stats included)."""
+    return {"id": item_id, "inputs": inputs, **_jsonable(prediction), "error": None}
+
+
+def run_batch(
+    program: dspy.Module,
+    items: Iterable[dict[str, Any]],
+    output: str | Path,
+    input_fields: list[str],
+    show_progress: bool = True,
+) -> dict[str, int]:
+    """Run ``program`` on each item not yet in ``output``; returns counts of ``done``, ``failed`` and ``skipped``.
+
+    Items are dicts of input fields, with an optional ``id`` (default: the item's position). A failing item is
+    written with its ``error`` and the batch goes on.
+    """
+    log = ResultsLog(output)
+    todo = log.pending(items, input_fields)
+    counts = {"done": 0, "failed": 0, "skipped": len(log.done)}
+    with log, progress_bar(disable=not show_progress) as progress:
+        task = progress.add_task(f"{type(program).__name__} -> {log.path.name}", total=len(todo))
+        for item_id, inputs in todo:
+            try:
+                record = result_record(item_id, inputs, program(**inputs))
+                counts["done"] += 1
+            except Exception as error:  # noqa: BLE001 - one bad item must not end the batch
+                logger.warning("Item %s failed: %s: %s", item_id, type(error).__name__, error)
+                record = {"id": item_id, "inputs": inputs, "error": f"{type(error).__name__}: {error}"}
+                counts["failed"] += 1
+            log.write(record)
+            progress.advance(task)
+    return counts

@@ -1,0 +1,64 @@
+"""Scoring combining stages on examples: the one loop behind ``optimize`` (FusionSearch) and ``eval``.
+
+Both draw a pool per example, run a FusionOfN's or BestOfN's combining stage on it and score the result with
+the task's metric. A failed combining step scores 0 and is recorded; a metric that raises or returns no number
+stops everything (a broken metric must not look like a bad program); any other failure of one example is logged
+and leaves that example unscored.
+"""
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import dspy
+
+from fusion_dspy.core.concurrency import run_concurrently
+from fusion_dspy.core.pool import Pool
+from fusion_dspy.workflows.task import MetricError, Task
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One combining step on one example: its metric score, the tokens of that stage, and its error, if any."""
+
+    score: float
+    tokens: int
+    error: str | None = None
+
+
+def score_stage(task: Task, program: dspy.Module, example: dspy.Example, pool: Pool, where: str) -> Scored:
+    """Run ``program``'s combining stage (fuse or select) on ``pool`` and score it; a failure scores 0.
+
+    Example:
+        >>> task = Task("qa", "question -> answer", metric=lambda ex, pred, trace=None: ex.answer == pred.answer)
+        >>> best = fd.BestOfN("question -> answer", lm=scripted_lm(lambda call: {"answer": "4"}))
+        >>> pool = fd.Pool.of([{"answer": "4"}, {"answer": "5"}, {"answer": "4"}])
+        >>> score_stage(task, best, dspy.Example(question="2+2?", answer="4").with_inputs("question"), pool, "ex 0")
+        Scored(score=1.0, tokens=0, error=None)
+    """
+    try:
+        prediction = program(candidates=pool, **example.inputs())
+    except Exception as error:  # noqa: BLE001 - a failed fusion or selection is a miss, and is reported
+        return Scored(0.0, 0, f"{type(error).__name__}: {error}")
+    return Scored(task.score(example, prediction, where), prediction.stage_tokens[program.stage_name])
+
+
+def score_examples(work: Callable[[int], T], examples: Sequence[Any], num_threads: int) -> list[T | None]:
+    """``work(index)`` for every example, ``num_threads`` at once; ``None`` where an example failed.
+
+    A ``MetricError`` is raised at once; other failures are logged with the example's index.
+    """
+    results: list[T | None] = []
+    for index, outcome in enumerate(run_concurrently(work, range(len(examples)), num_threads)):
+        if isinstance(outcome, MetricError):
+            raise outcome
+        if isinstance(outcome, Exception):
+            logger.warning("Example %d could not be scored: %s: %s", index, type(outcome).__name__, outcome)
+            outcome = None
+        results.append(outcome)
+    return results

@@ -1,0 +1,91 @@
+"""DSPy's public engine contract, as fusion-dspy relies on it: fails loudly on a DSPy whose contract changed.
+
+fusion_dspy.backends.engine (the Router behind ``dspy.LM(engine=...)``) and fusion_dspy.testing (the scripted LM)
+use only these public names. If one of these tests fails after a DSPy upgrade, the contract moved: adapt those
+two modules, or keep DSPy at the last version that passes (pyproject.toml's pin).
+"""
+
+import dataclasses
+import inspect
+
+import dspy
+import pytest
+from dspy import lm15
+from dspy.clients import engines
+
+from fusion_dspy.backends.engine import _CHAT_PARAMETERS, AsyncRouterEngine, RouterEngine, chat_body
+
+CHANGED = "DSPy {version} changed the engine contract fusion-dspy relies on: {what}"
+
+
+def fail_unless(condition: bool, what: str) -> None:
+    if not condition:
+        pytest.fail(CHANGED.format(version=dspy.__version__, what=what), pytrace=False)
+
+
+def test_engine_protocol_and_types_are_public():
+    fail_unless(hasattr(engines, "Engine") and hasattr(engines, "AsyncEngine"), "dspy.clients.engines.Engine is gone")
+    fail_unless("complete" in dir(engines.Engine), "Engine.complete(Request) -> Response is gone")
+    request_fields = {f.name for f in dataclasses.fields(lm15.Request)}
+    fail_unless({"model", "messages", "system", "tools", "config"} <= request_fields,
+                f"dspy.lm15.Request has fields {sorted(request_fields)}")  # fmt: skip
+    config_fields = {f.name for f in dataclasses.fields(lm15.Config)}
+    fail_unless(set(_CHAT_PARAMETERS) | {"extensions"} <= config_fields,
+                f"dspy.lm15.Config lacks {sorted(set(_CHAT_PARAMETERS) - config_fields)}")  # fmt: skip
+    parameters = inspect.signature(lm15.response_from_openai_chat).parameters
+    fail_unless("model" in parameters and "choice" in parameters, "response_from_openai_chat(body, model=, choice=)")
+    fail_unless("engine" in inspect.signature(dspy.LM).parameters and "async_engine" in inspect.signature(
+        dspy.LM).parameters, "dspy.LM(engine=..., async_engine=...) is gone")  # fmt: skip
+
+
+class FakeRouter:
+    """What litellm.Router.completion returns: an OpenAI chat-completions body."""
+
+    def __init__(self):
+        self.bodies = []
+
+    def _reply(self, body):
+        self.bodies.append(body)
+        return {"id": "r1", "object": "chat.completion", "model": body["model"],
+                "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                    "role": "assistant", "content": "[[ ## answer ## ]]\n4\n\n[[ ## completed ## ]]"}}],
+                "usage": {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14}}  # fmt: skip
+
+    def completion(self, **body):
+        return self._reply(body)
+
+    async def acompletion(self, **body):
+        return self._reply(body)
+
+
+def router_lm(router):
+    return dspy.LM("router/m", engine=RouterEngine(router, "m"), async_engine=AsyncRouterEngine(router, "m"),
+                   cache=False, temperature=0.3, max_tokens=50)  # fmt: skip
+
+
+async def test_a_request_round_trips_through_the_engine_sync_and_async():
+    router = FakeRouter()
+    predict = dspy.Predict("question -> answer")
+    with dspy.context(lm=router_lm(router)), dspy.track_usage() as usage:
+        assert predict(question="2 + 2?").answer == "4"
+        assert (await predict.acall(question="3 + 1?")).answer == "4"
+    body = router.bodies[0]
+    assert body["model"] == "m" and body["temperature"] == 0.3 and body["max_tokens"] == 50
+    assert [m["role"] for m in body["messages"]] == ["system", "user"] and "2 + 2?" in body["messages"][-1]["content"]
+    assert "3 + 1?" in router.bodies[1]["messages"][-1]["content"]
+    assert usage.get_total_tokens()["router/m"]["prompt_tokens"] == 22  # DSPy read the usage back, both calls
+
+
+def test_non_text_parts_are_refused_clearly():
+    request = lm15.Request(model="m", messages=(lm15.Message.user([lm15.ImagePart(url="http://127.0.0.1/x.png")]),))
+    with pytest.raises(lm15.UnsupportedFeatureError, match="text only"):
+        chat_body(request)
+
+
+def test_adapters_format_chat_messages_that_plain_adapter_edits():
+    from fusion_dspy.backends import PlainAdapter
+
+    messages = PlainAdapter().format(dspy.Signature("question -> answer", "Answer."), [], {"question": "2 + 2?"})
+    fail_unless(isinstance(messages, list) and all(isinstance(m, dict) and "role" in m for m in messages),
+                f"Adapter.format returns {type(messages).__name__}, not a list of chat messages (PlainAdapter)")
+    assert messages[-1] == {"role": "user", "content": "2 + 2?"}
