@@ -4,6 +4,7 @@ Every server is a StubOpenAIServer on 127.0.0.1; every wait is bounded by the co
 Batch-command rows (Ctrl-C, SIGKILL, two processes on one file) live in tests/test_faults_batch.py.
 """
 
+import asyncio
 import logging
 import socket
 import threading
@@ -77,6 +78,16 @@ def test_a_hanging_server_is_cut_by_the_timeout_and_only_its_sample_is_dropped()
         result = fused_once(config, n=2)
     assert result.answer == "fused" and result.candidate_models == ["openai/ok"]
     assert "Timeout" in result.sample_failures[0]
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_deadline_ends_the_whole_call_whatever_is_still_in_flight(asynchronous):
+    with StubOpenAIServer(respond=respond, delay=20) as hung:
+        program = fd.FusionOfN("question -> answer", n=2, deadline_s=0.5, lm=dspy.LM(
+            "openai/hung", api_base=hung.api_base, api_key="x", engine="litellm", cache=False, timeout=30))
+        with pytest.raises(fd.DeadlineExceeded, match="FusionOfN did not finish within its deadline of 0.5 s"):
+            asyncio.run(program.acall(question="Why?")) if asynchronous else program(question="Why?")
+        assert isinstance(fd.DeadlineExceeded("x"), TimeoutError)
 
 
 def test_every_model_gets_a_default_timeout_by_role():

@@ -142,6 +142,7 @@ class FusionSettings(_Strict):
     compare: bool | None = Field(None, description="fusor writes a comparison first (default: unless its adapter "
                                  "is 'plain')")  # fmt: skip
     max_concurrency: int | None = Field(None, ge=1)
+    deadline_s: float | None = Field(None, gt=0, description="seconds one call may take in all (default: none)")
 
 
 class FusionConfig(_Strict):

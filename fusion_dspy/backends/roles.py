@@ -180,6 +180,7 @@ class Backends:
                 "max_concurrency": settings.max_concurrency,
                 "adapter": self.adapter(self.config.roles.teachers()[0].model),
             }
+        common["deadline_s"] = settings.deadline_s
         if (method or settings.method) == "fuse":
             fusor_adapter = self.adapter(self.config.fusor)
             compare = settings.compare if settings.compare is not None else not isinstance(fusor_adapter, PlainAdapter)

@@ -7,6 +7,7 @@ from typing import Any, Literal
 import dspy
 from dspy.utils.exceptions import AdapterParseError
 
+from fusion_dspy.core.concurrency import awithin, within
 from fusion_dspy.core.fuse import Fuse
 from fusion_dspy.core.meter import StageMeter
 from fusion_dspy.core.pool import Pool
@@ -46,8 +47,11 @@ class _SampleThenCombine(dspy.Module):
 
     stage_name = "combine"
 
-    def __init__(self, sample: Sample, signature: str | type[dspy.Signature] | None):
+    def __init__(self, sample: Sample, signature: str | type[dspy.Signature] | None, deadline_s: float | None):
         super().__init__()
+        if deadline_s is not None and deadline_s <= 0:
+            raise ValueError(f"deadline_s must be a positive number of seconds, got {deadline_s!r}.")
+        self.deadline_s = deadline_s
         self.sample = sample
         self.task_signature = task_signature(self.sample.module, signature)
         check_reserved_fields(self.task_signature)
@@ -64,10 +68,14 @@ class _SampleThenCombine(dspy.Module):
         return self._result(combined, pool, meter)
 
     def forward(self, candidates: Pool | Sequence[Any] | None = None, **inputs) -> dspy.Prediction:
-        return run(self._steps(candidates, inputs))
+        if self.deadline_s is None:
+            return run(self._steps(candidates, inputs))
+        return within(lambda: run(self._steps(candidates, inputs)), self.deadline_s, type(self).__name__)
 
     async def aforward(self, candidates: Pool | Sequence[Any] | None = None, **inputs) -> dspy.Prediction:
-        return await arun(self._steps(candidates, inputs))
+        if self.deadline_s is None:
+            return await arun(self._steps(candidates, inputs))
+        return await awithin(arun(self._steps(candidates, inputs)), self.deadline_s, type(self).__name__)
 
     def _result(self, combined: dspy.Prediction, pool: Pool, meter: StageMeter) -> dspy.Prediction:
         fields = combined.toDict()
@@ -107,6 +115,8 @@ class FusionOfN(_SampleThenCombine):
         retries: Fresh fusor samples to try when its output cannot be parsed (see ``Fuse``).
         compare: The fusor compares the candidates in a ``comparison`` field before answering (see ``Fuse``).
         context_window: Tokens the fusor reads at once, checked before each fusion (see ``Fuse``).
+        deadline_s: Seconds the whole call (sampling and fusion, retries included) may take; past it the call
+            raises ``DeadlineExceeded`` at once and abandons what is still in flight. ``None``: no deadline.
         adapter: The DSPy adapter of the generator's calls (default: the context's).
         fusor_adapter: The DSPy adapter of the fusor's calls (default: the context's), e.g. ``PlainAdapter``.
         store: A ``CandidateStore`` that keeps candidates across calls and runs (see ``Sample``).
@@ -142,6 +152,7 @@ class FusionOfN(_SampleThenCombine):
         retries: int = 1,
         compare: bool = True,
         context_window: int | None = None,
+        deadline_s: float | None = None,
         adapter: dspy.Adapter | None = UNSET,
         fusor_adapter: dspy.Adapter | None = None,
         store: CandidateStore | None = UNSET,
@@ -152,7 +163,7 @@ class FusionOfN(_SampleThenCombine):
         generator_lm = UNSET if lm is None else lm
         super().__init__(build_sample("FusionOfN", module, sample, n=n, temperature=temperature, lm=generator_lm,
                                       lms=lms, min_candidates=min_candidates, max_concurrency=max_concurrency,
-                                      adapter=adapter, store=store), signature)  # fmt: skip
+                                      adapter=adapter, store=store), signature, deadline_s)  # fmt: skip
         self.fuse = Fuse(self.task_signature, instructions=instructions, lm=fusor_lm or lm, shuffle=shuffle,
                          adapter=fusor_adapter, retries=retries, compare=compare,
                          context_window=context_window)  # fmt: skip
@@ -196,6 +207,7 @@ class BestOfN(_SampleThenCombine):
         judge_adapter: The DSPy adapter of the judge's calls (default: the context's).
         fallback: When the judge fails (down, timing out, unusable answer): ``"raise"`` a ``SelectionError``
             naming the cause, or ``"select"`` by ``vote`` instead, saying why in ``selection_error``.
+        deadline_s: Seconds the whole call may take (see ``FusionOfN``).
         temperature, lm, lms, signature, min_candidates, max_concurrency, adapter, store, sample: as in
             ``FusionOfN``.
 
@@ -226,6 +238,7 @@ class BestOfN(_SampleThenCombine):
         adapter: dspy.Adapter | None = UNSET,
         judge_adapter: dspy.Adapter | None = None,
         fallback: Literal["raise", "select"] = "raise",
+        deadline_s: float | None = None,
         store: CandidateStore | None = UNSET,
         sample: Sample | None = None,
     ):
@@ -234,7 +247,7 @@ class BestOfN(_SampleThenCombine):
         generator_lm = UNSET if lm is None else lm
         super().__init__(build_sample("BestOfN", module, sample, n=n, temperature=temperature, lm=generator_lm,
                                       lms=lms, min_candidates=min_candidates, max_concurrency=max_concurrency,
-                                      adapter=adapter, store=store), signature)  # fmt: skip
+                                      adapter=adapter, store=store), signature, deadline_s)  # fmt: skip
         self.select = Select(self.task_signature, reward_fn=reward_fn, judge=judge, judge_lm=judge_lm or lm,
                              vote=vote, adapter=judge_adapter, fallback="vote" if fallback == "select" else "raise")
 
