@@ -1,11 +1,13 @@
 """A tiny OpenAI-compatible chat server on 127.0.0.1, for testing the real HTTP path (litellm -> server).
 
-It answers ``POST /v1/chat/completions`` (non-streaming) and ``GET /v1/models``, serves requests in threads
-(so concurrency is real), can take a fixed time per request, and records every request body it received.
+It answers ``POST /v1/chat/completions`` (plain, or as server-sent events with ``stream: true``) and
+``GET /v1/models``, serves requests in threads (so concurrency is real), can take a fixed time per request, and
+records every request body it received.
 """
 
 import contextlib
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +24,8 @@ class StubOpenAIServer:
         reply: Maps a request body (``{"model", "messages", ...}``) to the assistant's text.
         delay: Seconds each request takes before it is answered.
         status: HTTP status to answer with; anything but 200 returns an OpenAI-style error body.
+        stream_gate: For streamed replies: after the first half of the words the stub waits (up to 30 s) until
+            this event is set, so a test can prove the client got the first words before the last were written.
 
     Example:
         >>> with StubOpenAIServer(lambda body: "[[ ## answer ## ]]\\n4\\n\\n[[ ## completed ## ]]") as server:
@@ -30,8 +34,10 @@ class StubOpenAIServer:
         >>> len(server.requests)
     """
 
-    def __init__(self, reply: Reply, delay: float = 0.0, status: int = 200):
-        self.reply, self.delay, self.status = reply, delay, status
+    def __init__(self, reply: Reply, delay: float = 0.0, status: int = 200,
+                 stream_gate: threading.Event | None = None):
+        self.reply, self.delay, self.status, self.stream_gate = reply, delay, status, stream_gate
+        self.waiting_at_gate = threading.Event()  # set while a streamed reply is held at stream_gate
         self.requests: list[dict[str, Any]] = []
         self.in_flight = 0
         self.peak_in_flight = 0  # most requests being served at once
@@ -83,6 +89,10 @@ class StubOpenAIServer:
                 text = server.reply(body)
                 prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
                 completion_tokens = len(text.split())
+                usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                         "total_tokens": prompt_tokens + completion_tokens}
+                if body.get("stream"):
+                    return self._stream(body, text, usage)
                 self._send(200, {
                     "id": f"stub-{len(server.requests)}",
                     "object": "chat.completion",
@@ -90,9 +100,35 @@ class StubOpenAIServer:
                     "model": body.get("model", "stub"),
                     "choices": [{"index": 0, "finish_reason": "stop",
                                  "message": {"role": "assistant", "content": text}}],
-                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                              "total_tokens": prompt_tokens + completion_tokens},
+                    "usage": usage,
                 })  # fmt: skip
+
+            def _event(self, payload: dict[str, Any] | str) -> None:
+                data = payload if isinstance(payload, str) else json.dumps(payload)
+                self.wfile.write(f"data: {data}\n\n".encode())
+                self.wfile.flush()
+
+            def _stream(self, body: dict[str, Any], text: str, usage: dict[str, int]) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")  # the end of the body is the end of the stream
+                self.end_headers()
+                self.close_connection = True
+                words = re.split(r"(?<=\s)", text)  # word by word, whitespace kept
+                base = {"id": f"stub-{len(server.requests)}", "object": "chat.completion.chunk",
+                        "created": int(time.time()), "model": body.get("model", "stub")}
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    for i, word in enumerate(words):
+                        if server.stream_gate is not None and i == len(words) // 2 and i:
+                            server.waiting_at_gate.set()
+                            server.stream_gate.wait(30)
+                            server.waiting_at_gate.clear()
+                        delta = {"content": word, **({"role": "assistant"} if i == 0 else {})}
+                        self._event({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+                    self._event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+                    if (body.get("stream_options") or {}).get("include_usage"):
+                        self._event({**base, "choices": [], "usage": usage})
+                    self._event("[DONE]")
 
         return Handler
 

@@ -1,0 +1,177 @@
+"""Named profiles: the fusion programs a server (or the litellm provider) offers as models.
+
+``fusion`` (Sample -> Fuse) and ``best-of-n`` (Sample -> Select) are built from the config over the chat task;
+each ``--tuned`` file adds one more, rebuilt with ``load_tuned`` over the program it was tuned on. A request
+never changes a profile: it gets a shallow copy with its own N, temperature, panel and fusor.
+"""
+
+import copy
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dspy
+from dspy.signatures.signature import Signature
+
+from fusion_dspy.backends import Backends
+from fusion_dspy.errors import FusionDSPyError
+from fusion_dspy.fusion import BestOfN, FusionOfN
+from fusion_dspy.serve.chat import ChatReply, reply_fields
+from fusion_dspy.serve.schema import FusionOptions, ServeError
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Server-side bounds on what a request may ask for.
+
+    Args:
+        max_n: Most candidates one request may draw.
+        max_tokens: Largest ``max_tokens`` a request may give the candidates.
+    """
+
+    max_n: int = 16
+    max_tokens: int = 8192
+
+
+@dataclass
+class Profile:
+    """One served model: a fuse and a select program over the same Sample, and how chat maps onto its task.
+
+    Args:
+        name: The model name clients ask for.
+        programs: ``{"fuse": FusionOfN, "select": BestOfN}`` sharing one ``Sample``.
+        method: The method used when a request does not choose one.
+        backends: The config's backends (panel and fusor names resolve here).
+        description: One line for ``GET /v1/models``.
+    """
+
+    name: str
+    programs: dict[str, FusionOfN | BestOfN]
+    method: str
+    backends: Backends
+    description: str = ""
+    input_field: str = field(init=False)
+    reply_fields: list[str] = field(init=False)
+
+    def __post_init__(self):
+        task = self.programs[self.method].task_signature
+        inputs = list(task.input_fields)
+        if len(inputs) != 1:
+            raise FusionDSPyError(f"Profile {self.name!r}: its task {task.signature!r} has {len(inputs)} input fields; "
+                                  "a chat model needs exactly one (the conversation goes into it).")  # fmt: skip
+        self.input_field, self.reply_fields = inputs[0], reply_fields(task)
+
+    def model_names(self) -> list[str]:
+        """The configured model names a request may put on the panel or make the fusor."""
+        config = self.backends.config
+        return list(dict.fromkeys([*config.models, *(t.model for t in config.roles.teachers()), config.fusor]))
+
+    def model_labels(self, extra: Sequence[str] = ()) -> dict[str, str]:
+        """``{litellm model string: configured name}`` of the models in use, to report panels by their names."""
+        names = dict.fromkeys([*self.backends.used_models(), *extra])
+        return {self.backends.lm(name).model: name for name in names}
+
+    def _check_models(self, names: Sequence[str], param: str) -> None:
+        known = self.model_names()
+        for i, name in enumerate(names):
+            if name not in known:
+                where = f"{param}[{i}]" if param.endswith("models") else param
+                raise ServeError(400, f"{where}: {name!r} is not a configured model; choose from {known}.", param=where)
+
+    def program_for(self, options: FusionOptions | None, n: int | None, temperature: float | None,
+                    max_tokens: int | None, limits: Limits) -> FusionOfN | BestOfN:  # fmt: skip
+        """A per-request copy of the profile's program with the request's settings; the profile is untouched."""
+        options = options or FusionOptions()
+        program = copy.copy(self.programs[options.method or self.method])
+        sample = program.sample = copy.copy(program.sample)
+        if n is not None:
+            if n > limits.max_n:
+                raise ServeError(400, f"n={n} is above this server's limit of {limits.max_n} candidates.", param="n")
+            sample.n = n
+        if temperature is not None:
+            sample.temperature = temperature
+        if max_tokens is not None and max_tokens > limits.max_tokens:
+            raise ServeError(400, f"max_tokens={max_tokens} is above this server's limit of {limits.max_tokens}.",
+                             param="max_tokens")  # fmt: skip
+        if options.models:
+            self._check_models(options.models, "fusion.models")
+            panel = self.backends.generator_options(options.models)
+            sample.generator_lm, sample.teacher_lms = panel["lm"], list(panel["lms"] or [])
+            sample.adapter = self.backends.adapter(options.models[0])
+            if options.n is None and n is None:
+                sample.n = len(options.models)
+        if max_tokens is not None:
+            sample.generator_lm = sample.generator_lm and sample.generator_lm.copy(max_tokens=max_tokens)
+            sample.teacher_lms = [lm.copy(max_tokens=max_tokens) for lm in sample.teacher_lms]
+        sample.min_candidates = min(sample.min_candidates, sample.n)
+        if options.fusor:
+            self._check_models([options.fusor], "fusion.fusor")
+            _set_combiner_lm(program, self.backends, options.fusor)
+        return program
+
+
+def _set_combiner_lm(program: FusionOfN | BestOfN, backends: Backends, name: str) -> None:
+    if isinstance(program, FusionOfN):
+        program.fuse = copy.copy(program.fuse)
+        program.fuse.fusor_lm, program.fuse.adapter = backends.lm(name), backends.adapter(name)
+    elif program.select.method in ("listwise", "pointwise"):
+        program.select = copy.copy(program.select)
+        program.select.judge_lm, program.select.adapter = backends.lm(name), backends.adapter(name)
+    else:
+        raise ServeError(400, f"fusion.fusor: this profile selects by {program.select.method}, which uses no model; "
+                         "drop fusion.fusor or use method 'fuse'.", param="fusion.fusor")  # fmt: skip
+
+
+def _programs(backends: Backends, module: dspy.Module | type[Signature], **overrides: Any) -> dict[str, Any]:
+    fused = backends.program(module, method="fuse", **overrides)
+    best = backends.program(module, method="select", sample=fused.sample)
+    return {"fuse": fused, "select": best}
+
+
+def builtin_profiles(backends: Backends) -> list[Profile]:
+    """``fusion`` (Sample -> Fuse) and ``best-of-n`` (Sample -> Select) over the chat task, sharing one Sample."""
+    programs = _programs(backends, dspy.Predict(ChatReply))
+    return [Profile("fusion", programs, "fuse", backends, "Fusion-of-N: N candidates, one fused answer"),
+            Profile("best-of-n", programs, "select", backends, "Best-of-N: N candidates, the best one kept")]
+
+
+def tuned_profile(spec: str, backends: Backends) -> Profile:
+    """A profile from ``[NAME=]PATH`` of a ``tuned.json`` (``fusion-dspy optimize``); NAME defaults to the stem.
+
+    The program it was tuned on comes from the file (``settings.program``, written by ``optimize``); files without
+    one were tuned on the chat task. Its method, N, temperature, teachers and prompts are the tuned ones.
+    """
+    from fusion_dspy.optimizers.tuned import load_tuned
+    from fusion_dspy.task import resolve_task
+
+    name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
+    path = Path(path)
+    if not path.is_file():
+        raise FusionDSPyError(f"--tuned {spec}: no such file. Give the tuned.json written by `fusion-dspy optimize`.")
+    settings = json.loads(path.read_text()).get("settings", {})
+    program_spec = settings.get("program")
+    module = resolve_task(program_spec).generator() if program_spec else dspy.Predict(ChatReply)
+    try:
+        tuned = load_tuned(path, backends, module)
+    except (KeyError, ValueError) as error:
+        raise FusionDSPyError(f"--tuned {spec}: its saved state does not fit the program "
+                              f"{program_spec or 'chat (conversation -> response)'} ({error}). Re-run optimize, "
+                              "which records the program in the file.") from error  # fmt: skip
+    method = settings.get("method", "fuse")
+    other = "select" if method == "fuse" else "fuse"
+    programs = {method: tuned, other: backends.program(module, method=other, sample=tuned.sample)}
+    about = f"tuned ({path.name}): {method}, n={tuned.sample.n}, program {program_spec or 'chat'}"
+    return Profile(name or path.stem, programs, method, backends, about)
+
+
+def build_profiles(backends: Backends, tuned: Sequence[str] = ()) -> dict[str, Profile]:
+    """Every profile of a server: the two built-in ones and one per tuned file, by name."""
+    profiles = builtin_profiles(backends) + [tuned_profile(spec, backends) for spec in tuned]
+    by_name: dict[str, Profile] = {}
+    for profile in profiles:
+        if profile.name in by_name:
+            raise FusionDSPyError(f"Two profiles are named {profile.name!r}: name one --tuned NAME=PATH.")
+        by_name[profile.name] = profile
+    return by_name
