@@ -135,8 +135,8 @@ def create_app(profiles: dict[str, Profile], settings: ServeSettings | None = No
             if chat.stream:  # from here on the stream leaves the gate, when it ends
                 return await _start_stream(run, chat, settings.timeout, gate)
             with anyio.fail_after(settings.timeout):
-                pool = await run.sample()
-                result = await run.combine(pool)
+                pool = await run.asample()
+                result = await run.acombine(pool)
             response = run.response(pool, result)
         except BaseException as error:
             gate.leave()
@@ -171,7 +171,7 @@ async def _start_stream(run: FusionRun, chat: ChatCompletionRequest, timeout: fl
     async def produce() -> None:
         try:
             with anyio.fail_after(timeout):
-                pool = await run.sample()
+                pool = await run.asample()
                 final = None
                 async for piece in run.stream(pool):
                     if isinstance(piece, str):

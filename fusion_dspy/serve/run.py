@@ -4,10 +4,12 @@ Shared by the HTTP server and the litellm provider. The candidates are drawn fir
 be streamed token by token (``FusionRun.stream``). Failures become ``ServeError``s with the status they deserve.
 """
 
+import asyncio
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import dspy
@@ -36,7 +38,7 @@ def upstream_error(error: BaseException, redact: Redactor) -> ServeError:
     if isinstance(error, ServeError):
         return error
     text = redact(f"{type(error).__name__}: {error}")
-    if isinstance(error, TimeoutError):
+    if isinstance(error, (TimeoutError, asyncio.TimeoutError)):
         return ServeError(504, "The fusion did not finish within the server's time limit (--timeout).",
                           type="timeout_error", code="timeout")  # fmt: skip
     if isinstance(error, SamplingError):
@@ -63,8 +65,8 @@ class FusionRun:
 
     Example:
         >>> run = FusionRun(profiles["fusion"], ChatCompletionRequest(model="fusion", messages=[...]), Limits())
-        >>> pool = await run.sample()
-        >>> response = run.response(await run.combine(pool))
+        >>> pool = await run.asample()                  # or run.sample() in sync code
+        >>> body = run.response(pool, await run.acombine(pool))
     """
 
     def __init__(self, profile: Profile, request: ChatCompletionRequest, limits: Limits, redact: Redactor):
@@ -79,25 +81,35 @@ class FusionRun:
         self.meter = StageMeter()
         self.id, self.created = f"chatcmpl-fusion-{uuid.uuid4().hex}", int(time.time())
 
-    async def sample(self) -> dspy.Prediction:
-        """The N candidates (failed samples dropped while ``min_candidates`` survive)."""
+    @contextmanager
+    def _upstream(self) -> Iterator[None]:
         try:
-            with self.meter.stage("sample"):
-                return await self.program.sample.acall(**self.inputs)
+            yield
         except Exception as error:
             raise upstream_error(error, self.redact) from error
 
-    async def combine(self, pool: dspy.Prediction) -> dspy.Prediction:
+    def sample(self) -> dspy.Prediction:
+        """The N candidates (failed samples dropped while ``min_candidates`` survive)."""
+        with self._upstream(), self.meter.stage("sample"):
+            return self.program.sample(**self.inputs)
+
+    async def asample(self) -> dspy.Prediction:
+        with self._upstream(), self.meter.stage("sample"):
+            return await self.program.sample.acall(**self.inputs)
+
+    def combine(self, pool: dspy.Prediction) -> dspy.Prediction:
         """Fuse or select over the pool, without streaming."""
-        try:
+        with self._upstream():
+            return self.program(candidates=pool, **self.inputs)
+
+    async def acombine(self, pool: dspy.Prediction) -> dspy.Prediction:
+        with self._upstream():
             return await self.program.acall(candidates=pool, **self.inputs)
-        except Exception as error:
-            raise upstream_error(error, self.redact) from error
 
     async def stream(self, pool: dspy.Prediction) -> AsyncIterator[str | dspy.Prediction]:
         """The reply's text as it is written, then the final prediction. Only a fusor's reply streams by token."""
         if self.method != "fuse" or len(self.profile.reply_fields) != 1:
-            result = await self.combine(pool)
+            result = await self.acombine(pool)
             yield self.reply(result)
             yield result
             return
@@ -106,7 +118,7 @@ class FusionRun:
         streamable = type(adapter or dspy.ChatAdapter()).__name__ in STREAMABLE_ADAPTERS
         listener = StreamListener(field) if streamable else None
         held, streamed, final = "", "", None
-        try:
+        with self._upstream():
             streamer = dspy.streamify(self.program, is_async_program=True)
             with dspy.context(track_usage=True):  # dspy asks a streamed reply for its usage only then
                 async for value in streamer(candidates=pool, **self.inputs):
@@ -125,8 +137,6 @@ class FusionRun:
                     if piece:
                         streamed += piece
                         yield piece
-        except Exception as error:
-            raise upstream_error(error, self.redact) from error
         if final is None:
             raise ServeError(502, "The fusor's stream ended without a result.", type="upstream_error",
                              code="upstream_failed")  # fmt: skip

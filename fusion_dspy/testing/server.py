@@ -39,6 +39,7 @@ class StubOpenAIServer:
         self.reply, self.delay, self.status, self.stream_gate = reply, delay, status, stream_gate
         self.waiting_at_gate = threading.Event()  # set while a streamed reply is held at stream_gate
         self.requests: list[dict[str, Any]] = []
+        self.usage: list[dict[str, int]] = []  # the usage each answered request reported, in answer order
         self.in_flight = 0
         self.peak_in_flight = 0  # most requests being served at once
         self._lock = threading.Lock()
@@ -91,6 +92,8 @@ class StubOpenAIServer:
                 completion_tokens = len(text.split())
                 usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                          "total_tokens": prompt_tokens + completion_tokens}
+                with server._lock:
+                    server.usage.append(usage)
                 if body.get("stream"):
                     return self._stream(body, text, usage)
                 self._send(200, {
