@@ -1,10 +1,10 @@
 """The OpenAI-compatible HTTP server: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``.
 
-FastAPI does the HTTP, the body limit (413) and the SSE framing; this file adds auth (constant-time key
-compare), a concurrency limit that answers 429 with ``Retry-After`` instead of queueing, a per-request deadline
-(504) and OpenAI-style error bodies. A streamed reply starts (status 200) only when the fusor's first words
-exist, so an error before that still gets its own status; an error after it ends the stream with an error
-event.
+FastAPI and uvicorn do the HTTP and the SSE framing; this file adds auth (constant-time key compare), a body
+limit (413, by the declared length or while reading), a concurrency limit that answers 429 with ``Retry-After``
+instead of queueing, a per-request deadline (504) and OpenAI-style error bodies. A streamed reply starts (status
+200) only when the fusor's first words exist, so an error before that still gets its own status; an error after
+it ends the stream with an error event.
 """
 
 import asyncio
@@ -85,8 +85,7 @@ def create_app(profiles: dict[str, Profile], settings: ServeSettings | None = No
     """
     settings = settings or ServeSettings()
     redact = redact or Redactor([settings.api_key])
-    app = FastAPI(title="fusion-dspy", docs_url=None, redoc_url=None, openapi_url=None,
-                  max_body_size=settings.max_body_bytes)  # fmt: skip
+    app = FastAPI(title="fusion-dspy", docs_url=None, redoc_url=None, openapi_url=None)
     gate = _Gate(settings.max_concurrency, settings.retry_after)
 
     @app.exception_handler(ServeError)
@@ -95,9 +94,6 @@ def create_app(profiles: dict[str, Profile], settings: ServeSettings | None = No
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
-        if error.status_code == 413:
-            return _error_response(ServeError(413, f"The request body is larger than this server's limit of "
-                                              f"{settings.max_body_bytes} bytes.", code="request_too_large"))
         return _error_response(ServeError(error.status_code, str(error.detail), code=None))
 
     @app.exception_handler(RequestValidationError)
@@ -127,7 +123,7 @@ def create_app(profiles: dict[str, Profile], settings: ServeSettings | None = No
         authorize(request)
         gate.enter()
         try:
-            chat = _parse(await request.body())
+            chat = _parse(await _read_body(request, settings.max_body_bytes))
             if chat.model not in profiles:
                 raise ServeError(404, f"The model {chat.model!r} is not served here; choose one of "
                                  f"{sorted(profiles)} (GET /v1/models).", param="model", code="model_not_found")
@@ -154,6 +150,21 @@ def _bad_request(errors: list[dict[str, Any]]) -> ServeError:
     param = field_path(first.get("loc", ()))
     message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     return ServeError(400, f"{param or 'body'}: {message}", param=param or None)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to be over ``limit`` (by its header, or while reading)."""
+    too_large = ServeError(413, f"The request body is larger than this server's limit of {limit} bytes.",
+                           code="request_too_large")  # fmt: skip
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
 
 
 def _parse(body: bytes) -> ChatCompletionRequest:

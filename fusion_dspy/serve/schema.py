@@ -7,7 +7,7 @@ field, rather than silently ignored. Fields that change nothing about the answer
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # Request fields that would change the answer in ways a fusion does not implement.
 UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "logprobs", "top_logprobs", "stop",
@@ -62,6 +62,19 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_only(cls, content: Any) -> Any:
+        if isinstance(content, list):
+            for i, part in enumerate(content):
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                if kind != "text" or not isinstance(part.get("text"), str):
+                    raise ValueError(f"part {i} is of type {kind!r}; a fusion model reads text parts only "
+                                     "({\"type\": \"text\", \"text\": ...})")  # fmt: skip
+        elif content is not None and not isinstance(content, str):
+            raise ValueError("content must be a string or a list of text parts")
+        return content
 
 
 class FusionOptions(BaseModel):
