@@ -1,0 +1,56 @@
+"""`fusion-dspy serve` as a user runs it: one command, in its own process, with a key."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+
+from fusion_dspy.testing import StubOpenAIServer
+from tests.serve_support import FUSED_WORDS, chat_reply, write_config
+
+KEY = "cli-test-key-7f2a"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_healthy(port: int, process: subprocess.Popen, seconds: float = 90.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[1]
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise AssertionError(f"fusion-dspy serve did not answer on port {port} within {seconds} s")
+
+
+def test_serve_command_with_a_key(tmp_path):
+    port = _free_port()
+    with StubOpenAIServer(chat_reply) as stub:
+        config = write_config(tmp_path / "c.yaml", {"stub": stub.api_base}, "stub", n=2)
+        command = [sys.executable, "-m", "fusion_dspy.cli", "-v", "serve", "--config", str(config), "--port",
+                   str(port), "--api-key-env", "FUSION_TEST_KEY"]  # fmt: skip
+        process = subprocess.Popen(command, env={**os.environ, "FUSION_TEST_KEY": KEY}, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            _wait_healthy(port, process)
+            client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0)
+            reply = client.chat.completions.create(model="fusion", messages=[{"role": "user", "content": "Hi q-2"}])
+            refused = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": "Bearer nope"})
+        finally:
+            process.send_signal(signal.SIGINT)
+            out, err = process.communicate(timeout=30)
+    assert reply.choices[0].message.content == f"fused q-2 {FUSED_WORDS}"
+    assert refused.status_code == 401
+    assert "serving fusion, best-of-n" in err and "POST /v1/chat/completions" in out + err  # access log at -v
+    assert KEY not in out + err
