@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import dspy
-from dspy.clients.engines.litellm_engine import AsyncLiteLLMEngine, LiteLLMEngine
+from dspy.clients.engines.lifecycle import aclosing_stream, closing_stream
+from dspy.clients.engines.litellm_engine import AsyncLiteLLMEngine, LiteLLMEngine, _ChatStream
 from dspy.clients.engines.litellm_errors import litellm_errors
 from dspy.signatures.signature import Signature
 
@@ -52,6 +53,23 @@ class RouterEngine(LiteLLMEngine):
             raw = self.router.completion(**_router_call(self._arguments(request)))
         return self._response(raw, request)
 
+    def stream(self, request):
+        """DSPy's litellm stream (its own chunk codec), with the request sent through the Router."""
+        import litellm
+
+        with litellm_errors(model=request.model):
+            source = self.router.completion(**_router_call(self._arguments(request, streaming=True)))
+        codec = _ChatStream(request)
+        with closing_stream(source):
+            iterator = iter(source)
+            while True:
+                with litellm_errors(model=request.model):
+                    chunk = next(iterator, None)
+                if chunk is None:
+                    break
+                yield from codec.feed(chunk)
+            yield codec.finish(litellm)
+
 
 class AsyncRouterEngine(AsyncLiteLLMEngine):
     """The async twin of ``RouterEngine``, sharing its Router."""
@@ -68,6 +86,24 @@ class AsyncRouterEngine(AsyncLiteLLMEngine):
         with litellm_errors(model=request.model):
             raw = await self.router.acompletion(**_router_call(self._arguments(request)))
         return self._response(raw, request)
+
+    async def stream(self, request):
+        import litellm
+
+        with litellm_errors(model=request.model):
+            source = await self.router.acompletion(**_router_call(self._arguments(request, streaming=True)))
+        codec = _ChatStream(request)
+        async with aclosing_stream(source):
+            iterator = source.__aiter__()
+            while True:
+                with litellm_errors(model=request.model):
+                    try:
+                        chunk = await iterator.__anext__()
+                    except StopAsyncIteration:
+                        break
+                for event in codec.feed(chunk):
+                    yield event
+            yield codec.finish(litellm)
 
 
 @dataclass

@@ -195,3 +195,23 @@ def test_a_tuned_program_is_served_under_its_own_name(tmp_path, stub):
     assert len(stub.requests) == 2 + 1
     assert {body["temperature"] for body in stub.requests[:2]} == {0.3}
     assert "TUNED FUSOR PROMPT" in stub.requests[2]["messages"][0]["content"]
+
+
+def test_a_load_balanced_fusor_streams_through_its_router(tmp_path):
+    with StubOpenAIServer(chat_reply) as one, StubOpenAIServer(chat_reply) as two:
+        config = tmp_path / "c.yaml"
+        config.write_text(f"""
+models:
+  pair:
+    model: openai/pair-model
+    deployments: [{{api_base: "{one.api_base}"}}, {{api_base: "{two.api_base}"}}]
+    num_retries: 0
+    cache: false
+roles: {{generators: pair}}
+fusion: {{n: 2}}
+""")
+        with fusion_server(config) as server:
+            stream = _client(server).chat.completions.create(model="fusion", messages=CONVERSATION, stream=True)
+            pieces = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
+    assert "".join(pieces) == f"fused q-7 {FUSED_WORDS}" and len(pieces) > 10
+    assert [body.get("stream") for body in one.requests + two.requests].count(True) == 1
