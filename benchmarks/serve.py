@@ -82,24 +82,30 @@ def _body(k: int) -> dict:
     return {"model": "fusion", "messages": [{"role": "user", "content": f"Question {k}?"}]}
 
 
-def overhead(config: Path, port: int, requests: int) -> tuple[float, float]:
-    """p50 seconds of one request through the server, and of the same FusionOfN in this process."""
+def _program(config: Path):
     import dspy
 
     import fusion_dspy as fd
     from fusion_dspy.serve.chat import ChatReply
 
-    program = fd.load_config(config).program(dspy.Predict(ChatReply), method="fuse")
-    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    return fd.load_config(config).program(dspy.Predict(ChatReply), method="fuse")
 
-    async def through_server() -> list[float]:
+
+def overhead(config: Path, port: int, requests: int) -> tuple[float, float, float]:
+    """p50 seconds of a request through the server, of the same FusionOfN in this process, and p50 of the
+    client's latency minus the server's own sample + fuse time (what HTTP, parsing and JSON add)."""
+    program, url = _program(config), f"http://127.0.0.1:{port}/v1/chat/completions"
+
+    async def through_server() -> tuple[list[float], list[float]]:
         async with httpx.AsyncClient(timeout=60) as client:
-            times = []
+            times, outside = [], []
             for k in range(requests):
                 start = time.perf_counter()
-                (await client.post(url, json=_body(k))).raise_for_status()
+                response = await client.post(url, json=_body(k))
                 times.append(time.perf_counter() - start)
-            return times
+                stages = response.raise_for_status().json()["fusion"]["stages"]
+                outside.append(times[-1] - sum(stage["seconds"] for stage in stages.values()))
+            return times, outside
 
     async def in_process() -> list[float]:
         times = []
@@ -109,28 +115,46 @@ def overhead(config: Path, port: int, requests: int) -> tuple[float, float]:
             times.append(time.perf_counter() - start)
         return times
 
-    served, local = asyncio.run(through_server()), asyncio.run(in_process())
-    return statistics.median(served), statistics.median(local)
+    (served, outside), local = asyncio.run(through_server()), asyncio.run(in_process())
+    return statistics.median(served), statistics.median(local), statistics.median(outside)
+
+
+async def _concurrently(one, total: int) -> float:
+    limit = asyncio.Semaphore(CONCURRENCY)
+
+    async def limited(k: int) -> None:
+        async with limit:
+            await one(k)
+
+    await asyncio.gather(*(limited(k) for k in range(CONCURRENCY)))  # warm-up: connections, first calls
+    start = time.perf_counter()
+    await asyncio.gather(*(limited(k) for k in range(total)))
+    return total / (time.perf_counter() - start)
 
 
 def throughput(port: int, total: int) -> float:
-    """Requests per second with CONCURRENCY requests in flight."""
+    """Requests per second through the server with CONCURRENCY requests in flight."""
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
 
     async def main() -> float:
-        limit = asyncio.Semaphore(CONCURRENCY)
         async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=CONCURRENCY)) as client:
 
             async def one(k: int) -> None:
-                async with limit:
-                    (await client.post(url, json=_body(k))).raise_for_status()
+                (await client.post(url, json=_body(k))).raise_for_status()
 
-            await asyncio.gather(*(one(k) for k in range(CONCURRENCY)))  # warm-up: connections, first calls
-            start = time.perf_counter()
-            await asyncio.gather(*(one(k) for k in range(total)))
-            return total / (time.perf_counter() - start)
+            return await _concurrently(one, total)
 
     return asyncio.run(main())
+
+
+def throughput_in_process(config: Path, total: int) -> float:
+    """The same, with the FusionOfN called in this process: what DSPy and litellm alone allow on this machine."""
+    program = _program(config)
+
+    async def one(k: int) -> None:
+        await program.acall(conversation=f"Question {k}?")
+
+    return asyncio.run(_concurrently(one, total))
 
 
 def _summary(values: list[float]) -> str:
@@ -160,15 +184,22 @@ def main() -> None:
                 if label == "overhead":
                     overhead(config, port, 5)  # warm-up of litellm's clients, both sides
                     rounds = [overhead(config, port, args.requests) for _ in range(3)]
-                    extra = [(served - local) * 1000 for served, local in rounds]
-                    print(f"overhead per request (p50 through the server - p50 in-process, N={N}, instant backend): "
-                          f"{_summary(extra)} ms  [server p50 {_summary([r[0] * 1000 for r in rounds])} ms, "
-                          f"in-process p50 {_summary([r[1] * 1000 for r in rounds])} ms]")  # fmt: skip
+                    extra = [(served - local) * 1000 for served, local, _ in rounds]
+                    print(f"overhead per request, N={N}, instant backend, {args.requests} sequential requests:\n"
+                          f"  p50 through the server - p50 in-process: {_summary(extra)} ms  "
+                          f"[server p50 {_summary([r[0] * 1000 for r in rounds])} ms, in-process p50 "
+                          f"{_summary([r[1] * 1000 for r in rounds])} ms]\n"
+                          f"  p50 of client latency - the server's own sample + fuse time: "
+                          f"{_summary([r[2] * 1000 for r in rounds])} ms")  # fmt: skip
                 else:
                     ideal = CONCURRENCY / (2 * DELAY)
                     rates = [throughput(port, args.total) for _ in range(3)]
-                    print(f"throughput, {CONCURRENCY} in flight, {DELAY} s backend, N={N}: {_summary(rates)} "
-                          f"requests/s = {_summary([100 * r / ideal for r in rates])} % of the ideal {ideal:.0f}/s")
+                    local = [throughput_in_process(config, args.total) for _ in range(3)]
+                    print(f"throughput, {CONCURRENCY} in flight, {DELAY} s backend, N={N}:\n"
+                          f"  through the server: {_summary(rates)} requests/s = "
+                          f"{_summary([100 * r / ideal for r in rates])} % of the ideal {ideal:.0f}/s\n"
+                          f"  the same FusionOfN in-process: {_summary(local)} requests/s = "
+                          f"{_summary([100 * r / ideal for r in local])} % of the ideal")  # fmt: skip
                 server.send_signal(signal.SIGINT)
                 server.wait(30)
                 backend.terminate()

@@ -155,7 +155,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     serve_config(args.config, args.tuned or [], host=args.host, port=args.port, api_key_env=args.api_key_env,
                  max_concurrency=args.max_concurrency, timeout=args.timeout, max_n=args.max_n,
-                 log_level="info" if args.verbose else "warning")  # fmt: skip
+                 max_body_bytes=args.max_body_bytes, log_level="info" if args.verbose else "warning")  # fmt: skip
     return 0
 
 
@@ -249,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-concurrency", type=int, default=64, help="requests in flight; more get 429 (default 64)")
     serve.add_argument("--timeout", type=float, default=600.0, help="seconds per request before 504 (default 600)")
     serve.add_argument("--max-n", type=int, default=16, help="most candidates a request may ask for (default 16)")
+    serve.add_argument("--max-body-bytes", type=int, default=1_000_000, help="largest request body; more get 413")
     serve.set_defaults(handler=_serve)
     return parser
 

@@ -54,3 +54,26 @@ def test_serve_command_with_a_key(tmp_path):
     assert refused.status_code == 401
     assert "serving fusion, best-of-n" in err and "POST /v1/chat/completions" in out + err  # access log at -v
     assert KEY not in out + err
+
+
+def test_readme_serve_examples_are_valid():
+    import importlib
+    import json
+    import re
+    from pathlib import Path
+
+    import yaml
+    from litellm.llms.custom_llm import CustomLLM
+
+    from fusion_dspy.serve.schema import ChatCompletionRequest
+
+    section = Path(__file__).resolve().parents[1].joinpath("README.md").read_text().split("## Serve it")[1]
+    section = section.split("\n## ")[0]
+    curl = re.search(r"-d '(\{.*?\})'", section, re.DOTALL).group(1)
+    request = ChatCompletionRequest.model_validate(json.loads(curl))
+    assert request.candidates == 4 and request.fusion.return_candidates
+    proxy = yaml.safe_load(re.search(r"```yaml\n(# proxy.yaml.*?)```", section, re.DOTALL).group(1))
+    entry = proxy["litellm_settings"]["custom_provider_map"][0]
+    module, _, attribute = entry["custom_handler"].rpartition(".")
+    assert entry["provider"] == "fusion" and isinstance(getattr(importlib.import_module(module), attribute), CustomLLM)
+    assert all(m["litellm_params"]["model"].startswith("fusion/") for m in proxy["model_list"])

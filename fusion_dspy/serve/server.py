@@ -95,7 +95,7 @@ class BackgroundServer:
 
 def serve_config(config: str | None, tuned: list[str], host: str = "127.0.0.1", port: int = 8000,
                  api_key_env: str | None = None, max_concurrency: int = 64, timeout: float = 600.0,
-                 max_n: int = 16, log_level: str = "warning") -> None:  # fmt: skip
+                 max_n: int = 16, max_body_bytes: int = 1_000_000, log_level: str = "warning") -> None:  # fmt: skip
     """``fusion-dspy serve``: check exposure and backends, build the profiles, serve until interrupted."""
     import os
     import sys
@@ -116,7 +116,7 @@ def serve_config(config: str | None, tuned: list[str], host: str = "127.0.0.1", 
     backends.check()
     profiles = build_profiles(backends, tuned)
     settings = ServeSettings(api_key=api_key, max_concurrency=max_concurrency, timeout=timeout,
-                             limits=Limits(max_n=max_n))  # fmt: skip
+                             max_body_bytes=max_body_bytes, limits=Limits(max_n=max_n))  # fmt: skip
     app = create_app(profiles, settings, Redactor([api_key, *config_secrets(backends.config)]))
     auth = "key required" if api_key else "no key (loopback only)"
     print(f"fusion-dspy: serving {', '.join(profiles)} on http://{host}:{port}/v1 ({auth})", file=sys.stderr)
