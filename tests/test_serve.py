@@ -215,3 +215,25 @@ fusion: {{n: 2}}
             pieces = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
     assert "".join(pieces) == f"fused q-7 {FUSED_WORDS}" and len(pieces) > 10
     assert [body.get("stream") for body in one.requests + two.requests].count(True) == 1
+
+
+def plain_reply(body: dict) -> str:
+    """Plain chat (PlainAdapter): the whole reply is the answer; whitespace around it is the parser's to strip."""
+    from tests.serve_support import tag
+
+    if "You are the fusor" in body["messages"][0]["content"]:
+        return f"\n  fused {tag(body)} {FUSED_WORDS} \n"
+    return f"sample {tag(body)}"
+
+
+def test_a_plain_chat_fusor_streams_its_whole_reply(tmp_path):
+    with StubOpenAIServer(plain_reply) as stub:
+        config = tmp_path / "c.yaml"
+        write_config(config, {"stub": stub.api_base}, "stub", n=2)
+        config.write_text(config.read_text().replace("num_retries: 0", "num_retries: 0\n    adapter: plain"))
+        with fusion_server(config) as server:
+            stream = _client(server).chat.completions.create(model="fusion", messages=CONVERSATION, stream=True)
+            pieces = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
+            plain = _client(server).chat.completions.create(model="fusion", messages=CONVERSATION)
+    assert "".join(pieces) == f"fused q-7 {FUSED_WORDS}" == plain.choices[0].message.content
+    assert len(pieces) > 10
