@@ -6,7 +6,9 @@ Run by hand: `python benchmarks/serve.py`. The backend (an OpenAI-compatible stu
 1. Overhead: sequential requests against an instant backend; the p50 latency through the server minus the p50
    of the same FusionOfN called in this process (targets: <= 5 ms on 2 cores).
 2. Throughput: 64 requests in flight against a backend taking 0.2 s per call; each request is one sample stage
-   and one fuse stage (0.4 s), so the ideal is 64 / 0.4 s = 160 requests/s (target: >= 85 % of it).
+   and one fuse stage (0.4 s), so the ideal is 64 / 0.4 s = 160 requests/s (target: >= 85 % of it). Printed
+   beside it: the same FusionOfN called in this process, which is what DSPy and litellm alone allow here.
+   `--workers K` runs the server with K processes.
 
 Each is measured in 3 rounds; min and median are printed. The machine is shared: numbers are noisy.
 """
@@ -166,6 +168,7 @@ def main() -> None:
     parser.add_argument("--backend", type=float, help=argparse.SUPPRESS)  # run as the backend process
     parser.add_argument("--requests", type=int, default=60, help="sequential requests per overhead round")
     parser.add_argument("--total", type=int, default=4 * CONCURRENCY, help="requests per throughput round")
+    parser.add_argument("--workers", type=int, default=1, help="fusion server processes for the throughput run")
     args = parser.parse_args()
     if args.backend is not None:
         return run_backend(args.backend)
@@ -177,8 +180,10 @@ def main() -> None:
                 backend = _start([sys.executable, __file__, "--backend", str(delay)])
                 processes.append(backend)
                 config, port = _config(backend.stdout.readline().strip(), Path(folder)), _free_port()
+                workers = args.workers if label == "throughput" else 1
                 server = _start([sys.executable, "-m", "fusion_dspy.cli", "serve", "--config", str(config),
-                                 "--port", str(port), "--max-concurrency", str(4 * CONCURRENCY)])  # fmt: skip
+                                 "--port", str(port), "--max-concurrency", str(4 * CONCURRENCY),
+                                 "--workers", str(workers)])  # fmt: skip
                 processes.append(server)
                 _wait_healthy(port)
                 if label == "overhead":
@@ -195,7 +200,7 @@ def main() -> None:
                     ideal = CONCURRENCY / (2 * DELAY)
                     rates = [throughput(port, args.total) for _ in range(3)]
                     local = [throughput_in_process(config, args.total) for _ in range(3)]
-                    print(f"throughput, {CONCURRENCY} in flight, {DELAY} s backend, N={N}:\n"
+                    print(f"throughput, {CONCURRENCY} in flight, {DELAY} s backend, N={N}, {workers} worker(s):\n"
                           f"  through the server: {_summary(rates)} requests/s = "
                           f"{_summary([100 * r / ideal for r in rates])} % of the ideal {ideal:.0f}/s\n"
                           f"  the same FusionOfN in-process: {_summary(local)} requests/s = "

@@ -151,11 +151,13 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from fusion_dspy.serve.server import serve_config
+    from fusion_dspy.serve.command import ServeOptions, serve_command
 
-    serve_config(args.config, args.tuned or [], host=args.host, port=args.port, api_key_env=args.api_key_env,
-                 max_concurrency=args.max_concurrency, timeout=args.timeout, max_n=args.max_n,
-                 max_body_bytes=args.max_body_bytes, log_level="info" if args.verbose else "warning")  # fmt: skip
+    options = ServeOptions(config=str(args.config) if args.config else None, tuned=tuple(args.tuned or ()),
+                           api_key_env=args.api_key_env, max_concurrency=args.max_concurrency, timeout=args.timeout,
+                           max_n=args.max_n, max_body_bytes=args.max_body_bytes)  # fmt: skip
+    serve_command(options, host=args.host, port=args.port, workers=args.workers,
+                  log_level="info" if args.verbose else "warning")  # fmt: skip
     return 0
 
 
@@ -250,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--timeout", type=float, default=600.0, help="seconds per request before 504 (default 600)")
     serve.add_argument("--max-n", type=int, default=16, help="most candidates a request may ask for (default 16)")
     serve.add_argument("--max-body-bytes", type=int, default=1_000_000, help="largest request body; more get 413")
+    serve.add_argument("--workers", type=int, default=1, help="server processes, each with its own backends and "
+                       "--max-concurrency (default 1)")  # fmt: skip
     serve.set_defaults(handler=_serve)
     return parser
 

@@ -77,3 +77,22 @@ def test_readme_serve_examples_are_valid():
     module, _, attribute = entry["custom_handler"].rpartition(".")
     assert entry["provider"] == "fusion" and isinstance(getattr(importlib.import_module(module), attribute), CustomLLM)
     assert all(m["litellm_params"]["model"].startswith("fusion/") for m in proxy["model_list"])
+
+
+def test_serve_command_with_two_workers(tmp_path):
+    port = _free_port()
+    with StubOpenAIServer(chat_reply) as stub:
+        config = write_config(tmp_path / "c.yaml", {"stub": stub.api_base}, "stub", n=2)
+        command = [sys.executable, "-m", "fusion_dspy.cli", "serve", "--config", str(config), "--port", str(port),
+                   "--workers", "2"]  # fmt: skip
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            _wait_healthy(port, process)
+            client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="-", max_retries=0)
+            replies = [client.chat.completions.create(model="fusion", messages=[{"role": "user", "content": f"q-{k}"}])
+                       for k in range(4)]  # fmt: skip
+        finally:
+            process.send_signal(signal.SIGINT)
+            _, err = process.communicate(timeout=30)
+    assert [r.choices[0].message.content for r in replies] == [f"fused q-{k} {FUSED_WORDS}" for k in range(4)]
+    assert "2 workers" in err

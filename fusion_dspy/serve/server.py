@@ -1,4 +1,4 @@
-"""Run the app with uvicorn: in the foreground (``fusion-dspy serve``) or in a background thread (tests, notebooks).
+"""Run an app with uvicorn in a background thread (tests, notebooks), and the exposure rule of every server.
 
 Binding to an address other than loopback without an API key is refused: a fusion server spends the config's
 keys and compute for whoever can reach it.
@@ -31,15 +31,6 @@ def check_exposure(host: str, api_key: str | None) -> None:
             "models' keys and compute. Set a key (export FUSION_API_KEY=...; fusion-dspy serve --api-key-env "
             "FUSION_API_KEY ...), or bind to 127.0.0.1."
         )
-
-
-def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          log_level: str = "info") -> None:  # fmt: skip
-    """Serve ``app`` until interrupted (uvicorn's access log shows method, path and status, never headers)."""
-    import uvicorn
-
-    check_exposure(host, api_key)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
 class BackgroundServer:
@@ -92,32 +83,3 @@ class BackgroundServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-
-def serve_config(config: str | None, tuned: list[str], host: str = "127.0.0.1", port: int = 8000,
-                 api_key_env: str | None = None, max_concurrency: int = 64, timeout: float = 600.0,
-                 max_n: int = 16, max_body_bytes: int = 1_000_000, log_level: str = "warning") -> None:  # fmt: skip
-    """``fusion-dspy serve``: check exposure and backends, build the profiles, serve until interrupted."""
-    import os
-    import sys
-
-    from fusion_dspy.backends import load_config
-    from fusion_dspy.serve.app import ServeSettings, create_app
-    from fusion_dspy.serve.profiles import Limits, build_profiles
-    from fusion_dspy.serve.secrets import Redactor, config_secrets
-
-    api_key = None
-    if api_key_env:
-        api_key = os.environ.get(api_key_env)
-        if not api_key:
-            raise FusionDSPyError(f"--api-key-env {api_key_env}: that environment variable is not set. Export it "
-                                  f"(export {api_key_env}=...) before starting the server.")  # fmt: skip
-    check_exposure(host, api_key)  # before anything is loaded or started
-    backends = load_config(config)
-    backends.check()
-    profiles = build_profiles(backends, tuned)
-    settings = ServeSettings(api_key=api_key, max_concurrency=max_concurrency, timeout=timeout,
-                             max_body_bytes=max_body_bytes, limits=Limits(max_n=max_n))  # fmt: skip
-    app = create_app(profiles, settings, Redactor([api_key, *config_secrets(backends.config)]))
-    auth = "key required" if api_key else "no key (loopback only)"
-    print(f"fusion-dspy: serving {', '.join(profiles)} on http://{host}:{port}/v1 ({auth})", file=sys.stderr)
-    serve(app, host, port, api_key, log_level)
