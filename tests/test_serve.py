@@ -237,3 +237,29 @@ def test_a_plain_chat_fusor_streams_its_whole_reply(tmp_path):
             plain = _client(server).chat.completions.create(model="fusion", messages=CONVERSATION)
     assert "".join(pieces) == f"fused q-7 {FUSED_WORDS}" == plain.choices[0].message.content
     assert len(pieces) > 10
+
+
+def math_reply(body: dict) -> str:
+    """ChainOfThought replies of the math program: reasoning, then the answer (the fusor compares first)."""
+    system = body["messages"][0]["content"]
+    if "`comparison`" in system.split("Your output fields are:")[-1]:
+        return ("[[ ## comparison ## ]]\nboth say 42\n\n[[ ## reasoning ## ]]\n6 times 7\n\n[[ ## answer ## ]]\n42\n\n"
+                "[[ ## completed ## ]]")  # fmt: skip
+    return "[[ ## reasoning ## ]]\n6 times 7\n\n[[ ## answer ## ]]\n42\n\n[[ ## completed ## ]]"
+
+
+def test_a_tuned_file_naming_its_program_is_served_over_that_program(tmp_path):
+    import fusion_dspy as fd
+    from fusion_dspy.task import resolve_task
+
+    with StubOpenAIServer(math_reply) as stub:
+        config = write_config(tmp_path / "c.yaml", {"stub": stub.api_base}, "stub", n=3)
+        program = fd.load_config(config).program(resolve_task("math").generator(), method="fuse", n=2)
+        save_tuned(program, {"n": 2, "temperature": 0.5, "method": "fuse", "teachers": None, "program": "math"},
+                   tmp_path / "math.json")  # fmt: skip
+        with fusion_server(config, tuned=[f"solver={tmp_path / 'math.json'}"]) as server:
+            reply = _client(server).chat.completions.create(model="solver",
+                                                            messages=[{"role": "user", "content": "What is 6 x 7?"}])
+    assert reply.choices[0].message.content == "42"  # the reply is the task's answer field, not its reasoning
+    assert "[[ ## question ## ]]\nWhat is 6 x 7?" in stub.requests[0]["messages"][-1]["content"]
+    assert len(stub.requests) == 2 + 1

@@ -68,7 +68,12 @@ def app_from_environment() -> Any:
 def serve_command(options: ServeOptions, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
                   log_level: str = "warning") -> None:  # fmt: skip
     """Serve until interrupted. Exposure and key are checked before anything is loaded or started."""
-    import uvicorn
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError as error:
+        raise FusionDSPyError(f"fusion-dspy serve needs the serve extra ({error.name} is missing): "
+                              "pip install 'fusion-dspy[serve]'.") from None  # fmt: skip
 
     from fusion_dspy.config import read_config
 

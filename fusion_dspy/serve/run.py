@@ -61,7 +61,7 @@ class FusionRun:
         profile: The served model.
         request: The validated request.
         limits: Server-side bounds on n and max_tokens.
-        redact: Removes known keys from any text that leaves the server.
+        redact: Removes known keys from any text that leaves the server (default: none known).
 
     Example:
         >>> run = FusionRun(profiles["fusion"], ChatCompletionRequest(model="fusion", messages=[...]), Limits())
@@ -69,8 +69,10 @@ class FusionRun:
         >>> body = run.response(pool, await run.acombine(pool))
     """
 
-    def __init__(self, profile: Profile, request: ChatCompletionRequest, limits: Limits, redact: Redactor):
-        self.profile, self.request, self.redact = profile, request, redact
+    def __init__(self, profile: Profile, request: ChatCompletionRequest, limits: Limits | None = None,
+                 redact: Redactor | None = None):  # fmt: skip
+        self.profile, self.request, self.redact = profile, request, redact or Redactor()
+        limits = limits or Limits()
         options = request.fusion or FusionOptions()
         self.program = profile.program_for(options, request.candidates, request.temperature,
                                            request.candidate_max_tokens, limits)  # fmt: skip
