@@ -205,3 +205,18 @@ def test_binding_beyond_loopback_without_a_key_is_refused(capsys):
 def test_redactor_masks_every_known_key():
     redact = Redactor([KEY, UPSTREAM_KEY, None, ""])
     assert redact(f"auth {KEY} then {UPSTREAM_KEY}.") == "auth *** then ***."
+
+
+def test_keys_are_masked_in_log_records(caplog):
+    import logging
+
+    from fusion_dspy.serve.secrets import redact_logs
+
+    factory = logging.getLogRecordFactory()
+    try:
+        redact_logs(Redactor([KEY]))
+        with caplog.at_level(logging.WARNING):
+            logging.getLogger("fusion_dspy.sample").warning("upstream said: bad key %s", KEY)
+    finally:
+        logging.setLogRecordFactory(factory)
+    assert "upstream said: bad key ***" in caplog.text and KEY not in caplog.text

@@ -46,7 +46,7 @@ class ServeOptions:
         from fusion_dspy.backends import load_config
         from fusion_dspy.serve.app import ServeSettings, create_app
         from fusion_dspy.serve.profiles import Limits, build_profiles
-        from fusion_dspy.serve.secrets import Redactor, config_secrets
+        from fusion_dspy.serve.secrets import Redactor, config_secrets, redact_logs
 
         key = self.api_key()
         backends = load_config(self.config)
@@ -54,7 +54,9 @@ class ServeOptions:
         profiles = build_profiles(backends, self.tuned)
         settings = ServeSettings(api_key=key, max_concurrency=self.max_concurrency, timeout=self.timeout,
                                  max_body_bytes=self.max_body_bytes, limits=Limits(max_n=self.max_n))  # fmt: skip
-        app = create_app(profiles, settings, Redactor([key, *config_secrets(backends.config)]))
+        redact = Redactor([key, *config_secrets(backends.config)])
+        redact_logs(redact)
+        app = create_app(profiles, settings, redact)
         app.state.profile_names = list(profiles)
         return app
 

@@ -1,5 +1,6 @@
 """Keys never leave the server: every text that reaches a response or a log passes through a ``Redactor``."""
 
+import logging
 import os
 from collections.abc import Iterable
 
@@ -33,3 +34,19 @@ def config_secrets(config: FusionConfig) -> list[str]:
     names = [m.api_key_env for m in config.models.values()]
     names += [d.api_key_env for m in config.models.values() for d in m.deployments]
     return [os.environ[name] for name in names if name and os.environ.get(name)]
+
+
+def redact_logs(redact: Redactor) -> None:
+    """Mask the secrets in every log record this process creates from now on (a served process's logs included)."""
+    if not redact.secrets:
+        return
+    make_record = logging.getLogRecordFactory()
+
+    def masked(*args, **kwargs) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        text = record.getMessage()
+        if any(secret in text for secret in redact.secrets):
+            record.msg, record.args = redact(text), ()
+        return record
+
+    logging.setLogRecordFactory(masked)
