@@ -263,3 +263,24 @@ def test_a_tuned_file_naming_its_program_is_served_over_that_program(tmp_path):
     assert reply.choices[0].message.content == "42"  # the reply is the task's answer field, not its reasoning
     assert "[[ ## question ## ]]\nWhat is 6 x 7?" in stub.requests[0]["messages"][-1]["content"]
     assert len(stub.requests) == 2 + 1
+
+
+@pytest.mark.embedded
+def test_without_a_config_it_serves_the_embedded_model_offline():
+    import fusion_dspy as fd
+    from fusion_dspy.serve import build_profiles, create_app
+    from fusion_dspy.serve.server import BackgroundServer
+
+    backends = fd.load_config(None)
+    backends.check()
+    with BackgroundServer(create_app(build_profiles(backends))) as server:
+        stream = _client(server, timeout=600).chat.completions.create(
+            model="fusion", messages=[{"role": "user", "content": "Name one primary color."}], n=2, max_tokens=24,
+            stream=True, stream_options={"include_usage": True})  # fmt: skip
+        chunks = list(stream)
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    finish = next(c for c in chunks if c.choices and c.choices[0].finish_reason == "stop")
+    assert "".join(pieces).strip() and len(pieces) > 1, "the embedded fusor's reply streams in pieces"
+    assert finish.model_extra["fusion"]["candidate_models"] == ["embedded", "embedded"]
+    stages = finish.model_extra["fusion"]["stages"]
+    assert chunks[-1].usage.total_tokens == sum(stage["total_tokens"] for stage in stages.values()) > 0
