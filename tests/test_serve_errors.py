@@ -220,3 +220,23 @@ def test_keys_are_masked_in_log_records(caplog):
     finally:
         logging.setLogRecordFactory(factory)
     assert "upstream said: bad key ***" in caplog.text and KEY not in caplog.text
+
+
+def test_a_client_leaving_mid_stream_frees_its_slot(tmp_path):
+    import time
+
+    gate = threading.Event()  # the fusor's reply stops halfway: the client leaves while it is still being written
+    with StubOpenAIServer(chat_reply, stream_gate=gate) as stub:
+        config = write_config(tmp_path / "c.yaml", {"stub": stub.api_base}, "stub", n=1)
+        with fusion_server(config, max_concurrency=1) as server:
+            client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
+            stream = client.chat.completions.create(model="fusion", messages=HELLO, stream=True)
+            next(chunk for chunk in stream if chunk.choices and chunk.choices[0].delta.content)
+            stream.close()
+            health = f"http://127.0.0.1:{server.port}/health"
+            deadline = time.monotonic() + 30
+            while httpx.get(health).json()["in_flight"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            after = _post(server, {"model": "fusion", "messages": HELLO, "stream": False}, timeout=60)
+            gate.set()
+    assert after.status_code == 200, after.text  # not 429: the slot came back
