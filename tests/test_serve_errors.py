@@ -240,3 +240,13 @@ def test_a_client_leaving_mid_stream_frees_its_slot(tmp_path):
             after = _post(server, {"model": "fusion", "messages": HELLO, "stream": False}, timeout=60)
             gate.set()
     assert after.status_code == 200, after.text  # not 429: the slot came back
+
+
+def test_samples_that_all_time_out_upstream_are_504(tmp_path):
+    with StubOpenAIServer(chat_reply, delay=5) as slow:
+        config = write_config(tmp_path / "c.yaml", {"slow": slow.api_base}, "slow", n=2)
+        config.write_text(config.read_text().replace("num_retries: 0", "num_retries: 0\n    timeout: 0.5"))
+        with fusion_server(config) as server:
+            response = _post(server, {"model": "fusion", "messages": HELLO})
+    assert response.status_code == 504, response.text
+    assert response.json()["error"]["code"] == "upstream_timeout"
