@@ -1,4 +1,5 @@
-"""The ``fusion-dspy`` command: ``demo`` (the main job, offline on the embedded model) and ``run`` (a batch)."""
+"""The ``fusion-dspy`` command: ``demo`` (the main job, offline on the embedded model), ``run`` (a batch),
+``optimize``, ``eval``, ``synth`` and ``serve`` (fusion programs as OpenAI-compatible models)."""
 
 import argparse
 import logging
@@ -86,7 +87,7 @@ def _optimize(args: argparse.Namespace) -> int:
                         callbacks=[lambda study, trial: progress.update(bar, completed=complete())])  # fmt: skip
     best = search.best_params()
     console.print(trials_table(search.study, search.instructions, best))
-    saved = search.save_best(args.output)
+    saved = search.save_best(args.output, program=args.program)
     plotted = plot_study(search.study, args.plot)
     console.print(f"best: {best} -> {saved} (load with fusion_dspy.optimizers.tuned.load_tuned); plot: {plotted}")
     return 0
@@ -154,6 +155,17 @@ def _synth(args: argparse.Namespace) -> int:
                                f"{Path(args.output).with_suffix('.errors.jsonl')}; rerun to retry), "
                                f"{counts['skipped']} already there")  # fmt: skip
     return 1 if counts["failed"] and not counts["done"] and not counts["skipped"] else 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from fusion_dspy.serve.command import ServeOptions, serve_command
+
+    options = ServeOptions(config=str(args.config) if args.config else None, tuned=tuple(args.tuned or ()),
+                           api_key_env=args.api_key_env, max_concurrency=args.max_concurrency, timeout=args.timeout,
+                           max_n=args.max_n, max_body_bytes=args.max_body_bytes)  # fmt: skip
+    serve_command(options, host=args.host, port=args.port, workers=args.workers,
+                  log_level="info" if args.verbose else "warning")  # fmt: skip
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,6 +242,26 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--concurrency", type=int, default=4, help="prompts in flight at once (default 4)")
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
     synth.set_defaults(handler=_synth)
+
+    serve = commands.add_parser("serve", help="serve fusion programs as models over an OpenAI-compatible API",
+                                description="POST /v1/chat/completions (plain and streaming), GET /v1/models, "
+                                "GET /health. Models: 'fusion' (Sample -> Fuse), 'best-of-n' (Sample -> Select) and "
+                                "one per --tuned file. Offline on the embedded model unless --config says "
+                                "otherwise.")  # fmt: skip
+    serve.add_argument("--config", type=Path, help="YAML/TOML config (default: the embedded model for every role)")
+    serve.add_argument("--tuned", action="append", metavar="[NAME=]PATH",
+                       help="a tuned.json from optimize, served as model NAME (default: the file's stem); repeatable")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other needs a key)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--api-key-env", metavar="NAME", help="environment variable holding the key clients must send "
+                       "as 'Authorization: Bearer <key>'")  # fmt: skip
+    serve.add_argument("--max-concurrency", type=int, default=64, help="requests in flight; more get 429 (default 64)")
+    serve.add_argument("--timeout", type=float, default=600.0, help="seconds per request before 504 (default 600)")
+    serve.add_argument("--max-n", type=int, default=16, help="most candidates a request may ask for (default 16)")
+    serve.add_argument("--max-body-bytes", type=int, default=1_000_000, help="largest request body; more get 413")
+    serve.add_argument("--workers", type=int, default=1, help="server processes, each with its own backends and "
+                       "--max-concurrency (default 1)")  # fmt: skip
+    serve.set_defaults(handler=_serve)
     return parser
 
 

@@ -198,11 +198,17 @@ class FusionSearch:
     def best_program(self) -> FusionOfN | BestOfN:
         return self.build(self.best_params())
 
-    def save_best(self, path: str | Path) -> Path:
-        """Save the best configuration so that ``load_tuned(path, backends, module)`` rebuilds it."""
+    def save_best(self, path: str | Path, program: str | None = None) -> Path:
+        """Save the best configuration so that ``load_tuned(path, backends, module)`` rebuilds it.
+
+        ``program`` (the ``--program`` spec of the task) is recorded so that ``fusion-dspy serve --tuned`` can
+        rebuild the generator module the state belongs to.
+        """
         params = self.best_params()
         settings = {key: params.get(key) for key in ("n", "temperature", "method", "teachers")}
         settings["instruction"] = self.instructions[params["instruction"]] if params["method"] == "fuse" else None
+        if program is not None:
+            settings["program"] = program
         return save_tuned(self.best_program(), settings, path)
 
 

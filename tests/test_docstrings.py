@@ -22,17 +22,27 @@ SCRIPTED_CONFIG = FusionConfig.model_validate({"models": {"lm": {"model": "scrip
 
 def answers(call):
     """Any request answered in kind: '4' for answers, a comparison for the fusor, candidate 1 for judges."""
-    values = {"answer": "4", "comparison": "They agree.", "best_candidate": 1, "score": 7, "reasoning": "2 + 2 = 4"}
+    values = {"answer": "4", "comparison": "They agree.", "best_candidate": 1, "score": 7, "reasoning": "2 + 2 = 4",
+              "response": "Hello!"}
     return {name: values.get(name, f"a {name}") for name in call.output_fields}
 
 
-def namespace(tmp_path: Path) -> dict:
+def namespace(tmp_path: Path, upstream: StubOpenAIServer) -> dict:
     lm = scripted_lm(answers)
     task = Task("qa", "question -> answer", metric=lambda example, pred, trace=None: example.answer == pred.answer)
     devset = [dspy.Example(question=f"{i} + 4 - {i}?", answer="4").with_inputs("question") for i in range(3)]
     return {"dspy": dspy, "fd": fd, "PlainAdapter": PlainAdapter, "scripted_lm": scripted_lm,
-            "StubOpenAIServer": StubOpenAIServer, "tmp_path": tmp_path, "lm": lm, "task": task, "devset": devset,
+            "StubOpenAIServer": StubOpenAIServer, "tmp_path": tmp_path,
+            "stub_config": stub_config(tmp_path, upstream), "lm": lm, "task": task, "devset": devset,
             "backends": Backends(SCRIPTED_CONFIG, lms={"lm": lm})}  # fmt: skip
+
+
+def stub_config(tmp_path: Path, upstream: StubOpenAIServer) -> Path:
+    """A config file whose one model is a loopback OpenAI-compatible server answering every field in kind."""
+    path = tmp_path / "stub.yaml"
+    path.write_text(f"{{models: {{stub: {{model: openai/stub, api_base: '{upstream.api_base}', cache: false}}}}, "
+                    "roles: {generators: stub}, fusion: {n: 2}}")
+    return path
 
 
 def examples():
@@ -52,10 +62,11 @@ def examples():
 @pytest.mark.parametrize("test", list(examples()))
 def test_example_runs(test, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    test.globs = {**test.globs, **namespace(tmp_path)}
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     output: list[str] = []
-    runner.run(test, out=output.append)
+    with StubOpenAIServer(respond=answers) as upstream:
+        test.globs = {**test.globs, **namespace(tmp_path, upstream)}
+        runner.run(test, out=output.append)
     assert runner.failures == 0, "".join(output)
 
 

@@ -17,6 +17,8 @@ LAYERS = {
     "fusion_dspy.programs": 4,
     "fusion_dspy.optimizers": 4,
     "fusion_dspy.cli": 5,
+    "fusion_dspy.serve": 5,  # applications, beside the CLI: a tuned program served as a model
+    "fusion_dspy.litellm_provider": 5,
     "fusion_dspy": 5,  # the facade (`import fusion_dspy as fd`) re-exports every layer: only the top may use it
 }
 FOLDERS = {"fusion_dspy": "fusion_dspy", "programs": "fusion_dspy.programs", "optimizers": "fusion_dspy.optimizers"}

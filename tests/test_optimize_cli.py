@@ -72,6 +72,7 @@ def test_optimize_end_to_end(workdir, capsys):
     assert "complete trials" in err and "best:" in err
     tuned = json.loads((workdir / "tuned.json").read_text())
     assert tuned["settings"]["method"] == "select" and tuned["settings"]["n"] in (1, 2)
+    assert tuned["settings"]["program"] == "tests.scripted_search:TASK"  # so `serve --tuned` rebuilds its module
     assert (workdir / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(complete_trials(workdir)) == 6
 

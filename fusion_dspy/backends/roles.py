@@ -184,10 +184,10 @@ class Backends:
         if (method or settings.method) == "fuse":
             fusor_adapter = self.adapter(self.config.fusor)
             compare = settings.compare if settings.compare is not None else not isinstance(fusor_adapter, PlainAdapter)
-            return FusionOfN(module, fusor_lm=self.fusor, fusor_adapter=fusor_adapter, fallback=settings.fallback,
-                             shuffle=settings.shuffle, compare=compare,
-                             context_window=self.config.model(self.config.fusor).context_window,
-                             **{**common, **overrides})  # fmt: skip
+            fusor = {"fusor_lm": self.fusor, "fusor_adapter": fusor_adapter, "fallback": settings.fallback,
+                     "shuffle": settings.shuffle, "compare": compare,
+                     "context_window": self.config.model(self.config.fusor).context_window}  # fmt: skip
+            return FusionOfN(module, **{**fusor, **common, **overrides})
         judge = settings.select if settings.select in ("listwise", "pointwise") else None
         options = {"judge": judge, "judge_lm": self.judge if judge else None, "vote": "majority" if judge else
                    settings.select, "judge_adapter": self.adapter(self.config.judge) if judge else None,

@@ -1,11 +1,13 @@
 """A tiny OpenAI-compatible chat server on 127.0.0.1, for testing the real HTTP path (litellm -> server).
 
-It answers ``POST /v1/chat/completions`` (non-streaming) and ``GET /v1/models``, serves requests in threads
-(so concurrency is real), can take a fixed time per request, and records every request body it received.
+It answers ``POST /v1/chat/completions`` (plain, or as server-sent events with ``stream: true``) and
+``GET /v1/models``, serves requests in threads (so concurrency is real), can take a fixed time per request, and
+records every request body it received.
 """
 
 import contextlib
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -38,6 +40,8 @@ class StubOpenAIServer:
         retry_after: Seconds sent as ``Retry-After`` with every error answer.
         body: ``body(index) -> bytes | None``: raw bytes to answer request ``index`` with instead of a proper
             reply (a truncated or non-JSON body); ``None`` answers normally.
+        stream_gate: For streamed replies: after the first half of the words the stub waits (up to 30 s) until
+            this event is set, so a test can prove the client got the first words before the last were written.
 
     Example:
         >>> with StubOpenAIServer(respond=lambda call: {"answer": "4"}) as server:
@@ -50,11 +54,13 @@ class StubOpenAIServer:
 
     def __init__(self, reply: Reply | None = None, delay: float = 0.0, status: int | Callable[[int], int] = 200,
                  respond: Responder | None = None, rendezvous: int | None = None, retry_after: float | None = None,
-                 body: Callable[[int], bytes | None] | None = None):
+                 body: Callable[[int], bytes | None] | None = None, stream_gate: threading.Event | None = None):
         if (reply is None) == (respond is None):
             raise ValueError("Pass one of reply= (body -> text) or respond= (parsed call -> fields).")
         self.reply, self.respond, self.delay, self.status = reply, respond, delay, status
-        self.retry_after, self.body = retry_after, body
+        self.retry_after, self.body, self.stream_gate = retry_after, body, stream_gate
+        self.waiting_at_gate = threading.Event()  # set while a streamed reply is held at stream_gate
+        self.usage: list[dict[str, int]] = []  # the usage each answered request reported, in answer order
         self.arrivals: list[float] = []  # time.monotonic() of each request's arrival, in request order
         self.requests: list[dict[str, Any]] = []
         self.flight = InFlight(rendezvous)
@@ -116,6 +122,12 @@ class StubOpenAIServer:
                 text = server._text(body, index)
                 prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
                 completion_tokens = len(text.split())
+                usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                         "total_tokens": prompt_tokens + completion_tokens}
+                with server._lock:
+                    server.usage.append(usage)
+                if body.get("stream"):
+                    return self._stream(body, text, usage)
                 self._send(200, {
                     "id": f"stub-{len(server.requests)}",
                     "object": "chat.completion",
@@ -123,9 +135,35 @@ class StubOpenAIServer:
                     "model": body.get("model", "stub"),
                     "choices": [{"index": 0, "finish_reason": "stop",
                                  "message": {"role": "assistant", "content": text}}],
-                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                              "total_tokens": prompt_tokens + completion_tokens},
+                    "usage": usage,
                 })  # fmt: skip
+
+            def _event(self, payload: dict[str, Any] | str) -> None:
+                data = payload if isinstance(payload, str) else json.dumps(payload)
+                self.wfile.write(f"data: {data}\n\n".encode())
+                self.wfile.flush()
+
+            def _stream(self, body: dict[str, Any], text: str, usage: dict[str, int]) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")  # the end of the body is the end of the stream
+                self.end_headers()
+                self.close_connection = True
+                words = re.split(r"(?<=\s)", text)  # word by word, whitespace kept
+                base = {"id": f"stub-{len(server.requests)}", "object": "chat.completion.chunk",
+                        "created": int(time.time()), "model": body.get("model", "stub")}
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    for i, word in enumerate(words):
+                        if server.stream_gate is not None and i == len(words) // 2 and i:
+                            server.waiting_at_gate.set()
+                            server.stream_gate.wait(30)
+                            server.waiting_at_gate.clear()
+                        delta = {"content": word, **({"role": "assistant"} if i == 0 else {})}
+                        self._event({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+                    self._event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+                    if (body.get("stream_options") or {}).get("include_usage"):
+                        self._event({**base, "choices": [], "usage": usage})
+                    self._event("[DONE]")
 
         return Handler
 

@@ -1,0 +1,219 @@
+"""The fusion server's cost: overhead per request against the same FusionOfN in-process, and throughput.
+
+Run by hand: `python benchmarks/serve.py`. The backend (an OpenAI-compatible stub) and the fusion server
+(`fusion-dspy serve`) each run in their own process; this process is only the client.
+
+1. Overhead: sequential requests against an instant backend; the p50 latency through the server minus the p50
+   of the same FusionOfN called in this process (targets: <= 5 ms on 2 cores).
+2. Throughput: 64 requests in flight against a backend taking 0.2 s per call; each request is one sample stage
+   and one fuse stage (0.4 s), so the ideal is 64 / 0.4 s = 160 requests/s (target: >= 85 % of it). Printed
+   beside it: the same FusionOfN called in this process, which is what DSPy and litellm alone allow here.
+   `--workers K` runs the server with K processes.
+
+Each is measured in 3 rounds; min and median are printed. The machine is shared: numbers are noisy.
+"""
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+N = 3
+CONCURRENCY, DELAY = 64, 0.2
+
+
+def reply(body: dict) -> str:
+    outputs = body["messages"][0]["content"].split("Your output fields are:")[-1].split("All interactions")[0]
+    if "`comparison`" in outputs:
+        return "[[ ## comparison ## ]]\nsame\n\n[[ ## response ## ]]\nfused\n\n[[ ## completed ## ]]"
+    return "[[ ## response ## ]]\nsampled\n\n[[ ## completed ## ]]"
+
+
+def run_backend(delay: float) -> None:
+    from http.server import ThreadingHTTPServer
+
+    from fusion_dspy.testing import StubOpenAIServer
+
+    ThreadingHTTPServer.request_queue_size = 1024  # 64 x (N + 1) connections may open at once
+    server = StubOpenAIServer(reply, delay=delay).start()
+    print(server.api_base, flush=True)
+    while True:  # until terminated
+        time.sleep(3600)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _start(command: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
+def _config(api_base: str, folder: Path) -> Path:
+    path = folder / "bench.yaml"
+    path.write_text(yaml.safe_dump({
+        "models": {"bench": {"model": "openai/bench", "api_base": api_base, "num_retries": 0, "cache": False}},
+        "roles": {"generators": "bench"}, "fusion": {"n": N}}))  # fmt: skip
+    return path
+
+
+def _wait_healthy(port: int, seconds: float = 120.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise RuntimeError("the fusion server did not start")
+
+
+def _body(k: int) -> dict:
+    return {"model": "fusion", "messages": [{"role": "user", "content": f"Question {k}?"}]}
+
+
+def _program(config: Path):
+    import dspy
+
+    import fusion_dspy as fd
+    from fusion_dspy.serve.chat import ChatReply
+
+    return fd.load_config(config).program(dspy.Predict(ChatReply), method="fuse")
+
+
+def overhead(config: Path, port: int, requests: int) -> tuple[float, float, float]:
+    """p50 seconds of a request through the server, of the same FusionOfN in this process, and p50 of the
+    client's latency minus the server's own sample + fuse time (what HTTP, parsing and JSON add)."""
+    program, url = _program(config), f"http://127.0.0.1:{port}/v1/chat/completions"
+
+    async def through_server() -> tuple[list[float], list[float]]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            times, outside = [], []
+            for k in range(requests):
+                start = time.perf_counter()
+                response = await client.post(url, json=_body(k))
+                times.append(time.perf_counter() - start)
+                stages = response.raise_for_status().json()["fusion"]["stages"]
+                outside.append(times[-1] - sum(stage["seconds"] for stage in stages.values()))
+            return times, outside
+
+    async def in_process() -> list[float]:
+        times = []
+        for k in range(requests):
+            start = time.perf_counter()
+            await program.acall(conversation=f"Question {k}?")
+            times.append(time.perf_counter() - start)
+        return times
+
+    (served, outside), local = asyncio.run(through_server()), asyncio.run(in_process())
+    return statistics.median(served), statistics.median(local), statistics.median(outside)
+
+
+async def _concurrently(one, total: int) -> float:
+    limit = asyncio.Semaphore(CONCURRENCY)
+
+    async def limited(k: int) -> None:
+        async with limit:
+            await one(k)
+
+    await asyncio.gather(*(limited(k) for k in range(CONCURRENCY)))  # warm-up: connections, first calls
+    start = time.perf_counter()
+    await asyncio.gather(*(limited(k) for k in range(total)))
+    return total / (time.perf_counter() - start)
+
+
+def throughput(port: int, total: int) -> float:
+    """Requests per second through the server with CONCURRENCY requests in flight."""
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+
+    async def main() -> float:
+        async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=CONCURRENCY)) as client:
+
+            async def one(k: int) -> None:
+                (await client.post(url, json=_body(k))).raise_for_status()
+
+            return await _concurrently(one, total)
+
+    return asyncio.run(main())
+
+
+def throughput_in_process(config: Path, total: int) -> float:
+    """The same, with the FusionOfN called in this process: what DSPy and litellm alone allow on this machine."""
+    program = _program(config)
+
+    async def one(k: int) -> None:
+        await program.acall(conversation=f"Question {k}?")
+
+    return asyncio.run(_concurrently(one, total))
+
+
+def _summary(values: list[float]) -> str:
+    return f"min {min(values):.4g}, median {statistics.median(values):.4g}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backend", type=float, help=argparse.SUPPRESS)  # run as the backend process
+    parser.add_argument("--requests", type=int, default=60, help="sequential requests per overhead round")
+    parser.add_argument("--total", type=int, default=4 * CONCURRENCY, help="requests per throughput round")
+    parser.add_argument("--workers", type=int, default=1, help="fusion server processes for the throughput run")
+    args = parser.parse_args()
+    if args.backend is not None:
+        return run_backend(args.backend)
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    processes = []
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            for delay, label in ((0.0, "overhead"), (DELAY, "throughput")):
+                backend = _start([sys.executable, __file__, "--backend", str(delay)])
+                processes.append(backend)
+                config, port = _config(backend.stdout.readline().strip(), Path(folder)), _free_port()
+                workers = args.workers if label == "throughput" else 1
+                server = _start([sys.executable, "-m", "fusion_dspy.cli", "serve", "--config", str(config),
+                                 "--port", str(port), "--max-concurrency", str(4 * CONCURRENCY),
+                                 "--workers", str(workers)])  # fmt: skip
+                processes.append(server)
+                _wait_healthy(port)
+                if label == "overhead":
+                    overhead(config, port, 5)  # warm-up of litellm's clients, both sides
+                    rounds = [overhead(config, port, args.requests) for _ in range(3)]
+                    extra = [(served - local) * 1000 for served, local, _ in rounds]
+                    print(f"overhead per request, N={N}, instant backend, {args.requests} sequential requests:\n"
+                          f"  p50 through the server - p50 in-process: {_summary(extra)} ms  "
+                          f"[server p50 {_summary([r[0] * 1000 for r in rounds])} ms, in-process p50 "
+                          f"{_summary([r[1] * 1000 for r in rounds])} ms]\n"
+                          f"  p50 of client latency - the server's own sample + fuse time: "
+                          f"{_summary([r[2] * 1000 for r in rounds])} ms")  # fmt: skip
+                else:
+                    ideal = CONCURRENCY / (2 * DELAY)
+                    rates = [throughput(port, args.total) for _ in range(3)]
+                    local = [throughput_in_process(config, args.total) for _ in range(3)]
+                    print(f"throughput, {CONCURRENCY} in flight, {DELAY} s backend, N={N}, {workers} worker(s):\n"
+                          f"  through the server: {_summary(rates)} requests/s = "
+                          f"{_summary([100 * r / ideal for r in rates])} % of the ideal {ideal:.0f}/s\n"
+                          f"  the same FusionOfN in-process: {_summary(local)} requests/s = "
+                          f"{_summary([100 * r / ideal for r in local])} % of the ideal")  # fmt: skip
+                server.send_signal(signal.SIGINT)
+                server.wait(30)
+                backend.terminate()
+                backend.wait(30)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""The OpenAI-compatible HTTP server: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``.
+
+FastAPI and uvicorn do the HTTP and the SSE framing; this file adds auth (constant-time key compare), a body
+limit (413, by the declared length or while reading), a concurrency limit that answers 429 with ``Retry-After``
+instead of queueing, a per-request deadline (504) and OpenAI-style error bodies. A streamed reply starts (status
+200) only when the fusor's first words exist, so an error before that still gets its own status; an error after
+it ends the stream with an error event.
+"""
+
+import asyncio
+import contextlib
+import hmac
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.sse import EventSourceResponse, format_sse_event
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+
+from fusion_dspy.serve.profiles import Limits, Profile
+from fusion_dspy.serve.run import FusionRun, upstream_error
+from fusion_dspy.serve.schema import ChatCompletionRequest, ServeError, field_path
+from fusion_dspy.serve.secrets import Redactor
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """How the server guards itself.
+
+    Args:
+        api_key: Required as ``Authorization: Bearer <key>`` on ``/v1/*`` when set.
+        max_concurrency: Requests in flight at once; one more gets 429 with ``Retry-After``.
+        max_body_bytes: Largest request body (413 above it).
+        timeout: Seconds one request may take, sampling and fusing included (504 after it).
+        retry_after: Seconds a 429 tells the client to wait.
+        limits: Bounds on the request's ``n`` and ``max_tokens``.
+    """
+
+    api_key: str | None = field(default=None, repr=False)
+    max_concurrency: int = 64
+    max_body_bytes: int = 1_000_000
+    timeout: float = 600.0
+    retry_after: int = 1
+    limits: Limits = field(default_factory=Limits)
+
+
+def _error_response(error: ServeError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+def _sse(payload: dict[str, Any] | str) -> bytes:
+    return format_sse_event(data_str=payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False))
+
+
+class _Gate:
+    """Counts requests in flight; refuses one more than the limit instead of queueing it (the caller retries)."""
+
+    def __init__(self, limit: int, retry_after: int):
+        self.limit, self.retry_after, self.in_flight = limit, retry_after, 0
+
+    def enter(self) -> None:
+        if self.in_flight >= self.limit:
+            raise ServeError(429, f"The server is at its limit of {self.limit} requests in flight; retry after "
+                             f"{self.retry_after} s.", type="rate_limit_error", code="concurrency_limit",
+                             headers={"Retry-After": str(self.retry_after)})  # fmt: skip
+        self.in_flight += 1
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+
+
+def create_app(profiles: dict[str, Profile], settings: ServeSettings | None = None,
+               redact: Redactor | None = None) -> FastAPI:  # fmt: skip
+    """The ASGI app serving ``profiles`` (``build_profiles(...)``); run it with uvicorn.
+
+    Example:
+        >>> from fastapi.testclient import TestClient
+        >>> from fusion_dspy.serve.profiles import build_profiles
+        >>> app = create_app(build_profiles(fd.load_config(stub_config)), ServeSettings(api_key="sk-local"))
+        >>> TestClient(app).get("/v1/models", headers={"Authorization": "Bearer sk-local"}).json()["data"][0]["id"]
+        'fusion'
+    """
+    settings = settings or ServeSettings()
+    redact = redact or Redactor([settings.api_key])
+    app = FastAPI(title="fusion-dspy", docs_url=None, redoc_url=None, openapi_url=None)
+    gate = _Gate(settings.max_concurrency, settings.retry_after)
+
+    @app.exception_handler(ServeError)
+    async def _serve_error(request: Request, error: ServeError) -> JSONResponse:
+        return _error_response(error)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
+        return _error_response(ServeError(error.status_code, str(error.detail), code=None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        return _error_response(_bad_request(error.errors()))
+
+    def authorize(request: Request) -> None:
+        if settings.api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), settings.api_key.encode()):
+            raise ServeError(401, "Missing or wrong API key: send the header 'Authorization: Bearer <key>'.",
+                             type="authentication_error", code="invalid_api_key")  # fmt: skip
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "in_flight": gate.in_flight}
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict[str, Any]:
+        authorize(request)
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "fusion-dspy",
+                                            "description": p.description} for name, p in profiles.items()]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        authorize(request)
+        gate.enter()
+        try:
+            chat = _parse(await _read_body(request, settings.max_body_bytes))
+            if chat.model not in profiles:
+                raise ServeError(404, f"The model {chat.model!r} is not served here; choose one of "
+                                 f"{sorted(profiles)} (GET /v1/models).", param="model", code="model_not_found")
+            run = FusionRun(profiles[chat.model], chat, settings.limits, redact)
+            if chat.stream:  # from here on the stream leaves the gate, when it ends
+                return await _start_stream(run, chat, settings.timeout, gate)
+            with anyio.fail_after(settings.timeout):
+                pool = await run.asample()
+                result = await run.acombine(pool)
+            response = run.response(pool, result)
+        except BaseException as error:
+            gate.leave()
+            if isinstance(error, Exception) and not isinstance(error, ServeError):
+                raise upstream_error(error, redact) from error
+            raise
+        gate.leave()
+        return JSONResponse(response)
+
+    return app
+
+
+def _bad_request(errors: list[dict[str, Any]]) -> ServeError:
+    first = errors[0]
+    param = field_path(first.get("loc", ()))
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    return ServeError(400, f"{param or 'body'}: {message}", param=param or None)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to be over ``limit`` (by its header, or while reading)."""
+    too_large = ServeError(413, f"The request body is larger than this server's limit of {limit} bytes.",
+                           code="request_too_large")  # fmt: skip
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
+
+
+def _parse(body: bytes) -> ChatCompletionRequest:
+    try:
+        return ChatCompletionRequest.model_validate_json(body or b"{}")
+    except ValidationError as error:
+        raise _bad_request(error.errors()) from None
+
+
+async def _start_stream(run: FusionRun, chat: ChatCompletionRequest, timeout: float, gate: _Gate):
+    """Draw the candidates, wait for the fusor's first words, then answer 200 and stream the rest."""
+    queue: asyncio.Queue = asyncio.Queue()
+    include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
+
+    async def produce() -> None:
+        try:
+            with anyio.fail_after(timeout):
+                pool = await run.asample()
+                final = None
+                async for piece in run.stream(pool):
+                    if isinstance(piece, str):
+                        await queue.put(run.chunk({"content": piece}))
+                    else:
+                        final = piece
+                usage, fusion = run.usage_and_fusion(pool, final)
+                await queue.put(run.chunk({}, "stop", fusion=fusion))
+                if include_usage:
+                    await queue.put({**run.chunk({}), "choices": [], "usage": usage})
+            await queue.put("[DONE]")
+        except Exception as error:  # noqa: BLE001 - every failure reaches the client, as a status or an event
+            await queue.put(upstream_error(error, run.redact))
+
+    task = asyncio.create_task(produce())
+    try:
+        first = await queue.get()
+    except BaseException:  # the client went away before the first words: stop the work (the caller leaves the gate)
+        task.cancel()
+        raise
+    if isinstance(first, ServeError):
+        gate.leave()
+        return _error_response(first)
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            yield _sse(run.chunk({"role": "assistant", "content": ""}))
+            item = first
+            while True:
+                if isinstance(item, ServeError):
+                    yield _sse(item.body())  # ends the stream: an error event, never a silent cut
+                    return
+                yield _sse(item)
+                if item == "[DONE]":
+                    return
+                item = await queue.get()
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            gate.leave()
+
+    return EventSourceResponse(events(), headers={"Cache-Control": "no-cache"})

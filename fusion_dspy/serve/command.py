@@ -1,0 +1,97 @@
+"""``fusion-dspy serve``: options -> profiles -> app -> uvicorn, in one process or in several worker processes.
+
+With ``--workers K`` uvicorn starts K processes; each builds its own app (and its own backends, the embedded
+model included) from the options, passed in ``$FUSION_DSPY_SERVE``. The concurrency limit is per worker.
+"""
+
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from fusion_dspy.errors import FusionDSPyError
+from fusion_dspy.serve.server import check_exposure
+
+ENVIRONMENT = "FUSION_DSPY_SERVE"  # the options of a multi-worker server, for each worker (no key: its variable)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """What a served app is built from; a key is named by its environment variable, never held here.
+
+    Example:
+        >>> app = ServeOptions(config=str(stub_config), max_n=8).app()   # tuned=("qa=tuned.json",) adds a model
+        >>> type(app).__name__
+        'FastAPI'
+    """
+
+    config: str | None = None
+    tuned: tuple[str, ...] = field(default_factory=tuple)
+    api_key_env: str | None = None
+    max_concurrency: int = 64
+    timeout: float = 600.0
+    max_n: int = 16
+    max_body_bytes: int = 1_000_000
+
+    def api_key(self) -> str | None:
+        if not self.api_key_env:
+            return None
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise FusionDSPyError(f"--api-key-env {self.api_key_env}: that environment variable is not set. Export "
+                                  f"it (export {self.api_key_env}=...) before starting the server.")  # fmt: skip
+        return key
+
+    def app(self) -> Any:
+        """Backends checked, profiles built, the ASGI app."""
+        from fusion_dspy.backends import load_config
+        from fusion_dspy.serve.app import ServeSettings, create_app
+        from fusion_dspy.serve.profiles import Limits, build_profiles
+        from fusion_dspy.serve.secrets import Redactor, config_secrets, redact_logs
+
+        key = self.api_key()
+        backends = load_config(self.config)
+        backends.check()
+        profiles = build_profiles(backends, self.tuned)
+        settings = ServeSettings(api_key=key, max_concurrency=self.max_concurrency, timeout=self.timeout,
+                                 max_body_bytes=self.max_body_bytes, limits=Limits(max_n=self.max_n))  # fmt: skip
+        redact = Redactor([key, *config_secrets(backends.config)])
+        redact_logs(redact)
+        app = create_app(profiles, settings, redact)
+        app.state.profile_names = list(profiles)
+        return app
+
+
+def app_from_environment() -> Any:
+    """uvicorn's app factory in each worker process of ``--workers``."""
+    options = json.loads(os.environ[ENVIRONMENT])
+    return ServeOptions(**{**options, "tuned": tuple(options["tuned"])}).app()
+
+
+def serve_command(options: ServeOptions, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
+                  log_level: str = "warning") -> None:  # fmt: skip
+    """Serve until interrupted. Exposure and key are checked before anything is loaded or started."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError as error:
+        raise FusionDSPyError(f"fusion-dspy serve needs the serve extra ({error.name} is missing): "
+                              "pip install 'fusion-dspy[serve]'.") from None  # fmt: skip
+
+    from fusion_dspy.backends.config import read_config
+
+    key = options.api_key()
+    check_exposure(host, key)
+    auth = "key required" if key else "no key (loopback only)"
+    if workers < 2:
+        app = options.app()
+        print(f"fusion-dspy: serving {', '.join(app.state.profile_names)} on http://{host}:{port}/v1 ({auth})",
+              file=sys.stderr)  # fmt: skip
+        uvicorn.run(app, host=host, port=port, log_level=log_level)
+        return
+    read_config(options.config)  # a broken config fails here, once, not in every worker
+    os.environ[ENVIRONMENT] = json.dumps(asdict(options))
+    print(f"fusion-dspy: {workers} workers on http://{host}:{port}/v1 ({auth})", file=sys.stderr)
+    uvicorn.run("fusion_dspy.serve.command:app_from_environment", factory=True, workers=workers, host=host,
+                port=port, log_level=log_level)  # fmt: skip

@@ -1,0 +1,204 @@
+"""One chat request through a profile: draw the candidates, then fuse or select, with every call accounted for.
+
+Shared by the HTTP server and the litellm provider. The candidates are drawn first; the fusor's reply can then
+be streamed token by token (``FusionRun.stream``). Failures become ``ServeError``s with the status they deserve.
+"""
+
+import asyncio
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import dspy
+from dspy.streaming import StreamListener, StreamResponse
+from dspy.utils.exceptions import ContextWindowExceededError, LMError, LMTimeoutError
+
+from fusion_dspy.core.fusion import FusionOfN
+from fusion_dspy.core.meter import StageMeter, merge_usage
+from fusion_dspy.core.pool import Pool
+from fusion_dspy.errors import FusionDSPyError, SamplingError
+from fusion_dspy.serve.chat import render_conversation, reply_text
+from fusion_dspy.serve.profiles import Limits, Profile
+from fusion_dspy.serve.schema import ChatCompletionRequest, FusionOptions, ServeError
+from fusion_dspy.serve.secrets import Redactor
+
+STREAMABLE_ADAPTERS = ("ChatAdapter", "JSONAdapter", "XMLAdapter")  # what dspy's StreamListener can read
+
+
+def _counts(usage: dict[str, dict[str, Any]]) -> dict[str, int]:
+    prompt = sum(int(c.get("prompt_tokens") or 0) for c in usage.values())
+    completion = sum(int(c.get("completion_tokens") or 0) for c in usage.values())
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def upstream_error(error: BaseException, redact: Redactor) -> ServeError:
+    """The ServeError for a failure of the models behind a profile (502 upstream failure, 504 timeout...)."""
+    if isinstance(error, ServeError):
+        return error
+    text = redact(f"{type(error).__name__}: {error}")
+    if isinstance(error, (TimeoutError, asyncio.TimeoutError)):
+        return ServeError(504, "The fusion did not finish within the server's time limit (--timeout).",
+                          type="timeout_error", code="timeout")  # fmt: skip
+    if isinstance(error, SamplingError):
+        timed_out = error.failures and all("Timeout" in line.split(": ", 2)[1] for line in error.failures)
+        status, code = (504, "upstream_timeout") if timed_out else (502, "upstream_failed")
+        return ServeError(status, text, type="upstream_error", code=code)
+    if isinstance(error, LMTimeoutError):
+        return ServeError(504, text, type="upstream_error", code="upstream_timeout")
+    if isinstance(error, ContextWindowExceededError):
+        return ServeError(400, text, param="messages", code="context_length_exceeded")
+    if isinstance(error, (LMError, FusionDSPyError)):
+        return ServeError(502, text, type="upstream_error", code="upstream_failed")
+    return ServeError(500, f"Internal error of the fusion server: {text}", type="server_error", code="internal_error")
+
+
+class FusionRun:
+    """One request: its per-request program, the sample stage, the combine stage, and the response.
+
+    Args:
+        profile: The served model.
+        request: The validated request.
+        limits: Server-side bounds on n and max_tokens.
+        redact: Removes known keys from any text that leaves the server (default: none known).
+
+    Example:
+        >>> from fusion_dspy.serve.profiles import build_profiles
+        >>> profiles = build_profiles(fd.load_config(stub_config))
+        >>> request = ChatCompletionRequest(model="fusion", messages=[{"role": "user", "content": "Hi"}])
+        >>> run = FusionRun(profiles["fusion"], request, Limits())
+        >>> pool = run.sample()                         # or await run.asample() in async code
+        >>> body = run.response(pool, run.combine(pool))
+        >>> body["choices"][0]["message"]["content"], body["fusion"]["n"]
+        ('Hello!', 2)
+    """
+
+    def __init__(self, profile: Profile, request: ChatCompletionRequest, limits: Limits | None = None,
+                 redact: Redactor | None = None):  # fmt: skip
+        self.profile, self.request, self.redact = profile, request, redact or Redactor()
+        limits = limits or Limits()
+        options = request.fusion or FusionOptions()
+        self.program = profile.program_for(options, request.candidates, request.temperature,
+                                           request.candidate_max_tokens, limits)  # fmt: skip
+        self.method = "fuse" if isinstance(self.program, FusionOfN) else "select"
+        self.stage = self.method
+        self.inputs = {profile.input_field: render_conversation(request.plain_messages())}
+        self.names = profile.model_labels([*(options.models or []), *([options.fusor] if options.fusor else [])])
+        self.meter = StageMeter()
+        self.id, self.created = f"chatcmpl-fusion-{uuid.uuid4().hex}", int(time.time())
+
+    @contextmanager
+    def _upstream(self) -> Iterator[None]:
+        try:
+            yield
+        except Exception as error:
+            raise upstream_error(error, self.redact) from error
+
+    def sample(self) -> dspy.Prediction:
+        """The N candidates (failed samples dropped while ``min_candidates`` survive)."""
+        with self._upstream(), self.meter.stage("sample"):
+            return self.program.sample(**self.inputs)
+
+    async def asample(self) -> dspy.Prediction:
+        with self._upstream(), self.meter.stage("sample"):
+            return await self.program.sample.acall(**self.inputs)
+
+    def combine(self, pool: Pool) -> dspy.Prediction:
+        """Fuse or select over the pool, without streaming."""
+        with self._upstream():
+            return self.program(candidates=pool, **self.inputs)
+
+    async def acombine(self, pool: Pool) -> dspy.Prediction:
+        with self._upstream():
+            return await self.program.acall(candidates=pool, **self.inputs)
+
+    async def stream(self, pool: Pool) -> AsyncIterator[str | dspy.Prediction]:
+        """The reply's text as it is written, then the final prediction. Only a fusor's reply streams by token."""
+        if self.method != "fuse" or len(self.profile.reply_fields) != 1:
+            result = await self.acombine(pool)
+            yield self.reply(result)
+            yield result
+            return
+        field = self.profile.reply_fields[0]
+        adapter = self.program.fuse.adapter or dspy.settings.adapter
+        streamable = type(adapter or dspy.ChatAdapter()).__name__ in STREAMABLE_ADAPTERS
+        listener = StreamListener(field) if streamable else None
+        held, streamed, final = "", "", None
+        with self._upstream():
+            streamer = dspy.streamify(self.program, is_async_program=True)
+            with dspy.context(track_usage=True):  # dspy asks a streamed reply for its usage only then
+                async for value in streamer(candidates=pool, **self.inputs):
+                    if isinstance(value, dspy.Prediction):
+                        final = value
+                        continue
+                    if listener is not None:
+                        with dspy.context(adapter=adapter):
+                            response = listener.receive(value)
+                        piece = response.chunk if isinstance(response, StreamResponse) else ""
+                    else:  # plain chat: the whole reply is the field; hold back whitespace as the parser strips it
+                        piece = _delta_text(value)
+                        piece = piece.lstrip() if not streamed else piece
+                        text = held + piece
+                        piece, held = text.rstrip(), text[len(text.rstrip()):]
+                    if piece:
+                        streamed += piece
+                        yield piece
+        if final is None:
+            raise ServeError(502, "The fusor's stream ended without a result.", type="upstream_error",
+                             code="upstream_failed")  # fmt: skip
+        text = self.reply(final)
+        if not text.startswith(streamed):
+            raise ServeError(502, "The fusor's streamed reply could not be used (its output was malformed and had to "
+                             "be redone); retry, or ask without streaming.", type="upstream_error",
+                             code="fusor_output_unusable")  # fmt: skip
+        if text[len(streamed):]:
+            yield text[len(streamed):]
+        yield final
+
+    def reply(self, result: dspy.Prediction) -> str:
+        return reply_text(result, self.profile.reply_fields)
+
+    def usage_and_fusion(self, pool: Pool, result: dspy.Prediction) -> tuple[dict, dict]:
+        """OpenAI's ``usage`` (every call summed) and the ``fusion`` object (panel, failures, stages)."""
+        stages = {"sample": self.meter.usage.get("sample", {}), self.stage: result.stage_usage.get(self.stage, {})}
+        seconds = {"sample": self.meter.seconds.get("sample", 0.0), self.stage: result.stage_seconds.get(self.stage)}
+        drawn = Counter(draw.lm.model for draw in self.program.sample.plan())
+        failed = drawn - Counter(pool.models)
+        fusion: dict[str, Any] = {
+            "profile": self.profile.name,
+            "method": self.method,
+            "n": self.program.sample.n,
+            "candidate_models": [self.names.get(model, model) for model in pool.models],
+            "failed_models": [self.names.get(model, model) for model in failed.elements()],
+            "failures": [self.redact(line) for line in pool.failures],
+            "stages": {name: {**_counts(stages[name]), "seconds": round(seconds[name] or 0.0, 4)} for name in stages},
+        }
+        if "selected_index" in result:
+            fusion["selected_index"] = result.selected_index
+        if "fusion_error" in result:
+            fusion["fusion_error"] = self.redact(result.fusion_error)
+        if self.request.fusion and self.request.fusion.return_candidates:
+            fusion["candidates"] = [self.reply(c) for c in pool.predictions]
+        return _counts(merge_usage(*stages.values())), fusion
+
+    def response(self, pool: Pool, result: dspy.Prediction) -> dict[str, Any]:
+        """The ``chat.completion`` body."""
+        usage, fusion = self.usage_and_fusion(pool, result)
+        message = {"role": "assistant", "content": self.reply(result)}
+        return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.profile.name,
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}], "usage": usage,
+                "fusion": fusion}  # fmt: skip
+
+    def chunk(self, delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> dict[str, Any]:
+        """One ``chat.completion.chunk`` body."""
+        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.profile.name,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}], **extra}  # fmt: skip
+
+
+def _delta_text(chunk: Any) -> str:
+    try:
+        return chunk.choices[0].delta.content or ""
+    except (AttributeError, IndexError, TypeError):
+        return ""

@@ -1,0 +1,69 @@
+"""The ``fusion/`` litellm provider: completion, acompletion and streaming run the fusion in-process."""
+
+import litellm
+import pytest
+
+import fusion_dspy.litellm_provider as provider
+from fusion_dspy.testing import StubOpenAIServer
+from tests.serve_support import FUSED_WORDS, chat_reply, stub_usage_total, write_config
+
+MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France? q-3"}]
+
+
+@pytest.fixture
+def stub(tmp_path):
+    with StubOpenAIServer(chat_reply) as server:
+        provider.register(config=write_config(tmp_path / "c.yaml", {"stub": server.api_base}, "stub", n=3))
+        yield server
+    provider.register()  # back to the default (embedded, lazy: nothing started)
+
+
+def test_import_registers_the_fusion_prefix():
+    assert any(item["provider"] == "fusion" and item["custom_handler"] is provider.handler
+               for item in litellm.custom_provider_map)  # fmt: skip
+
+
+def test_completion(stub):
+    response = litellm.completion(model="fusion/fusion", messages=MESSAGES, fusion={"return_candidates": True})
+    assert response.choices[0].message.content == f"fused q-3 {FUSED_WORDS}"
+    assert len(stub.requests) == 3 + 1
+    assert "Be brief." in stub.requests[0]["messages"][-1]["content"]
+    assert response.usage.total_tokens == stub_usage_total(stub)["total_tokens"]
+    fusion = response._hidden_params["fusion"]
+    assert fusion["candidates"] == ["sample q-3"] * 3 and fusion["failed_models"] == []
+    assert response._hidden_params["response_cost"] == 0.0  # a self-hosted stub has no price
+
+
+async def test_acompletion_best_of_n_with_n(stub):
+    response = await litellm.acompletion(model="fusion/best-of-n", messages=MESSAGES, n=2, temperature=0.1)
+    assert response.choices[0].message.content == "sample q-3"
+    assert len(stub.requests) == 2 and {body["temperature"] for body in stub.requests} == {0.1}
+    assert response.usage.prompt_tokens == stub_usage_total(stub)["prompt_tokens"]
+
+
+def test_sync_stream(stub):
+    chunks = list(litellm.completion(model="fusion/fusion", messages=MESSAGES, stream=True,
+                                     stream_options={"include_usage": True}))  # fmt: skip
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert "".join(pieces) == f"fused q-3 {FUSED_WORDS}" and len(pieces) > 10
+    assert stub.requests[-1]["stream"] is True
+    usage = [c.usage for c in chunks if getattr(c, "usage", None)]
+    assert usage[-1].total_tokens == stub_usage_total(stub)["total_tokens"]
+
+
+async def test_async_stream(stub):
+    stream = await litellm.acompletion(model="fusion/fusion", messages=MESSAGES, stream=True)
+    pieces = [c.choices[0].delta.content async for c in stream if c.choices and c.choices[0].delta.content]
+    assert "".join(pieces) == f"fused q-3 {FUSED_WORDS}" and len(pieces) > 10
+
+
+def test_errors_keep_their_status(stub, tmp_path):
+    with pytest.raises(litellm.BadRequestError, match="limit of 16 candidates"):
+        litellm.completion(model="fusion/fusion", messages=MESSAGES, n=99)
+    with pytest.raises(litellm.NotFoundError):
+        litellm.completion(model="fusion/nope", messages=MESSAGES)
+    with StubOpenAIServer(chat_reply, status=500) as bad:
+        provider.register(config=write_config(tmp_path / "bad.yaml", {"bad": bad.api_base}, "bad", n=2))
+        with pytest.raises(litellm.BadGatewayError) as raised:
+            litellm.completion(model="fusion/fusion", messages=MESSAGES)
+    assert raised.value.status_code == 502 and "0 of 2 samples" in str(raised.value)

@@ -1,0 +1,98 @@
+"""`fusion-dspy serve` as a user runs it: one command, in its own process, with a key."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+
+from fusion_dspy.testing import StubOpenAIServer
+from tests.serve_support import FUSED_WORDS, chat_reply, write_config
+
+KEY = "cli-test-key-7f2a"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_healthy(port: int, process: subprocess.Popen, seconds: float = 90.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[1]
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise AssertionError(f"fusion-dspy serve did not answer on port {port} within {seconds} s")
+
+
+def test_serve_command_with_a_key(tmp_path):
+    port = _free_port()
+    with StubOpenAIServer(chat_reply) as stub:
+        config = write_config(tmp_path / "c.yaml", {"stub": stub.api_base}, "stub", n=2)
+        command = [sys.executable, "-m", "fusion_dspy.cli", "-v", "serve", "--config", str(config), "--port",
+                   str(port), "--api-key-env", "FUSION_TEST_KEY"]  # fmt: skip
+        process = subprocess.Popen(command, env={**os.environ, "FUSION_TEST_KEY": KEY}, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            _wait_healthy(port, process)
+            client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0)
+            reply = client.chat.completions.create(model="fusion", messages=[{"role": "user", "content": "Hi q-2"}])
+            refused = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": "Bearer nope"})
+        finally:
+            process.send_signal(signal.SIGINT)
+            out, err = process.communicate(timeout=30)
+    assert reply.choices[0].message.content == f"fused q-2 {FUSED_WORDS}"
+    assert refused.status_code == 401
+    assert "serving fusion, best-of-n" in err and "POST /v1/chat/completions" in out + err  # access log at -v
+    assert KEY not in out + err
+
+
+def test_readme_serve_examples_are_valid():
+    import importlib
+    import json
+    import re
+    from pathlib import Path
+
+    import yaml
+    from litellm.llms.custom_llm import CustomLLM
+
+    from fusion_dspy.serve.schema import ChatCompletionRequest
+
+    section = Path(__file__).resolve().parents[1].joinpath("README.md").read_text().split("## Serve it")[1]
+    section = section.split("\n## ")[0]
+    curl = re.search(r"-d '(\{.*?\})'", section, re.DOTALL).group(1)
+    request = ChatCompletionRequest.model_validate(json.loads(curl))
+    assert request.candidates == 4 and request.fusion.return_candidates
+    proxy = yaml.safe_load(re.search(r"```yaml\n(# proxy.yaml.*?)```", section, re.DOTALL).group(1))
+    entry = proxy["litellm_settings"]["custom_provider_map"][0]
+    module, _, attribute = entry["custom_handler"].rpartition(".")
+    assert entry["provider"] == "fusion" and isinstance(getattr(importlib.import_module(module), attribute), CustomLLM)
+    assert all(m["litellm_params"]["model"].startswith("fusion/") for m in proxy["model_list"])
+
+
+def test_serve_command_with_two_workers(tmp_path):
+    port = _free_port()
+    with StubOpenAIServer(chat_reply) as stub:
+        config = write_config(tmp_path / "c.yaml", {"stub": stub.api_base}, "stub", n=2)
+        command = [sys.executable, "-m", "fusion_dspy.cli", "serve", "--config", str(config), "--port", str(port),
+                   "--workers", "2"]  # fmt: skip
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            _wait_healthy(port, process)
+            client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="-", max_retries=0)
+            replies = [client.chat.completions.create(model="fusion", messages=[{"role": "user", "content": f"q-{k}"}])
+                       for k in range(4)]  # fmt: skip
+        finally:
+            process.send_signal(signal.SIGINT)
+            _, err = process.communicate(timeout=30)
+    assert [r.choices[0].message.content for r in replies] == [f"fused q-{k} {FUSED_WORDS}" for k in range(4)]
+    assert "2 workers" in err

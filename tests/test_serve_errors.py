@@ -1,0 +1,252 @@
+"""Every error status of the server, over raw HTTP: what it means, the field it names, and no key in any body."""
+
+import subprocess
+import sys
+import textwrap
+import threading
+
+import httpx
+import openai
+import pytest
+
+from fusion_dspy.cli import main
+from fusion_dspy.errors import FusionDSPyError
+from fusion_dspy.serve.secrets import Redactor
+from fusion_dspy.serve.server import check_exposure, is_loopback
+from fusion_dspy.testing import StubOpenAIServer
+from tests.serve_support import chat_reply, fusion_server, write_config
+
+KEY = "fusion-test-key-4c1d"
+UPSTREAM_KEY = "sk-upstream-secret-99"
+HELLO = [{"role": "user", "content": "Hello q-1"}]
+
+
+@pytest.fixture
+def stub():
+    with StubOpenAIServer(chat_reply) as server:
+        yield server
+
+
+@pytest.fixture
+def config(tmp_path, stub):
+    return write_config(tmp_path / "config.yaml", {"stub": stub.api_base}, "stub", n=2)
+
+
+def _post(server, body=None, content=None, key=None, timeout=30.0):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.post(f"{server.base_url}/chat/completions", json=body, content=content, headers=headers,
+                      timeout=timeout)  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"model": "fusion"}, "messages"),
+    ({"model": "fusion", "messages": []}, "messages"),
+    ({"model": "fusion", "messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
+    ({"model": "fusion", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+     "messages[0].content"),
+    ({"model": "fusion", "messages": HELLO, "temperature": 7}, "temperature"),
+    ({"model": "fusion", "messages": HELLO, "n": 99}, "n"),
+    ({"model": "fusion", "messages": HELLO, "max_tokens": 10**6}, "max_tokens"),
+    ({"model": "fusion", "messages": HELLO, "tools": [{"type": "function"}]}, "tools"),
+    ({"model": "fusion", "messages": HELLO, "fusion": {"models": ["stub", "gpt-9"]}}, "fusion.models[1]"),
+    ({"model": "fusion", "messages": HELLO, "fusion": {"fusor": "gpt-9"}}, "fusion.fusor"),
+    ({"model": "fusion", "messages": HELLO, "fusion": {"api_base": "http://evil"}}, "fusion.api_base"),
+])  # fmt: skip
+def test_bad_requests_get_400_naming_the_field(config, stub, body, param):
+    with fusion_server(config) as server:
+        response = _post(server, body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and error["type"] == "invalid_request_error"
+    assert param.split("[")[0].split(".")[0] in error["message"]
+    assert stub.requests == [], "nothing is sampled for a bad request"
+
+
+def test_malformed_json_is_400_and_unknown_model_is_404(config):
+    with fusion_server(config) as server:
+        broken = _post(server, content=b"{not json")
+        unknown = _post(server, {"model": "gpt-5", "messages": HELLO})
+    assert broken.status_code == 400 and broken.json()["error"]["type"] == "invalid_request_error"
+    assert unknown.status_code == 404 and unknown.json()["error"]["param"] == "model"
+    assert "fusion" in unknown.json()["error"]["message"]
+
+
+def test_a_wrong_or_missing_key_is_401_and_no_key_is_ever_echoed(config):
+    with fusion_server(config, api_key=KEY) as server:
+        missing = _post(server, {"model": "fusion", "messages": HELLO})
+        wrong = _post(server, {"model": "fusion", "messages": HELLO}, key=KEY[:-1] + "x")
+        models = httpx.get(f"{server.base_url}/models")
+        right = _post(server, {"model": "fusion", "messages": HELLO}, key=KEY)
+        health = httpx.get(f"http://127.0.0.1:{server.port}/health")
+    for response in (missing, wrong, models):
+        assert response.status_code == 401 and response.json()["error"]["type"] == "authentication_error"
+    assert right.status_code == 200 and health.status_code == 200
+    for response in (missing, wrong, models, right):
+        assert KEY not in response.text and KEY[:-1] not in response.text
+
+
+def test_a_body_over_the_limit_is_413(config, stub):
+    with fusion_server(config, max_body_bytes=2_000) as server:
+        response = _post(server, {"model": "fusion", "messages": [{"role": "user", "content": "x" * 5_000}]})
+    assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
+    assert stub.requests == []
+
+
+def test_a_full_server_answers_429_with_retry_after(tmp_path):
+    entered, release = threading.Event(), threading.Event()
+
+    def held_reply(body):
+        entered.set()
+        release.wait(30)
+        return chat_reply(body)
+
+    with StubOpenAIServer(held_reply) as stub:
+        config = write_config(tmp_path / "c.yaml", {"stub": stub.api_base}, "stub", n=1)
+        with fusion_server(config, max_concurrency=1, retry_after=3) as server:
+            first: dict = {}
+            worker = threading.Thread(target=lambda: first.update(r=_post(server, {"model": "fusion",
+                                                                                   "messages": HELLO})))
+            worker.start()
+            assert entered.wait(30), "the first request never reached the backend"
+            refused = _post(server, {"model": "fusion", "messages": HELLO})
+            release.set()
+            worker.join(30)
+            after = _post(server, {"model": "fusion", "messages": HELLO})
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "3"
+    assert refused.json()["error"]["type"] == "rate_limit_error"
+    assert first["r"].status_code == 200 and after.status_code == 200, "the slot is given back"
+
+
+def test_upstream_failure_is_502_with_the_failures_and_no_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("STUB_KEY", UPSTREAM_KEY)
+    with StubOpenAIServer(chat_reply, status=500) as bad:
+        config = write_config(tmp_path / "c.yaml", {"bad": bad.api_base}, "bad", n=2)
+        config.write_text(config.read_text().replace("num_retries: 0", "num_retries: 0\n    api_key_env: STUB_KEY"))
+        with fusion_server(config, redact_also=[UPSTREAM_KEY]) as server:
+            response = _post(server, {"model": "fusion", "messages": HELLO})
+            streamed = _post(server, {"model": "fusion", "messages": HELLO, "stream": True})
+    for reply in (response, streamed):  # a stream that fails before its first word gets the status too
+        assert reply.status_code == 502, reply.text
+        error = reply.json()["error"]
+        assert error["code"] == "upstream_failed" and "0 of 2 samples" in error["message"]
+        assert UPSTREAM_KEY not in reply.text
+    assert len(bad.requests) == 2 + 2, "both samples were tried, for each request"
+
+
+BACKEND = textwrap.dedent("""
+    import sys, time
+    from fusion_dspy.testing import StubOpenAIServer
+
+    def reply(body):
+        print("request", flush=True)
+        time.sleep(120)
+        return "never"
+
+    server = StubOpenAIServer(reply).start()
+    print(server.api_base, flush=True)
+    time.sleep(300)
+""")
+
+
+def test_a_killed_upstream_is_502_not_a_hang(tmp_path):
+    backend = subprocess.Popen([sys.executable, "-c", BACKEND], stdout=subprocess.PIPE, text=True)
+    try:
+        api_base = backend.stdout.readline().strip()
+        config = write_config(tmp_path / "c.yaml", {"remote": api_base}, "remote", n=1)
+        with fusion_server(config) as server:
+            outcome: dict = {}
+            worker = threading.Thread(target=lambda: outcome.update(r=_post(server, {"model": "fusion",
+                                                                                     "messages": HELLO})))
+            worker.start()
+            assert backend.stdout.readline().strip() == "request"  # the request is inside the backend now
+            backend.kill()
+            worker.join(60)
+        assert not worker.is_alive(), "the request hung after its backend died"
+        assert outcome["r"].status_code == 502 and outcome["r"].json()["error"]["code"] == "upstream_failed"
+    finally:
+        backend.kill()
+        backend.wait(10)
+
+
+def test_a_request_over_the_time_limit_is_504(tmp_path):
+    with StubOpenAIServer(chat_reply, delay=5) as slow:
+        config = write_config(tmp_path / "c.yaml", {"slow": slow.api_base}, "slow", n=1)
+        with fusion_server(config, timeout=0.3) as server:
+            response = _post(server, {"model": "fusion", "messages": HELLO})
+    assert response.status_code == 504 and response.json()["error"]["code"] == "timeout"
+
+
+def test_an_error_after_the_stream_started_ends_it_with_an_error_event(tmp_path):
+    gate = threading.Event()  # never set: the fusor's reply stops halfway until the deadline passes
+    with StubOpenAIServer(chat_reply, stream_gate=gate) as stub:
+        config = write_config(tmp_path / "c.yaml", {"stub": stub.api_base}, "stub", n=1)
+        with fusion_server(config, timeout=3) as server:
+            client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
+            words = []
+            with pytest.raises(openai.APIError, match="time limit"):
+                for chunk in client.chat.completions.create(model="fusion", messages=HELLO, stream=True):
+                    words.append(chunk.choices[0].delta.content)
+        gate.set()
+    assert any(words), "the stream had started before the error"
+
+
+def test_binding_beyond_loopback_without_a_key_is_refused(capsys):
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
+    with pytest.raises(FusionDSPyError, match="without an API key"):
+        check_exposure("0.0.0.0", None)
+    check_exposure("0.0.0.0", KEY)
+    assert main(["serve", "--host", "0.0.0.0"]) == 2
+    assert "Refusing to serve on 0.0.0.0 without an API key" in capsys.readouterr().err
+    assert main(["serve", "--api-key-env", "FUSION_TEST_UNSET_VARIABLE"]) == 2
+    assert "FUSION_TEST_UNSET_VARIABLE" in capsys.readouterr().err
+
+
+def test_redactor_masks_every_known_key():
+    redact = Redactor([KEY, UPSTREAM_KEY, None, ""])
+    assert redact(f"auth {KEY} then {UPSTREAM_KEY}.") == "auth *** then ***."
+
+
+def test_keys_are_masked_in_log_records(caplog):
+    import logging
+
+    from fusion_dspy.serve.secrets import redact_logs
+
+    factory = logging.getLogRecordFactory()
+    try:
+        redact_logs(Redactor([KEY]))
+        with caplog.at_level(logging.WARNING):
+            logging.getLogger("fusion_dspy.core.sample").warning("upstream said: bad key %s", KEY)
+    finally:
+        logging.setLogRecordFactory(factory)
+    assert "upstream said: bad key ***" in caplog.text and KEY not in caplog.text
+
+
+def test_a_client_leaving_mid_stream_frees_its_slot(tmp_path):
+    import time
+
+    gate = threading.Event()  # the fusor's reply stops halfway: the client leaves while it is still being written
+    with StubOpenAIServer(chat_reply, stream_gate=gate) as stub:
+        config = write_config(tmp_path / "c.yaml", {"stub": stub.api_base}, "stub", n=1)
+        with fusion_server(config, max_concurrency=1) as server:
+            client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
+            stream = client.chat.completions.create(model="fusion", messages=HELLO, stream=True)
+            next(chunk for chunk in stream if chunk.choices and chunk.choices[0].delta.content)
+            stream.close()
+            health = f"http://127.0.0.1:{server.port}/health"
+            deadline = time.monotonic() + 30
+            while httpx.get(health).json()["in_flight"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            after = _post(server, {"model": "fusion", "messages": HELLO, "stream": False}, timeout=60)
+            gate.set()
+    assert after.status_code == 200, after.text  # not 429: the slot came back
+
+
+def test_samples_that_all_time_out_upstream_are_504(tmp_path):
+    with StubOpenAIServer(chat_reply, delay=5) as slow:
+        config = write_config(tmp_path / "c.yaml", {"slow": slow.api_base}, "slow", n=2)
+        config.write_text(config.read_text().replace("num_retries: 0", "num_retries: 0\n    timeout: 0.5"))
+        with fusion_server(config) as server:
+            response = _post(server, {"model": "fusion", "messages": HELLO})
+    assert response.status_code == 504, response.text
+    assert response.json()["error"]["code"] == "upstream_timeout"
