@@ -69,30 +69,65 @@ class PairedEvaluation:
             return 0.0, 0, f"{type(error).__name__}: {error}"
         return self.task.score(example, prediction, where), prediction.stage_tokens[stage], None
 
+    async def _amethod(self, program: dspy.Module, stage: str, example: dspy.Example, candidates: list, where: str):
+        """The async twin of ``_method``."""
+        try:
+            prediction = await program.acall(candidates=candidates, **example.inputs())
+        except Exception as error:  # noqa: BLE001 - a failed fusion or selection is a miss, and is reported
+            return 0.0, 0, f"{type(error).__name__}: {error}"
+        return self.task.score(example, prediction, where), prediction.stage_tokens[stage], None
+
+    def _scored_pool(self, index: int, example: dspy.Example, pool: dspy.Prediction) -> tuple[dspy.Example, list]:
+        """The example (with a baseline when the metric needs one) and every candidate's score."""
+        if self.task.needs_baseline and "baseline" not in example:
+            # A pairwise judge needs something to compare with: the single sample, as a win rate against it.
+            output = next(name for name in self.task.signature.output_fields if name != "reasoning")
+            example = example.copy(baseline=str(pool.candidates[0][output]))
+        return example, [self.task.score(example, c, f"example {index}") for c in pool.candidates]
+
+    @staticmethod
+    def _record(index: int, n: int, pool: dspy.Prediction, scores: list, best: tuple, fused: tuple) -> dict:
+        (bon, bon_tokens, bon_error), (fusion, fusion_tokens, fusion_error) = best, fused
+        candidates, usage = pool.candidates[:n], pool.usage[:n]
+        sample_tokens = sum(total_tokens(u) for u in usage)
+        return {
+            "id": f"{index}:{n}", "example": index, "n": n, "candidates": len(candidates),
+            "scores": {"single": scores[0], "bon": bon, "fusion": fusion, "oracle": max(scores[:n])},
+            "tokens": {"single": total_tokens(usage[0]), "bon": sample_tokens + bon_tokens,
+                       "fusion": sample_tokens + fusion_tokens, "oracle": sample_tokens},
+            "errors": {name: e for name, e in (("bon", bon_error), ("fusion", fusion_error)) if e},
+        }  # fmt: skip
+
     def _evaluate_example(self, index: int, log: ResultsLog) -> int:
         example = self.examples[index]
         todo = [n for n in self.n_values if f"{index}:{n}" not in log.done]
         if not todo:
             return 0
         pool = self.fusion.sample(**example.inputs())
-        if self.task.needs_baseline and "baseline" not in example:
-            # A pairwise judge needs something to compare with: the single sample, as a win rate against it.
-            output = next(name for name in self.task.signature.output_fields if name != "reasoning")
-            example = example.copy(baseline=str(pool.candidates[0][output]))
-        scores = [self.task.score(example, c, f"example {index}") for c in pool.candidates]
+        example, scores = self._scored_pool(index, example, pool)
         for n in todo:
-            candidates, usage = pool.candidates[:n], pool.usage[:n]
-            sample_tokens = sum(total_tokens(u) for u in usage)
             where = f"example {index}, N={n}"
-            bon, bon_tokens, bon_error = self._method(self.best, "select", example, candidates, where)
-            fusion, fusion_tokens, fusion_error = self._method(self.fusion, "fuse", example, candidates, where)
-            log.write({
-                "id": f"{index}:{n}", "example": index, "n": n, "candidates": len(candidates),
-                "scores": {"single": scores[0], "bon": bon, "fusion": fusion, "oracle": max(scores[:n])},
-                "tokens": {"single": total_tokens(usage[0]), "bon": sample_tokens + bon_tokens,
-                           "fusion": sample_tokens + fusion_tokens, "oracle": sample_tokens},
-                "errors": {name: e for name, e in (("bon", bon_error), ("fusion", fusion_error)) if e},
-            })  # fmt: skip
+            bon = self._method(self.best, "select", example, pool.candidates[:n], where)
+            fusion = self._method(self.fusion, "fuse", example, pool.candidates[:n], where)
+            log.write(self._record(index, n, pool, scores, bon, fusion))
+        return len(todo)
+
+    async def aevaluate_example(self, index: int, log: ResultsLog) -> int:
+        """Evaluate one example for every N ``log.done`` lacks, writing each record to ``log``; returns how many.
+
+        The async twin of the per-example step of ``run`` (the Ray engine's unit of work): same records.
+        """
+        example = self.examples[index]
+        todo = [n for n in self.n_values if f"{index}:{n}" not in log.done]
+        if not todo:
+            return 0
+        pool = await self.fusion.sample.acall(**example.inputs())
+        example, scores = self._scored_pool(index, example, pool)
+        for n in todo:
+            where = f"example {index}, N={n}"
+            bon = await self._amethod(self.best, "select", example, pool.candidates[:n], where)
+            fusion = await self._amethod(self.fusion, "fuse", example, pool.candidates[:n], where)
+            log.write(self._record(index, n, pool, scores, bon, fusion))
         return len(todo)
 
     def run(self, show_progress: bool = True) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import dspy
 
-from fusion_dspy.batch import ResultsLog, progress_bar
+from fusion_dspy.batch import ResultsLog, error_record, progress_bar
 from fusion_dspy.concurrency import run_concurrently
 from fusion_dspy.fusion import FusionOfN
 from fusion_dspy.plain_adapter import render_inputs
@@ -78,7 +78,7 @@ def synthesize(
                 return "done"
             except Exception as error:  # noqa: BLE001 - recorded; the next run tries this prompt again
                 logger.warning("Prompt %s failed: %s: %s", item_id, type(error).__name__, error)
-                errors.write({"id": item_id, "inputs": inputs, "error": f"{type(error).__name__}: {error}"})
+                errors.write(error_record(item_id, inputs, error))
                 return "failed"
             finally:
                 progress.advance(bar)
