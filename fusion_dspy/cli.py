@@ -240,7 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("--propose", type=int, default=0, help="extra fusor instructions from the judge model")
     optimize.add_argument("--cost", action="store_true", help="also minimize tokens (a Pareto front)")
     optimize.add_argument("--sampler", choices=["tpe", "grid"], default="tpe", help="tpe (default) or grid")
-    optimize.add_argument("--storage", default="sqlite:///fusion_study.db", help="optuna storage URL")
+    optimize.add_argument("--storage", default="sqlite:///fusion_study.db",
+                          help="optuna storage: an RDB URL (default sqlite:///fusion_study.db; postgresql://... for "
+                          "many machines) or journal:PATH for a journal file")  # fmt: skip
     optimize.add_argument("--study", help="study name (default fusion-<program>)")
     optimize.add_argument("--cache-dir", type=Path, default=Path(".fusion_dspy_cache/candidates"),
                           help="candidate store (default .fusion_dspy_cache/candidates)")

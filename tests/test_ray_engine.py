@@ -193,3 +193,29 @@ def test_a_killed_ray_worker_loses_no_row_and_writes_none_twice(tmp_path, ray_ad
 def test_engine_options_need_the_ray_engine(capsys):
     assert main(["synth", "--prompts", "p.jsonl", "--address", "auto"]) == 2
     assert "--engine ray" in capsys.readouterr().err
+
+
+def test_without_ray_the_error_names_the_extra(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets when ray is not installed
+    monkeypatch.setitem(sys.modules, "ray.data", None)
+    assert main(["synth", "--prompts", "p.jsonl", "--engine", "ray"]) == 2
+    assert "pip install 'fusion-dspy[ray]'" in capsys.readouterr().err
+
+
+def test_run_on_ray_writes_the_local_records_errors_included(tmp_path, ray_address):
+    inputs = tmp_path / "inputs.jsonl"
+    texts = ["prompt a", "poison prompt", "prompt b"]
+    inputs.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
+    with StubOpenAIServer(reply) as server:
+        config = write_config(tmp_path / "c.yaml", {"m": {"model": "openai/m", "api_base": server.api_base,
+                                                          "cache": False}}, "m")  # fmt: skip
+        common = ["run", "--config", str(config), "--signature", "prompt -> response", "--inputs", str(inputs),
+                  "--n", "2"]  # fmt: skip
+        assert main([*common, "--output", str(tmp_path / "local.jsonl"), "--quiet"]) == 0
+        assert main([*common, "--output", str(tmp_path / "ray.jsonl"), *RAY]) == 0
+    untimed = lambda path: {i: {k: v for k, v in r.items() if k != "stage_seconds"}  # noqa: E731
+                            for i, r in by_id(path).items()}  # fmt: skip
+    remote = untimed(tmp_path / "ray.jsonl")
+    assert sorted(remote) == ["0", "1", "2"] and remote == untimed(tmp_path / "local.jsonl")
+    assert remote["0"]["response"] == "fused" and remote["0"]["error"] is None
+    assert remote["1"]["error"].startswith("SamplingError")
