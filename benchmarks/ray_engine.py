@@ -66,15 +66,16 @@ class FirstLine:
         self._thread.join()
 
 
-def timed(run, output: Path, prompts: int) -> tuple[float, float]:
-    """Prompts per second end to end, and from the first written row to the last."""
+def timed(run, output: Path, prompts: int) -> tuple[float, float, float]:
+    """Prompts per second end to end and from the first written row to the last; seconds to the first row."""
     watch = FirstLine(output)
     start = time.perf_counter()
     counts = run()
     end = time.perf_counter()
     watch.stop()
     assert counts["done"] == prompts, counts
-    return prompts / (end - start), (prompts - 1) / (end - (watch.at or start))
+    first = watch.at or start
+    return prompts / (end - start), (prompts - 1) / (end - first), first - start
 
 
 def main() -> None:
@@ -115,8 +116,9 @@ def main() -> None:
             out = folder / f"ray{repeat}.jsonl"
             remote.append(timed(lambda out=out: synthesize_on_ray(job, read_jsonl(prompts), out, engine,
                                                                   show_progress=False), out, args.prompts))  # fmt: skip
-            print(f"repeat {repeat}: local {local[-1][0]:.1f}/s, ray {remote[-1][0]:.1f}/s end to end "
-                  f"({remote[-1][1]:.1f}/s steady); limit {limit:.1f}/s", flush=True)
+            print(f"repeat {repeat}: local {local[-1][0]:.1f}/s, ray {remote[-1][0]:.1f}/s end to end; steady "
+                  f"{local[-1][1]:.1f}/s, {remote[-1][1]:.1f}/s; first row after {local[-1][2]:.1f} s, "
+                  f"{remote[-1][2]:.1f} s; limit {limit:.1f}/s", flush=True)
     finally:
         ray.shutdown()
         server.stdin.close()
@@ -127,7 +129,7 @@ def main() -> None:
 
     print(f"{args.prompts} prompts, {args.delay} s per request, {args.concurrency} prompts in flight "
           f"(ray: {args.actors} actors x {engine.in_flight}); limit {limit:.1f} prompts/s")
-    report("local / concurrency limit", [rate / limit for rate, _ in local])
+    report("local / concurrency limit", [rate / limit for rate, _, _ in local])
     report("ray / local, end to end", [ray_[0] / local_[0] for ray_, local_ in zip(remote, local, strict=True)])
     report("ray / local, steady state", [ray_[1] / local_[1] for ray_, local_ in zip(remote, local, strict=True)])
 

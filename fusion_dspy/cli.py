@@ -151,7 +151,7 @@ def _eval(args: argparse.Namespace) -> int:
         from fusion_dspy.ray_jobs import ConfigText, EvalJob, evaluate_on_ray
 
         job = EvalJob.of(ConfigText.read(args.config), args.program, _examples(task, args), args.n_values,
-                         args.output_dir, num_threads=args.threads)  # fmt: skip
+                         args.output_dir)  # fmt: skip
         records = evaluate_on_ray(job, engine, show_progress=not args.quiet)
     else:
         evaluation = PairedEvaluation(backends, task, _examples(task, args), n_values=args.n_values,
@@ -269,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--output", type=Path, default=Path("train.jsonl"), help="training set (default train.jsonl)")
     synth.add_argument("--signature", default="prompt -> response", help='default "prompt -> response"')
     synth.add_argument("--n", type=int, help="samples per prompt (default: one per teacher count)")
-    synth.add_argument("--concurrency", type=int, default=4, help="prompts in flight at once (default 4)")
+    synth.add_argument("--concurrency", type=int, default=4,
+                       help="prompts in flight at once, local engine (default 4; Ray: --actors x --in-flight)")
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_engine_arguments(synth)
     synth.set_defaults(handler=_synth)

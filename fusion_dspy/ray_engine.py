@@ -28,8 +28,9 @@ from typing import Any, Protocol
 from fusion_dspy.errors import FusionDSPyError
 
 # Ray Data runs up to 16 rows of one block at once through an async UDF
-# (RAY_DATA_DEFAULT_ASYNC_ROW_UDF_MAX_CONCURRENCY); more rows in flight per actor take more blocks at once. A
-# block is also what a dead worker's retry redoes and how soon results reach the driver: small on purpose.
+# (RAY_DATA_DEFAULT_ASYNC_ROW_UDF_MAX_CONCURRENCY), so a block holds min(16, in_flight) rows and an actor runs
+# as many blocks at once as it takes to reach in_flight. A block is also what a dead worker's retry redoes and
+# how often results reach the driver: small on purpose.
 ROWS_PER_BLOCK = 16
 
 
@@ -118,7 +119,11 @@ class RayEngine:
         started = not ray.is_initialized()
         if started:
             options = {"include_dashboard": False} if self.address is None else {}
-            ray.init(address=self.address, logging_level=logging.WARNING, **options)
+            try:
+                ray.init(address=self.address, logging_level=logging.WARNING, **options)
+            except ImportError as error:  # ray:// needs Ray Client's grpcio, which ray[data] does not bring
+                raise FusionDSPyError(f"--address {self.address}: connecting through Ray Client needs "
+                                      f"pip install 'ray[client]' ({error}).") from None  # fmt: skip
         if not self.verbose:  # Ray Data's execution notes; errors still show
             logging.getLogger("ray.data").setLevel(logging.ERROR)
         try:
@@ -137,9 +142,18 @@ class RayEngine:
             context.print_on_execution_start = False
             block_rows = min(ROWS_PER_BLOCK, self.in_flight)
             dataset = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / block_rows))
-            pool = ray.data.ActorPoolStrategy(size=self.actors,
-                                              max_concurrent_calls_per_actor=math.ceil(self.in_flight / block_rows))
+            # One block more than in_flight needs: its rows wait on the actor's semaphore and take the slots of
+            # a block's finished rows, so an actor does not idle while a block is reported and the next starts.
+            blocks_at_once = math.ceil(self.in_flight / block_rows) + 1
+            pool = ray.data.ActorPoolStrategy(size=self.actors, max_concurrent_calls_per_actor=blocks_at_once)
             outcomes = dataset.map(JobActor, compute=pool, num_cpus=1, fn_constructor_kwargs={
                 "job": job, "in_flight": self.in_flight, "verbose": self.verbose})  # fmt: skip
-            for row in outcomes.iter_rows():
-                yield Outcome.from_row(row)
+            try:
+                for row in outcomes.iter_rows():
+                    yield Outcome.from_row(row)
+            except ray.exceptions.ActorDiedError as error:  # e.g. __init__ raised: a key variable is missing there
+                cause = str(error).strip().splitlines()[-1]
+                raise FusionDSPyError(f"A Ray worker could not run the job: {cause}\nEvery worker builds the program "
+                                      "from the config's text and reads the key variables it names from its own "
+                                      "environment (set them where `ray start` runs); fusion-dspy and the task's "
+                                      "module must be importable there.") from None  # fmt: skip

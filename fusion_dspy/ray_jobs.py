@@ -178,19 +178,18 @@ class EvalJob:
     n_values: tuple[int, ...]
     output_dir: str
     store: str
-    num_threads: int = 4
 
     @classmethod
     def of(cls, config: ConfigText, program: str, examples: list[dspy.Example], n_values: Iterable[int],
-           output_dir: str | Path, num_threads: int = 4) -> "EvalJob":  # fmt: skip
+           output_dir: str | Path) -> "EvalJob":  # fmt: skip
         output_dir = Path(output_dir).resolve()
         return cls(config, program, tuple((dict(e.toDict()), tuple(e.inputs().keys())) for e in examples),
-                   tuple(sorted(set(n_values))), str(output_dir), str(output_dir / "candidates"), num_threads)
+                   tuple(sorted(set(n_values))), str(output_dir), str(output_dir / "candidates"))
 
     def evaluation(self):
         examples = [dspy.Example(**fields).with_inputs(*keys) for fields, keys in self.examples]
         return PairedEvaluation(self.config.backends(), resolve_task(self.program), examples, self.n_values,
-                                self.output_dir, store=CandidateStore(self.store), num_threads=self.num_threads)
+                                self.output_dir, store=CandidateStore(self.store))
 
     def build(self):
         evaluation = self.evaluation()
