@@ -15,7 +15,7 @@ content-addressed), only the reuse is per node.
 import json
 import logging
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,9 +63,10 @@ def _rows(todo: Iterable[tuple[str, Any]]) -> list[dict[str, str]]:
 
 
 def _drain(engine: RayEngine, job: Any, rows: list, logs: dict[str, ResultsLog], label: str,
-           show_progress: bool) -> list[Outcome]:  # fmt: skip
-    """Write every outcome's records as it arrives (each id once); returns the outcomes."""
-    outcomes, written = [], set()
+           show_progress: bool) -> Iterator[Outcome]:  # fmt: skip
+    """Write every outcome's records as it arrives (each id once), then yield it (kept by nobody: a run may
+    have millions)."""
+    written = set()
     with progress_bar(disable=not show_progress) as progress:
         bar = progress.add_task(label, total=len(rows))
         for outcome in engine.map(job, rows):
@@ -76,9 +77,8 @@ def _drain(engine: RayEngine, job: Any, rows: list, logs: dict[str, ResultsLog],
                         logs[name].write(record)
             if outcome.warning:
                 logger.warning(outcome.warning)
-            outcomes.append(outcome)
             progress.advance(bar)
-    return outcomes
+            yield outcome
 
 
 @dataclass(frozen=True)
@@ -114,9 +114,10 @@ def run_on_ray(job: RunJob, items: Iterable[dict[str, Any]], output: str | Path,
     """
     with ResultsLog(output) as log:
         skipped, rows = len(log.done), _rows(log.pending(items, input_fields))
-        outcomes = _drain(engine, job, rows, {"results": log}, f"run (ray) -> {log.path.name}", show_progress)
-    failed = sum(1 for outcome in outcomes for record in outcome.results if record.get("error"))
-    return {"done": len(outcomes) - failed, "failed": failed, "skipped": skipped}
+        failed = [any(r.get("error") for r in outcome.results)
+                  for outcome in _drain(engine, job, rows, {"results": log}, f"run (ray) -> {log.path.name}",
+                                        show_progress)]  # fmt: skip
+    return {"done": failed.count(False), "failed": failed.count(True), "skipped": skipped}
 
 
 @dataclass(frozen=True)
@@ -146,10 +147,10 @@ def synthesize_on_ray(job: SynthJob, prompts: Iterable[dict[str, Any]], output: 
     fields = list(ensure_signature(job.signature).input_fields)
     with ResultsLog(output) as log, ResultsLog(Path(output).with_suffix(".errors.jsonl")) as errors:
         skipped, rows = len(log.done), _rows(log.pending(prompts, fields))
-        outcomes = _drain(engine, job, rows, {"results": log, "errors": errors},
-                          f"synthesizing (ray) -> {log.path.name}", show_progress)  # fmt: skip
-    done = sum(1 for outcome in outcomes if outcome.results)
-    return {"done": done, "failed": len(outcomes) - done, "skipped": skipped}
+        written = [bool(outcome.results) for outcome in _drain(
+            engine, job, rows, {"results": log, "errors": errors}, f"synthesizing (ray) -> {log.path.name}",
+            show_progress)]  # fmt: skip
+    return {"done": written.count(True), "failed": written.count(False), "skipped": skipped}
 
 
 class _Collected:
@@ -214,8 +215,8 @@ def evaluate_on_ray(job: EvalJob, engine: RayEngine, show_progress: bool = True)
     with ResultsLog(Path(job.output_dir) / "results.jsonl") as log:
         todo = [(str(index), missing) for index in range(len(job.examples))
                 if (missing := [n for n in job.n_values if f"{index}:{n}" not in log.done])]  # fmt: skip
-        outcomes = _drain(engine, job, _rows(todo), {"results": log}, "paired evaluation (ray)", show_progress)
-        fatal = next((outcome.fatal for outcome in outcomes if outcome.fatal), None)
+        fatal = [outcome.fatal for outcome in _drain(engine, job, _rows(todo), {"results": log},
+                                                     "paired evaluation (ray)", show_progress) if outcome.fatal]
         if fatal:
-            raise MetricError(fatal)
+            raise MetricError(fatal[0])
         return log.records()
