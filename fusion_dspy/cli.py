@@ -35,11 +35,18 @@ def _run(args: argparse.Namespace) -> int:
         items = list(read_jsonl(args.inputs))
     else:
         raise FusionDSPyError("Give --input TEXT (one input) or --inputs FILE.jsonl (one JSON object per line).")
+    engine = _engine(args)
     backends = Backends(read_config(args.config))
     backends.check()
     overrides = {"n": args.n} if args.n else {}
-    program = backends.program(signature, method=args.method, **overrides)
-    counts = run_batch(program, items, args.output, fields, show_progress=not args.quiet)
+    if engine:
+        from fusion_dspy.workflows.ray_jobs import ConfigText, RunJob, run_on_ray
+
+        job = RunJob(ConfigText.read(args.config), args.signature, args.method, args.n)
+        counts = run_on_ray(job, items, args.output, fields, engine, show_progress=not args.quiet)
+    else:
+        program = backends.program(signature, method=args.method, **overrides)
+        counts = run_batch(program, items, args.output, fields, show_progress=not args.quiet)
     Console(stderr=True).print(f"{args.output}: {counts['done']} done, {counts['failed']} failed, "
                                f"{counts['skipped']} already there")  # fmt: skip
     return 1 if counts["failed"] and not counts["done"] else 0
@@ -50,6 +57,29 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def _add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    engine = parser.add_argument_group("engine", "where the work runs (README, 'The Ray engine')")
+    engine.add_argument("--engine", choices=["local", "ray"], default="local",
+                        help="local: this process (default); ray: a Ray Data pipeline over an actor pool "
+                        "(pip install 'fusion-dspy[ray]')")  # fmt: skip
+    engine.add_argument("--address", help="Ray cluster: 'auto' (the one this machine is part of) or "
+                        "'ray://HEAD:10001' (default: a local Ray instance for this run)")  # fmt: skip
+    engine.add_argument("--actors", type=int, default=2, help="Ray actors, one CPU each (default 2)")
+    engine.add_argument("--in-flight", type=int, default=16, help="rows each Ray actor runs at once (default 16)")
+
+
+def _engine(args: argparse.Namespace):
+    """The ``RayEngine`` of ``--engine ray``, or ``None`` for the local engine."""
+    if args.engine == "local":
+        if args.address:
+            raise FusionDSPyError("--address is an option of the Ray engine: add --engine ray.")
+        return None
+    from fusion_dspy.workflows.ray_engine import RayEngine, require_ray
+
+    require_ray()
+    return RayEngine(address=args.address, actors=args.actors, in_flight=args.in_flight, verbose=args.verbose)
 
 
 def _csv(kind):
@@ -121,12 +151,20 @@ def _eval(args: argparse.Namespace) -> int:
     from fusion_dspy.workflows.reports import plot_summary, report_table, summarize, write_summary
     from fusion_dspy.workflows.task import resolve_task
 
+    engine = _engine(args)
     task = resolve_task(args.program)
     backends = load_config(args.config)
     backends.check()
-    evaluation = PairedEvaluation(backends, task, _examples(task, args), n_values=args.n_values,
-                                  output_dir=args.output_dir, num_threads=args.threads)  # fmt: skip
-    records = evaluation.run(show_progress=not args.quiet)
+    if engine:
+        from fusion_dspy.workflows.ray_jobs import ConfigText, EvalJob, evaluate_on_ray
+
+        job = EvalJob.of(ConfigText.read(args.config), args.program, _examples(task, args), args.n_values,
+                         args.output_dir)  # fmt: skip
+        records = evaluate_on_ray(job, engine, show_progress=not args.quiet)
+    else:
+        evaluation = PairedEvaluation(backends, task, _examples(task, args), n_values=args.n_values,
+                                      output_dir=args.output_dir, num_threads=args.threads)  # fmt: skip
+        records = evaluation.run(show_progress=not args.quiet)
     if not records:
         raise FusionDSPyError("No example could be evaluated (see the warnings): check the backends.")
     rows = summarize(records)
@@ -146,11 +184,18 @@ def _synth(args: argparse.Namespace) -> int:
     from fusion_dspy.workflows.jsonl import read_jsonl
     from fusion_dspy.workflows.synth import synthesize
 
+    engine = _engine(args)
     backends = load_config(args.config)
     backends.check()
-    program = backends.program(args.signature, method="fuse", **({"n": args.n} if args.n else {}))
-    counts = synthesize(program, read_jsonl(args.prompts), args.output, concurrency=args.concurrency,
-                        show_progress=not args.quiet)  # fmt: skip
+    if engine:
+        from fusion_dspy.workflows.ray_jobs import ConfigText, SynthJob, synthesize_on_ray
+
+        job = SynthJob(ConfigText.read(args.config), args.signature, args.n)
+        counts = synthesize_on_ray(job, read_jsonl(args.prompts), args.output, engine, not args.quiet)
+    else:
+        program = backends.program(args.signature, method="fuse", **({"n": args.n} if args.n else {}))
+        counts = synthesize(program, read_jsonl(args.prompts), args.output, concurrency=args.concurrency,
+                            show_progress=not args.quiet)  # fmt: skip
     Console(stderr=True).print(f"{args.output}: {counts['done']} written, {counts['failed']} failed (in "
                                f"{Path(args.output).with_suffix('.errors.jsonl')}; rerun to retry), "
                                f"{counts['skipped']} already there")  # fmt: skip
@@ -197,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--method", choices=["fuse", "select"], help="override the config's fusion.method")
     run.add_argument("--n", type=_positive, help="override the config's fusion.n")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_engine_arguments(run)
     run.set_defaults(handler=_run)
 
     optimize = commands.add_parser("optimize", help="tune N, temperature, fuse vs select, fusor prompt, teachers",
@@ -213,7 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("--propose", type=int, default=0, help="extra fusor instructions from the judge model")
     optimize.add_argument("--cost", action="store_true", help="also minimize tokens (a Pareto front)")
     optimize.add_argument("--sampler", choices=["tpe", "grid"], default="tpe", help="tpe (default) or grid")
-    optimize.add_argument("--storage", default="sqlite:///fusion_study.db", help="optuna storage URL")
+    optimize.add_argument("--storage", default="sqlite:///fusion_study.db",
+                          help="optuna storage: an RDB URL (default sqlite:///fusion_study.db; postgresql://... for "
+                          "many machines) or journal:PATH for a journal file")  # fmt: skip
     optimize.add_argument("--study", help="study name (default fusion-<program>)")
     optimize.add_argument("--cache-dir", type=Path, default=Path(".fusion_dspy_cache/candidates"),
                           help="candidate store (default .fusion_dspy_cache/candidates)")
@@ -228,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "continues an interrupted evaluation.")  # fmt: skip
     _add_task_arguments(evaluate, split="test")
     evaluate.add_argument("--output-dir", type=Path, default=Path("eval"), help="records, summary, plot (eval/)")
+    _add_engine_arguments(evaluate)
     evaluate.set_defaults(handler=_eval)
 
     synth = commands.add_parser("synth", help="prompts -> teacher pool -> fused answers -> chat fine-tuning JSONL",
@@ -239,8 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--output", type=Path, default=Path("train.jsonl"), help="training set (default train.jsonl)")
     synth.add_argument("--signature", default="prompt -> response", help='default "prompt -> response"')
     synth.add_argument("--n", type=_positive, help="samples per prompt (default: one per teacher count)")
-    synth.add_argument("--concurrency", type=int, default=4, help="prompts in flight at once (default 4)")
+    synth.add_argument("--concurrency", type=int, default=4,
+                       help="prompts in flight at once, local engine (default 4; Ray: --actors x --in-flight)")
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_engine_arguments(synth)
     synth.set_defaults(handler=_synth)
 
     serve = commands.add_parser("serve", help="serve fusion programs as models over an OpenAI-compatible API",

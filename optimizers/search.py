@@ -19,7 +19,8 @@ from typing import Any
 
 import dspy
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
@@ -69,7 +70,8 @@ class FusionSearch:
         devset: Examples to score each configuration on.
         space: What to search.
         store: Where candidates are kept (default: a ``CandidateStore`` in ``.fusion_dspy_cache/candidates``).
-        storage: Optuna storage URL; a SQLite file by default, any RDB URL for many workers.
+        storage: Optuna storage URL; a SQLite file by default, any RDB URL for many workers, or
+            ``journal:PATH`` (a path ending in ``.log`` also works) for optuna's journal file.
         study_name: Name of the study in the storage; the same name resumes it.
         cost_objective: Also minimize tokens per example (a Pareto front of score and cost).
         num_threads: Dev examples evaluated at once.
@@ -223,7 +225,18 @@ def canonical(params: dict[str, Any]) -> tuple:
     return tuple(sorted(relevant.items()))
 
 
-def _storage(url: str) -> RDBStorage:
+def _journal(path: str) -> JournalStorage:
+    # One append-only file, no database server: optuna's journal, for workers that share a filesystem. It has
+    # no heartbeats, so a killed worker's trial stays RUNNING and is not retried (an RDB URL retries it).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return JournalStorage(JournalFileBackend(str(Path(path).expanduser())))
+
+
+def _storage(url: str) -> RDBStorage | JournalStorage:
+    """``journal:PATH`` (or a path ending in ``.log``): a journal file; anything else: an RDB URL (sqlite://...)."""
+    if url.startswith("journal:") or url.endswith(".log"):
+        return _journal(url.removeprefix("journal:"))
     # Heartbeats mark the trial of a killed process as failed once its grace period passes, and the retry
     # callback queues its parameters again, so a crash costs one trial's progress at most. (Optuna calls both
     # "experimental" since v2.8; they are its documented way to survive killed workers.)

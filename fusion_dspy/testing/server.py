@@ -78,6 +78,9 @@ class StubOpenAIServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # TCP_NODELAY, as real servers (uvicorn) set it: without it the body, written after the headers,
+            # waits for the client's delayed ACK, ~45 ms on every request of a keep-alive connection.
+            disable_nagle_algorithm = True
 
             def log_message(self, *args: Any) -> None:  # keep test output clean
                 pass

@@ -34,6 +34,11 @@ def result_record(item_id: str, inputs: dict[str, Any], prediction: dspy.Predict
     return {"id": item_id, "inputs": inputs, **_jsonable(prediction), "error": None}
 
 
+def error_record(item_id: str, inputs: dict[str, Any], error: Exception) -> dict[str, Any]:
+    """The JSONL line of an item that failed: its id, its inputs and the error (type and message)."""
+    return {"id": item_id, "inputs": inputs, "error": f"{type(error).__name__}: {error}"}
+
+
 def run_batch(
     program: dspy.Module,
     items: Iterable[dict[str, Any]],
@@ -57,7 +62,7 @@ def run_batch(
                 counts["done"] += 1
             except Exception as error:  # noqa: BLE001 - one bad item must not end the batch
                 logger.warning("Item %s failed: %s: %s", item_id, type(error).__name__, error)
-                record = {"id": item_id, "inputs": inputs, "error": f"{type(error).__name__}: {error}"}
+                record = error_record(item_id, inputs, error)
                 counts["failed"] += 1
             log.write(record)
             progress.advance(task)

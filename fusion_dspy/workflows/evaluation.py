@@ -13,10 +13,11 @@ from typing import Any
 import dspy
 
 from fusion_dspy.backends import Backends
+from fusion_dspy.core.steps import Call, Steps, arun, run
 from fusion_dspy.core.store import CandidateStore
 from fusion_dspy.workflows.jsonl import ResultsLog
 from fusion_dspy.workflows.progress import progress_bar
-from fusion_dspy.workflows.scoring import score_examples, score_stage
+from fusion_dspy.workflows.scoring import score_examples, scored_stage
 from fusion_dspy.workflows.task import Task
 
 METHODS = ("single", "bon", "fusion", "oracle")
@@ -57,12 +58,13 @@ class PairedEvaluation:
                                      reward_fn=reward_fn)  # fmt: skip
         self.num_threads = num_threads
 
-    def _evaluate_example(self, index: int, log: ResultsLog) -> int:
+    def _example(self, index: int, log: ResultsLog) -> Steps[int]:
+        """One example for every N ``log.done`` lacks, each record written to ``log``; returns how many."""
         example = self.examples[index]
         todo = [n for n in self.n_values if f"{index}:{n}" not in log.done]
         if not todo:
             return 0
-        pool = self.fusion.sample(**example.inputs())
+        pool = yield Call(self.fusion.sample, example.inputs())
         if self.task.needs_baseline and "baseline" not in example:
             # A pairwise judge needs something to compare with: the single sample, as a win rate against it.
             output = next(name for name in self.task.signature.output_fields if name != "reasoning")
@@ -70,8 +72,8 @@ class PairedEvaluation:
         scores = [self.task.score(example, c, f"example {index}") for c in pool.predictions]
         for n in todo:
             candidates, where = pool[:n], f"example {index}, N={n}"
-            bon = score_stage(self.task, self.best, example, candidates, where)
-            fusion = score_stage(self.task, self.fusion, example, candidates, where)
+            bon = yield from scored_stage(self.task, self.best, example, candidates, where)
+            fusion = yield from scored_stage(self.task, self.fusion, example, candidates, where)
             log.write({
                 "id": f"{index}:{n}", "example": index, "n": n, "candidates": len(candidates),
                 "scores": {"single": scores[0], "bon": bon.score, "fusion": fusion.score, "oracle": max(scores[:n])},
@@ -80,6 +82,13 @@ class PairedEvaluation:
                 "errors": {name: step.error for name, step in (("bon", bon), ("fusion", fusion)) if step.error},
             })  # fmt: skip
         return len(todo)
+
+    def _evaluate_example(self, index: int, log: ResultsLog) -> int:
+        return run(self._example(index, log))
+
+    async def aevaluate_example(self, index: int, log: ResultsLog) -> int:
+        """The async twin of the per-example step of ``run`` (the Ray engine's unit of work): the same records."""
+        return await arun(self._example(index, log))
 
     def run(self, show_progress: bool = True) -> list[dict[str, Any]]:
         """Evaluate what ``results.jsonl`` lacks; returns every record (earlier runs' included).

@@ -15,6 +15,7 @@ import dspy
 
 from fusion_dspy.core.concurrency import run_concurrently
 from fusion_dspy.core.pool import Pool
+from fusion_dspy.core.steps import Call, Steps, run
 from fusion_dspy.workflows.task import MetricError, Task
 
 logger = logging.getLogger(__name__)
@@ -41,8 +42,13 @@ def score_stage(task: Task, program: dspy.Module, example: dspy.Example, pool: P
         >>> score_stage(task, best, dspy.Example(question="2+2?", answer="4").with_inputs("question"), pool, "ex 0")
         Scored(score=1.0, tokens=0, error=None)
     """
+    return run(scored_stage(task, program, example, pool, where))
+
+
+def scored_stage(task: Task, program: dspy.Module, example: dspy.Example, pool: Pool, where: str) -> Steps[Scored]:
+    """``score_stage`` as steps (see ``fusion_dspy.core.steps``), for sync and async callers alike."""
     try:
-        prediction = program(candidates=pool, **example.inputs())
+        prediction = yield Call(program, {"candidates": pool, **example.inputs()})
     except Exception as error:  # noqa: BLE001 - a failed fusion or selection is a miss, and is reported
         return Scored(0.0, 0, f"{type(error).__name__}: {error}")
     return Scored(task.score(example, prediction, where), prediction.stage_tokens[program.stage_name])

@@ -16,6 +16,7 @@ import dspy
 from fusion_dspy.backends.plain_adapter import render_inputs
 from fusion_dspy.core.concurrency import run_concurrently
 from fusion_dspy.core.fusion import FusionOfN
+from fusion_dspy.workflows.batch import error_record
 from fusion_dspy.workflows.jsonl import ResultsLog
 from fusion_dspy.workflows.progress import progress_bar
 
@@ -79,7 +80,7 @@ def synthesize(
                 return "done"
             except Exception as error:  # noqa: BLE001 - recorded; the next run tries this prompt again
                 logger.warning("Prompt %s failed: %s: %s", item_id, type(error).__name__, error)
-                errors.write({"id": item_id, "inputs": inputs, "error": f"{type(error).__name__}: {error}"})
+                errors.write(error_record(item_id, inputs, error))
                 return "failed"
             finally:
                 progress.advance(bar)

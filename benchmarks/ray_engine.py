@@ -1,0 +1,138 @@
+"""``synth`` on the local engine and on the Ray engine, against a server that takes 0.2 s per request.
+
+Run by hand: ``python benchmarks/ray_engine.py`` (options: ``--help``). The stub server runs in its own
+process. Each prompt costs a critical path of two requests (its samples in parallel, then the fusor), so at
+most ``concurrency`` prompts in flight give at most ``concurrency / (2 * delay)`` prompts per second: the
+concurrency limit. Both engines get the same total concurrency (Ray: actors x rows in flight per actor).
+
+Printed, min and median of the repeats, measured in this run:
+- local / limit: the local engine's throughput as a fraction of the concurrency limit;
+- ray / local: the Ray engine's as a fraction of the local engine's, end to end (the Ray instance is up, the
+  actors' start - a process each, importing DSPy and litellm - is counted), and in steady state (from the
+  first row written to the last).
+"""
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+from fusion_dspy.backends import load_config
+from fusion_dspy.workflows.batch import read_jsonl
+from fusion_dspy.workflows.ray_engine import RayEngine, require_ray
+from fusion_dspy.workflows.ray_jobs import ConfigText, SynthJob, synthesize_on_ray
+from fusion_dspy.workflows.synth import synthesize
+
+
+def reply(body: dict) -> str:
+    outputs = body["messages"][0]["content"].split("Your output fields are:")[-1].split("All interactions")[0]
+    if "`comparison`" in outputs:
+        return "[[ ## comparison ## ]]\nc\n\n[[ ## response ## ]]\nfused\n\n[[ ## completed ## ]]"
+    return "[[ ## response ## ]]\na draft\n\n[[ ## completed ## ]]"
+
+
+def serve(delay: float) -> None:
+    """The stub server's own process: prints its address, serves until stdin closes."""
+    from fusion_dspy.testing import StubOpenAIServer
+
+    with StubOpenAIServer(reply, delay=delay) as server:
+        print(server.api_base, flush=True)
+        sys.stdin.read()
+
+
+class FirstLine:
+    """Notes when the first line lands in a file (polling), for the steady-state rate."""
+
+    def __init__(self, path: Path):
+        self.path, self.at, self._stop = path, None, threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.is_set() and self.at is None:
+            if self.path.exists() and self.path.stat().st_size:
+                self.at = time.perf_counter()
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def timed(run, output: Path, prompts: int) -> tuple[float, float, float]:
+    """Prompts per second end to end and from the first written row to the last; seconds to the first row."""
+    watch = FirstLine(output)
+    start = time.perf_counter()
+    counts = run()
+    end = time.perf_counter()
+    watch.stop()
+    assert counts["done"] == prompts, counts
+    first = watch.at or start
+    return prompts / (end - start), (prompts - 1) / (end - first), first - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=500)
+    parser.add_argument("--delay", type=float, default=0.2, help="seconds per request")
+    parser.add_argument("--concurrency", type=int, default=8, help="prompts in flight, in total")
+    parser.add_argument("--actors", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        return serve(args.delay)
+
+    ray = require_ray()
+    server = subprocess.Popen([sys.executable, __file__, "--serve", "--delay", str(args.delay)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    api_base = server.stdout.readline().strip()
+    folder = Path(tempfile.mkdtemp(prefix="ray-bench-"))
+    config = folder / "config.yaml"
+    config.write_text(yaml.safe_dump({"models": {"a": {"model": "openai/teacher", "api_base": api_base,
+                                                       "cache": False, "num_retries": 0}},
+                                      "roles": {"generators": [{"model": "a", "count": 2}]}}))  # fmt: skip
+    prompts = folder / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": i, "prompt": f"prompt {i}"}) + "\n" for i in range(args.prompts)))
+    program = load_config(config).program("prompt -> response", method="fuse")
+    synthesize(program, [{"prompt": "warm-up"}], folder / "warm.jsonl", show_progress=False)  # litellm's set-up
+    ray.init(include_dashboard=False, logging_level="WARNING")
+    engine = RayEngine(actors=args.actors, in_flight=max(1, args.concurrency // args.actors))
+    job = SynthJob(ConfigText.read(config))
+    limit = args.concurrency / (2 * args.delay)
+    local, remote = [], []
+    try:
+        for repeat in range(args.repeats):
+            out = folder / f"local{repeat}.jsonl"
+            local.append(timed(lambda out=out: synthesize(program, read_jsonl(prompts), out, args.concurrency,
+                                                          show_progress=False), out, args.prompts))  # fmt: skip
+            out = folder / f"ray{repeat}.jsonl"
+            remote.append(timed(lambda out=out: synthesize_on_ray(job, read_jsonl(prompts), out, engine,
+                                                                  show_progress=False), out, args.prompts))  # fmt: skip
+            print(f"repeat {repeat}: local {local[-1][0]:.1f}/s, ray {remote[-1][0]:.1f}/s end to end; steady "
+                  f"{local[-1][1]:.1f}/s, {remote[-1][1]:.1f}/s; first row after {local[-1][2]:.1f} s, "
+                  f"{remote[-1][2]:.1f} s; limit {limit:.1f}/s", flush=True)
+    finally:
+        ray.shutdown()
+        server.stdin.close()
+        server.wait()
+
+    def report(label: str, ratios: list[float]) -> None:
+        print(f"{label:34s} min {min(ratios):5.1%}  median {statistics.median(ratios):5.1%}")
+
+    print(f"{args.prompts} prompts, {args.delay} s per request, {args.concurrency} prompts in flight "
+          f"(ray: {args.actors} actors x {engine.in_flight}); limit {limit:.1f} prompts/s")
+    report("local / concurrency limit", [rate / limit for rate, _, _ in local])
+    report("ray / local, end to end", [ray_[0] / local_[0] for ray_, local_ in zip(remote, local, strict=True)])
+    report("ray / local, steady state", [ray_[1] / local_[1] for ray_, local_ in zip(remote, local, strict=True)])
+
+
+if __name__ == "__main__":
+    main()

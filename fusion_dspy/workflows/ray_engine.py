@@ -1,0 +1,159 @@
+"""The Ray engine: ``run``, ``eval`` and ``synth`` as a Ray Data pipeline over an actor pool, for jobs one machine
+is too small for.
+
+The driver reads the inputs, drops the ids its results file already holds, and sends the rest as a dataset of
+small blocks to a pool of actors (Ray Data ``map`` with an ``ActorPoolStrategy``). Each actor builds the program
+once, from the config's *text* (never from LM objects, which hold keys: every worker reads the key variables the
+config names from its own environment), and runs many rows at once with ``acall`` on one event loop. Each row's
+records stream back to the driver, which writes them through the same fsynced ``ResultsLog`` as the local
+engine, so the files are the same: same records, same provenance, same error records.
+
+Exactly once: a row is finished when the driver has written and fsynced it, and only the driver writes.
+
+- A killed driver loses only rows it had not written yet; the rerun skips every id on disk and does the rest.
+- A killed worker loses nothing written: Ray restarts the actor and retries the block it was running (whose
+  rows the driver never received); the driver also drops any id it already wrote this run, so a row that
+  reached it twice is written once.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fusion_dspy.errors import FusionDSPyError
+
+# Ray Data runs up to 16 rows of one block at once through an async UDF
+# (RAY_DATA_DEFAULT_ASYNC_ROW_UDF_MAX_CONCURRENCY), so a block holds min(16, in_flight) rows and an actor runs
+# as many blocks at once as it takes to reach in_flight. A block is also what a dead worker's retry redoes and
+# how often results reach the driver: small on purpose.
+ROWS_PER_BLOCK = 16
+
+
+@dataclass
+class Outcome:
+    """What one row produced: records for the results file and the errors file, a warning, or a fatal error."""
+
+    results: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    warning: str = ""
+    fatal: str = ""  # the run must stop (e.g. a broken metric); raised by the driver once the rows are written
+
+    def to_row(self, item_id: str) -> dict[str, str]:
+        # One JSON string per column: records of any shape travel through Arrow unchanged.
+        return {"id": item_id, "results": json.dumps(self.results, ensure_ascii=False),
+                "errors": json.dumps(self.errors, ensure_ascii=False), "warning": self.warning, "fatal": self.fatal}
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "Outcome":
+        return cls(json.loads(row["results"]), json.loads(row["errors"]), row["warning"], row["fatal"])
+
+
+class Job(Protocol):
+    """A picklable description of the work; ``build()`` runs once per actor and returns the per-row call."""
+
+    def build(self) -> Callable[[str, Any], Awaitable[Outcome]]: ...
+
+
+def require_ray() -> Any:
+    """The ``ray`` module with Ray Data, or an error saying which extra to install."""
+    try:
+        import ray
+        import ray.data  # noqa: F401 - ray without the [data] extra has no pandas/pyarrow
+    except ImportError as error:
+        raise FusionDSPyError(f"--engine ray needs Ray Data, which is not installed ({error}). Install the extra: "
+                              "pip install 'fusion-dspy[ray]'") from None  # fmt: skip
+    return ray
+
+
+class JobActor:
+    """One actor of the pool: builds the job's program once, then runs rows through it, ``in_flight`` at once."""
+
+    def __init__(self, job: Job, in_flight: int, verbose: bool):
+        logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, format="%(levelname)s %(message)s")
+        if not verbose:
+            logging.getLogger("dspy").setLevel(logging.ERROR)
+        self.call = job.build()
+        self.limit = asyncio.Semaphore(in_flight)
+
+    async def __call__(self, row: dict[str, Any]) -> dict[str, str]:
+        async with self.limit:
+            outcome = await self.call(row["id"], json.loads(row["data"]))
+        return outcome.to_row(row["id"])
+
+
+@dataclass(frozen=True)
+class RayEngine:
+    """Where and how wide a job runs: the Ray cluster, the actor pool and the rows each actor runs at once.
+
+    Args:
+        address: ``None`` starts a local Ray instance for the run (and stops it after); ``"auto"`` joins the
+            cluster this machine belongs to; ``"ray://HEAD:10001"`` connects through Ray Client. Ignored when
+            Ray is already initialized in this process.
+        actors: Actors in the pool; each takes one CPU of the cluster and builds the program once.
+        in_flight: Rows each actor runs at once (their ``acall``s share the actor's event loop).
+        verbose: Workers log warnings and info, as the CLI does with ``-v``.
+
+    Example:
+        >>> engine = RayEngine(address="auto", actors=8, in_flight=64)
+        >>> for outcome in engine.map(job, [{"id": "0", "data": json.dumps({"prompt": "Hi"})}]):
+        ...     print(outcome.results)
+    """
+
+    address: str | None = None
+    actors: int = 2
+    in_flight: int = 16
+    verbose: bool = False
+
+    def __post_init__(self):
+        if self.actors < 1 or self.in_flight < 1:
+            raise FusionDSPyError(f"--actors and --in-flight must be at least 1 (got {self.actors}, {self.in_flight}).")
+
+    @contextlib.contextmanager
+    def _session(self) -> Iterator[Any]:
+        ray = require_ray()
+        started = not ray.is_initialized()
+        if started:
+            options = {"include_dashboard": False} if self.address is None else {}
+            try:
+                ray.init(address=self.address, logging_level=logging.WARNING, **options)
+            except ImportError as error:  # ray:// needs Ray Client's grpcio, which ray[data] does not bring
+                raise FusionDSPyError(f"--address {self.address}: connecting through Ray Client needs "
+                                      f"pip install 'ray[client]' ({error}).") from None  # fmt: skip
+        if not self.verbose:  # Ray Data's execution notes; errors still show
+            logging.getLogger("ray.data").setLevel(logging.ERROR)
+        try:
+            yield ray
+        finally:
+            if started:
+                ray.shutdown()
+
+    def map(self, job: Job, rows: list[dict[str, str]]) -> Iterator[Outcome]:
+        """Run ``job`` on every ``{"id", "data": JSON}`` row over the actor pool; yields outcomes as they arrive."""
+        if not rows:
+            return
+        with self._session() as ray:
+            context = ray.data.DataContext.get_current()
+            context.enable_progress_bars = False  # the driver shows its own bar, counting written rows
+            context.print_on_execution_start = False
+            block_rows = min(ROWS_PER_BLOCK, self.in_flight)
+            dataset = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / block_rows))
+            # One block more than in_flight needs: its rows wait on the actor's semaphore and take the slots of
+            # a block's finished rows, so an actor does not idle while a block is reported and the next starts.
+            blocks_at_once = math.ceil(self.in_flight / block_rows) + 1
+            pool = ray.data.ActorPoolStrategy(size=self.actors, max_concurrent_calls_per_actor=blocks_at_once)
+            outcomes = dataset.map(JobActor, compute=pool, num_cpus=1, fn_constructor_kwargs={
+                "job": job, "in_flight": self.in_flight, "verbose": self.verbose})  # fmt: skip
+            try:
+                for row in outcomes.iter_rows():
+                    yield Outcome.from_row(row)
+            except ray.exceptions.ActorDiedError as error:  # e.g. __init__ raised: a key variable is missing there
+                cause = str(error).strip().splitlines()[-1]
+                raise FusionDSPyError(f"A Ray worker could not run the job: {cause}\nEvery worker builds the program "
+                                      "from the config's text and reads the key variables it names from its own "
+                                      "environment (set them where `ray start` runs); fusion-dspy and the task's "
+                                      "module must be importable there.") from None  # fmt: skip

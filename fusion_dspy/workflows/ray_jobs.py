@@ -1,0 +1,223 @@
+"""``run``, ``synth`` and ``eval`` on the Ray engine: what each actor builds, and what the driver writes.
+
+Each job is a small picklable spec: the config's text (not its LMs, which hold keys) and the command's options.
+An actor builds the same program the local engine builds and turns one row into the same records
+(``result_record``, ``training_record``, the paired evaluation's records); the driver writes them through the
+same ``ResultsLog`` files, so a run may be resumed by either engine.
+
+Candidate reuse across workers (``eval``): every actor opens the ``CandidateStore`` at one absolute path,
+``<output-dir>/candidates``. diskcache is process-safe, so the actors of one machine share it and a rerun draws
+nothing twice; across machines that path must be a filesystem with working SQLite locks (not every network
+filesystem has them). Without one, each node keeps its own store there: results stay correct (keys are
+content-addressed), only the reuse is per node.
+"""
+
+import json
+import logging
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dspy
+from dspy.signatures.signature import ensure_signature
+
+from fusion_dspy.backends import Backends, load_config, read_config
+from fusion_dspy.core.store import CandidateStore
+from fusion_dspy.workflows.batch import error_record, result_record
+from fusion_dspy.workflows.evaluation import PairedEvaluation
+from fusion_dspy.workflows.jsonl import ResultsLog
+from fusion_dspy.workflows.progress import progress_bar
+from fusion_dspy.workflows.ray_engine import Outcome, RayEngine
+from fusion_dspy.workflows.synth import training_record
+from fusion_dspy.workflows.task import MetricError, resolve_task
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ConfigText:
+    """A config file as it travels to the workers: its name (for error messages) and its text; ``None``: embedded."""
+
+    name: str | None = None
+    text: str | None = None
+
+    @classmethod
+    def read(cls, path: str | Path | None) -> "ConfigText":
+        return cls() if path is None else cls(str(path), Path(path).read_text())
+
+    def backends(self) -> Backends:
+        """The config's ``Backends``, validated as ``read_config`` does; keys come from this process's environment."""
+        if self.text is None:
+            return load_config(None)
+        with tempfile.TemporaryDirectory() as folder:
+            copy = Path(folder) / Path(self.name).name  # same suffix: .yaml / .toml decides the parser
+            copy.write_text(self.text)
+            config = read_config(copy)
+        config._source = Path(self.name)  # messages name the user's file, not the copy
+        return Backends(config)
+
+
+def _rows(todo: Iterable[tuple[str, Any]]) -> list[dict[str, str]]:
+    return [{"id": item_id, "data": json.dumps(data, ensure_ascii=False)} for item_id, data in todo]
+
+
+def _drain(engine: RayEngine, job: Any, rows: list, logs: dict[str, ResultsLog], label: str,
+           show_progress: bool) -> Iterator[Outcome]:  # fmt: skip
+    """Write every outcome's records as it arrives (each id once), then yield it (kept by nobody: a run may
+    have millions)."""
+    written = set()
+    with progress_bar(disable=not show_progress) as progress:
+        bar = progress.add_task(label, total=len(rows))
+        for outcome in engine.map(job, rows):
+            for name, records in (("results", outcome.results), ("errors", outcome.errors)):
+                for record in records:
+                    if (name, str(record["id"])) not in written:  # a retried block's row that reached us twice
+                        written.add((name, str(record["id"])))
+                        logs[name].write(record)
+            if outcome.warning:
+                logger.warning(outcome.warning)
+            progress.advance(bar)
+            yield outcome
+
+
+@dataclass(frozen=True)
+class RunJob:
+    """``fusion-dspy run``: the config's FusionOfN/BestOfN over ``signature``; one result or error record per item."""
+
+    config: ConfigText
+    signature: str = "question -> answer"
+    method: str | None = None
+    n: int | None = None
+
+    def build(self):
+        overrides = {"n": self.n} if self.n else {}
+        program = self.config.backends().program(self.signature, method=self.method, **overrides)
+
+        async def one(item_id: str, inputs: dict[str, Any]) -> Outcome:
+            try:
+                return Outcome(results=[result_record(item_id, inputs, await program.acall(**inputs))])
+            except Exception as error:  # noqa: BLE001 - one bad item must not end the batch
+                logger.warning("Item %s failed: %s: %s", item_id, type(error).__name__, error)
+                return Outcome(results=[error_record(item_id, inputs, error)])
+
+        return one
+
+
+def run_on_ray(job: RunJob, items: Iterable[dict[str, Any]], output: str | Path, input_fields: list[str],
+               engine: RayEngine, show_progress: bool = True) -> dict[str, int]:  # fmt: skip
+    """``run_batch`` on the Ray engine: same file, same records; counts of ``done``, ``failed``, ``skipped``.
+
+    Example:
+        >>> run_on_ray(RunJob(ConfigText.read("vllm.yaml")), read_jsonl("in.jsonl"), "out.jsonl", ["question"],
+        ...            RayEngine(address="auto", actors=4))
+    """
+    with ResultsLog(output) as log:
+        skipped, rows = len(log.done), _rows(log.pending(items, input_fields))
+        failed = [any(r.get("error") for r in outcome.results)
+                  for outcome in _drain(engine, job, rows, {"results": log}, f"run (ray) -> {log.path.name}",
+                                        show_progress)]  # fmt: skip
+    return {"done": failed.count(False), "failed": failed.count(True), "skipped": skipped}
+
+
+@dataclass(frozen=True)
+class SynthJob:
+    """``fusion-dspy synth``: the config's teacher pool fused into one chat training example per prompt."""
+
+    config: ConfigText
+    signature: str = "prompt -> response"
+    n: int | None = None
+
+    def build(self):
+        program = self.config.backends().program(self.signature, method="fuse", **({"n": self.n} if self.n else {}))
+
+        async def one(item_id: str, inputs: dict[str, Any]) -> Outcome:
+            try:
+                return Outcome(results=[training_record(item_id, inputs, await program.acall(**inputs), program)])
+            except Exception as error:  # noqa: BLE001 - recorded; the next run tries this prompt again
+                logger.warning("Prompt %s failed: %s: %s", item_id, type(error).__name__, error)
+                return Outcome(errors=[error_record(item_id, inputs, error)])
+
+        return one
+
+
+def synthesize_on_ray(job: SynthJob, prompts: Iterable[dict[str, Any]], output: str | Path, engine: RayEngine,
+                      show_progress: bool = True) -> dict[str, int]:  # fmt: skip
+    """``synthesize`` on the Ray engine: same training file and ``<output>.errors.jsonl``; same counts."""
+    fields = list(ensure_signature(job.signature).input_fields)
+    with ResultsLog(output) as log, ResultsLog(Path(output).with_suffix(".errors.jsonl")) as errors:
+        skipped, rows = len(log.done), _rows(log.pending(prompts, fields))
+        written = [bool(outcome.results) for outcome in _drain(
+            engine, job, rows, {"results": log, "errors": errors}, f"synthesizing (ray) -> {log.path.name}",
+            show_progress)]  # fmt: skip
+    return {"done": written.count(True), "failed": written.count(False), "skipped": skipped}
+
+
+class _Collected:
+    """Stands in for the results log inside an actor: which records exist, and the new ones to send back."""
+
+    def __init__(self, done: set[str]):
+        self.done, self.records = done, []
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.done.add(str(record["id"]))
+        self.records.append(record)
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """``fusion-dspy eval``: the paired evaluation, one example (all its missing N) per row.
+
+    Args:
+        examples: Each example as ``(fields, input_keys)``.
+        store: Absolute path of the ``CandidateStore`` every actor shares.
+    """
+
+    config: ConfigText
+    program: str
+    examples: tuple[tuple[dict[str, Any], tuple[str, ...]], ...]
+    n_values: tuple[int, ...]
+    output_dir: str
+    store: str
+
+    @classmethod
+    def of(cls, config: ConfigText, program: str, examples: list[dspy.Example], n_values: Iterable[int],
+           output_dir: str | Path) -> "EvalJob":  # fmt: skip
+        output_dir = Path(output_dir).resolve()
+        return cls(config, program, tuple((dict(e.toDict()), tuple(e.inputs().keys())) for e in examples),
+                   tuple(sorted(set(n_values))), str(output_dir), str(output_dir / "candidates"))
+
+    def evaluation(self):
+        examples = [dspy.Example(**fields).with_inputs(*keys) for fields, keys in self.examples]
+        return PairedEvaluation(self.config.backends(), resolve_task(self.program), examples, self.n_values,
+                                self.output_dir, store=CandidateStore(self.store))
+
+    def build(self):
+        evaluation = self.evaluation()
+
+        async def one(item_id: str, todo: list[int]) -> Outcome:
+            index = int(item_id)
+            collected = _Collected({f"{index}:{n}" for n in self.n_values if n not in todo})
+            try:
+                await evaluation.aevaluate_example(index, collected)
+            except MetricError as error:
+                return Outcome(results=collected.records, fatal=str(error))
+            except Exception as error:  # noqa: BLE001 - e.g. every sample failed: left for a rerun
+                return Outcome(results=collected.records,
+                               warning=f"Example {index} was not evaluated: {type(error).__name__}: {error}")
+            return Outcome(results=collected.records)
+
+        return one
+
+
+def evaluate_on_ray(job: EvalJob, engine: RayEngine, show_progress: bool = True) -> list[dict[str, Any]]:
+    """``PairedEvaluation.run`` on the Ray engine: the same ``results.jsonl``; returns every record."""
+    with ResultsLog(Path(job.output_dir) / "results.jsonl") as log:
+        todo = [(str(index), missing) for index in range(len(job.examples))
+                if (missing := [n for n in job.n_values if f"{index}:{n}" not in log.done])]  # fmt: skip
+        fatal = [outcome.fatal for outcome in _drain(engine, job, _rows(todo), {"results": log},
+                                                     "paired evaluation (ray)", show_progress) if outcome.fatal]
+        if fatal:
+            raise MetricError(fatal[0])
+        return log.records()

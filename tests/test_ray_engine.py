@@ -1,0 +1,221 @@
+"""The Ray engine (``--engine ray``) against the loopback server: the local engine's records, exactly once after
+a killed driver or a killed worker, failing teachers handled as locally. One local Ray instance (2 CPUs, no
+dashboard) serves the whole module."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fusion_dspy.cli import main
+from fusion_dspy.core.store import CandidateStore
+from fusion_dspy.testing import StubOpenAIServer
+
+REPO = Path(__file__).resolve().parents[1]
+RAY = ["--engine", "ray", "--actors", "1", "--in-flight", "4", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    import ray
+
+    # Workers inherit this environment: they import the test task (tests.scripted_search) as a user's
+    # workers import theirs.
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), before]))
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        if before is None:
+            os.environ.pop("PYTHONPATH")
+        else:
+            os.environ["PYTHONPATH"] = before
+
+
+def reply(body: dict) -> str:
+    """A teacher drafts, the fusor fuses; the 'poison' prompt gets an answer no adapter can parse."""
+    outputs = body["messages"][0]["content"].split("Your output fields are:")[-1].split("All interactions")[0]
+    if "`comparison`" in outputs:
+        return "[[ ## comparison ## ]]\nc\n\n[[ ## response ## ]]\nfused\n\n[[ ## completed ## ]]"
+    if "poison" in body["messages"][-1]["content"]:
+        return "no fields here"
+    return f"[[ ## response ## ]]\ndraft by {body['model']}\n\n[[ ## completed ## ]]"
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def by_id(path: Path) -> dict[str, dict]:
+    records = lines(path)
+    assert len({str(r["id"]) for r in records}) == len(records), "no id is written twice"
+    return {str(r["id"]): r for r in records}
+
+
+def same_failures(records: dict[str, dict]) -> dict[str, dict]:
+    """The records with DSPy's name of the failing model taken out of sample errors: its sync path says
+    '[down]', its async path (acall, the Ray engine's) '[openai/down]' for the same failure."""
+    records = json.loads(json.dumps(records))
+    for record in records.values():
+        failed = record["provenance"]["failed_samples"]
+        failed[:] = [re.sub(r"LMServerError: \[[^]]*\] ", "LMServerError: ", text) for text in failed]
+    return records
+
+
+def write_config(path: Path, models: dict, generators) -> Path:
+    path.write_text(yaml.safe_dump({"models": models, "roles": {"generators": generators}}))
+    return path
+
+
+def test_synth_on_ray_writes_the_local_records_and_handles_failing_teachers_as_locally(tmp_path, ray_address):
+    prompts = tmp_path / "prompts.jsonl"
+    texts = [f"prompt {i}" for i in range(10)] + ["poison prompt"]
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": t}) + "\n" for i, t in enumerate(texts)))
+    with StubOpenAIServer(reply) as good, StubOpenAIServer(reply, status=500) as down:
+        config = write_config(tmp_path / "pool.yaml", {
+            "good": {"model": "openai/good", "api_base": good.api_base, "cache": False, "num_retries": 0},
+            "down": {"model": "openai/down", "api_base": down.api_base, "cache": False, "num_retries": 0},
+        }, ["good", "down"])  # fmt: skip
+        common = ["synth", "--config", str(config), "--prompts", str(prompts), "--n", "4"]
+        assert main([*common, "--output", str(tmp_path / "local.jsonl"), "--quiet"]) == 0
+        assert main([*common, "--output", str(tmp_path / "ray.jsonl"), *RAY]) == 0
+    local, remote = by_id(tmp_path / "local.jsonl"), by_id(tmp_path / "ray.jsonl")
+    assert sorted(remote) == [f"p{i}" for i in range(10)]
+    assert same_failures(remote) == same_failures(local), "same ids, texts and provenance"
+    assert remote["p0"]["messages"][1]["content"] == "fused"
+    assert remote["p0"]["provenance"]["teachers"] == ["openai/good"]
+    assert len(remote["p0"]["provenance"]["failed_samples"]) == 2, "the down teacher's samples are dropped"
+    errors = lines(tmp_path / "ray.errors.jsonl")
+    assert [e["id"] for e in errors] == ["p10"] and errors[0]["error"].startswith("SamplingError")
+    assert [e["id"] for e in lines(tmp_path / "local.errors.jsonl")] == ["p10"]
+
+
+def qa_reply(body: dict) -> str:
+    """Odd questions are answered wrongly by the generator; the fusor always answers 42."""
+    outputs = body["messages"][0]["content"].split("Your output fields are:")[-1].split("All interactions")[0]
+    if "`comparison`" in outputs:
+        return "[[ ## comparison ## ]]\nc\n\n[[ ## answer ## ]]\n42\n\n[[ ## completed ## ]]"
+    number = int(body["messages"][-1]["content"].split("question ")[-1].split()[0])
+    return f"[[ ## answer ## ]]\n{42 if number % 2 == 0 else 41}\n\n[[ ## completed ## ]]"
+
+
+def test_eval_on_ray_writes_the_local_records_and_shares_one_candidate_store(tmp_path, ray_address):
+    devset = tmp_path / "dev.jsonl"
+    devset.write_text("".join(json.dumps({"question": f"question {i} ?", "answer": "42"}) + "\n" for i in range(4)))
+    with StubOpenAIServer(qa_reply) as server:
+        config = write_config(tmp_path / "qa.yaml", {"m": {"model": "openai/m", "api_base": server.api_base,
+                                                           "cache": False}}, "m")  # fmt: skip
+        common = ["eval", "--config", str(config), "--program", "tests.scripted_search:TASK", "--devset", str(devset),
+                  "--n-values", "1,2"]  # fmt: skip
+        assert main([*common, "--output-dir", str(tmp_path / "local"), "--quiet"]) == 0
+        assert main([*common, "--output-dir", str(tmp_path / "ray"), *RAY]) == 0
+    local, remote = by_id(tmp_path / "local" / "results.jsonl"), by_id(tmp_path / "ray" / "results.jsonl")
+    assert sorted(remote) == sorted(f"{i}:{n}" for i in range(4) for n in (1, 2)) and remote == local
+    assert [remote[f"{i}:2"]["scores"]["single"] for i in range(4)] == [1.0, 0.0, 1.0, 0.0]
+    assert all(remote[f"{i}:2"]["scores"]["fusion"] == 1.0 for i in range(4))
+    assert len(CandidateStore(tmp_path / "ray" / "candidates")) == 4 * 2, "the actors wrote to the driver's store"
+
+
+def synth_job(tmp_path: Path, server: StubOpenAIServer, count: int) -> tuple[list[str], Path]:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": i, "prompt": f"prompt {i}"}) + "\n" for i in range(count)))
+    config = write_config(tmp_path / "config.yaml", {"a": {"model": "openai/teacher-a", "api_base": server.api_base,
+                                                           "cache": False}}, [{"model": "a", "count": 2}])  # fmt: skip
+    output = tmp_path / "train.jsonl"
+    return ["synth", "--config", str(config), "--prompts", str(prompts), "--output", str(output)], output
+
+
+def wait_for_lines(path: Path, count: int, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while len(lines(path)) < count and time.time() < deadline:
+        time.sleep(0.05)
+
+
+def test_a_killed_ray_driver_resumes_and_writes_every_prompt_exactly_once(tmp_path, ray_address):
+    with StubOpenAIServer(reply, delay=0.2) as server:
+        args, output = synth_job(tmp_path, server, 40)
+        driver = subprocess.Popen([sys.executable, "-m", "fusion_dspy.cli", *args, *RAY, "--address", ray_address],
+                                  cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+        wait_for_lines(output, 4)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+        written_before = len(lines(output))
+        assert 4 <= written_before < 40, "the kill must land mid-run"
+        with open(output, "a") as file:  # the worst case: a line cut in the middle by the kill
+            file.write('{"id": "39", "messages": [{"role": "us')
+        assert main([*args, *RAY]) == 0
+    assert sorted(int(i) for i in by_id(output)) == list(range(40)), "every prompt exactly once"
+
+
+def map_workers() -> list[int]:
+    """Pids of this machine's Ray Data actors of the engine (their process title names the actor class)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and b"MapWorker(Map(JobActor))" in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_a_killed_ray_worker_loses_no_row_and_writes_none_twice(tmp_path, ray_address):
+    killed: list[tuple[int, int]] = []
+
+    def kill_one_worker_mid_run() -> None:
+        wait_for_lines(output, 4)
+        workers = map_workers()
+        if workers:
+            os.kill(workers[0], signal.SIGKILL)
+            killed.append((workers[0], len(lines(output))))
+
+    with StubOpenAIServer(reply, delay=0.2) as server:
+        args, output = synth_job(tmp_path, server, 40)
+        killer = threading.Thread(target=kill_one_worker_mid_run)
+        killer.start()
+        assert main([*args, *RAY]) == 0
+        killer.join()
+    assert killed and killed[0][1] < 40, "a worker was killed mid-run"
+    assert sorted(int(i) for i in by_id(output)) == list(range(40)), "every prompt exactly once"
+    assert not (tmp_path / "train.errors.jsonl").read_text()
+
+
+def test_engine_options_need_the_ray_engine(capsys):
+    assert main(["synth", "--prompts", "p.jsonl", "--address", "auto"]) == 2
+    assert "--engine ray" in capsys.readouterr().err
+
+
+def test_without_ray_the_error_names_the_extra(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets when ray is not installed
+    monkeypatch.setitem(sys.modules, "ray.data", None)
+    assert main(["synth", "--prompts", "p.jsonl", "--engine", "ray"]) == 2
+    assert "pip install 'fusion-dspy[ray]'" in capsys.readouterr().err
+
+
+def test_run_on_ray_writes_the_local_records_errors_included(tmp_path, ray_address):
+    inputs = tmp_path / "inputs.jsonl"
+    texts = ["prompt a", "poison prompt", "prompt b"]
+    inputs.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
+    with StubOpenAIServer(reply) as server:
+        config = write_config(tmp_path / "c.yaml", {"m": {"model": "openai/m", "api_base": server.api_base,
+                                                          "cache": False}}, "m")  # fmt: skip
+        common = ["run", "--config", str(config), "--signature", "prompt -> response", "--inputs", str(inputs),
+                  "--n", "2"]  # fmt: skip
+        assert main([*common, "--output", str(tmp_path / "local.jsonl"), "--quiet"]) == 0
+        assert main([*common, "--output", str(tmp_path / "ray.jsonl"), *RAY]) == 0
+    untimed = lambda path: {i: {k: v for k, v in r.items() if k != "stage_seconds"}  # noqa: E731
+                            for i, r in by_id(path).items()}  # fmt: skip
+    remote = untimed(tmp_path / "ray.jsonl")
+    assert sorted(remote) == ["0", "1", "2"] and remote == untimed(tmp_path / "local.jsonl")
+    assert remote["0"]["response"] == "fused" and remote["0"]["error"] is None
+    assert remote["1"]["error"].startswith("SamplingError")
