@@ -192,7 +192,7 @@ class Sample(dspy.Module):
         return drawn
 
     def _group(self, draw: Draw, keys: list[str | None], inputs: dict[str, Any], group: list[Draw]) -> Steps[list]:
-        if len(group) > 1 or batching.batches(self.batch_samples, draw.lm, self.module):
+        if len(group) > 1:  # a batched LM's draws of this wave (one alone is an ordinary request)
             return (yield from self._draw_batch(group, keys, inputs))
         return [(yield from self._draw(draw, keys[draw.index], inputs))]
 
