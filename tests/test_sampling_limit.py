@@ -81,6 +81,12 @@ def test_a_server_rejecting_n_gets_separate_requests_once_and_it_is_logged(caplo
     assert sum("rejected a request for n choices" in r.message for r in caplog.records) == 1
 
 
+def test_a_server_ignoring_n_gets_separate_requests():
+    with StubOpenAIServer(respond=respond, ignore_n=True) as server:
+        pool = fd.Sample("question -> answer", n=3, lm=http_lm(server), batch_samples=True)(question="q")
+    assert len(pool) == 3 and not pool.failures and [body.get("n") for body in server.requests] == [3] + [None] * 3
+
+
 def test_batching_async_equals_sync():
     results = {}
     for mode in ("sync", "async"):

@@ -94,7 +94,9 @@ class ModelConfig(_Strict):
 # plain chat (it cannot keep DSPy's field markers), 200 tokens (64 cut a quarter of the answers), and 0.3 for
 # its own calls, i.e. the fusor's (fusion got worse with heat: 94% -> 72% from 0.3 to 0.8); candidates are
 # sampled at fusion.temperature. Define a model named `embedded` to change them.
-EMBEDDED_DEFAULTS = ModelConfig(model=EMBEDDED, temperature=0.3, max_tokens=200, adapter="plain", context_window=8192)
+# No `n` batching: its samples share the server's 4 slots either way, and llama.cpp's `n` is not measured here.
+EMBEDDED_DEFAULTS = ModelConfig(model=EMBEDDED, temperature=0.3, max_tokens=200, adapter="plain", context_window=8192,
+                                batch_samples=False)  # fmt: skip
 
 
 class Teacher(_Strict):

@@ -8,8 +8,8 @@ returns as is, with its ``completions``); any other module draws N requests, as 
 
 ``batch_samples`` is ``True``, ``False`` or ``"auto"`` (on for ``openai/`` and ``hosted_vllm/`` models on the
 litellm engine: OpenAI and vLLM accept ``n``), or a mapping of model string to one of those (a teacher pool).
-A backend that rejects ``n`` (HTTP 400/422) is asked again with N requests; when those succeed it is marked
-as not batching for the rest of the process, with one log line.
+A backend that rejects ``n`` (HTTP 400/422) or ignores it (fewer choices) is asked again with N
+requests; when those succeed it is marked as not batching for the rest of the process, with one log line.
 """
 
 import logging
@@ -71,10 +71,15 @@ def batches(setting: BatchSamples, lm: BaseLM, module: dspy.Module) -> bool:
     return setting is True or lm.model.startswith(N_PROVIDERS)
 
 
+class IgnoredN(RuntimeError):  # noqa: N818 - what the backend did
+    """The backend answered a request for ``n`` choices with another number of them."""
+
+
 def rejects_n(error: BaseException) -> bool:
-    """The backend refused the request as invalid (how servers without ``n`` answer a request that uses it)."""
+    """The backend refused the request as invalid (how servers without ``n`` answer a request that uses it), or
+    ignored ``n``."""
     status = getattr(error, "status", None) or getattr(error, "status_code", None)
-    return isinstance(error, LMInvalidRequestError) or status in (400, 422)
+    return isinstance(error, (LMInvalidRequestError, IgnoredN)) or status in (400, 422)
 
 
 def mark_rejected(lm: BaseLM, error: BaseException) -> None:
@@ -117,8 +122,7 @@ def completions(prediction: dspy.Prediction, k: int) -> list[dspy.Prediction]:
     found = prediction.completions
     count = len(found) if found is not None else 0
     if count != k:
-        raise RuntimeError(f"asked for n={k} choices in one request, got {count}: the backend ignores `n`. Set "
-                           "batch_samples: false for this model.")  # fmt: skip
+        raise IgnoredN(f"asked for n={k} choices in one request, got {count}: the backend ignores `n`")
     return [dspy.Prediction(**found[i].toDict()) for i in range(k)]
 
 

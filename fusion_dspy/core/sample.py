@@ -177,6 +177,7 @@ class Sample(dspy.Module):
         try:
             with dspy.context(**context), dspy.track_usage() as tracker:
                 prediction = yield Call(self.module, inputs)
+            predictions = batching.completions(prediction, k)
         except Exception as error:
             if not batching.rejects_n(error):
                 raise
@@ -185,7 +186,7 @@ class Sample(dspy.Module):
                 batching.mark_rejected(lm, error)  # the same requests with one choice each went through
             return outcomes
         usages = batching.split_usage(tracker.get_total_tokens(), k)
-        drawn = list(zip(batching.completions(prediction, k), usages, strict=True))
+        drawn = list(zip(predictions, usages, strict=True))
         for draw, (candidate, usage) in zip(group, drawn, strict=True):
             if keys[draw.index] is not None:
                 self.store.put(keys[draw.index], candidate, usage)  # sample i of the batch is stored as sample i

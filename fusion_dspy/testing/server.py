@@ -38,6 +38,7 @@ class StubOpenAIServer:
         reject_n: Answer 400 to a request asking for ``n > 1`` choices, as servers without the OpenAI ``n``
             parameter do. Otherwise a request with ``n`` gets ``n`` choices, each its own ``respond`` call (their
             ``call.index`` counts choices, so ``n`` choices are told apart as ``n`` requests would be).
+        ignore_n: Answer one choice whatever ``n`` asks for, as some servers do.
 
     Example:
         >>> with StubOpenAIServer(respond=lambda call: {"answer": "4"}) as server:
@@ -50,11 +51,11 @@ class StubOpenAIServer:
 
     def __init__(self, reply: Reply | None = None, delay: float | Callable[[ScriptedCall], float] = 0.0,
                  status: int = 200, respond: Responder | None = None, rendezvous: int | None = None,
-                 reject_n: bool = False):
+                 reject_n: bool = False, ignore_n: bool = False):
         if (reply is None) == (respond is None):
             raise ValueError("Pass one of reply= (body -> text) or respond= (parsed call -> fields).")
         self.reply, self.respond, self.delay, self.status = reply, respond, delay, status
-        self.reject_n = reject_n
+        self.reject_n, self.ignore_n = reject_n, ignore_n
         self.requests: list[dict[str, Any]] = []
         self.choices = 0  # choices answered or being answered: the next choice's call.index
         self.flight = InFlight(rendezvous)
@@ -90,8 +91,8 @@ class StubOpenAIServer:
 
             def do_POST(self) -> None:  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-                n = int(body.get("n") or 1)
-                rejected = server.reject_n and n > 1
+                n = 1 if server.ignore_n else int(body.get("n") or 1)
+                rejected = server.reject_n and int(body.get("n") or 1) > 1
                 with server._lock:
                     server.requests.append(body)
                     first = server.choices
