@@ -46,7 +46,8 @@ def _run(args: argparse.Namespace) -> int:
         counts = run_on_ray(job, items, args.output, fields, engine, show_progress=not args.quiet)
     else:
         program = backends.program(signature, method=args.method, **overrides)
-        counts = run_batch(program, items, args.output, fields, show_progress=not args.quiet)
+        counts = run_batch(program, items, args.output, fields, show_progress=not args.quiet,
+                           concurrency=args.concurrency)  # fmt: skip
     Console(stderr=True).print(f"{args.output}: {counts['done']} done, {counts['failed']} failed, "
                                f"{counts['skipped']} already there")  # fmt: skip
     return 1 if counts["failed"] and not counts["done"] else 0
@@ -102,7 +103,8 @@ def _optimize(args: argparse.Namespace) -> int:
     backends = load_config(args.config)
     backends.check()
     space = SearchSpace(n=args.n_values, temperatures=args.temperatures, methods=args.methods,
-                        teachers=args.teachers, proposed_instructions=args.propose)  # fmt: skip
+                        teachers=args.teachers, proposed_instructions=args.propose,
+                        adaptive_thresholds=args.adaptive_thresholds or ())  # fmt: skip
     search = FusionSearch(backends, task, devset, space=space, store=CandidateStore(args.cache_dir),
                           storage=args.storage, study_name=args.study, cost_objective=args.cost,
                           num_threads=args.threads, sampler=args.sampler)  # fmt: skip
@@ -241,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", type=Path, default=Path("results.jsonl"), help="JSONL results (default results.jsonl)")
     run.add_argument("--method", choices=["fuse", "select"], help="override the config's fusion.method")
     run.add_argument("--n", type=_positive, help="override the config's fusion.n")
+    run.add_argument("--concurrency", type=int, default=1, help="inputs in flight at once (default 1)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_engine_arguments(run)
     run.set_defaults(handler=_run)
@@ -257,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("--methods", type=_csv(str), default=["fuse", "select"], help="default fuse,select")
     optimize.add_argument("--teachers", type=_csv(str), help="model names whose subsets to try as the teacher pool")
     optimize.add_argument("--propose", type=int, default=0, help="extra fusor instructions from the judge model")
+    optimize.add_argument("--adaptive-thresholds", type=_csv(float),
+                          help="adaptive-N agreement thresholds to try beside fixed N, e.g. 0.8,0.95")  # fmt: skip
     optimize.add_argument("--cost", action="store_true", help="also minimize tokens (a Pareto front)")
     optimize.add_argument("--sampler", choices=["tpe", "grid"], default="tpe", help="tpe (default) or grid")
     optimize.add_argument("--storage", default="sqlite:///fusion_study.db",

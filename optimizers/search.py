@@ -30,7 +30,7 @@ from fusion_dspy.core.store import CandidateStore
 from fusion_dspy.errors import FusionDSPyError
 from fusion_dspy.optimizers.context import check_context_window
 from fusion_dspy.optimizers.instructions import builtin_instructions, propose_instructions
-from fusion_dspy.optimizers.tuned import save_tuned
+from fusion_dspy.optimizers.tuned import save_tuned, tuned_adaptive
 from fusion_dspy.workflows.scoring import score_examples, score_stage
 from fusion_dspy.workflows.task import Task
 
@@ -47,6 +47,8 @@ class SearchSpace:
         methods: ``"fuse"`` and/or ``"select"``.
         teachers: Model names of the config's teacher pool whose subsets to try (``None``: always the whole pool).
         proposed_instructions: How many extra fusor instructions to ask the config's judge model for.
+        adaptive_thresholds: Agreement thresholds of adaptive N to try (see ``Adaptive``), next to fixed N
+            (``0.0``); empty (default): N is fixed. Its trials stop sampling early where candidates agree.
     """
 
     n: Sequence[int] = (1, 2, 4, 8)
@@ -54,6 +56,7 @@ class SearchSpace:
     methods: Sequence[str] = ("fuse", "select")
     teachers: Sequence[str] | None = None
     proposed_instructions: int = 0
+    adaptive_thresholds: Sequence[float] = ()
 
 
 def teacher_subsets(names: Sequence[str]) -> list[str]:
@@ -131,6 +134,8 @@ class FusionSearch:
                 "method": list(self.space.methods), "instruction": list(range(len(self.instructions)))}  # fmt: skip
         if self.space.teachers:
             grid["teachers"] = teacher_subsets(self.space.teachers)
+        if self.space.adaptive_thresholds:
+            grid["adaptive"] = [0.0, *self.space.adaptive_thresholds]
         return grid
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
@@ -141,6 +146,8 @@ class FusionSearch:
         overrides: dict[str, Any] = {"n": params["n"], "temperature": params["temperature"], "store": self.store}
         if params.get("teachers"):
             overrides.update(self.backends.generator_options(params["teachers"].split("+")))
+        if params.get("adaptive"):
+            overrides["adaptive"] = tuned_adaptive(self.backends, params["adaptive"])
         if params["method"] == "fuse":
             overrides["instructions"] = self.instructions[params["instruction"]]
         return self.backends.program(self.task.generator(), method=params["method"], **overrides)
@@ -207,7 +214,7 @@ class FusionSearch:
         rebuild the generator module the state belongs to.
         """
         params = self.best_params()
-        settings = {key: params.get(key) for key in ("n", "temperature", "method", "teachers")}
+        settings = {key: params.get(key) for key in ("n", "temperature", "method", "teachers", "adaptive")}
         settings["instruction"] = self.instructions[params["instruction"]] if params["method"] == "fuse" else None
         if program is not None:
             settings["program"] = program

@@ -8,10 +8,19 @@ import dspy
 from dspy.signatures.signature import Signature
 
 from fusion_dspy.backends import Backends
+from fusion_dspy.backends.config import AdaptiveSettings
+from fusion_dspy.core.adaptive import Adaptive
 from fusion_dspy.core.fusion import BestOfN, FusionOfN
 from fusion_dspy.errors import FusionDSPyError
 
 FORMAT = "fusion-dspy/tuned-program/1"
+
+
+def tuned_adaptive(backends: Backends, threshold: float) -> Adaptive:
+    """Adaptive N with a tuned agreement ``threshold`` (the majority posterior for short answers, the mean overlap
+    for free text), the rest from the config's ``fusion.adaptive`` settings."""
+    base = (backends.config.fusion.adaptive or AdaptiveSettings()).model_dump()
+    return Adaptive(**{**base, "threshold": threshold, "overlap_threshold": threshold})
 
 
 def save_tuned(program: FusionOfN | BestOfN, settings: dict[str, Any], path: str | Path) -> Path:
@@ -46,6 +55,8 @@ def load_tuned(
     overrides: dict[str, Any] = {"n": settings["n"], "temperature": settings["temperature"]}
     if settings.get("teachers"):
         overrides.update(backends.generator_options(settings["teachers"].split("+")))
+    if settings.get("adaptive"):
+        overrides["adaptive"] = tuned_adaptive(backends, settings["adaptive"])
     program = backends.program(module, method=settings["method"], **overrides)
     program.load_state(record["state"])
     return program

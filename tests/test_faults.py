@@ -30,10 +30,11 @@ def respond(call):
 
 
 def backends(generators, fusor=None, judge=None, **fusion) -> Backends:
-    """A config whose models point at the given servers (name -> server), 1 retry, a 5 s timeout."""
+    """A config whose models point at the given servers (name -> server), 1 retry, a 5 s timeout, unbatched."""
     servers = {**generators, **({"fusor": fusor} if fusor else {}), **({"judge": judge} if judge else {})}
     models = {name: {"model": f"openai/{name}", "api_base": server.api_base, "api_key_env": "FAULT_KEY",
-                     "num_retries": 1, "timeout": 5, "cache": False} for name, server in servers.items()}  # fmt: skip
+                     "num_retries": 1, "timeout": 5, "cache": False, "batch_samples": False}  # one request a sample
+              for name, server in servers.items()}  # fmt: skip
     roles = {"generators": list(generators), "fusor": "fusor" if fusor else None, "judge": "judge" if judge else None}
     return Backends(FusionConfig.model_validate({"models": models, "roles": roles, "fusion": fusion}))
 

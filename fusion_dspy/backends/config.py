@@ -88,6 +88,21 @@ class ModelConfig(_Strict):
     deployments: list[Deployment] = Field(default_factory=list)
     fallbacks: list[str] = Field(default_factory=list, description="names of models to try when this one fails")
     extra: dict[str, Any] = Field(default_factory=dict, description="more dspy.LM / litellm arguments (top_p ...)")
+    batch_samples: Literal["auto"] | bool = Field(
+        "auto", description="draw a call's samples in one request with the OpenAI `n` parameter; auto: for "
+        "openai/ and hosted_vllm/ models (see fusion_dspy.core.batching)")  # fmt: skip
+    engine: Literal["litellm", "native"] = Field(
+        "litellm", description="litellm (routing, every provider) or native: DSPy's own lm15 client, less CPU per "
+        "request, no `n` batching, no deployments/fallbacks")  # fmt: skip
+    lean_client: bool = Field(False, description="litellm: skip its per-call logging callbacks (`no-log`), and "
+                              "so any litellm callbacks you set up; DSPy still counts tokens")  # fmt: skip
+
+    @model_validator(mode="after")
+    def _native_has_no_router(self) -> "ModelConfig":
+        if self.engine == "native" and (self.deployments or self.fallbacks):
+            raise ValueError("engine: native cannot serve deployments or fallbacks (litellm's Router does): use "
+                             "engine: litellm for this model, or drop deployments/fallbacks")  # fmt: skip
+        return self
 
     _key_variable = field_validator("api_key_env")(lambda cls, value: _variable_name(value))
 
@@ -105,7 +120,9 @@ class ModelConfig(_Strict):
 # plain chat (it cannot keep DSPy's field markers), 200 tokens (64 cut a quarter of the answers), and 0.3 for
 # its own calls, i.e. the fusor's (fusion got worse with heat: 94% -> 72% from 0.3 to 0.8); candidates are
 # sampled at fusion.temperature. Define a model named `embedded` to change them.
-EMBEDDED_DEFAULTS = ModelConfig(model=EMBEDDED, temperature=0.3, max_tokens=200, adapter="plain", context_window=8192)
+# No `n` batching: its samples share the server's 4 slots either way, and llama.cpp's `n` is not measured here.
+EMBEDDED_DEFAULTS = ModelConfig(model=EMBEDDED, temperature=0.3, max_tokens=200, adapter="plain", context_window=8192,
+                                batch_samples=False)  # fmt: skip
 
 
 class Teacher(_Strict):
@@ -127,6 +144,16 @@ class Roles(_Strict):
         return [Teacher(model=entry) if isinstance(entry, str) else entry for entry in pool]
 
 
+class AdaptiveSettings(_Strict):
+    """Adaptive N: draw in waves and stop once the candidates agree (see ``fusion_dspy.core.adaptive``)."""
+
+    wave: int = Field(4, ge=1, description="samples per wave; agreement is checked after each")
+    rule: Literal["auto", "majority", "overlap"] = "auto"
+    threshold: float = Field(0.95, gt=0, le=1, description="majority: posterior probability the leader stays")
+    overlap_threshold: float = Field(0.6, gt=0, le=1, description="free text: mean pairwise word-overlap F1")
+    max_tokens: int | None = Field(None, ge=1, description="token budget of one call's samples")
+
+
 class FusionSettings(_Strict):
     """How candidates are drawn and combined."""
 
@@ -143,6 +170,9 @@ class FusionSettings(_Strict):
                                  "is 'plain')")  # fmt: skip
     max_concurrency: int | None = Field(None, ge=1)
     deadline_s: float | None = Field(None, gt=0, description="seconds one call may take in all (default: none)")
+    quorum: int | None = Field(None, ge=1, description="go on once this many candidates are in (after the grace)")
+    straggler_grace_s: float = Field(0.0, ge=0, description="seconds to wait for the rest once the quorum is in")
+    adaptive: AdaptiveSettings | None = Field(None, description="stop sampling early when candidates agree")
 
 
 class FusionConfig(_Strict):

@@ -18,6 +18,7 @@ import dspy
 from fusion_dspy.backends.config import EMBEDDED, ConfigError, FusionConfig, ModelConfig, config_source, read_config
 from fusion_dspy.backends.engine import AsyncRouterEngine, RouterEngine
 from fusion_dspy.backends.plain_adapter import PlainAdapter
+from fusion_dspy.core.adaptive import Adaptive
 from fusion_dspy.core.fusion import BestOfN, FusionOfN
 
 # A self-hosted server without auth still needs *some* key: the OpenAI client refuses to send a request without
@@ -111,9 +112,13 @@ class Backends:
             lm = dspy.LM(f"router/{name}", engine=RouterEngine(router, name),
                          async_engine=AsyncRouterEngine(router, name), cache=cfg.cache, num_retries=0,
                          **sampling, **cfg.extra)  # fmt: skip
-        else:
-            lm = dspy.LM(engine="litellm", cache=cfg.cache, num_retries=cfg.num_retries,
+        elif cfg.engine == "native":  # DSPy's own client: no litellm on the request path
+            lm = dspy.LM(engine="lm15", cache=cfg.cache, num_retries=cfg.num_retries,
                          **self._litellm_params(name, cfg), **sampling, **cfg.extra)  # fmt: skip
+        else:
+            lean = {"no-log": True} if cfg.lean_client else {}  # litellm's documented per-call opt-out of callbacks
+            lm = dspy.LM(engine="litellm", cache=cfg.cache, num_retries=cfg.num_retries,
+                         **self._litellm_params(name, cfg), **sampling, **lean, **cfg.extra)  # fmt: skip
         self._lms[name] = lm
         return lm
 
@@ -129,6 +134,14 @@ class Backends:
         """``Sample``'s ``lm=``/``lms=`` for these model names (default: the config's teacher pool)."""
         pool = [self.lm(name) for name in names] if names else self.generators
         return {"lm": pool[0], "lms": None} if len(pool) == 1 else {"lm": None, "lms": pool}
+
+    def sampling_options(self) -> dict[str, Any]:
+        """``Sample``'s batching, straggler and adaptive-N options from the config."""
+        settings = self.config.fusion
+        batch = {self.lm(t.model).model: self.config.model(t.model).batch_samples for t in self.config.roles.teachers()}
+        adaptive = Adaptive(**settings.adaptive.model_dump()) if settings.adaptive else None
+        return {"batch_samples": batch, "quorum": settings.quorum, "straggler_grace_s": settings.straggler_grace_s,
+                "adaptive": adaptive}  # fmt: skip
 
     @property
     def fusor(self) -> dspy.LM:
@@ -179,6 +192,7 @@ class Backends:
                 "min_candidates": settings.min_candidates,
                 "max_concurrency": settings.max_concurrency,
                 "adapter": self.adapter(self.config.roles.teachers()[0].model),
+                **self.sampling_options(),
             }
         common["deadline_s"] = settings.deadline_s
         if (method or settings.method) == "fuse":

@@ -3,12 +3,18 @@
 Why not ``dspy.Parallel``: it deep-copies the usage tracker per worker, so token usage is lost, and it runs
 module *copies*, so optimizers never see the calls. Here each worker runs in a copy of the caller's
 ``contextvars`` context: the same trace list and usage tracker objects, the same predictors.
+
+A *quorum* cuts stragglers off: once items worth ``quorum`` have succeeded, the rest get at most ``grace_s``
+seconds more, and those still running then come back as ``Straggler``. Async tasks are cancelled; a thread
+cannot be, so a sync straggler runs on in the background and its late result is ignored (what it does on the
+way, e.g. a ``CandidateStore`` write or usage it adds to a tracker still open, still happens).
 """
 
 import asyncio
 import contextvars
+import time
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
 
@@ -23,23 +29,33 @@ Outcome = Any  # the call's result, or the Exception it raised
 MAX_THREADS = 64
 
 
-def run_concurrently(call: Callable[[T], Any], items: Sequence[T], max_workers: int | None = None) -> list[Outcome]:
-    """Call ``call(item)`` for every item in threads; return results or raised exceptions, in item order."""
+class Straggler(Exception):  # noqa: N818 - an outcome, not an error anybody raises
+    """The outcome of an item still running when the straggler grace ran out: not waited for."""
+
+
+def _cut(weights: Sequence[int], outcomes: dict[int, Outcome], quorum: int) -> bool:
+    """Items worth ``quorum`` have succeeded."""
+    return sum(weights[i] for i, o in outcomes.items() if not isinstance(o, Exception)) >= quorum
+
+
+def run_concurrently(call: Callable[[T], Any], items: Sequence[T], max_workers: int | None = None,
+                     quorum: int | None = None, grace_s: float = 0.0,
+                     weights: Sequence[int] | None = None) -> list[Outcome]:  # fmt: skip
+    """Call ``call(item)`` for every item in threads; return results or raised exceptions, in item order.
+
+    With ``quorum``, once items worth ``quorum`` (``weights``, default 1 each) have succeeded, wait at most
+    ``grace_s`` seconds for the others; those still running come back as ``Straggler``.
+    """
     if not items:
         return []
     workers = max(1, min(len(items), max_workers or MAX_THREADS))
-
-    def guarded(item: T) -> Outcome:
-        try:
-            return call(item)
-        except Exception as error:  # noqa: BLE001 - a failed item is reported to the caller, not raised here
-            return error
-
+    if quorum is not None:
+        return _run_with_quorum(call, items, workers, quorum, grace_s, list(weights or [1] * len(items)))
     if workers == 1:
-        return [guarded(item) for item in items]
+        return [_guard(call, item) for item in items]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fusion-dspy") as pool:
         # One context copy per item: a Context object cannot be entered by two threads at once.
-        futures = [pool.submit(contextvars.copy_context().run, guarded, item) for item in items]
+        futures = [pool.submit(contextvars.copy_context().run, _guard, call, item) for item in items]
         return [future.result() for future in futures]
 
 
@@ -68,10 +84,43 @@ async def awithin(awaitable: Awaitable[T], seconds: float, what: str) -> T:
                                "lower n or the models' timeout.") from None
 
 
+def _guard(call: Callable[[T], Any], item: T) -> Outcome:
+    try:
+        return call(item)
+    except Exception as error:  # noqa: BLE001 - a failed item is reported to the caller, not raised here
+        return error
+
+
+def _run_with_quorum(call: Callable[[T], Any], items: Sequence[T], workers: int, quorum: int, grace_s: float,
+                     weights: list[int]) -> list[Outcome]:  # fmt: skip
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fusion-dspy")
+    futures: dict[Future, int] = {pool.submit(contextvars.copy_context().run, _guard, call, item): i
+                                  for i, item in enumerate(items)}  # fmt: skip
+    outcomes: dict[int, Outcome] = {}
+    pending, deadline = set(futures), (time.monotonic() + grace_s if quorum <= 0 else None)
+    try:
+        while pending:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done, pending = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+            outcomes.update({futures[future]: future.result() for future in done})
+            if deadline is None and _cut(weights, outcomes, quorum):
+                deadline = time.monotonic() + grace_s
+            elif deadline is not None and not done:
+                break  # the grace ran out
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)  # stragglers' threads finish unobserved
+    return [outcomes.get(i, Straggler(f"item {i} still running {grace_s:g} s after the quorum of {quorum}"))
+            for i in range(len(items))]  # fmt: skip
+
+
 async def arun_concurrently(
-    call: Callable[[T], Awaitable[Any]], items: Sequence[T], max_concurrency: int | None = None
+    call: Callable[[T], Awaitable[Any]], items: Sequence[T], max_concurrency: int | None = None,
+    quorum: int | None = None, grace_s: float = 0.0, weights: Sequence[int] | None = None,
 ) -> list[Outcome]:
-    """Await ``call(item)`` for every item with at most ``max_concurrency`` in flight; results or exceptions."""
+    """Await ``call(item)`` for every item with at most ``max_concurrency`` in flight; results or exceptions.
+
+    ``quorum``, ``grace_s`` and ``weights`` as in ``run_concurrently``; stragglers' tasks are cancelled.
+    """
     limit = asyncio.Semaphore(max(1, max_concurrency or len(items) or 1))
 
     async def guarded(item: T) -> Outcome:
@@ -81,4 +130,24 @@ async def arun_concurrently(
             except Exception as error:  # noqa: BLE001 - reported to the caller
                 return error
 
-    return list(await asyncio.gather(*(guarded(item) for item in items)))
+    if quorum is None:
+        return list(await asyncio.gather(*(guarded(item) for item in items)))
+    weights = list(weights or [1] * len(items))
+    tasks = {asyncio.ensure_future(guarded(item)): i for i, item in enumerate(items)}
+    outcomes: dict[int, Outcome] = {}
+    pending, deadline = set(tasks), (time.monotonic() + grace_s if quorum <= 0 else None)
+    try:
+        while pending:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            outcomes.update({tasks[task]: task.result() for task in done})
+            if deadline is None and _cut(weights, outcomes, quorum):
+                deadline = time.monotonic() + grace_s
+            elif deadline is not None and not done:
+                break  # the grace ran out
+    finally:
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+    return [outcomes.get(i, Straggler(f"item {i} still running {grace_s:g} s after the quorum of {quorum}"))
+            for i in range(len(items))]  # fmt: skip

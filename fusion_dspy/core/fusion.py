@@ -7,6 +7,8 @@ from typing import Any, Literal
 import dspy
 from dspy.utils.exceptions import AdapterParseError
 
+from fusion_dspy.core.adaptive import Adaptive
+from fusion_dspy.core.batching import BatchSamples
 from fusion_dspy.core.concurrency import awithin, within
 from fusion_dspy.core.fuse import Fuse
 from fusion_dspy.core.meter import StageMeter
@@ -82,6 +84,8 @@ class _SampleThenCombine(dspy.Module):
         fields["candidates"] = pool.predictions
         if any(model is not None for model in pool.models):  # drawn by a Sample: say where from
             fields["candidate_models"], fields["sample_failures"] = pool.models, pool.failures
+            fields["stragglers"], fields["samples_drawn"], fields["stop_reason"] = (pool.stragglers, pool.drawn,
+                                                                                   pool.stop_reason)  # fmt: skip
         fields["stage_usage"] = meter.usage
         fields["stage_seconds"] = meter.seconds
         fields["stage_tokens"] = meter.tokens()
@@ -122,7 +126,10 @@ class FusionOfN(_SampleThenCombine):
         store: A ``CandidateStore`` that keeps candidates across calls and runs (see ``Sample``).
         sample: An existing ``Sample`` to draw from, to share one candidate pool with a ``BestOfN``. The
             sampling options (``n``, ``temperature``, ``lm``, ``lms``, ``min_candidates``, ``max_concurrency``,
-            ``adapter``, ``store``) then belong to that Sample: passing them too is an error.
+            ``adapter``, ``store``, ``batch_samples``, ``quorum``, ``straggler_grace_s``, ``adaptive``) then belong
+            to that Sample: passing them too is an error.
+        batch_samples, quorum, straggler_grace_s, adaptive: see ``Sample``. The result then also has
+            ``stragglers`` (beside ``sample_failures``), ``samples_drawn`` and ``stop_reason``.
 
     Example:
         >>> lm = scripted_lm(lambda call: {"comparison": "All agree.", "answer": "4"} if call.wants("comparison")
@@ -157,13 +164,19 @@ class FusionOfN(_SampleThenCombine):
         fusor_adapter: dspy.Adapter | None = None,
         store: CandidateStore | None = UNSET,
         sample: Sample | None = None,
+        batch_samples: BatchSamples = UNSET,
+        quorum: int | None = UNSET,
+        straggler_grace_s: float = UNSET,
+        adaptive: Adaptive | bool | None = UNSET,
     ):
         if fallback not in ("raise", "select"):
             raise ValueError(f"fallback must be 'raise' or 'select', got {fallback!r}.")
         generator_lm = UNSET if lm is None else lm
         super().__init__(build_sample("FusionOfN", module, sample, n=n, temperature=temperature, lm=generator_lm,
                                       lms=lms, min_candidates=min_candidates, max_concurrency=max_concurrency,
-                                      adapter=adapter, store=store), signature, deadline_s)  # fmt: skip
+                                      adapter=adapter, store=store, batch_samples=batch_samples, quorum=quorum,
+                                      straggler_grace_s=straggler_grace_s, adaptive=adaptive),
+                         signature, deadline_s)  # fmt: skip
         self.fuse = Fuse(self.task_signature, instructions=instructions, lm=fusor_lm or lm, shuffle=shuffle,
                          adapter=fusor_adapter, retries=retries, compare=compare,
                          context_window=context_window)  # fmt: skip
@@ -208,8 +221,8 @@ class BestOfN(_SampleThenCombine):
         fallback: When the judge fails (down, timing out, unusable answer): ``"raise"`` a ``SelectionError``
             naming the cause, or ``"select"`` by ``vote`` instead, saying why in ``selection_error``.
         deadline_s: Seconds the whole call may take (see ``FusionOfN``).
-        temperature, lm, lms, signature, min_candidates, max_concurrency, adapter, store, sample: as in
-            ``FusionOfN``.
+        temperature, lm, lms, signature, min_candidates, max_concurrency, adapter, store, sample, batch_samples,
+            quorum, straggler_grace_s, adaptive: as in ``FusionOfN``.
 
     Example:
         >>> lm = scripted_lm(lambda call: {"answer": ["Brussels", "Brussels, Belgium"][call.index % 2]})
@@ -241,13 +254,19 @@ class BestOfN(_SampleThenCombine):
         deadline_s: float | None = None,
         store: CandidateStore | None = UNSET,
         sample: Sample | None = None,
+        batch_samples: BatchSamples = UNSET,
+        quorum: int | None = UNSET,
+        straggler_grace_s: float = UNSET,
+        adaptive: Adaptive | bool | None = UNSET,
     ):
         if fallback not in ("raise", "select"):
             raise ValueError(f"fallback must be 'raise' or 'select', got {fallback!r}.")
         generator_lm = UNSET if lm is None else lm
         super().__init__(build_sample("BestOfN", module, sample, n=n, temperature=temperature, lm=generator_lm,
                                       lms=lms, min_candidates=min_candidates, max_concurrency=max_concurrency,
-                                      adapter=adapter, store=store), signature, deadline_s)  # fmt: skip
+                                      adapter=adapter, store=store, batch_samples=batch_samples, quorum=quorum,
+                                      straggler_grace_s=straggler_grace_s, adaptive=adaptive),
+                         signature, deadline_s)  # fmt: skip
         self.select = Select(self.task_signature, reward_fn=reward_fn, judge=judge, judge_lm=judge_lm or lm,
                              vote=vote, adapter=judge_adapter, fallback="vote" if fallback == "select" else "raise")
 

@@ -58,6 +58,10 @@ class Pool(dspy.Prediction):
     Args:
         candidates: The candidates, in sample order.
         failures: One line per failed sample (``"sample 3 (openai/x): TimeoutError: ..."``).
+        stragglers: One line per sample not waited for: still running when the straggler grace ran out.
+        drawn: How many samples this call took (stored ones included); fewer than asked when it stopped early.
+        stop_reason: Why sampling stopped: ``"complete"`` (all N), ``"agreement"`` or ``"budget"`` (adaptive N),
+            ``"quorum"`` (stragglers cut off); ``None`` for a pool given from outside.
 
     Example:
         >>> pool = Pool.of([{"answer": "Paris"}, {"answer": "Lyon"}])
@@ -65,11 +69,17 @@ class Pool(dspy.Prediction):
         (2, 'Lyon', [0])
     """
 
-    def __init__(self, candidates: Iterable[Candidate] = (), failures: Iterable[str] = ()):
-        super().__init__(candidates=list(candidates), failures=list(failures))
+    def __init__(self, candidates: Iterable[Candidate] = (), failures: Iterable[str] = (),
+                 stragglers: Iterable[str] = (), drawn: int | None = None, stop_reason: str | None = None):
+        candidates = list(candidates)
+        super().__init__(candidates=candidates, failures=list(failures), stragglers=list(stragglers),
+                         drawn=len(candidates) if drawn is None else drawn, stop_reason=stop_reason)  # fmt: skip
 
     candidates: list[Candidate]
     failures: list[str]
+    stragglers: list[str]
+    drawn: int
+    stop_reason: str | None
 
     @classmethod
     def of(cls, value: "Pool | Iterable[Any]") -> "Pool":
@@ -118,13 +128,14 @@ class Pool(dspy.Prediction):
 
     def __getitem__(self, key):
         if isinstance(key, slice):
-            return Pool(self.candidates[key], self.failures)
+            return Pool(self.candidates[key], self.failures, self.stragglers, self.drawn, self.stop_reason)
         if isinstance(key, int):
             return self.candidates[key]
         return super().__getitem__(key)
 
     def __repr__(self) -> str:
-        return f"Pool({len(self)} candidates, {len(self.failures)} failed)"
+        late = f", {len(self.stragglers)} stragglers" if self.stragglers else ""
+        return f"Pool({len(self)} candidates, {len(self.failures)} failed{late})"
 
 
 def predictions(candidates: "Pool | Sequence[Any]") -> list[dspy.Prediction]:

@@ -10,8 +10,13 @@ import dspy
 from dspy.clients.base_lm import BaseLM
 from dspy.signatures.signature import Signature
 
+from fusion_dspy.core import batching
+from fusion_dspy.core.adaptive import Adaptive, as_adaptive
+from fusion_dspy.core.batching import BatchSamples
+from fusion_dspy.core.concurrency import Straggler
+from fusion_dspy.core.meter import total_tokens
 from fusion_dspy.core.pool import Candidate, Pool
-from fusion_dspy.core.steps import Call, Gather, Steps, arun, run
+from fusion_dspy.core.steps import Call, Gather, Steps, adapter_override, arun, run
 from fusion_dspy.core.store import CandidateStore
 from fusion_dspy.errors import SamplingError
 
@@ -52,6 +57,15 @@ class Sample(dspy.Module):
         adapter: The DSPy adapter for the generator's calls (default: the context's), e.g. for a small model.
         store: A ``CandidateStore`` to reuse candidates from and save new ones to, across calls, trials and runs.
             Stored candidates leave no trace, so bootstrap demos without a store.
+        batch_samples: Draw an LM's samples of a wave in ONE request with the OpenAI ``n`` parameter: ``True``,
+            ``False`` (default: one request per sample), ``"auto"`` (on for ``openai/`` and ``hosted_vllm/``
+            models on DSPy's litellm engine), or ``{model: setting}`` per teacher. Only a ``dspy.Predict`` or
+            ``dspy.ChainOfThought`` module is batched; see ``fusion_dspy.core.batching``.
+        quorum: Once this many candidates are in, wait at most ``straggler_grace_s`` for the rest, then go on
+            without them (listed in ``pool.stragglers``). ``None`` (default) waits for every sample.
+        straggler_grace_s: Seconds to wait for the rest once the quorum is in (default 0).
+        adaptive: Draw in waves and stop once the candidates agree or a token budget is spent: an
+            ``Adaptive(...)`` or ``True`` for its defaults. ``pool.drawn`` and ``pool.stop_reason`` say what happened.
 
     Example:
         >>> lm = scripted_lm(lambda call: {"answer": f"draft {call.index}"})
@@ -72,6 +86,10 @@ class Sample(dspy.Module):
         min_candidates: int = 1,
         adapter: dspy.Adapter | None = None,
         store: CandidateStore | None = None,
+        batch_samples: BatchSamples = False,
+        quorum: int | None = None,
+        straggler_grace_s: float = 0.0,
+        adaptive: Adaptive | bool | None = None,
     ):
         super().__init__()
         if lm is not None and lms:
@@ -89,6 +107,13 @@ class Sample(dspy.Module):
         self.min_candidates = min_candidates
         self.adapter = adapter
         self.store = store
+        if quorum is not None and not min_candidates <= quorum <= self.n:
+            raise ValueError(f"quorum must be between min_candidates={min_candidates} and n={self.n}, got {quorum}.")
+        if straggler_grace_s < 0:
+            raise ValueError(f"straggler_grace_s must be 0 or more seconds, got {straggler_grace_s}.")
+        self.batch_samples = batch_samples
+        self.quorum, self.straggler_grace_s = quorum, straggler_grace_s
+        self.adaptive = as_adaptive(adaptive)
 
     def plan(self) -> list[Draw]:
         """The N draws of one call: LM and rollout id per sample."""
@@ -144,12 +169,75 @@ class Sample(dspy.Module):
             self.store.put(key, prediction, usage)  # at once: a crash later keeps this sample
         return prediction, usage
 
+    def _draw_batch(self, group: list[Draw], keys: list[str | None], inputs: dict[str, Any]) -> Steps[list]:
+        """One request for the group's samples (``n`` choices); N requests when the backend rejects ``n``."""
+        lm, k = group[0].lm, len(group)
+        batch_lm = batching.batch_lm(lm, group[0].rollout_id, self.temperature, k)
+        context = {"lm": batch_lm, **adapter_override(self.adapter)}
+        try:
+            with dspy.context(**context), dspy.track_usage() as tracker:
+                prediction = yield Call(self.module, inputs)
+            predictions = batching.completions(prediction, k)
+        except Exception as error:
+            if not batching.rejects_n(error):
+                raise
+            outcomes = yield Gather([self._draw(d, keys[d.index], inputs) for d in group], self.max_concurrency)
+            if any(not isinstance(outcome, Exception) for outcome in outcomes):
+                batching.mark_rejected(lm, error)  # the same requests with one choice each went through
+            return outcomes
+        usages = batching.split_usage(tracker.get_total_tokens(), k)
+        drawn = list(zip(predictions, usages, strict=True))
+        for draw, (candidate, usage) in zip(group, drawn, strict=True):
+            if keys[draw.index] is not None:
+                self.store.put(keys[draw.index], candidate, usage)  # sample i of the batch is stored as sample i
+        return drawn
+
+    def _group(self, draw: Draw, keys: list[str | None], inputs: dict[str, Any], group: list[Draw]) -> Steps[list]:
+        if len(group) > 1:  # a batched LM's draws of this wave (one alone is an ordinary request)
+            return (yield from self._draw_batch(group, keys, inputs))
+        return [(yield from self._draw(draw, keys[draw.index], inputs))]
+
+    def _groups(self, todo: list[Draw]) -> list[list[Draw]]:
+        """The requests of a wave: one per batched LM (all its draws), one per draw otherwise."""
+        groups: dict[Any, list[Draw]] = {}
+        for draw in todo:
+            batched = batching.batches(self.batch_samples, draw.lm, self.module)
+            groups.setdefault(id(draw.lm) if batched else ("single", draw.index), []).append(draw)
+        return list(groups.values())
+
+    def _waves(self, draws: list[Draw]) -> list[list[Draw]]:
+        size = self.adaptive.wave if self.adaptive else len(draws)
+        return [draws[start:start + size] for start in range(0, len(draws), size)]
+
     def _sample(self, inputs: dict[str, Any]) -> Steps[Pool]:
         draws = self.plan()
         keys, stored = self._lookup(draws, inputs)
-        todo = [draw for draw in draws if draw.index not in stored]
-        outcomes = yield Gather([self._draw(d, keys[d.index], inputs) for d in todo], self.max_concurrency)
-        return self._collect(draws, stored, dict(zip([d.index for d in todo], outcomes, strict=True)))
+        outcomes: dict[int, Any] = dict(stored)
+        drawn, reason = 0, None
+        for wave in self._waves(draws):
+            drawn += len(wave)
+            groups = self._groups([draw for draw in wave if draw.index not in stored])
+            have = sum(1 for outcome in outcomes.values() if not isinstance(outcome, Exception))
+            cut = {} if self.quorum is None else {"quorum": max(0, self.quorum - have),
+                                                  "grace_s": self.straggler_grace_s}  # fmt: skip
+            results = yield Gather([self._group(g[0], keys, inputs, g) for g in groups], self.max_concurrency,
+                                   weights=[len(g) for g in groups], **cut)  # fmt: skip
+            for group, result in zip(groups, results, strict=True):
+                spread = [result] * len(group) if isinstance(result, Exception) else result
+                outcomes.update({draw.index: outcome for draw, outcome in zip(group, spread, strict=True)})
+            if self.adaptive and drawn < len(draws):
+                reason = self._stop_reason([outcomes[d.index] for d in draws[:drawn]])
+                if reason:
+                    break
+        return self._collect(draws[:drawn], stored, outcomes, reason)
+
+    def _stop_reason(self, outcomes: list[Any]) -> str | None:
+        good = [outcome for outcome in outcomes if not isinstance(outcome, Exception)]
+        answers = self.adaptive.answers([prediction for prediction, _ in good], self._signature())
+        return self.adaptive.stop_reason(answers, sum(total_tokens(usage) for _, usage in good))
+
+    def _signature(self) -> type[Signature]:
+        return self.module.predictors()[-1].signature
 
     def forward(self, **inputs) -> Pool:
         return run(self._sample(inputs))
@@ -157,10 +245,14 @@ class Sample(dspy.Module):
     async def aforward(self, **inputs) -> Pool:
         return await arun(self._sample(inputs))
 
-    def _collect(self, draws: list[Draw], stored: dict[int, Any], fresh: dict[int, Any]) -> Pool:
-        candidates, failures = [], []
+    def _collect(self, draws: list[Draw], stored: dict[int, Any], outcomes: dict[int, Any], reason: str | None
+                 ) -> Pool:  # fmt: skip
+        candidates, failures, stragglers = [], [], []
         for draw in draws:
-            outcome = stored.get(draw.index, fresh.get(draw.index))
+            outcome = outcomes[draw.index]
+            if isinstance(outcome, Straggler):
+                stragglers.append(f"sample {draw.index} ({draw.lm.model}): not waited for: {outcome}")
+                continue
             if isinstance(outcome, Exception):
                 failure = f"sample {draw.index} ({draw.lm.model}): {type(outcome).__name__}: {outcome}"
                 logger.warning("Dropping a failed candidate: %s", failure)
@@ -173,6 +265,7 @@ class Sample(dspy.Module):
                 f"Only {len(candidates)} of {len(draws)} samples succeeded, fewer than min_candidates="
                 f"{self.min_candidates}. Check that the generator LM is reachable and answers in the expected "
                 "format; the failures were:",
-                failures,
+                failures + stragglers,
             )
-        return Pool(candidates, failures)
+        reason = reason or ("quorum" if stragglers else "complete")
+        return Pool(candidates, failures, stragglers, drawn=len(draws), stop_reason=reason)

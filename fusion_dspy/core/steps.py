@@ -39,10 +39,20 @@ class Call:
 
 @dataclass(frozen=True)
 class Gather:
-    """Run several steps at once (at most ``limit`` in flight); the result is a list of results or exceptions."""
+    """Run several steps at once (at most ``limit`` in flight); the result is a list of results or exceptions.
+
+    With ``quorum``: once steps worth ``quorum`` (``weights``, default 1 each) have succeeded, the others get
+    ``grace_s`` seconds more; those still running then are a ``Straggler`` in the result (see ``concurrency``).
+    """
 
     steps: Sequence["Step"]
     limit: int | None = None
+    quorum: int | None = None
+    grace_s: float = 0.0
+    weights: Sequence[int] | None = None
+
+    def options(self) -> dict[str, Any]:
+        return {"quorum": self.quorum, "grace_s": self.grace_s, "weights": self.weights}
 
 
 Steps = Generator["Step", Any, T]
@@ -54,14 +64,18 @@ def run(steps: Step) -> Any:
     if isinstance(steps, Call):
         return steps.module(**steps.kwargs)
     if isinstance(steps, Gather):
-        return run_concurrently(run, list(steps.steps), steps.limit)
+        return run_concurrently(run, list(steps.steps), steps.limit, **steps.options())
     finished, value = _advance(steps, None, None)
-    while not finished:
-        try:
-            result, error = run(value), None
-        except Exception as raised:  # noqa: BLE001 - raised inside the generator, at its yield
-            result, error = None, raised
-        finished, value = _advance(steps, result, error)
+    try:
+        while not finished:
+            try:
+                result, error = run(value), None
+            except Exception as raised:  # noqa: BLE001 - raised inside the generator, at its yield
+                result, error = None, raised
+            finished, value = _advance(steps, result, error)
+    except BaseException:  # interrupted (Ctrl-C, a cancelled straggler): unwind its `with` blocks here and now
+        steps.close()
+        raise
     return value
 
 
@@ -70,14 +84,18 @@ async def arun(steps: Step) -> Any:
     if isinstance(steps, Call):
         return await steps.module.acall(**steps.kwargs)
     if isinstance(steps, Gather):
-        return await arun_concurrently(arun, list(steps.steps), steps.limit)
+        return await arun_concurrently(arun, list(steps.steps), steps.limit, **steps.options())
     finished, value = _advance(steps, None, None)
-    while not finished:
-        try:
-            result, error = await arun(value), None
-        except Exception as raised:  # noqa: BLE001 - raised inside the generator, at its yield
-            result, error = None, raised
-        finished, value = _advance(steps, result, error)
+    try:
+        while not finished:
+            try:
+                result, error = await arun(value), None
+            except Exception as raised:  # noqa: BLE001 - raised inside the generator, at its yield
+                result, error = None, raised
+            finished, value = _advance(steps, result, error)
+    except BaseException:  # cancelled (a straggler cut off): unwind its `with` blocks in this task's context
+        steps.close()
+        raise
     return value
 
 

@@ -18,7 +18,7 @@ import dspy
 
 # Connection details are not sampling settings: the embedded server gets a new port every run, and a key
 # rotation must not throw away the pool. Models are told apart by their (unique) model names.
-_NOT_SETTINGS = {"api_base", "base_url", "api_key", "rollout_id", "headers", "extra_headers"}
+_NOT_SETTINGS = {"api_base", "base_url", "api_key", "rollout_id", "headers", "extra_headers", "no-log"}
 
 
 def _digest(value: Any) -> str:

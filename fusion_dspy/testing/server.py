@@ -14,7 +14,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from fusion_dspy.testing.wire import InFlight, Responder, format_reply, parse_body
+from fusion_dspy.testing.wire import InFlight, Responder, ScriptedCall, format_reply, parse_body
 
 Reply = Callable[[dict[str, Any]], str]
 
@@ -33,7 +33,8 @@ class StubOpenAIServer:
         reply: Maps a request body (``{"model", "messages", ...}``) to the assistant's text.
         respond: Instead of ``reply``: maps the parsed request (a ``ScriptedCall``, as ``scripted_lm`` gets) to a
             dict of output fields or a raw string, like ``scripted_lm``'s ``respond``.
-        delay: Seconds each request takes before it is answered.
+        delay: Seconds each request takes before it is answered, or ``delay(call) -> seconds`` per request (a
+            ``ScriptedCall``, e.g. to make one sample a straggler).
         rendezvous: Each request waits until this many have been in flight together (see ``InFlight``).
         status: HTTP status to answer with; anything but 200 returns an OpenAI-style error body. A callable
             ``status(index)`` chooses per request (e.g. ``lambda i: 500 if i < 2 else 200``: two failures first).
@@ -42,6 +43,10 @@ class StubOpenAIServer:
             reply (a truncated or non-JSON body); ``None`` answers normally.
         stream_gate: For streamed replies: after the first half of the words the stub waits (up to 30 s) until
             this event is set, so a test can prove the client got the first words before the last were written.
+        reject_n: Answer 400 to a request asking for ``n > 1`` choices, as servers without the OpenAI ``n``
+            parameter do. Otherwise a request with ``n`` gets ``n`` choices, each its own ``respond`` call (their
+            ``call.index`` counts choices, so ``n`` choices are told apart as ``n`` requests would be).
+        ignore_n: Answer one choice whatever ``n`` asks for, as some servers do.
 
     Example:
         >>> with StubOpenAIServer(respond=lambda call: {"answer": "4"}) as server:
@@ -52,17 +57,21 @@ class StubOpenAIServer:
         1
     """
 
-    def __init__(self, reply: Reply | None = None, delay: float = 0.0, status: int | Callable[[int], int] = 200,
-                 respond: Responder | None = None, rendezvous: int | None = None, retry_after: float | None = None,
-                 body: Callable[[int], bytes | None] | None = None, stream_gate: threading.Event | None = None):
+    def __init__(self, reply: Reply | None = None, delay: float | Callable[[ScriptedCall], float] = 0.0,
+                 status: int | Callable[[int], int] = 200, respond: Responder | None = None,
+                 rendezvous: int | None = None, retry_after: float | None = None,
+                 body: Callable[[int], bytes | None] | None = None, stream_gate: threading.Event | None = None,
+                 reject_n: bool = False, ignore_n: bool = False):
         if (reply is None) == (respond is None):
             raise ValueError("Pass one of reply= (body -> text) or respond= (parsed call -> fields).")
         self.reply, self.respond, self.delay, self.status = reply, respond, delay, status
         self.retry_after, self.body, self.stream_gate = retry_after, body, stream_gate
+        self.reject_n, self.ignore_n = reject_n, ignore_n
         self.waiting_at_gate = threading.Event()  # set while a streamed reply is held at stream_gate
         self.usage: list[dict[str, int]] = []  # the usage each answered request reported, in answer order
         self.arrivals: list[float] = []  # time.monotonic() of each request's arrival, in request order
         self.requests: list[dict[str, Any]] = []
+        self.choices = 0  # choices answered or being answered: the next choice's call.index
         self.flight = InFlight(rendezvous)
         self._lock = threading.Lock()
         self._httpd = _Server(("127.0.0.1", 0), self._handler_class())
@@ -103,14 +112,22 @@ class StubOpenAIServer:
 
             def do_POST(self) -> None:  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                n = 1 if server.ignore_n else int(body.get("n") or 1)
+                rejected = server.reject_n and int(body.get("n") or 1) > 1
                 with server._lock:
                     index = len(server.requests)
                     server.requests.append(body)
                     server.arrivals.append(time.monotonic())
+                    first = server.choices
+                    server.choices += 0 if rejected else n
+                if rejected:
+                    error = {"message": f"n={n} is not supported: this server returns one choice per request",
+                             "type": "invalid_request_error", "param": "n", "code": 400}
+                    return self._send(400, {"error": error})
                 server.flight.enter()
                 try:
                     server.flight.wait()
-                    time.sleep(server.delay)
+                    time.sleep(server.delay(parse_body(body, first)) if callable(server.delay) else server.delay)
                 except RuntimeError as missed:  # the rendezvous was not met: say so in the reply
                     return self._send(500, {"error": {"message": str(missed), "type": "server_error"}})
                 finally:
@@ -122,22 +139,22 @@ class StubOpenAIServer:
                 if status != 200:
                     error = {"message": "stub server failure", "type": "server_error", "code": status}
                     return self._send(status, {"error": error})
-                text = server._text(body, index)
+                texts = [server._text(body, first + j) for j in range(n)]
                 prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
-                completion_tokens = len(text.split())
+                completion_tokens = sum(len(text.split()) for text in texts)
                 usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                          "total_tokens": prompt_tokens + completion_tokens}
                 with server._lock:
                     server.usage.append(usage)
                 if body.get("stream"):
-                    return self._stream(body, text, usage)
+                    return self._stream(body, texts[0], usage)
                 self._send(200, {
                     "id": f"stub-{len(server.requests)}",
                     "object": "chat.completion",
                     "created": int(time.time()),
                     "model": body.get("model", "stub"),
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": text}}],
+                    "choices": [{"index": j, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": text}} for j, text in enumerate(texts)],
                     "usage": usage,
                 })  # fmt: skip
 

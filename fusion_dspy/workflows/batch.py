@@ -11,6 +11,7 @@ from typing import Any
 
 import dspy
 
+from fusion_dspy.core.concurrency import run_concurrently
 from fusion_dspy.workflows.jsonl import ResultsLog
 from fusion_dspy.workflows.progress import progress_bar
 
@@ -45,25 +46,31 @@ def run_batch(
     output: str | Path,
     input_fields: list[str],
     show_progress: bool = True,
+    concurrency: int = 1,
 ) -> dict[str, int]:
     """Run ``program`` on each item not yet in ``output``; returns counts of ``done``, ``failed`` and ``skipped``.
 
     Items are dicts of input fields, with an optional ``id`` (default: the item's position). A failing item is
-    written with its ``error`` and the batch goes on.
+    written with its ``error`` and the batch goes on. ``concurrency`` items are in flight at once (each also
+    samples concurrently); lines are written as items finish, so their order may differ from the input's.
     """
     log = ResultsLog(output)
     todo = log.pending(items, input_fields)
     counts = {"done": 0, "failed": 0, "skipped": len(log.done)}
     with log, progress_bar(disable=not show_progress) as progress:
         task = progress.add_task(f"{type(program).__name__} -> {log.path.name}", total=len(todo))
-        for item_id, inputs in todo:
+
+        def run_one(job: tuple[str, dict[str, Any]]) -> bool:
+            item_id, inputs = job
             try:
-                record = result_record(item_id, inputs, program(**inputs))
-                counts["done"] += 1
+                record, ok = result_record(item_id, inputs, program(**inputs)), True
             except Exception as error:  # noqa: BLE001 - one bad item must not end the batch
                 logger.warning("Item %s failed: %s: %s", item_id, type(error).__name__, error)
-                record = error_record(item_id, inputs, error)
-                counts["failed"] += 1
+                record, ok = error_record(item_id, inputs, error), False
             log.write(record)
             progress.advance(task)
+            return ok
+
+        for ok in run_concurrently(run_one, todo, max_workers=concurrency):
+            counts["done" if ok is True else "failed"] += 1
     return counts

@@ -79,6 +79,9 @@ class PairedEvaluation:
                 "scores": {"single": scores[0], "bon": bon.score, "fusion": fusion.score, "oracle": max(scores[:n])},
                 "tokens": {"single": candidates[0].tokens, "bon": candidates.tokens + bon.tokens,
                            "fusion": candidates.tokens + fusion.tokens, "oracle": candidates.tokens},
+                "samples": {"single": 1, "bon": len(candidates), "fusion": len(candidates),
+                            "oracle": len(candidates)},  # fewer than n where adaptive N stopped early
+                "stop_reason": pool.stop_reason,
                 "errors": {name: step.error for name, step in (("bon", bon), ("fusion", fusion)) if step.error},
             })  # fmt: skip
         return len(todo)

@@ -29,6 +29,7 @@ class Row:
     ci_high: float
     tokens: float
     errors: int
+    samples: float = 0.0  # candidates used per example (fewer than N where adaptive N stopped early)
 
 
 def bootstrap_ci(values: np.ndarray, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -54,15 +55,21 @@ def summarize(records: list[dict[str, Any]]) -> list[Row]:
             tokens = [r["tokens"].get(method, 0) for r in group] if method in METHODS else [0]
             errors = sum(method in r.get("errors", {}) for r in group)
             low, high = bootstrap_ci(values)
-            rows.append(Row(method, n, len(group), float(values.mean()), low, high, float(np.mean(tokens)), errors))
+            samples = [r.get("samples", {}).get(method, r.get("candidates", n)) for r in group] if method in METHODS \
+                else [0]  # fmt: skip
+            rows.append(Row(method, n, len(group), float(values.mean()), low, high, float(np.mean(tokens)), errors,
+                            float(np.mean(samples))))  # fmt: skip
     return rows
 
 
 def report_table(rows: list[Row], title: str) -> Table:
-    table = Table("N", "method", "mean", "95% CI", "tokens/example", "errors", title=title, title_justify="left")
+    table = Table("N", "method", "mean", "95% CI", "tokens/example", "samples/example", "errors", title=title,
+                  title_justify="left")  # fmt: skip
     for row in rows:
+        own = row.method != "fusion-bon"
         table.add_row(str(row.n), LABELS[row.method], f"{row.mean:.3f}", f"[{row.ci_low:.3f}, {row.ci_high:.3f}]",
-                      f"{row.tokens:.0f}" if row.method != "fusion-bon" else "", str(row.errors or ""))  # fmt: skip
+                      f"{row.tokens:.0f}" if own else "", f"{row.samples:.1f}" if own else "",
+                      str(row.errors or ""))  # fmt: skip
     return table
 
 

@@ -1,0 +1,134 @@
+"""Batched sampling: N candidates from one request with the OpenAI ``n`` parameter, where the backend allows it.
+
+One request for N choices sends, prefills and bills the prompt once and costs the client one request's CPU.
+DSPy 3.4 passes ``n`` to the provider natively only on its litellm engine (``dspy.LM(..., engine="litellm")``);
+its other engines answer ``n`` with N requests one after another, so batching is used only there. A module is
+batched when it is a ``dspy.Predict`` or a ``dspy.ChainOfThought`` (one predictor whose prediction the module
+returns as is, with its ``completions``); any other module draws N requests, as before.
+
+``batch_samples`` is ``True``, ``False`` or ``"auto"`` (on for ``openai/`` and ``hosted_vllm/`` models on the
+litellm engine: OpenAI and vLLM accept ``n``), or a mapping of model string to one of those (a teacher pool).
+A backend that rejects ``n`` (HTTP 400/422) or ignores it (fewer choices) is asked again with N
+requests; when those succeed it is marked as not batching for the rest of the process, with one log line.
+"""
+
+import logging
+import threading
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import dspy
+from dspy.clients.base_lm import BaseLM
+from dspy.utils.exceptions import LMInvalidRequestError
+
+from fusion_dspy.core.meter import Usage
+
+logger = logging.getLogger(__name__)
+
+BatchSetting = bool | Literal["auto"]
+BatchSamples = BatchSetting | Mapping[str, BatchSetting]
+
+# Providers whose servers take `n` (OpenAI's API, vLLM's OpenAI-compatible server): what "auto" turns on.
+N_PROVIDERS = ("openai/", "hosted_vllm/")
+
+_rejected: set[tuple[str, str | None]] = set()
+_lock = threading.Lock()
+
+
+def _identity(lm: BaseLM) -> tuple[str, str | None]:
+    return lm.model, (getattr(lm, "kwargs", {}) or {}).get("api_base")
+
+
+def sends_n_natively(lm: BaseLM) -> bool:
+    """The LM passes ``n`` to its provider in one request (DSPy's litellm engine)."""
+    return isinstance(lm, dspy.LM) and lm.engine == "litellm"
+
+
+def batchable_module(module: dspy.Module) -> bool:
+    """The module returns its one predictor's prediction with all ``n`` completions."""
+    return isinstance(module, dspy.Predict) or type(module) is dspy.ChainOfThought
+
+
+def batches(setting: BatchSamples, lm: BaseLM, module: dspy.Module) -> bool:
+    """Whether one request draws all of this LM's samples of a wave.
+
+    Example:
+        >>> lm = dspy.LM("openai/gpt-4o-mini", engine="litellm")
+        >>> batches("auto", lm, dspy.Predict("q -> a")), batches(False, lm, dspy.Predict("q -> a"))
+        (True, False)
+    """
+    if isinstance(setting, Mapping):
+        setting = setting.get(lm.model, "auto")
+    if setting is False or not batchable_module(module) or _identity(lm) in _rejected:
+        return False
+    if not sends_n_natively(lm):
+        if setting is True:
+            raise ValueError(f"batch_samples=True, but the LM {lm.model!r} does not send `n` in one request: DSPy "
+                             "3.4 does that only on its litellm engine (dspy.LM(..., engine='litellm')); other "
+                             "engines would send the N requests one after another. Use batch_samples='auto' or "
+                             "False for this LM.")  # fmt: skip
+        return False
+    return setting is True or lm.model.startswith(N_PROVIDERS)
+
+
+class IgnoredN(RuntimeError):  # noqa: N818 - what the backend did
+    """The backend answered a request for ``n`` choices with another number of them."""
+
+
+def rejects_n(error: BaseException) -> bool:
+    """The backend refused the request as invalid (how servers without ``n`` answer a request that uses it), or
+    ignored ``n``."""
+    status = getattr(error, "status", None) or getattr(error, "status_code", None)
+    return isinstance(error, (LMInvalidRequestError, IgnoredN)) or status in (400, 422)
+
+
+def mark_rejected(lm: BaseLM, error: BaseException) -> None:
+    """Send this LM's later samples as separate requests; say so once."""
+    with _lock:
+        first = _identity(lm) not in _rejected
+        _rejected.add(_identity(lm))
+    if first:
+        logger.warning("%s rejected a request for n choices (%s: %s); its samples are sent as separate requests "
+                       "from now on. Set batch_samples: false for this model to skip the attempt.", lm.model,
+                       type(error).__name__, str(error)[:200])  # fmt: skip
+
+
+def split_usage(usage: Usage, k: int) -> list[Usage]:
+    """One batched request's usage as ``k`` samples' shares, adding up to what was billed.
+
+    The prompt was sent once: its tokens go to the batch's first sample. Completion tokens (one total for all
+    choices) are shared evenly, the remainder to the first. So ``pool[:m]`` of a batch costs about what a
+    request for ``m`` choices would.
+
+    Example:
+        >>> split_usage({"m": {"prompt_tokens": 10, "completion_tokens": 7, "total_tokens": 17}}, 2)
+        [{'m': {'prompt_tokens': 10, 'completion_tokens': 4, 'total_tokens': 14}}, {'m': {'prompt_tokens': 0, \
+'completion_tokens': 3, 'total_tokens': 3}}]
+    """
+    shares: list[Usage] = [{} for _ in range(k)]
+    for model, counters in (usage or {}).items():
+        prompt = int(counters.get("prompt_tokens") or 0)
+        completion = int(counters.get("completion_tokens") or 0)
+        for i in range(k):
+            part = completion // k + (completion % k if i == 0 else 0)
+            first_prompt = prompt if i == 0 else 0
+            shares[i][model] = {"prompt_tokens": first_prompt, "completion_tokens": part,
+                                "total_tokens": first_prompt + part}  # fmt: skip
+    return shares
+
+
+def completions(prediction: dspy.Prediction, k: int) -> list[dspy.Prediction]:
+    """The ``k`` predictions of a batched call, or an error when the backend returned another number."""
+    found = prediction.completions
+    count = len(found) if found is not None else 0
+    if count != k:
+        raise IgnoredN(f"asked for n={k} choices in one request, got {count}: the backend ignores `n`")
+    return [dspy.Prediction(**found[i].toDict()) for i in range(k)]
+
+
+def batch_lm(lm: BaseLM, rollout_id: int, temperature: float | None, k: int) -> Any:
+    """The LM copy of one batched request: ``n=k`` choices, under the first sample's rollout id."""
+    overrides: dict[str, Any] = {"rollout_id": rollout_id, "n": k}
+    if temperature is not None:
+        overrides["temperature"] = temperature
+    return lm.copy(**overrides)
