@@ -8,13 +8,17 @@ import dspy
 from dspy.utils.exceptions import AdapterParseError
 
 from fusion_dspy.core.fuse import Fuse
+from fusion_dspy.core.layers import Layers
 from fusion_dspy.core.meter import StageMeter
+from fusion_dspy.core.permute import Permutations, judge_in_orders
 from fusion_dspy.core.pool import Pool
 from fusion_dspy.core.sample import Sample, as_module
 from fusion_dspy.core.select import RewardFn, Select
 from fusion_dspy.core.signatures import check_reserved_fields, task_signature
 from fusion_dspy.core.steps import Call, Steps, arun, run
 from fusion_dspy.core.store import CandidateStore
+from fusion_dspy.core.structured import fuse_structured
+from fusion_dspy.core.windowed import check_group_size
 from fusion_dspy.errors import FusionError
 
 logger = logging.getLogger(__name__)
@@ -111,6 +115,17 @@ class FusionOfN(_SampleThenCombine):
         sample: An existing ``Sample`` to draw from, to share one candidate pool with a ``BestOfN``. The
             sampling options (``n``, ``temperature``, ``lm``, ``lms``, ``min_candidates``, ``max_concurrency``,
             ``adapter``, ``store``) then belong to that Sample: passing them too is an error.
+        group_size: Fuse in groups of this many, then fuse the fused (``fusion_dspy.core.windowed``), or
+            ``"auto"``: groups as large as the fusor's ``context_window`` holds. ``None`` (default): automatic
+            when ``context_window`` is given, else one fusor call.
+        context_window: Tokens the fusor reads at once; a pool that does not fit is fused in groups.
+        layers: Mixture-of-Agents proposer layers (``fusion_dspy.core.layers``): 1 (default) is plain
+            Fusion-of-N; each further layer's proposers read the previous layer's answers; the last is fused.
+        permutations: Fuse the candidates in this many orders and keep one fusion (``fusion_dspy.core.permute``);
+            the prediction's ``fusion_orders`` lists the orders used.
+        permutation_pick: How the fusion is kept: ``"consensus"`` (default), ``"majority"`` or ``"listwise"``
+            (an LLM judge, ``judge_lm``).
+        judge_lm: The judge of ``permutation_pick="listwise"`` (default: ``lm``, then the context LM).
 
     Example:
         >>> lm = scripted_lm(lambda call: {"comparison": "All agree.", "answer": "4"} if call.wants("comparison")
@@ -143,6 +158,12 @@ class FusionOfN(_SampleThenCombine):
         fusor_adapter: dspy.Adapter | None = None,
         store: CandidateStore | None = UNSET,
         sample: Sample | None = None,
+        group_size: int | Literal["auto"] | None = None,
+        context_window: int | None = None,
+        layers: int = 1,
+        permutations: int = 1,
+        permutation_pick: Literal["consensus", "majority", "listwise"] = "consensus",
+        judge_lm: dspy.BaseLM | None = None,
     ):
         if fallback not in ("raise", "select"):
             raise ValueError(f"fallback must be 'raise' or 'select', got {fallback!r}.")
@@ -153,10 +174,19 @@ class FusionOfN(_SampleThenCombine):
         self.fuse = Fuse(self.task_signature, instructions=instructions, lm=fusor_lm or lm, shuffle=shuffle,
                          adapter=fusor_adapter, retries=retries, compare=compare)  # fmt: skip
         self.fallback = fallback
+        self.group_size, self.context_window = check_group_size(group_size), context_window
+        if group_size == "auto" and not context_window:
+            raise ValueError("group_size='auto' sizes groups from the fusor's context window: pass context_window=.")
+        if layers < 1:
+            raise ValueError(f"layers must be at least 1 (1 = plain Fusion-of-N), got {layers}.")
+        self.layers = Layers(self.sample, self.task_signature, layers) if layers > 1 else None
+        self.permute = (Permutations(self.task_signature, permutations, permutation_pick, judge_lm or lm)
+                        if permutations != 1 else None)  # fmt: skip
 
     def _combine(self, pool: Pool, inputs: dict[str, Any]) -> Steps[dspy.Prediction]:
         try:
-            return (yield Call(self.fuse, {"candidates": pool, **inputs}))
+            return (yield from fuse_structured(self.fuse, pool, inputs, self.layers, self.group_size,
+                                               self.context_window, self.permute))  # fmt: skip
         except AdapterParseError as error:  # unreachable servers and the like propagate unchanged
             return self._fallback(pool, inputs, error)
 
@@ -187,6 +217,8 @@ class BestOfN(_SampleThenCombine):
         vote: Without reward_fn or judge: ``"majority"`` (exact answers) or ``"consensus"`` (free text); see
             ``Select``.
         judge_adapter: The DSPy adapter of the judge's calls (default: the context's).
+        permutations: With ``judge="listwise"``: judge in this many orders (shown, reversed, shuffles) and count
+            only wins that survive the swaps (``fusion_dspy.core.permute.judge_in_orders``).
         temperature, lm, lms, signature, min_candidates, max_concurrency, adapter, store, sample: as in
             ``FusionOfN``.
 
@@ -218,13 +250,20 @@ class BestOfN(_SampleThenCombine):
         judge_adapter: dspy.Adapter | None = None,
         store: CandidateStore | None = UNSET,
         sample: Sample | None = None,
+        permutations: int = 1,
     ):
+        if permutations != 1 and (judge != "listwise" or permutations < 2):
+            raise ValueError(f"permutations={permutations} needs judge='listwise' and at least 2 orders: votes, "
+                             "rewards and pointwise scores do not depend on the order of the candidates.")
         generator_lm = UNSET if lm is None else lm
         super().__init__(build_sample("BestOfN", module, sample, n=n, temperature=temperature, lm=generator_lm,
                                       lms=lms, min_candidates=min_candidates, max_concurrency=max_concurrency,
                                       adapter=adapter, store=store), signature)  # fmt: skip
         self.select = Select(self.task_signature, reward_fn=reward_fn, judge=judge, judge_lm=judge_lm or lm,
                              vote=vote, adapter=judge_adapter)  # fmt: skip
+        self.permutations = permutations
 
     def _combine(self, pool: Pool, inputs: dict[str, Any]) -> Steps[dspy.Prediction]:
+        if self.permutations > 1:
+            return (yield from judge_in_orders(self.select, pool, inputs, self.permutations))
         return (yield Call(self.select, {"candidates": pool, **inputs}))
