@@ -110,14 +110,21 @@ def _examples(task, args) -> list:
 def _eval(args: argparse.Namespace) -> int:
     from fusion_dspy.backends import load_config
     from fusion_dspy.workflows.evaluation import PairedEvaluation
-    from fusion_dspy.workflows.reports import plot_summary, report_table, summarize, write_summary
+    from fusion_dspy.workflows.reports import (
+        plot_summary,
+        position_bias,
+        position_table,
+        report_table,
+        summarize,
+        write_summary,  # fmt: skip
+    )
     from fusion_dspy.workflows.task import resolve_task
 
     task = resolve_task(args.program)
     backends = load_config(args.config)
     backends.check()
     evaluation = PairedEvaluation(backends, task, _examples(task, args), n_values=args.n_values,
-                                  output_dir=args.output_dir, num_threads=args.threads)  # fmt: skip
+                                  output_dir=args.output_dir, num_threads=args.threads, router=args.router)  # fmt: skip
     records = evaluation.run(show_progress=not args.quiet)
     if not records:
         raise FusionDSPyError("No example could be evaluated (see the warnings): check the backends.")
@@ -126,6 +133,8 @@ def _eval(args: argparse.Namespace) -> int:
     title = f"{task.name}: {len({r['example'] for r in records})} examples, generators {models}"
     console = Console()
     console.print(report_table(rows, title))
+    if positions := position_bias(records):
+        console.print(position_table(positions))
     json_path, csv_path = write_summary(rows, args.output_dir)
     plot = plot_summary(rows, Path(args.output_dir) / "quality.png", title)
     console.print(f"records: {Path(args.output_dir) / 'results.jsonl'} | summary: {json_path}, {csv_path} | "
@@ -209,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "continues an interrupted evaluation.")  # fmt: skip
     _add_task_arguments(evaluate, split="test")
     evaluate.add_argument("--output-dir", type=Path, default=Path("eval"), help="records, summary, plot (eval/)")
+    evaluate.add_argument("--router", type=Path, help="a trained Router (JSON): also score Route (method auto)")
     evaluate.set_defaults(handler=_eval)
 
     synth = commands.add_parser("synth", help="prompts -> teacher pool -> fused answers -> chat fine-tuning JSONL",

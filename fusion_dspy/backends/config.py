@@ -106,7 +106,8 @@ class FusionSettings(_Strict):
 
     n: int | None = Field(None, ge=1, description="candidates per input (default 5, or the pool's total count)")
     temperature: float | None = 0.7
-    method: Literal["fuse", "select"] = "fuse"
+    method: Literal["fuse", "select", "auto"] = Field("fuse", description="auto: a trained router picks per input "
+                                                      "(fusion.router)")  # fmt: skip
     select: Literal["consensus", "majority", "listwise", "pointwise"] = Field(
         "consensus", description="how Best-of-N picks: vote (consensus for free text, majority for short answers) "
         "or an LLM judge")  # fmt: skip
@@ -116,6 +117,11 @@ class FusionSettings(_Strict):
     compare: bool | None = Field(None, description="fusor writes a comparison first (default: unless its adapter "
                                  "is 'plain')")  # fmt: skip
     max_concurrency: int | None = Field(None, ge=1)
+    group_size: int | Literal["auto"] | None = Field(None, description="fuse in groups of this many, then the fused "
+                                                     "(default: only when the fusor's context_window overflows)")
+    layers: int = Field(1, ge=1, description="Mixture-of-Agents proposer layers (1: plain Fusion-of-N)")
+    permutations: int = Field(1, ge=1, description="fuse in this many candidate orders and keep the consensus")
+    router: str | None = Field(None, description="a trained Router's JSON, for method: auto")
 
 
 class FusionConfig(_Strict):

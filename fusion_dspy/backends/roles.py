@@ -19,6 +19,7 @@ from fusion_dspy.backends.config import EMBEDDED, ConfigError, FusionConfig, Mod
 from fusion_dspy.backends.engine import AsyncRouterEngine, RouterEngine
 from fusion_dspy.backends.plain_adapter import PlainAdapter
 from fusion_dspy.core.fusion import BestOfN, FusionOfN
+from fusion_dspy.core.route import Route
 
 # A self-hosted server without auth still needs *some* key: the OpenAI client refuses to send a request without
 # one (vLLM's docs use "EMPTY"). Without api_base, litellm finds the provider's usual variable by itself.
@@ -130,6 +131,18 @@ class Backends:
         pool = [self.lm(name) for name in names] if names else self.generators
         return {"lm": pool[0], "lms": None} if len(pool) == 1 else {"lm": None, "lms": pool}
 
+    def context_window(self, name: str) -> int | None:
+        """The model's context window: from the config, else from litellm's model info, else unknown (None)."""
+        configured = self.config.model(name).context_window
+        if configured:
+            return configured
+        import litellm
+
+        # Looked up in litellm's cost map directly: get_model_info prints a banner for every model it does not know.
+        model = self.config.model(name).model
+        info = litellm.model_cost.get(model) or litellm.model_cost.get(model.split("/", 1)[-1]) or {}
+        return info.get("max_input_tokens")
+
     @property
     def fusor(self) -> dspy.LM:
         return self.lm(self.config.fusor)
@@ -140,7 +153,7 @@ class Backends:
 
     def used_models(self) -> list[str]:
         names = [t.model for t in self.config.roles.teachers()] + [self.config.fusor]
-        if self.config.fusion.method == "select" and self.config.fusion.select in ("listwise", "pointwise"):
+        if self.config.fusion.method in ("select", "auto") and self.config.fusion.select in ("listwise", "pointwise"):
             names.append(self.config.judge)
         names += [fb for name in list(names) for fb in self.config.model(name).fallbacks]
         return list(dict.fromkeys(names))
@@ -161,11 +174,12 @@ class Backends:
     def program(
         self, module: dspy.Module | str | type[dspy.Signature], method: str | None = None, **overrides: Any
     ) -> FusionOfN | BestOfN:
-        """A FusionOfN (``fusion.method: fuse``) or BestOfN (``select``) over ``module``, wired to the roles.
+        """A FusionOfN (``fusion.method: fuse``), BestOfN (``select``) or Route (``auto``) over ``module``.
 
         ``method`` overrides the config's; other keyword arguments override the constructor's (e.g. ``n=3``,
-        ``instructions=...``, ``reward_fn=...``). With ``sample=`` the program draws from that Sample, and the
-        config's sampling settings are not applied.
+        ``instructions=...``, ``reward_fn=...``, ``router=...``). With ``sample=`` the program draws from that
+        Sample, and the config's sampling settings are not applied. The fusor's context window (config, else
+        litellm's model info) is passed on, so a pool that overflows it is fused in groups.
         """
         settings = self.config.fusion
         if "sample" in overrides:
@@ -180,16 +194,22 @@ class Backends:
                 "max_concurrency": settings.max_concurrency,
                 "adapter": self.adapter(self.config.roles.teachers()[0].model),
             }
-        if (method or settings.method) == "fuse":
-            fusor_adapter = self.adapter(self.config.fusor)
-            compare = settings.compare if settings.compare is not None else not isinstance(fusor_adapter, PlainAdapter)
-            return FusionOfN(module, fusor_lm=self.fusor, fusor_adapter=fusor_adapter, fallback=settings.fallback,
-                             shuffle=settings.shuffle, compare=compare, **{**common, **overrides})  # fmt: skip
         judge = settings.select if settings.select in ("listwise", "pointwise") else None
         options = {"judge": judge, "judge_lm": self.judge if judge else None, "vote": "majority" if judge else
                    settings.select, "judge_adapter": self.adapter(self.config.judge) if judge else None}  # fmt: skip
         if overrides.get("reward_fn") is not None:
             options.update(judge=None, judge_lm=None, judge_adapter=None)
+        chosen = method or settings.method
+        if chosen in ("fuse", "auto"):
+            fusor_adapter = self.adapter(self.config.fusor)
+            compare = settings.compare if settings.compare is not None else not isinstance(fusor_adapter, PlainAdapter)
+            fusing = {"fusor_lm": self.fusor, "fusor_adapter": fusor_adapter, "fallback": settings.fallback,
+                      "shuffle": settings.shuffle, "compare": compare, "group_size": settings.group_size,
+                      "context_window": self.context_window(self.config.fusor), "layers": settings.layers,
+                      "permutations": settings.permutations}  # fmt: skip
+            if chosen == "fuse":
+                return FusionOfN(module, **{**fusing, **common, **overrides})
+            return Route(module, **{"router": settings.router, **fusing, **options, **common, **overrides})
         return BestOfN(module, **{**common, **options, **overrides})
 
 
