@@ -48,6 +48,11 @@ def _csv(kind):
     return lambda text: [kind(part) for part in text.split(",") if part.strip()]
 
 
+def _group_size(text: str) -> int | str | None:
+    text = text.strip().lower()
+    return None if text == "none" else text if text == "auto" else int(text)
+
+
 def _optimize(args: argparse.Namespace) -> int:
     import optuna
     from rich.progress import Progress
@@ -64,7 +69,9 @@ def _optimize(args: argparse.Namespace) -> int:
     backends = load_config(args.config)
     backends.check()
     space = SearchSpace(n=args.n_values, temperatures=args.temperatures, methods=args.methods,
-                        teachers=args.teachers, proposed_instructions=args.propose)  # fmt: skip
+                        teachers=args.teachers, proposed_instructions=args.propose, group_sizes=args.group_sizes,
+                        layers=args.layers, permutations=args.permutations,
+                        router=str(args.router) if args.router else None)  # fmt: skip
     search = FusionSearch(backends, task, devset, space=space, store=CandidateStore(args.cache_dir),
                           storage=args.storage, study_name=args.study, cost_objective=args.cost,
                           num_threads=args.threads, sampler=args.sampler)  # fmt: skip
@@ -198,9 +205,15 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("--trials", type=int, default=20, help="complete trials the study should have (default 20)")
     optimize.add_argument("--timeout", type=float, help="stop after this many seconds (resume later)")
     optimize.add_argument("--temperatures", type=_csv(float), default=[0.7], help="temperatures (default 0.7)")
-    optimize.add_argument("--methods", type=_csv(str), default=["fuse", "select"], help="default fuse,select")
+    optimize.add_argument("--methods", type=_csv(str), default=["fuse", "select"],
+                          help="fuse, select and/or auto (a trained --router); default fuse,select")  # fmt: skip
     optimize.add_argument("--teachers", type=_csv(str), help="model names whose subsets to try as the teacher pool")
     optimize.add_argument("--propose", type=int, default=0, help="extra fusor instructions from the judge model")
+    optimize.add_argument("--group-sizes", type=_csv(_group_size), default=[None],
+                          help="group fusion to try: none, auto or k (default none)")  # fmt: skip
+    optimize.add_argument("--layers", type=_csv(int), default=[1], help="Mixture-of-Agents layers to try (default 1)")
+    optimize.add_argument("--permutations", type=_csv(int), default=[1], help="candidate orders to fuse in (default 1)")
+    optimize.add_argument("--router", type=Path, help="a trained Router (JSON) for the method auto")
     optimize.add_argument("--cost", action="store_true", help="also minimize tokens (a Pareto front)")
     optimize.add_argument("--sampler", choices=["tpe", "grid"], default="tpe", help="tpe (default) or grid")
     optimize.add_argument("--storage", default="sqlite:///fusion_study.db", help="optuna storage URL")

@@ -46,6 +46,8 @@ def load_tuned(
     overrides: dict[str, Any] = {"n": settings["n"], "temperature": settings["temperature"]}
     if settings.get("teachers"):
         overrides.update(backends.generator_options(settings["teachers"].split("+")))
+    # Fusion structures (group fusion, layers, permutations) rebuild the same predictors before their state loads.
+    overrides.update({key: settings[key] for key in ("group_size", "layers", "permutations") if key in settings})
     program = backends.program(module, method=settings["method"], **overrides)
     program.load_state(record["state"])
     return program
