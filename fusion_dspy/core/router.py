@@ -5,9 +5,13 @@ agree), so ``Route`` decides per input. Its ``Router`` predicts, for every arm (
 ``("select", n)``, ``("fuse", n)``), the score that arm gets, and takes the best (minus ``cost_weight`` per 1,000
 tokens; ties go to the cheaper arm). The features are cheap and known before sampling: the words of the inputs
 (hashed bag of words: a keyword model that needs no vocabulary file), their length and the task's name; with
-``agreement=True`` also the candidates' agreement (mean word-overlap F1 between them, ``votes.consensus_scores``)
-after drawing the largest N. The model is a ridge regression solved with numpy (already a dependency, so no
-scikit-learn): its weights are a few thousand floats, saved in the program's JSON like any tuned state.
+``use_agreement=True`` also the candidates' agreement (mean word-overlap F1 between them, ``votes.consensus_scores``)
+after drawing the largest N. The model is a k-nearest-neighbour regression, in numpy (a dependency already,
+so no scikit-learn): an arm's predicted score is its mean score over the k training inputs nearest to this
+one. It was chosen over a linear model because eval sets are small (tens of examples per task) and because it
+keeps ties exact: when one sample scores as well as fusing on similar inputs, both predictions are equal and
+the cheaper arm wins, where a regularized regression shrinks the varying arm below the constant one. The
+training points are stored as hashed sparse features (not the inputs' text) in the program's JSON.
 
 It is trained from ``eval``'s ``results.jsonl`` (``PairedEvaluation`` records: per example and N, the inputs,
 the candidates' agreement and the scores and tokens of single / Best-of-N / Fusion-of-N).
@@ -62,15 +66,17 @@ def features(inputs: dict[str, Any], task: str | None = None, agreement_value: f
 
 
 class Router:
-    """Predicts each arm's score from an input's features and picks the best arm.
+    """Predicts each arm's score for an input from the k most similar training inputs, and picks the best arm.
 
     Args:
         arms: The arms, ``(method, n)`` pairs.
-        weights: One column of ridge weights per arm (``features x arms``).
+        points: The training inputs' feature vectors (``examples x features``).
+        scores: Each training input's score under each arm (``examples x arms``).
         tokens: Mean tokens per example of each arm in the training records.
         use_agreement: The features include the candidates' agreement (sample the largest N first).
         cost_weight: Score given up per 1,000 tokens when choosing.
         task: The task name the records came from (a feature).
+        k: Neighbours averaged per prediction.
 
     Example:
         >>> records = [{"example": i, "n": 2, "inputs": {"question": q}, "agreement": 0.5, "scores": {
@@ -82,15 +88,16 @@ class Router:
         (('select', 2), ('fuse', 2))
     """
 
-    def __init__(self, arms: Sequence[Arm], weights: np.ndarray, tokens: Sequence[float], use_agreement: bool = False,
-                 cost_weight: float = 0.0, task: str | None = None):  # fmt: skip
+    def __init__(self, arms: Sequence[Arm], points: np.ndarray, scores: np.ndarray, tokens: Sequence[float],
+                 use_agreement: bool = False, cost_weight: float = 0.0, task: str | None = None, k: int = 5):
         self.arms = [(str(method), int(n)) for method, n in arms]
-        self.weights, self.tokens = np.asarray(weights, dtype=float), [float(t) for t in tokens]
-        self.use_agreement, self.cost_weight, self.task = use_agreement, cost_weight, task
+        self.points, self.scores = np.asarray(points, dtype=float), np.asarray(scores, dtype=float)
+        self.tokens = [float(t) for t in tokens]
+        self.use_agreement, self.cost_weight, self.task, self.k = use_agreement, cost_weight, task, k
 
     @classmethod
     def fit(cls, records: Iterable[dict[str, Any]] | str | Path, use_agreement: bool = False, cost_weight: float = 0.0,
-            alpha: float = 1.0) -> "Router":  # fmt: skip
+            k: int = 5) -> "Router":  # fmt: skip
         """Train on ``PairedEvaluation`` records (or the path of a ``results.jsonl``); arms every example has."""
         if isinstance(records, (str, Path)):
             records = [json.loads(line) for line in Path(records).read_text().splitlines() if line.strip()]
@@ -113,19 +120,20 @@ class Router:
         arms = sorted(set.intersection(*(set(row["arms"]) for row in rows)), key=lambda a: (a[1], a[0]))
         tasks = {row["task"] for row in rows}
         task = tasks.pop() if len(tasks) == 1 else None
-        x = np.stack([features(row["inputs"], row["task"], row["agreement"] if use_agreement else None)
-                      for row in rows])  # fmt: skip
-        y = np.array([[row["arms"][arm][0] for arm in arms] for row in rows], dtype=float)
-        weights = np.linalg.solve(x.T @ x + alpha * np.eye(x.shape[1]), x.T @ y)
+        points = np.stack([features(row["inputs"], row["task"], row["agreement"] if use_agreement else None)
+                           for row in rows])  # fmt: skip
+        scores = np.array([[row["arms"][arm][0] for arm in arms] for row in rows], dtype=float)
         tokens = [float(np.mean([row["arms"][arm][1] for row in rows])) for arm in arms]
-        return cls(arms, weights, tokens, use_agreement, cost_weight, task)
+        return cls(arms, points, scores, tokens, use_agreement, cost_weight, task, k)
 
     def predict(self, inputs: dict[str, Any], agreement_value: float | None = None) -> dict[Arm, float]:
-        """The predicted score of every arm for these inputs."""
+        """The predicted score of every arm for these inputs: the mean over the k nearest training inputs."""
         if self.use_agreement and agreement_value is None:
             raise FusionDSPyError("This router was trained with agreement=True: pass the candidates' agreement.")
-        predicted = features(inputs, self.task, agreement_value, self.weights.shape[0] - 3) @ self.weights
-        return dict(zip(self.arms, (float(value) for value in predicted), strict=True))
+        point = features(inputs, self.task, agreement_value, self.points.shape[1] - 3)
+        distances = np.linalg.norm(self.points - point, axis=1)
+        nearest = np.argsort(distances, kind="stable")[: self.k]
+        return dict(zip(self.arms, (float(v) for v in self.scores[nearest].mean(axis=0)), strict=True))
 
     def choose(self, inputs: dict[str, Any], max_n: int | None = None, agreement_value: float | None = None) -> Arm:
         """The best arm with at most ``max_n`` candidates: highest predicted score net of cost, then cheapest."""
@@ -134,16 +142,23 @@ class Router:
         if not allowed:
             raise FusionDSPyError(f"The router knows no arm with at most {max_n} candidates (its arms: {self.arms}).")
         return self.arms[max(allowed, key=lambda i: (round(predicted[self.arms[i]] - self.cost_weight *
-                                                           self.tokens[i] / 1000, 6), -self.tokens[i]))]  # fmt: skip
+                                                           self.tokens[i] / 1000, 9), -self.tokens[i]))]  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
-        return {"arms": self.arms, "weights": self.weights.tolist(), "tokens": self.tokens,
-                "use_agreement": self.use_agreement, "cost_weight": self.cost_weight, "task": self.task}  # fmt: skip
+        """JSON-ready state; training points as sparse ``[[index, value], ...]`` rows of hashed features."""
+        sparse = [[[int(i), float(row[i])] for i in np.flatnonzero(row)] for row in self.points]
+        return {"arms": self.arms, "dimensions": int(self.points.shape[1]), "points": sparse,
+                "scores": self.scores.tolist(), "tokens": self.tokens, "use_agreement": self.use_agreement,
+                "cost_weight": self.cost_weight, "task": self.task, "k": self.k}  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Router":
-        return cls(data["arms"], np.array(data["weights"]), data["tokens"], data["use_agreement"],
-                   data["cost_weight"], data.get("task"))  # fmt: skip
+        points = np.zeros((len(data["points"]), data["dimensions"]))
+        for row, entries in enumerate(data["points"]):
+            for index, value in entries:
+                points[row, index] = value
+        return cls(data["arms"], points, np.array(data["scores"]), data["tokens"], data["use_agreement"],
+                   data["cost_weight"], data.get("task"), data.get("k", 5))  # fmt: skip
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
