@@ -30,8 +30,8 @@ class Route(FusionOfN):
     """A FusionOfN that, per input, uses one sample, selects among N or fuses N, as its ``Router`` predicts best.
 
     The router (``fusion_dspy.core.router.Router``) is trained from ``eval``'s ``results.jsonl``; it picks the
-    arm and its N from the inputs (words, length, task), or for routers fitted with ``use_agreement=True``, after drawing the
-    largest N, also from how much the candidates agree. Only the chosen N are drawn otherwise. The prediction's
+    arm and its N from the inputs (words, length, task), or, fitted with ``use_agreement=True``, after drawing
+    the largest N, also from how much the candidates agree. Only the chosen N are drawn otherwise. The prediction's
     ``route`` says what was chosen (``{"method": "fuse", "n": 4}``); its ``stage_tokens`` has ``sample`` and the
     chosen method. The router's training points are part of the program's state: ``save``/``load`` (and the tuned
     programs of ``optimize``) keep them.
