@@ -8,9 +8,10 @@ tokens; ties go to the cheaper arm). The features are cheap and known before sam
 ``use_agreement=True`` also the candidates' agreement (mean word-overlap F1 between them, ``votes.consensus_scores``)
 after drawing the largest N. The model is a k-nearest-neighbour regression, in numpy (a dependency already,
 so no scikit-learn): an arm's predicted score is its mean score over the k training inputs nearest to this
-one. It was chosen over a linear model because eval sets are small (tens of examples per task) and because it
-keeps ties exact: when one sample scores as well as fusing on similar inputs, both predictions are equal and
-the cheaper arm wins, where a regularized regression shrinks the varying arm below the constant one. The
+one, weighted by inverse distance. It was chosen over a linear model because eval sets are small (tens of
+examples per task) and because it keeps ties exact: when one sample scores as well as fusing on similar
+inputs, both predictions are equal and the cheaper arm wins, where a regularized regression shrinks the
+varying arm below the constant one. The
 training points are stored as hashed sparse features (not the inputs' text) in the program's JSON.
 
 It is trained from ``eval``'s ``results.jsonl`` (``PairedEvaluation`` records: per example and N, the inputs,
@@ -127,13 +128,15 @@ class Router:
         return cls(arms, points, scores, tokens, use_agreement, cost_weight, task, k)
 
     def predict(self, inputs: dict[str, Any], agreement_value: float | None = None) -> dict[Arm, float]:
-        """The predicted score of every arm for these inputs: the mean over the k nearest training inputs."""
+        """The predicted score of every arm: its mean over the k nearest training inputs, the nearer weighing more."""
         if self.use_agreement and agreement_value is None:
             raise FusionDSPyError("This router was trained with agreement=True: pass the candidates' agreement.")
         point = features(inputs, self.task, agreement_value, self.points.shape[1] - 3)
         distances = np.linalg.norm(self.points - point, axis=1)
         nearest = np.argsort(distances, kind="stable")[: self.k]
-        return dict(zip(self.arms, (float(v) for v in self.scores[nearest].mean(axis=0)), strict=True))
+        weights = 1.0 / (distances[nearest] + 1e-3)  # nearer inputs count more; the same input counts most
+        predicted = weights @ self.scores[nearest] / weights.sum()
+        return dict(zip(self.arms, (float(v) for v in predicted), strict=True))
 
     def choose(self, inputs: dict[str, Any], max_n: int | None = None, agreement_value: float | None = None) -> Arm:
         """The best arm with at most ``max_n`` candidates: highest predicted score net of cost, then cheapest."""

@@ -53,7 +53,7 @@ def fusor_budget(fuse: Any, inputs: dict[str, Any], context_window: int, longest
 
 
 def fitting_group_size(sizes: Sequence[int], budget: int, context_window: int) -> int:
-    """The largest k such that any k of these candidates fit the budget (the k longest do); at least 2.
+    """The largest k such that any k of these candidates fit the budget (the k longest do): all of them, or >= 2.
 
     Example:
         >>> fitting_group_size([300, 100, 200, 100], budget=520, context_window=2000)
@@ -64,10 +64,11 @@ def fitting_group_size(sizes: Sequence[int], budget: int, context_window: int) -
         if total + size > budget:
             break
         total, k = total + size, k + 1
-    if k < 2:
+    if k < min(2, len(sizes)) or k == 0:
+        wanted = "two" if len(sizes) > 1 else "one"
         raise FusionError(
-            f"The fusor's context window of {context_window} tokens cannot hold two of these candidates (the longest "
-            f"are about {longest_first[:2]} tokens, and {max(budget, 0)} tokens are left for candidates after the "
+            f"The fusor's context window of {context_window} tokens cannot hold {wanted} of these candidates (the "
+            f"longest are about {longest_first[:2]} tokens, and {max(budget, 0)} tokens are left for candidates after the "
             "instruction, inputs and answer): nothing is fused in part. Use a fusor with a longer context_window, "
             "lower the generators' max_tokens, or select instead of fusing (BestOfN)."
         )
