@@ -68,8 +68,8 @@ def fitting_group_size(sizes: Sequence[int], budget: int, context_window: int) -
         wanted = "two" if len(sizes) > 1 else "one"
         raise FusionError(
             f"The fusor's context window of {context_window} tokens cannot hold {wanted} of these candidates (the "
-            f"longest are about {longest_first[:2]} tokens, and {max(budget, 0)} tokens are left for candidates after the "
-            "instruction, inputs and answer): nothing is fused in part. Use a fusor with a longer context_window, "
+            f"longest are about {longest_first[:2]} tokens, and {max(budget, 0)} tokens are left for candidates after "
+            "the instruction, inputs and answer): nothing is fused in part. Use a fusor with a longer context_window, "
             "lower the generators' max_tokens, or select instead of fusing (BestOfN)."
         )
     return k
