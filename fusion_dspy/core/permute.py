@@ -116,6 +116,14 @@ def judge_in_orders(select: Select, candidates: Sequence[Any], inputs: dict[str,
     Each order is judged concurrently. The winner is the candidate picked under every order; when no candidate
     is, the one picked most often (then the earliest), and ``judge_consistent`` is False. The prediction keeps
     ``judge_orders`` (the orders shown) and ``judge_wins`` (wins per candidate).
+
+    Example:
+        >>> always_first = scripted_lm(lambda call: {"comparison": "the first", "best_candidate": 1})
+        >>> select = fd.Select("question -> answer", judge="listwise", judge_lm=always_first)
+        >>> from fusion_dspy.core.steps import run
+        >>> p = run(judge_in_orders(select, [{"answer": "Lyon"}, {"answer": "Paris"}], {"question": "Capital?"}))
+        >>> p.judge_orders, p.judge_wins, p.judge_consistent
+        ([[0, 1], [1, 0]], [1, 1], False)
     """
     if select.method != "listwise":
         raise ValueError("Judging in several orders needs a listwise judge: Select(..., judge='listwise').")

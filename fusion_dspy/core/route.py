@@ -17,7 +17,7 @@ from fusion_dspy.core.steps import Call, Steps
 from fusion_dspy.errors import FusionDSPyError
 
 
-def sized(sample: Sample, n: int) -> Sample:
+def _sized(sample: Sample, n: int) -> Sample:
     """The same Sample drawing only its first ``n`` candidates (a shallow copy: same module, same predictors)."""
     if n == sample.n:
         return sample
@@ -80,7 +80,7 @@ class Route(FusionOfN):
         else:
             method, n = self._choose(inputs, cap, None)
             with meter.stage("sample"):
-                pool = given[:n] if given is not None else (yield Call(sized(self.sample, n), inputs))
+                pool = given[:n] if given is not None else (yield Call(_sized(self.sample, n), inputs))
         with meter.stage(method):
             if method == "single":
                 combined = dspy.Prediction(**pool.require()[0].prediction.toDict(), selected_index=0)

@@ -50,7 +50,7 @@ def agreement(pool: Pool | Sequence[Any], fields: Sequence[str]) -> float:
     return sum(consensus_scores(texts)) / len(texts) if texts else 0.0
 
 
-def features(inputs: dict[str, Any], task: str | None = None, agreement_value: float | None = None,
+def _features(inputs: dict[str, Any], task: str | None = None, agreement_value: float | None = None,
              dimensions: int = DIMENSIONS) -> np.ndarray:
     """The router's feature vector: hashed words of the inputs (L2-normalized), length, task, bias, agreement."""
     vector = np.zeros(dimensions + 3)
@@ -121,7 +121,7 @@ class Router:
         arms = sorted(set.intersection(*(set(row["arms"]) for row in rows)), key=lambda a: (a[1], a[0]))
         tasks = {row["task"] for row in rows}
         task = tasks.pop() if len(tasks) == 1 else None
-        points = np.stack([features(row["inputs"], row["task"], row["agreement"] if use_agreement else None)
+        points = np.stack([_features(row["inputs"], row["task"], row["agreement"] if use_agreement else None)
                            for row in rows])  # fmt: skip
         scores = np.array([[row["arms"][arm][0] for arm in arms] for row in rows], dtype=float)
         tokens = [float(np.mean([row["arms"][arm][1] for row in rows])) for arm in arms]
@@ -131,7 +131,7 @@ class Router:
         """The predicted score of every arm: its mean over the k nearest training inputs, the nearer weighing more."""
         if self.use_agreement and agreement_value is None:
             raise FusionDSPyError("This router was trained with agreement=True: pass the candidates' agreement.")
-        point = features(inputs, self.task, agreement_value, self.points.shape[1] - 3)
+        point = _features(inputs, self.task, agreement_value, self.points.shape[1] - 3)
         distances = np.linalg.norm(self.points - point, axis=1)
         nearest = np.argsort(distances, kind="stable")[: self.k]
         weights = 1.0 / (distances[nearest] + 1e-3)  # nearer inputs count more; the same input counts most

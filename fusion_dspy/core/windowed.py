@@ -34,16 +34,21 @@ DEFAULT_ANSWER_TOKENS = 1000  # the fusor's answer, when its LM sets no max_toke
 
 
 def estimate_tokens(text: str) -> int:
-    """Tokens a text is taken to need in a prompt (``CHARS_PER_TOKEN`` characters each, rounded up)."""
+    """Tokens a text is taken to need in a prompt (``CHARS_PER_TOKEN`` characters each, rounded up).
+
+    Example:
+        >>> estimate_tokens("four score and seven")
+        5
+    """
     return math.ceil(len(text) / CHARS_PER_TOKEN)
 
 
-def candidate_tokens(candidates: Sequence[Any], output_fields: Sequence[str]) -> list[int]:
+def _candidate_tokens(candidates: Sequence[Any], output_fields: Sequence[str]) -> list[int]:
     """The estimated prompt tokens of each candidate as the fusor sees it (tags included)."""
     return [estimate_tokens(render_candidate(c, output_fields, i + 1)) for i, c in enumerate(candidates)]
 
 
-def fusor_budget(fuse: Any, inputs: dict[str, Any], context_window: int, longest: int) -> int:
+def _fusor_budget(fuse: Any, inputs: dict[str, Any], context_window: int, longest: int) -> int:
     """Tokens left for candidates in one fusor call: the window minus instruction, inputs, overhead and answer."""
     lm = fuse.fusor_lm or fuse.predict.lm or dspy.settings.lm
     answer = (getattr(lm, "kwargs", None) or {}).get("max_tokens") or max(longest, DEFAULT_ANSWER_TOKENS)
@@ -93,7 +98,12 @@ def split_groups(count: int, group_size: int) -> list[list[int]]:
 
 
 def check_group_size(group_size: int | str | None) -> int | str | None:
-    """A valid ``group_size`` argument: ``None`` (one call), ``"auto"`` (from the context window) or ``k >= 2``."""
+    """A valid ``group_size`` argument: ``None`` (one call), ``"auto"`` (from the context window) or ``k >= 2``.
+
+    Example:
+        >>> check_group_size(4), check_group_size("auto")
+        (4, 'auto')
+    """
     if group_size is None or group_size == "auto" or (isinstance(group_size, int) and group_size >= 2):
         return group_size
     raise ValueError(f"group_size must be None, 'auto' or an integer of at least 2, got {group_size!r}.")
@@ -106,6 +116,14 @@ def reduce_in_groups(fuse: Any, candidates: Sequence[Any], inputs: dict[str, Any
     ``levels[i]`` lists the groups fused at level ``i`` (indices into that level's answers). A group of one is
     passed on as it is. With ``group_size="auto"`` (or ``None`` and a ``context_window``) the size is computed
     per level; without either, nothing is grouped. The first failed group fusion is raised.
+
+    Example:
+        >>> fuse = fd.Fuse("question -> answer", lm=scripted_lm(lambda call: {"comparison": "c", "answer": "f"}))
+        >>> from fusion_dspy.core.steps import run
+        >>> pool = [{"answer": str(i)} for i in range(6)]
+        >>> finalists, levels = run(reduce_in_groups(fuse, pool, {"question": "q"}, group_size=3))
+        >>> [f["answer"] for f in finalists], levels
+        (['f', 'f'], [[[0, 1, 2], [3, 4, 5]]])
     """
     current, levels = list(predictions(candidates)), []
     outputs = list(fuse.task_signature.output_fields)
@@ -113,8 +131,8 @@ def reduce_in_groups(fuse: Any, candidates: Sequence[Any], inputs: dict[str, Any
         if isinstance(group_size, int):
             k = group_size
         elif context_window:
-            sizes = candidate_tokens(current, outputs)
-            k = fitting_group_size(sizes, fusor_budget(fuse, inputs, context_window, max(sizes)), context_window)
+            sizes = _candidate_tokens(current, outputs)
+            k = fitting_group_size(sizes, _fusor_budget(fuse, inputs, context_window, max(sizes)), context_window)
         else:
             k = len(current)
         if len(current) <= k:

@@ -26,7 +26,7 @@ METHODS = ("single", "bon", "fusion", "oracle")
 ROUTE = "route"  # the extra method scored when a trained router is given
 
 
-def position_record(fused: dspy.Prediction | None, candidates: Pool, fields: list[str]) -> dict[str, Any] | None:
+def _position(fused: dspy.Prediction | None, candidates: Pool, fields: list[str]) -> dict[str, Any] | None:
     """Does the fused answer follow the candidate shown first? The candidates closest to it (word-overlap F1 over
     ``fields``), whether the first shown is among them, and the chance of that (ties make it likelier)."""
     order = fused.get("candidate_order") if fused is not None else None
@@ -111,7 +111,7 @@ class PairedEvaluation:
                 "errors": {name: step.error for name, step in (("bon", bon), ("fusion", fusion)) if step.error},
                 "inputs": {k: v if isinstance(v, (str, int, float, bool)) else str(v) for k, v in inputs.items()},
                 "task": self.task.name, "agreement": agreement(candidates, vote_fields),
-                "position": position_record(fusion.prediction, candidates, vote_fields),
+                "position": _position(fusion.prediction, candidates, vote_fields),
             }  # fmt: skip
             if self.route is not None:
                 routed = score_stage(self.task, self.route, example, candidates, where)

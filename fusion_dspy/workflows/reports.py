@@ -72,7 +72,13 @@ class PositionRow:
 def position_bias(records: list[dict[str, Any]]) -> list[PositionRow]:
     """Per N >= 2, the share of fusions that follow the candidate shown first, and what chance alone would give
     (1/N, more where several candidates tie as closest). Far above chance: the fusor copies by position; try
-    ``shuffle`` or ``permutations``."""
+    ``shuffle`` or ``permutations``.
+
+    Example:
+        >>> position_bias([{"n": 2, "position": {"follows_first": True, "chance": 0.5}},
+        ...                {"n": 2, "position": {"follows_first": True, "chance": 0.5}}, {"n": 1, "position": None}])
+        [PositionRow(n=2, fusions=2, follows_first=1.0, chance=0.5)]
+    """
     by_n: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for record in records:
         if record.get("position"):
