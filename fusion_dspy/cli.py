@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--input", help="one input: the value of the signature's first input field")
     source.add_argument("--inputs", type=Path, help="JSONL file, one object of input fields (and optional id) a line")
     run.add_argument("--output", type=Path, default=Path("results.jsonl"), help="JSONL results (default results.jsonl)")
-    run.add_argument("--method", choices=["fuse", "select"], help="override the config's fusion.method")
+    run.add_argument("--method", choices=["fuse", "select", "auto"], help="override the config's fusion.method")
     run.add_argument("--n", type=int, help="override the config's fusion.n")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(handler=_run)

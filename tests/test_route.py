@@ -164,3 +164,33 @@ def test_an_agreement_router_draws_the_largest_n_then_decides_from_the_candidate
     split = scripted_lm(responder)
     q = fd.Route("question -> answer", n=4, lm=split, router=router)(question="tell me")
     assert q.route == {"method": "fuse", "n": 4} and q.answer == "fused" and len(split.engine.calls) == 4 + 1
+
+
+def test_eval_command_trains_on_its_own_results_and_scores_the_route_over_http(tmp_path, capsys):
+    import yaml
+
+    from fusion_dspy.cli import main
+    from fusion_dspy.testing import StubOpenAIServer
+
+    devset = tmp_path / "dev.jsonl"
+    devset.write_text("".join(json.dumps({"question": f"q{i}", "answer": "42"}) + "\n" for i in range(3)))
+
+    def respond(call):
+        return {"comparison": "c", "answer": "fused"} if call.wants("comparison") else {"answer": "42"}
+
+    with StubOpenAIServer(respond=respond) as server:
+        config = tmp_path / "config.yaml"
+        config.write_text(yaml.safe_dump({"models": {"m": {"model": "openai/m", "api_base": server.api_base,
+                                                           "cache": False}}, "roles": {"generators": "m"}}))
+        common = ["eval", "--config", str(config), "--program", "tests.scripted_search:TASK", "--devset", str(devset),
+                  "--n-values", "1,2", "--quiet"]  # fmt: skip
+        assert main([*common, "--output-dir", str(tmp_path / "first")]) == 0
+        first = capsys.readouterr().out
+        Router.fit(tmp_path / "first" / "results.jsonl").save(tmp_path / "router.json")
+        assert main([*common, "--output-dir", str(tmp_path / "second"), "--router", str(tmp_path / "router.json")]) == 0
+    second = capsys.readouterr().out
+    assert "position bias of the fusor" in first and "follows the first shown" in first
+    assert "Route (auto)" in second and "Route (auto)" not in first
+    records = [json.loads(line) for line in (tmp_path / "second" / "results.jsonl").read_text().splitlines()]
+    assert all(r["scores"]["route"] == 1.0 and r["route"]["method"] == "single" for r in records), \
+        "every sample is right: one sample is as good as fusing, and cheapest"
