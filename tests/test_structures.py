@@ -79,6 +79,8 @@ def test_a_candidate_too_long_for_the_window_is_a_clear_error_not_a_truncation()
         fd.FusionOfN("question -> answer", group_size="auto")
     with pytest.raises(ValueError, match="at least 2"):
         fd.FusionOfN("question -> answer", group_size=1)
+    with pytest.raises(ValueError, match="at least 2 layers"):
+        fd.FusionOfN("question -> answer", layers=0)
 
 
 def test_each_layer_sees_the_previous_layers_answers_and_the_fusor_the_last():

@@ -174,12 +174,8 @@ class FusionOfN(_SampleThenCombine):
         self.fuse = Fuse(self.task_signature, instructions=instructions, lm=fusor_lm or lm, shuffle=shuffle,
                          adapter=fusor_adapter, retries=retries, compare=compare)  # fmt: skip
         self.fallback = fallback
-        self.group_size, self.context_window = check_group_size(group_size), context_window
-        if group_size == "auto" and not context_window:
-            raise ValueError("group_size='auto' sizes groups from the fusor's context window: pass context_window=.")
-        if layers < 1:
-            raise ValueError(f"layers must be at least 1 (1 = plain Fusion-of-N), got {layers}.")
-        self.layers = Layers(self.sample, self.task_signature, layers) if layers > 1 else None
+        self.group_size, self.context_window = check_group_size(group_size, context_window), context_window
+        self.layers = Layers(self.sample, self.task_signature, layers) if layers != 1 else None
         self.permute = (Permutations(self.task_signature, permutations, permutation_pick, judge_lm or lm)
                         if permutations != 1 else None)  # fmt: skip
 

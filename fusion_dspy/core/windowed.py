@@ -97,13 +97,15 @@ def split_groups(count: int, group_size: int) -> list[list[int]]:
     return bounds
 
 
-def check_group_size(group_size: int | str | None) -> int | str | None:
-    """A valid ``group_size`` argument: ``None`` (one call), ``"auto"`` (from the context window) or ``k >= 2``.
+def check_group_size(group_size: int | str | None, context_window: int | None = None) -> int | str | None:
+    """A valid ``group_size``: ``None`` (one call), ``"auto"`` (needs the context window) or ``k >= 2``.
 
     Example:
-        >>> check_group_size(4), check_group_size("auto")
+        >>> check_group_size(4), check_group_size("auto", context_window=8192)
         (4, 'auto')
     """
+    if group_size == "auto" and not context_window:
+        raise ValueError("group_size='auto' sizes groups from the fusor's context window: pass context_window=.")
     if group_size is None or group_size == "auto" or (isinstance(group_size, int) and group_size >= 2):
         return group_size
     raise ValueError(f"group_size must be None, 'auto' or an integer of at least 2, got {group_size!r}.")
