@@ -83,7 +83,8 @@ def test_a_candidate_too_long_for_the_window_is_a_clear_error_not_a_truncation()
         fd.FusionOfN("question -> answer", layers=0)
 
 
-def test_each_layer_sees_the_previous_layers_answers_and_the_fusor_the_last():
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_each_layer_sees_the_previous_layers_answers_and_the_fusor_the_last(use_async):
     def respond(call):
         if call.wants("comparison"):
             return {"comparison": "c", "answer": "fused: " + " / ".join(shown(call))}
@@ -93,7 +94,7 @@ def test_each_layer_sees_the_previous_layers_answers_and_the_fusor_the_last():
 
     lm = scripted_lm(respond)
     fused = fd.FusionOfN("question -> answer", n=2, lm=lm, layers=3)
-    p = fused(question="q")
+    p = await fused.acall(question="q") if use_async else fused(question="q")
     generator_calls = [c for c in lm.engine.calls if not c.wants("comparison")]
     assert len(generator_calls) == 2 * 3 and len(lm.engine.calls) == 2 * 3 + 1
     by_layer = [[c["answer"] for c in layer] for layer in p.layer_candidates]
