@@ -26,6 +26,7 @@ from fusion_dspy.backends import ConfigError, load_config  # noqa: E402
 from fusion_dspy.core.fuse import Fuse  # noqa: E402
 from fusion_dspy.core.fusion import BestOfN, FusionOfN  # noqa: E402
 from fusion_dspy.core.pool import Candidate, Pool  # noqa: E402
+from fusion_dspy.core.route import Route  # noqa: E402
 from fusion_dspy.core.sample import Sample  # noqa: E402
 from fusion_dspy.core.select import Select  # noqa: E402
 from fusion_dspy.core.store import CandidateStore  # noqa: E402
@@ -52,6 +53,7 @@ __all__ = [
     "FusionError",
     "FusionOfN",
     "Pool",
+    "Route",
     "Sample",
     "SamplingError",
     "Select",

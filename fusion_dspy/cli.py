@@ -87,6 +87,11 @@ def _csv(kind):
     return lambda text: [kind(part) for part in text.split(",") if part.strip()]
 
 
+def _group_size(text: str) -> int | str | None:
+    text = text.strip().lower()
+    return None if text == "none" else text if text == "auto" else int(text)
+
+
 def _optimize(args: argparse.Namespace) -> int:
     import optuna
     from rich.progress import Progress
@@ -104,7 +109,9 @@ def _optimize(args: argparse.Namespace) -> int:
     backends.check()
     space = SearchSpace(n=args.n_values, temperatures=args.temperatures, methods=args.methods,
                         teachers=args.teachers, proposed_instructions=args.propose,
-                        adaptive_thresholds=args.adaptive_thresholds or ())  # fmt: skip
+                        adaptive_thresholds=args.adaptive_thresholds or (), group_sizes=args.group_sizes,
+                        layers=args.layers, permutations=args.permutations,
+                        router=str(args.router) if args.router else None)  # fmt: skip
     search = FusionSearch(backends, task, devset, space=space, store=CandidateStore(args.cache_dir),
                           storage=args.storage, study_name=args.study, cost_objective=args.cost,
                           num_threads=args.threads, sampler=args.sampler)  # fmt: skip
@@ -150,7 +157,14 @@ def _examples(task, args) -> list:
 def _eval(args: argparse.Namespace) -> int:
     from fusion_dspy.backends import load_config
     from fusion_dspy.workflows.evaluation import PairedEvaluation
-    from fusion_dspy.workflows.reports import plot_summary, report_table, summarize, write_summary
+    from fusion_dspy.workflows.reports import (
+        plot_summary,
+        position_bias,
+        position_table,
+        report_table,
+        summarize,
+        write_summary,  # fmt: skip
+    )
     from fusion_dspy.workflows.task import resolve_task
 
     engine = _engine(args)
@@ -165,7 +179,8 @@ def _eval(args: argparse.Namespace) -> int:
         records = evaluate_on_ray(job, engine, show_progress=not args.quiet)
     else:
         evaluation = PairedEvaluation(backends, task, _examples(task, args), n_values=args.n_values,
-                                      output_dir=args.output_dir, num_threads=args.threads)  # fmt: skip
+                                      output_dir=args.output_dir, num_threads=args.threads,
+                                      router=args.router)  # fmt: skip
         records = evaluation.run(show_progress=not args.quiet)
     if not records:
         raise FusionDSPyError("No example could be evaluated (see the warnings): check the backends.")
@@ -174,6 +189,8 @@ def _eval(args: argparse.Namespace) -> int:
     title = f"{task.name}: {len({r['example'] for r in records})} examples, generators {models}"
     console = Console()
     console.print(report_table(rows, title))
+    if positions := position_bias(records):
+        console.print(position_table(positions))
     json_path, csv_path = write_summary(rows, args.output_dir)
     plot = plot_summary(rows, Path(args.output_dir) / "quality.png", title)
     console.print(f"records: {Path(args.output_dir) / 'results.jsonl'} | summary: {json_path}, {csv_path} | "
@@ -241,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--input", help="one input: the value of the signature's first input field")
     source.add_argument("--inputs", type=Path, help="JSONL file, one object of input fields (and optional id) a line")
     run.add_argument("--output", type=Path, default=Path("results.jsonl"), help="JSONL results (default results.jsonl)")
-    run.add_argument("--method", choices=["fuse", "select"], help="override the config's fusion.method")
+    run.add_argument("--method", choices=["fuse", "select", "auto"], help="override the config's fusion.method")
     run.add_argument("--n", type=_positive, help="override the config's fusion.n")
     run.add_argument("--concurrency", type=int, default=1, help="inputs in flight at once (default 1)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -257,11 +274,17 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("--trials", type=int, default=20, help="complete trials the study should have (default 20)")
     optimize.add_argument("--timeout", type=float, help="stop after this many seconds (resume later)")
     optimize.add_argument("--temperatures", type=_csv(float), default=[0.7], help="temperatures (default 0.7)")
-    optimize.add_argument("--methods", type=_csv(str), default=["fuse", "select"], help="default fuse,select")
+    optimize.add_argument("--methods", type=_csv(str), default=["fuse", "select"],
+                          help="fuse, select and/or auto (a trained --router); default fuse,select")  # fmt: skip
     optimize.add_argument("--teachers", type=_csv(str), help="model names whose subsets to try as the teacher pool")
     optimize.add_argument("--propose", type=int, default=0, help="extra fusor instructions from the judge model")
     optimize.add_argument("--adaptive-thresholds", type=_csv(float),
                           help="adaptive-N agreement thresholds to try beside fixed N, e.g. 0.8,0.95")  # fmt: skip
+    optimize.add_argument("--group-sizes", type=_csv(_group_size), default=[None],
+                          help="group fusion to try: none, auto or k (default none)")  # fmt: skip
+    optimize.add_argument("--layers", type=_csv(int), default=[1], help="Mixture-of-Agents layers to try (default 1)")
+    optimize.add_argument("--permutations", type=_csv(int), default=[1], help="candidate orders to fuse in (default 1)")
+    optimize.add_argument("--router", type=Path, help="a trained Router (JSON) for the method auto")
     optimize.add_argument("--cost", action="store_true", help="also minimize tokens (a Pareto front)")
     optimize.add_argument("--sampler", choices=["tpe", "grid"], default="tpe", help="tpe (default) or grid")
     optimize.add_argument("--storage", default="sqlite:///fusion_study.db",
@@ -282,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task_arguments(evaluate, split="test")
     evaluate.add_argument("--output-dir", type=Path, default=Path("eval"), help="records, summary, plot (eval/)")
     _add_engine_arguments(evaluate)
+    evaluate.add_argument("--router", type=Path, help="a trained Router (JSON): also score Route (method auto)")
     evaluate.set_defaults(handler=_eval)
 
     synth = commands.add_parser("synth", help="prompts -> teacher pool -> fused answers -> chat fine-tuning JSONL",

@@ -6,18 +6,16 @@ import dspy
 
 from fusion_dspy.backends import Backends
 from fusion_dspy.backends.config import ConfigError, config_source
-from fusion_dspy.core.context import known_context_window
 from fusion_dspy.core.signatures import DEFAULT_FUSE_INSTRUCTIONS
+from fusion_dspy.core.windowed import CHARS_PER_TOKEN, PROMPT_OVERHEAD
 
 logger = logging.getLogger(__name__)
 
-CHARS_PER_TOKEN = 4  # a rough, deliberately generous rule for English text
-PROMPT_OVERHEAD = 150  # field markers, tags and the adapter's own words, in tokens
 
 
 def context_window(backends: Backends, name: str) -> int | None:
     """The model's context window: from the config, else from litellm's model info, else unknown (None)."""
-    return backends.config.model(name).context_window or known_context_window(backends.config.model(name).model)
+    return backends.context_window(name)
 
 
 def check_context_window(backends: Backends, n_max: int, example: dspy.Example) -> None:

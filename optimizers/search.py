@@ -49,6 +49,15 @@ class SearchSpace:
         proposed_instructions: How many extra fusor instructions to ask the config's judge model for.
         adaptive_thresholds: Agreement thresholds of adaptive N to try (see ``Adaptive``), next to fixed N
             (``0.0``); empty (default): N is fixed. Its trials stop sampling early where candidates agree.
+        group_sizes: Group fusion to try: ``None`` (one call, or groups when the fusor's context overflows),
+            ``"auto"`` or a group size k >= 2. With anything but ``None`` an N the fusor cannot read in one call
+            is searched too (fused in groups) instead of refused.
+        layers: Mixture-of-Agents proposer layers to try (1: plain Fusion-of-N).
+        permutations: Candidate orders to fuse in (1: one order).
+        router: A trained ``Router`` (its JSON path) for the method ``"auto"`` (a ``Route``).
+
+    The fusion structures (``group_sizes``, ``layers``, ``permutations``) apply to ``fuse`` and ``auto``; a
+    parameter with only its default value is left out of the study.
     """
 
     n: Sequence[int] = (1, 2, 4, 8)
@@ -57,6 +66,14 @@ class SearchSpace:
     teachers: Sequence[str] | None = None
     proposed_instructions: int = 0
     adaptive_thresholds: Sequence[float] = ()
+    group_sizes: Sequence[int | str | None] = (None,)
+    layers: Sequence[int] = (1,)
+    permutations: Sequence[int] = (1,)
+    router: str | None = None
+
+
+STRUCTURES = {"group_size": "group_sizes", "layers": "layers", "permutations": "permutations"}  # param: field
+DEFAULTS = {"group_size": None, "layers": 1, "permutations": 1}
 
 
 def teacher_subsets(names: Sequence[str]) -> list[str]:
@@ -99,7 +116,12 @@ class FusionSearch:
         self.space = space or SearchSpace()
         self.store = store if store is not None else CandidateStore()  # an empty store is falsy
         self.cost_objective, self.num_threads = cost_objective, num_threads
-        check_context_window(backends, max(self.space.n), self.devset[0])
+        unknown = set(self.space.methods) - {"fuse", "select", "auto"}
+        if unknown or ("auto" in self.space.methods and not self.space.router):
+            raise FusionDSPyError(f"Search methods are 'fuse', 'select' and 'auto' (unknown: {sorted(unknown)}); "
+                                  "'auto' needs SearchSpace(router=path), a Router trained on eval's results.jsonl.")
+        if tuple(self.space.group_sizes) == (None,):  # no group fusion searched: an unreadable N_max is refused
+            check_context_window(backends, max(self.space.n), self.devset[0])
         directions = ["maximize", "minimize"] if cost_objective else ["maximize"]
         self.study = optuna.create_study(
             study_name=study_name or f"fusion-{task.name}",
@@ -136,6 +158,10 @@ class FusionSearch:
             grid["teachers"] = teacher_subsets(self.space.teachers)
         if self.space.adaptive_thresholds:
             grid["adaptive"] = [0.0, *self.space.adaptive_thresholds]
+        for param, field in STRUCTURES.items():
+            values = list(getattr(self.space, field))
+            if values != [DEFAULTS[param]]:
+                grid[param] = values
         return grid
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
@@ -148,8 +174,11 @@ class FusionSearch:
             overrides.update(self.backends.generator_options(params["teachers"].split("+")))
         if params.get("adaptive"):
             overrides["adaptive"] = tuned_adaptive(self.backends, params["adaptive"])
-        if params["method"] == "fuse":
+        if params["method"] in ("fuse", "auto"):
             overrides["instructions"] = self.instructions[params["instruction"]]
+            overrides.update({param: params[param] for param in STRUCTURES if param in params})
+        if params["method"] == "auto":
+            overrides["router"] = self.space.router
         return self.backends.program(self.task.generator(), method=params["method"], **overrides)
 
     def evaluate(self, params: dict[str, Any]) -> tuple[float, float]:
@@ -215,7 +244,9 @@ class FusionSearch:
         """
         params = self.best_params()
         settings = {key: params.get(key) for key in ("n", "temperature", "method", "teachers", "adaptive")}
-        settings["instruction"] = self.instructions[params["instruction"]] if params["method"] == "fuse" else None
+        fusing = params["method"] in ("fuse", "auto")
+        settings["instruction"] = self.instructions[params["instruction"]] if fusing else None
+        settings.update({param: params.get(param, DEFAULTS[param]) for param in STRUCTURES if fusing})
         if program is not None:
             settings["program"] = program
         return save_tuned(self.best_program(), settings, path)
@@ -227,8 +258,9 @@ def completed_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def canonical(params: dict[str, Any]) -> tuple:
-    """Parameters that change the result: the instruction does not matter when selecting."""
-    relevant = {k: v for k, v in params.items() if not (k == "instruction" and params.get("method") == "select")}
+    """Parameters that change the result: the instruction and fusion structures do not matter when selecting."""
+    fusion_only = {"instruction", *STRUCTURES}
+    relevant = {k: v for k, v in params.items() if not (k in fusion_only and params.get("method") == "select")}
     return tuple(sorted(relevant.items()))
 
 

@@ -57,6 +57,8 @@ def load_tuned(
         overrides.update(backends.generator_options(settings["teachers"].split("+")))
     if settings.get("adaptive"):
         overrides["adaptive"] = tuned_adaptive(backends, settings["adaptive"])
+    # Fusion structures (group fusion, layers, permutations) rebuild the same predictors before their state loads.
+    overrides.update({key: settings[key] for key in ("group_size", "layers", "permutations") if key in settings})
     program = backends.program(module, method=settings["method"], **overrides)
     program.load_state(record["state"])
     return program

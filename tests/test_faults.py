@@ -174,8 +174,10 @@ def test_a_judge_answering_garbage_falls_back_to_the_vote():
 def test_a_pool_over_the_fusor_context_window_is_refused_before_sending():
     lm = scripted_lm(lambda call: respond(call) if call.wants("comparison") else {"answer": "word " * 400})
     fused = fd.FusionOfN("question -> answer", n=4, lm=lm, context_window=1000)
+    with pytest.raises(ContextOverflowError, match=r"context window of 1000 tokens cannot hold two"):
+        fused(question="Why?")  # grouping cannot help either: two of these do not fit
     with pytest.raises(ContextOverflowError, match=r"these 4 candidates is about \d+ tokens.*reads 1000"):
-        fused(question="Why?")
+        fd.FusionOfN("question -> answer", n=4, lm=lm, context_window=1000, group_size=4)(question="Why?")
     assert not [call for call in lm.engine.calls if call.wants("comparison")], "nothing was sent to the fusor"
     selected = fd.FusionOfN("question -> answer", n=4, lm=lm, context_window=1000, fallback="select")
     assert "ContextOverflowError" in selected(question="Why?").fusion_error

@@ -1,13 +1,17 @@
 """The optuna search over N, temperature, fuse vs select, fusor instruction and teacher pool (scripted backends)."""
 
+import json
+
 import dspy
 import pytest
 
+import fusion_dspy as fd
 from fusion_dspy.backends import Backends
 from fusion_dspy.backends.config import ConfigError, FusionConfig
+from fusion_dspy.core.router import Router
 from fusion_dspy.core.store import CandidateStore
 from fusion_dspy.optimizers.instructions import builtin_instructions, propose_instructions
-from fusion_dspy.optimizers.search import FusionSearch, SearchSpace, teacher_subsets
+from fusion_dspy.optimizers.search import FusionSearch, SearchSpace, canonical, completed_trials, teacher_subsets
 from fusion_dspy.optimizers.tuned import load_tuned
 from fusion_dspy.testing import scripted_lm
 from fusion_dspy.workflows.task import MetricError, Task
@@ -106,3 +110,37 @@ def test_n_max_the_fusor_cannot_read_is_refused():
     backends = Backends(config, lms={"gen": scripted_lm(lambda c: {}), "fusor": scripted_lm(lambda c: {})})
     with pytest.raises(ConfigError, match=r"N_max=8 .*reads 2048\. Lower the largest N to 3 or less"):
         FusionSearch(backends, TASK, DEVSET, space=SearchSpace(n=(2, 8)), storage="sqlite:///:memory:")
+
+
+def test_the_new_fusion_knobs_are_searched_and_saved(tmp_path):
+    from tests.test_route import synthetic_results
+
+    router = tmp_path / "router.json"
+    Router.fit(synthetic_results(tmp_path / "results.jsonl")).save(router)
+    space = SearchSpace(n=(4,), methods=("fuse", "select", "auto"), group_sizes=(None, 2), layers=(1, 2),
+                        permutations=(1, 3), router=str(router))  # fmt: skip
+    backends = make_backends()
+    found = search(tmp_path, backends, space=space)
+    grid = found.grid()
+    assert grid["group_size"] == [None, 2] and grid["layers"] == [1, 2] and grid["permutations"] == [1, 3]
+    assert grid["method"] == ["fuse", "select", "auto"]
+    params = {"n": 4, "temperature": 0.7, "instruction": 0, "group_size": 2, "layers": 2, "permutations": 3}
+    fused = found.build({**params, "method": "fuse"})
+    assert fused.group_size == 2 and fused.layers.count == 2 and fused.permute.k == 3
+    routed = found.build({**params, "method": "auto"})
+    assert isinstance(routed, fd.Route) and routed.router.arms and routed.group_size == 2
+    assert canonical({**params, "method": "select"}) == canonical({**params, "method": "select", "layers": 1})
+    found.optimize(n_trials=12)
+    tried = completed_trials(found.study)
+    assert len(tried) == 12 and all({"group_size", "layers", "permutations"} <= set(t.params) for t in tried)
+    assert {t.params["method"] for t in tried} == {"fuse", "select", "auto"}
+    best = found.best_params()
+    assert found.study.best_trials[0].values[0] == 1.0 and best["method"] in ("select", "auto")
+    path = found.save_best(tmp_path / "tuned.json")
+    settings = json.loads(path.read_text())["settings"]
+    loaded = load_tuned(path, backends, dspy.Predict("question -> answer"))
+    if best["method"] == "auto":
+        assert settings["layers"] == best["layers"] and loaded.router.arms == routed.router.arms
+    assert loaded(question="question 0").answer == "42"
+    with pytest.raises(Exception, match="'auto' needs SearchSpace\\(router=path\\)"):
+        search(tmp_path, backends, space=SearchSpace(methods=("auto",)), study="no-router")

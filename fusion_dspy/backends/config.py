@@ -159,7 +159,8 @@ class FusionSettings(_Strict):
 
     n: int | None = Field(None, ge=1, description="candidates per input (default 5, or the pool's total count)")
     temperature: float | None = Field(0.7, ge=0, le=2)
-    method: Literal["fuse", "select"] = "fuse"
+    method: Literal["fuse", "select", "auto"] = Field("fuse", description="auto: a trained router picks per input "
+                                                      "(fusion.router)")  # fmt: skip
     select: Literal["consensus", "majority", "listwise", "pointwise"] = Field(
         "consensus", description="how Best-of-N picks: vote (consensus for free text, majority for short answers) "
         "or an LLM judge")  # fmt: skip
@@ -173,6 +174,11 @@ class FusionSettings(_Strict):
     quorum: int | None = Field(None, ge=1, description="go on once this many candidates are in (after the grace)")
     straggler_grace_s: float = Field(0.0, ge=0, description="seconds to wait for the rest once the quorum is in")
     adaptive: AdaptiveSettings | None = Field(None, description="stop sampling early when candidates agree")
+    group_size: int | Literal["auto"] | None = Field(None, description="fuse in groups of this many, then the fused "
+                                                     "(default: only when the fusor's context_window overflows)")
+    layers: int = Field(1, ge=1, description="Mixture-of-Agents proposer layers (1: plain Fusion-of-N)")
+    permutations: int = Field(1, ge=1, description="fuse in this many candidate orders and keep the consensus")
+    router: str | None = Field(None, description="a trained Router's JSON, for method: auto")
 
 
 class FusionConfig(_Strict):

@@ -19,7 +19,9 @@ from fusion_dspy.backends.config import EMBEDDED, ConfigError, FusionConfig, Mod
 from fusion_dspy.backends.engine import AsyncRouterEngine, RouterEngine
 from fusion_dspy.backends.plain_adapter import PlainAdapter
 from fusion_dspy.core.adaptive import Adaptive
+from fusion_dspy.core.context import known_context_window
 from fusion_dspy.core.fusion import BestOfN, FusionOfN
+from fusion_dspy.core.route import Route
 
 # A self-hosted server without auth still needs *some* key: the OpenAI client refuses to send a request without
 # one (vLLM's docs use "EMPTY"). Without api_base, litellm finds the provider's usual variable by itself.
@@ -143,6 +145,10 @@ class Backends:
         return {"batch_samples": batch, "quorum": settings.quorum, "straggler_grace_s": settings.straggler_grace_s,
                 "adaptive": adaptive}  # fmt: skip
 
+    def context_window(self, name: str) -> int | None:
+        """The model's context window: from the config, else from litellm's model info, else unknown (None)."""
+        return self.config.model(name).context_window or known_context_window(self.config.model(name).model)
+
     @property
     def fusor(self) -> dspy.LM:
         return self.lm(self.config.fusor)
@@ -153,7 +159,7 @@ class Backends:
 
     def used_models(self) -> list[str]:
         names = [t.model for t in self.config.roles.teachers()] + [self.config.fusor]
-        if self.config.fusion.method == "select" and self.config.fusion.select in ("listwise", "pointwise"):
+        if self.config.fusion.method in ("select", "auto") and self.config.fusion.select in ("listwise", "pointwise"):
             names.append(self.config.judge)
         names += [fb for name in list(names) for fb in self.config.model(name).fallbacks]
         return list(dict.fromkeys(names))
@@ -174,11 +180,12 @@ class Backends:
     def program(
         self, module: dspy.Module | str | type[dspy.Signature], method: str | None = None, **overrides: Any
     ) -> FusionOfN | BestOfN:
-        """A FusionOfN (``fusion.method: fuse``) or BestOfN (``select``) over ``module``, wired to the roles.
+        """A FusionOfN (``fusion.method: fuse``), BestOfN (``select``) or Route (``auto``) over ``module``.
 
         ``method`` overrides the config's; other keyword arguments override the constructor's (e.g. ``n=3``,
-        ``instructions=...``, ``reward_fn=...``). With ``sample=`` the program draws from that Sample, and the
-        config's sampling settings are not applied.
+        ``instructions=...``, ``reward_fn=...``, ``router=...``). With ``sample=`` the program draws from that
+        Sample, and the config's sampling settings are not applied. The fusor's context window (config, else
+        litellm's model info) is passed on, so a pool that overflows it is fused in groups.
         """
         settings = self.config.fusion
         if "sample" in overrides:
@@ -195,19 +202,23 @@ class Backends:
                 **self.sampling_options(),
             }
         common["deadline_s"] = settings.deadline_s
-        if (method or settings.method) == "fuse":
-            fusor_adapter = self.adapter(self.config.fusor)
-            compare = settings.compare if settings.compare is not None else not isinstance(fusor_adapter, PlainAdapter)
-            fusor = {"fusor_lm": self.fusor, "fusor_adapter": fusor_adapter, "fallback": settings.fallback,
-                     "shuffle": settings.shuffle, "compare": compare,
-                     "context_window": self.config.model(self.config.fusor).context_window}  # fmt: skip
-            return FusionOfN(module, **{**fusor, **common, **overrides})
         judge = settings.select if settings.select in ("listwise", "pointwise") else None
         options = {"judge": judge, "judge_lm": self.judge if judge else None, "vote": "majority" if judge else
                    settings.select, "judge_adapter": self.adapter(self.config.judge) if judge else None,
                    "fallback": settings.fallback}  # fmt: skip
         if overrides.get("reward_fn") is not None:
             options.update(judge=None, judge_lm=None, judge_adapter=None)
+        chosen = method or settings.method
+        if chosen in ("fuse", "auto"):
+            fusor_adapter = self.adapter(self.config.fusor)
+            compare = settings.compare if settings.compare is not None else not isinstance(fusor_adapter, PlainAdapter)
+            fusing = {"fusor_lm": self.fusor, "fusor_adapter": fusor_adapter, "fallback": settings.fallback,
+                      "shuffle": settings.shuffle, "compare": compare, "group_size": settings.group_size,
+                      "context_window": self.context_window(self.config.fusor), "layers": settings.layers,
+                      "permutations": settings.permutations}  # fmt: skip
+            if chosen == "fuse":
+                return FusionOfN(module, **{**fusing, **common, **overrides})
+            return Route(module, **{"router": settings.router, **fusing, **options, **common, **overrides})
         return BestOfN(module, **{**common, **options, **overrides})
 
 

@@ -30,7 +30,8 @@ class Fuse(dspy.Module):
         lm: The fusor's LM. Defaults to the predictor's own LM, then the context LM. Kept out of saved state,
             so saved programs carry no endpoints or keys.
         shuffle: Present the candidates in an order shuffled per input (seeded, so reruns hit the cache), to
-            spread position bias.
+            spread position bias. The result's ``candidate_order`` lists the order shown (indices into the
+            candidates).
         adapter: The DSPy adapter for the fusor's calls (default: the context's).
         compare: Have the fusor write a ``comparison`` of the candidates before its answer (the paper's two
             steps). Turn off for small fusors that cannot write two fields (with ``PlainAdapter``).
@@ -70,7 +71,7 @@ class Fuse(dspy.Module):
         self.retries = retries
         self.context_window = context_window
 
-    def _request(self, candidates: Pool | Sequence[Any], inputs: dict[str, Any]) -> dict[str, Any]:
+    def _request(self, candidates: Pool | Sequence[Any], inputs: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
         pool = predictions(candidates)
         task_inputs = {name: inputs[name] for name in self.task_signature.input_fields if name in inputs}
         order = presentation_order(len(pool), self.shuffle, task_inputs)
@@ -79,7 +80,7 @@ class Fuse(dspy.Module):
         check_fits(lm, self.predict, request, len(pool), self.context_window, self.adapter)
         if self.fusor_lm is not None:
             request["lm"] = self.fusor_lm
-        return request
+        return request, order
 
     def _retry_config(self, attempt: int) -> dict[str, Any]:
         if attempt == 0:
@@ -89,11 +90,13 @@ class Fuse(dspy.Module):
         return {"config": {"rollout_id": attempt, "temperature": temperature}}
 
     def _fuse(self, candidates: Pool | Sequence[Any], inputs: dict[str, Any]) -> Steps[dspy.Prediction]:
-        request = self._request(candidates, inputs)
+        request, order = self._request(candidates, inputs)
         with dspy.context(**adapter_override(self.adapter)):
             for attempt in range(self.retries + 1):
                 try:
-                    return (yield Call(self.predict, {**request, **self._retry_config(attempt)}))
+                    fused = yield Call(self.predict, {**request, **self._retry_config(attempt)})
+                    fused["candidate_order"] = order  # the order shown: for position-bias reports
+                    return fused
                 except AdapterParseError:
                     if attempt == self.retries:
                         raise

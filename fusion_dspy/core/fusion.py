@@ -11,13 +11,17 @@ from fusion_dspy.core.adaptive import Adaptive
 from fusion_dspy.core.batching import BatchSamples
 from fusion_dspy.core.concurrency import awithin, within
 from fusion_dspy.core.fuse import Fuse
+from fusion_dspy.core.layers import Layers
 from fusion_dspy.core.meter import StageMeter
+from fusion_dspy.core.permute import Permutations, judge_in_orders
 from fusion_dspy.core.pool import Pool
 from fusion_dspy.core.sample import Sample, as_module
 from fusion_dspy.core.select import RewardFn, Select
 from fusion_dspy.core.signatures import check_reserved_fields, task_signature
 from fusion_dspy.core.steps import Call, Steps, arun, run
 from fusion_dspy.core.store import CandidateStore
+from fusion_dspy.core.structured import fuse_structured
+from fusion_dspy.core.windowed import check_group_size
 from fusion_dspy.errors import FusionError
 
 logger = logging.getLogger(__name__)
@@ -118,7 +122,8 @@ class FusionOfN(_SampleThenCombine):
         shuffle: Shuffle the order candidates are shown to the fusor (seeded per input).
         retries: Fresh fusor samples to try when its output cannot be parsed (see ``Fuse``).
         compare: The fusor compares the candidates in a ``comparison`` field before answering (see ``Fuse``).
-        context_window: Tokens the fusor reads at once, checked before each fusion (see ``Fuse``).
+        context_window: Tokens the fusor reads at once: a pool that does not fit is fused in groups (see
+            ``group_size``), and every fusor prompt is counted before it is sent (see ``Fuse``).
         deadline_s: Seconds the whole call (sampling and fusion, retries included) may take; past it the call
             raises ``DeadlineExceeded`` at once and abandons what is still in flight. ``None``: no deadline.
         adapter: The DSPy adapter of the generator's calls (default: the context's).
@@ -130,6 +135,16 @@ class FusionOfN(_SampleThenCombine):
             to that Sample: passing them too is an error.
         batch_samples, quorum, straggler_grace_s, adaptive: see ``Sample``. The result then also has
             ``stragglers`` (beside ``sample_failures``), ``samples_drawn`` and ``stop_reason``.
+        group_size: Fuse in groups of this many, then fuse the fused (``fusion_dspy.core.windowed``), or
+            ``"auto"``: groups as large as the fusor's ``context_window`` holds. ``None`` (default): automatic
+            when ``context_window`` is given, else one fusor call.
+        layers: Mixture-of-Agents proposer layers (``fusion_dspy.core.layers``): 1 (default) is plain
+            Fusion-of-N; each further layer's proposers read the previous layer's answers; the last is fused.
+        permutations: Fuse the candidates in this many orders and keep one fusion (``fusion_dspy.core.permute``);
+            the prediction's ``fusion_orders`` lists the orders used.
+        permutation_pick: How the fusion is kept: ``"consensus"`` (default), ``"majority"`` or ``"listwise"``
+            (an LLM judge, ``judge_lm``).
+        judge_lm: The judge of ``permutation_pick="listwise"`` (default: ``lm``, then the context LM).
 
     Example:
         >>> lm = scripted_lm(lambda call: {"comparison": "All agree.", "answer": "4"} if call.wants("comparison")
@@ -168,6 +183,11 @@ class FusionOfN(_SampleThenCombine):
         quorum: int | None = UNSET,
         straggler_grace_s: float = UNSET,
         adaptive: Adaptive | bool | None = UNSET,
+        group_size: int | Literal["auto"] | None = None,
+        layers: int = 1,
+        permutations: int = 1,
+        permutation_pick: Literal["consensus", "majority", "listwise"] = "consensus",
+        judge_lm: dspy.BaseLM | None = None,
     ):
         if fallback not in ("raise", "select"):
             raise ValueError(f"fallback must be 'raise' or 'select', got {fallback!r}.")
@@ -181,10 +201,15 @@ class FusionOfN(_SampleThenCombine):
                          adapter=fusor_adapter, retries=retries, compare=compare,
                          context_window=context_window)  # fmt: skip
         self.fallback = fallback
+        self.group_size, self.context_window = check_group_size(group_size, context_window), context_window
+        self.layers = Layers(self.sample, self.task_signature, layers) if layers != 1 else None
+        self.permute = (Permutations(self.task_signature, permutations, permutation_pick, judge_lm or lm)
+                        if permutations != 1 else None)  # fmt: skip
 
     def _combine(self, pool: Pool, inputs: dict[str, Any]) -> Steps[dspy.Prediction]:
         try:
-            return (yield Call(self.fuse, {"candidates": pool, **inputs}))
+            return (yield from fuse_structured(self.fuse, pool, inputs, self.layers, self.group_size,
+                                               self.context_window, self.permute))  # fmt: skip
         except Exception as error:  # noqa: BLE001 - unusable output, or a fusor unreachable, timing out, overloaded
             return self._fallback(pool, inputs, error)
 
@@ -221,6 +246,8 @@ class BestOfN(_SampleThenCombine):
         fallback: When the judge fails (down, timing out, unusable answer): ``"raise"`` a ``SelectionError``
             naming the cause, or ``"select"`` by ``vote`` instead, saying why in ``selection_error``.
         deadline_s: Seconds the whole call may take (see ``FusionOfN``).
+        permutations: With ``judge="listwise"``: judge in this many orders (shown, reversed, shuffles) and count
+            only wins that survive the swaps (``fusion_dspy.core.permute.judge_in_orders``).
         temperature, lm, lms, signature, min_candidates, max_concurrency, adapter, store, sample, batch_samples,
             quorum, straggler_grace_s, adaptive: as in ``FusionOfN``.
 
@@ -258,9 +285,13 @@ class BestOfN(_SampleThenCombine):
         quorum: int | None = UNSET,
         straggler_grace_s: float = UNSET,
         adaptive: Adaptive | bool | None = UNSET,
+        permutations: int = 1,
     ):
         if fallback not in ("raise", "select"):
             raise ValueError(f"fallback must be 'raise' or 'select', got {fallback!r}.")
+        if permutations != 1 and (judge != "listwise" or permutations < 2):
+            raise ValueError(f"permutations={permutations} needs judge='listwise' and at least 2 orders: votes, "
+                             "rewards and pointwise scores do not depend on the order of the candidates.")
         generator_lm = UNSET if lm is None else lm
         super().__init__(build_sample("BestOfN", module, sample, n=n, temperature=temperature, lm=generator_lm,
                                       lms=lms, min_candidates=min_candidates, max_concurrency=max_concurrency,
@@ -269,6 +300,9 @@ class BestOfN(_SampleThenCombine):
                          signature, deadline_s)  # fmt: skip
         self.select = Select(self.task_signature, reward_fn=reward_fn, judge=judge, judge_lm=judge_lm or lm,
                              vote=vote, adapter=judge_adapter, fallback="vote" if fallback == "select" else "raise")
+        self.permutations = permutations
 
     def _combine(self, pool: Pool, inputs: dict[str, Any]) -> Steps[dspy.Prediction]:
+        if self.permutations > 1:
+            return (yield from judge_in_orders(self.select, pool, inputs, self.permutations))
         return (yield Call(self.select, {"candidates": pool, **inputs}))

@@ -13,14 +13,34 @@ from typing import Any
 import dspy
 
 from fusion_dspy.backends import Backends
+from fusion_dspy.core.pool import Pool
+from fusion_dspy.core.router import Router, agreement
 from fusion_dspy.core.steps import Call, Steps, arun, run
 from fusion_dspy.core.store import CandidateStore
+from fusion_dspy.core.votes import normalized, token_f1
 from fusion_dspy.workflows.jsonl import ResultsLog
 from fusion_dspy.workflows.progress import progress_bar
 from fusion_dspy.workflows.scoring import score_examples, scored_stage
 from fusion_dspy.workflows.task import Task
 
 METHODS = ("single", "bon", "fusion", "oracle")
+ROUTE = "route"  # the extra method scored when a trained router is given
+
+
+def _position(fused: dspy.Prediction | None, candidates: Pool, fields: list[str]) -> dict[str, Any] | None:
+    """Does the fused answer follow the candidate shown first? The candidates closest to it (word-overlap F1 over
+    ``fields``), whether the first shown is among them, and the chance of that (ties make it likelier)."""
+    order = fused.get("candidate_order") if fused is not None else None
+    if not order or len(candidates) < 2:
+        return None
+
+    def text(prediction: Any) -> str:
+        return " | ".join(normalized(prediction.get(name, "")) for name in fields)
+
+    similarity = [token_f1(text(fused), text(c)) for c in candidates.predictions]
+    closest = [i for i, value in enumerate(similarity) if value == max(similarity)]
+    return {"shown_first": order[0], "closest": closest, "follows_first": order[0] in closest,
+            "chance": len(closest) / len(candidates)}  # fmt: skip
 
 
 class PairedEvaluation:
@@ -36,6 +56,12 @@ class PairedEvaluation:
         store: Candidate store (default: ``<output_dir>/candidates``).
         reward_fn: A ``reward_fn(inputs, prediction) -> float`` for Best-of-N (e.g. a reward model).
         num_threads: Examples evaluated at once.
+        router: A trained ``Router`` (or its saved path): a ``Route`` over the same candidates is scored too, as
+            method ``"route"``, choosing among at most N of them at each N.
+
+    Each record has the example's ``inputs``, the task, the candidates' ``agreement`` and, for N >= 2, where the
+    fused answer came from (``position``: does it follow the candidate shown first), so ``Router.fit`` can train
+    on ``results.jsonl`` and ``reports.position_bias`` can say how much order sways the fusor.
 
     Example:
         >>> evaluation = PairedEvaluation(backends, task, devset, n_values=(1, 2), output_dir=tmp_path / "eval")
@@ -46,7 +72,8 @@ class PairedEvaluation:
 
     def __init__(self, backends: Backends, task: Task, examples: Sequence[dspy.Example],
                  n_values: Sequence[int] = (1, 2, 4, 8), output_dir: str | Path = "eval",
-                 store: CandidateStore | None = None, reward_fn: Callable | None = None, num_threads: int = 4):
+                 store: CandidateStore | None = None, reward_fn: Callable | None = None, num_threads: int = 4,
+                 router: Router | str | Path | None = None):
         if not examples:
             raise ValueError("There are no examples to evaluate on.")
         self.backends, self.task, self.examples = backends, task, list(examples)
@@ -56,6 +83,8 @@ class PairedEvaluation:
         self.fusion = backends.program(task.generator(), method="fuse", n=self.n_values[-1], store=self.store)
         self.best = backends.program(task.generator(), method="select", sample=self.fusion.sample,
                                      reward_fn=reward_fn)  # fmt: skip
+        self.route = None if router is None else backends.program(
+            task.generator(), method="auto", sample=self.fusion.sample, reward_fn=reward_fn, router=router)
         self.num_threads = num_threads
 
     def _example(self, index: int, log: ResultsLog) -> Steps[int]:
@@ -70,11 +99,13 @@ class PairedEvaluation:
             output = next(name for name in self.task.signature.output_fields if name != "reasoning")
             example = example.copy(baseline=str(pool[0].prediction[output]))
         scores = [self.task.score(example, c, f"example {index}") for c in pool.predictions]
+        inputs = dict(example.inputs().toDict())
+        vote_fields = self.best.select.vote_fields
         for n in todo:
             candidates, where = pool[:n], f"example {index}, N={n}"
             bon = yield from scored_stage(self.task, self.best, example, candidates, where)
             fusion = yield from scored_stage(self.task, self.fusion, example, candidates, where)
-            log.write({
+            record = {
                 "id": f"{index}:{n}", "example": index, "n": n, "candidates": len(candidates),
                 "scores": {"single": scores[0], "bon": bon.score, "fusion": fusion.score, "oracle": max(scores[:n])},
                 "tokens": {"single": candidates[0].tokens, "bon": candidates.tokens + bon.tokens,
@@ -83,7 +114,20 @@ class PairedEvaluation:
                             "oracle": len(candidates)},  # fewer than n where adaptive N stopped early
                 "stop_reason": pool.stop_reason,
                 "errors": {name: step.error for name, step in (("bon", bon), ("fusion", fusion)) if step.error},
-            })  # fmt: skip
+                "inputs": {k: v if isinstance(v, (str, int, float, bool)) else str(v) for k, v in inputs.items()},
+                "task": self.task.name, "agreement": agreement(candidates, vote_fields),
+                "position": _position(fusion.prediction, candidates, vote_fields),
+            }  # fmt: skip
+            if self.route is not None:
+                routed = yield from scored_stage(self.task, self.route, example, candidates, where)
+                used = routed.prediction.route["n"] if routed.prediction is not None else n
+                record["scores"][ROUTE] = routed.score
+                drawn = candidates if self.route.router.use_agreement else candidates[:used]
+                record["tokens"][ROUTE] = drawn.tokens + routed.tokens
+                record["route"] = routed.prediction.route if routed.prediction is not None else None
+                if routed.error:
+                    record["errors"][ROUTE] = routed.error
+            log.write(record)
         return len(todo)
 
     def _evaluate_example(self, index: int, log: ResultsLog) -> int:

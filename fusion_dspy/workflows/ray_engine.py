@@ -99,9 +99,9 @@ class RayEngine:
         verbose: Workers log warnings and info, as the CLI does with ``-v``.
 
     Example:
-        >>> engine = RayEngine(address="auto", actors=8, in_flight=64)
-        >>> for outcome in engine.map(job, [{"id": "0", "data": json.dumps({"prompt": "Hi"})}]):
-        ...     print(outcome.results)
+        >>> engine = RayEngine(address="auto", actors=8, in_flight=64)   # a cluster; None: a local Ray for the run
+        >>> engine.actors * engine.in_flight                             # rows in flight at once
+        512
     """
 
     address: str | None = None

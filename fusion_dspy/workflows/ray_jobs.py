@@ -110,8 +110,10 @@ def run_on_ray(job: RunJob, items: Iterable[dict[str, Any]], output: str | Path,
     """``run_batch`` on the Ray engine: same file, same records; counts of ``done``, ``failed``, ``skipped``.
 
     Example:
-        >>> run_on_ray(RunJob(ConfigText.read("vllm.yaml")), read_jsonl("in.jsonl"), "out.jsonl", ["question"],
-        ...            RayEngine(address="auto", actors=4))
+        >>> job = RunJob(ConfigText.read(stub_config), "question -> answer")  # the config travels as text
+        >>> job.config.text.startswith("{models:")                              # then, on a cluster:
+        True
+        >>> # run_on_ray(job, read_jsonl("in.jsonl"), "out.jsonl", ["question"], RayEngine(address="auto"))
     """
     with ResultsLog(output) as log:
         skipped, rows = len(log.done), _rows(log.pending(items, input_fields))

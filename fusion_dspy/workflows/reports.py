@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
-from fusion_dspy.workflows.evaluation import METHODS
+from fusion_dspy.workflows.evaluation import METHODS, ROUTE
 from fusion_dspy.workflows.plots import n_axis, two_panels
 
 LABELS = {"single": "single sample", "bon": "Best-of-N", "fusion": "Fusion-of-N", "oracle": "oracle",
-          "fusion-bon": "FusioN - BoN"}  # fmt: skip
+          "fusion-bon": "FusioN - BoN", ROUTE: "Route (auto)"}  # fmt: skip
 
 
 @dataclass
@@ -49,10 +49,11 @@ def summarize(records: list[dict[str, Any]]) -> list[Row]:
     rows = []
     for n in sorted(by_n):
         group = sorted(by_n[n], key=lambda r: r["example"])
-        series = {m: np.array([r["scores"][m] for r in group], dtype=float) for m in METHODS}
+        methods = METHODS + ((ROUTE,) if all(ROUTE in r["scores"] for r in group) else ())
+        series = {m: np.array([r["scores"][m] for r in group], dtype=float) for m in methods}
         series["fusion-bon"] = series["fusion"] - series["bon"]
         for method, values in series.items():
-            tokens = [r["tokens"].get(method, 0) for r in group] if method in METHODS else [0]
+            tokens = [r["tokens"].get(method, 0) for r in group] if method in methods else [0]
             errors = sum(method in r.get("errors", {}) for r in group)
             low, high = bootstrap_ci(values)
             samples = [r.get("samples", {}).get(method, r.get("candidates", n)) for r in group] if method in METHODS \
@@ -60,6 +61,42 @@ def summarize(records: list[dict[str, Any]]) -> list[Row]:
             rows.append(Row(method, n, len(group), float(values.mean()), low, high, float(np.mean(tokens)), errors,
                             float(np.mean(samples))))  # fmt: skip
     return rows
+
+
+@dataclass
+class PositionRow:
+    """At one N: how often the fused answer is closest to the candidate shown first, against chance."""
+
+    n: int
+    fusions: int
+    follows_first: float
+    chance: float
+
+
+def position_bias(records: list[dict[str, Any]]) -> list[PositionRow]:
+    """Per N >= 2, the share of fusions that follow the candidate shown first, and what chance alone would give
+    (1/N, more where several candidates tie as closest). Far above chance: the fusor copies by position; try
+    ``shuffle`` or ``permutations``.
+
+    Example:
+        >>> position_bias([{"n": 2, "position": {"follows_first": True, "chance": 0.5}},
+        ...                {"n": 2, "position": {"follows_first": True, "chance": 0.5}}, {"n": 1, "position": None}])
+        [PositionRow(n=2, fusions=2, follows_first=1.0, chance=0.5)]
+    """
+    by_n: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        if record.get("position"):
+            by_n[record["n"]].append(record["position"])
+    return [PositionRow(n, len(by_n[n]), float(np.mean([p["follows_first"] for p in by_n[n]])),
+                        float(np.mean([p["chance"] for p in by_n[n]]))) for n in sorted(by_n)]  # fmt: skip
+
+
+def position_table(rows: list[PositionRow]) -> Table:
+    table = Table("N", "fusions", "follows the first shown", "by chance", title="position bias of the fusor",
+                  title_justify="left")  # fmt: skip
+    for row in rows:
+        table.add_row(str(row.n), str(row.fusions), f"{row.follows_first:.0%}", f"{row.chance:.0%}")
+    return table
 
 
 def report_table(rows: list[Row], title: str) -> Table:
@@ -88,7 +125,7 @@ def write_summary(rows: list[Row], output_dir: str | Path) -> tuple[Path, Path]:
 def plot_summary(rows: list[Row], path: str | Path, title: str) -> Path:
     """Quality against N (with 95% intervals) and quality against tokens per example, one line per method."""
     with two_panels(path, title) as (by_n, by_tokens):
-        for method in METHODS:
+        for method in METHODS + ((ROUTE,) if any(r.method == ROUTE for r in rows) else ()):
             mine = sorted((r for r in rows if r.method == method), key=lambda r: r.n)
             ns, means = [r.n for r in mine], [r.mean for r in mine]
             by_n.plot(ns, means, marker="o", label=LABELS[method], linestyle="--" if method == "oracle" else "-")

@@ -8,7 +8,7 @@ and leaves that example unscored.
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import dspy
@@ -30,6 +30,7 @@ class Scored:
     score: float
     tokens: int
     error: str | None = None
+    prediction: dspy.Prediction | None = field(default=None, repr=False, compare=False)
 
 
 def score_stage(task: Task, program: dspy.Module, example: dspy.Example, pool: Pool, where: str) -> Scored:
@@ -51,7 +52,9 @@ def scored_stage(task: Task, program: dspy.Module, example: dspy.Example, pool: 
         prediction = yield Call(program, {"candidates": pool, **example.inputs()})
     except Exception as error:  # noqa: BLE001 - a failed fusion or selection is a miss, and is reported
         return Scored(0.0, 0, f"{type(error).__name__}: {error}")
-    return Scored(task.score(example, prediction, where), prediction.stage_tokens[program.stage_name])
+    # Every stage but sampling: the fusor's or judge's, and a Route's or a layered fusion's whatever they chose.
+    tokens = sum(count for stage, count in prediction.stage_tokens.items() if stage != "sample")
+    return Scored(task.score(example, prediction, where), tokens, prediction=prediction)
 
 
 def score_examples(work: Callable[[int], T], examples: Sequence[Any], num_threads: int) -> list[T | None]:
