@@ -1,20 +1,17 @@
 """Run a FusionOfN/BestOfN program over many inputs into a JSONL file: resumable, one error per item, never the batch.
 
 Results go to a ``ResultsLog`` (``fusion_dspy.workflows.jsonl``): a crash or a kill loses at most the item in
-flight, and rerunning the same command skips the items already written (by ``id``).
+flight, and rerunning the same command skips the items already written (by ``id``). Failed items go to
+``<output>.errors.jsonl`` and are tried again by the next run (``fusion_dspy.workflows.runner``).
 """
 
-import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import dspy
 
-from fusion_dspy.workflows.jsonl import ResultsLog
-from fusion_dspy.workflows.progress import progress_bar
-
-logger = logging.getLogger(__name__)
+from fusion_dspy.workflows.runner import run_items
 
 
 def _jsonable(value: Any) -> Any:
@@ -43,22 +40,12 @@ def run_batch(
 ) -> dict[str, int]:
     """Run ``program`` on each item not yet in ``output``; returns counts of ``done``, ``failed`` and ``skipped``.
 
-    Items are dicts of input fields, with an optional ``id`` (default: the item's position). A failing item is
-    written with its ``error`` and the batch goes on.
+    Items are dicts of input fields, with an optional ``id`` (default: the item's position). A failing item goes
+    to ``<output>.errors.jsonl`` with its ``error`` and the batch goes on; the next run tries it again.
     """
-    log = ResultsLog(output)
-    todo = log.pending(items, input_fields)
-    counts = {"done": 0, "failed": 0, "skipped": len(log.done)}
-    with log, progress_bar(disable=not show_progress) as progress:
-        task = progress.add_task(f"{type(program).__name__} -> {log.path.name}", total=len(todo))
-        for item_id, inputs in todo:
-            try:
-                record = result_record(item_id, inputs, program(**inputs))
-                counts["done"] += 1
-            except Exception as error:  # noqa: BLE001 - one bad item must not end the batch
-                logger.warning("Item %s failed: %s: %s", item_id, type(error).__name__, error)
-                record = {"id": item_id, "inputs": inputs, "error": f"{type(error).__name__}: {error}"}
-                counts["failed"] += 1
-            log.write(record)
-            progress.advance(task)
-    return counts
+
+    def one(item_id: str, inputs: dict[str, Any]) -> dict[str, Any]:
+        return result_record(item_id, inputs, program(**inputs))
+
+    return run_items(one, items, input_fields, output, description=type(program).__name__,
+                     show_progress=show_progress)  # fmt: skip

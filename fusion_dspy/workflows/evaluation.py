@@ -2,7 +2,9 @@
 
 For each example the largest N's candidates are drawn once (and kept in a ``CandidateStore``); every smaller N
 uses their first N. Per example and N one record goes to ``results.jsonl`` as soon as it is scored, so an
-interrupted evaluation picks up where it stopped. ``fusion_dspy.workflows.reports`` turns the records into a table
+interrupted evaluation picks up where it stopped. What could not be scored because a model was unavailable (every
+sample failed, the fusor or judge down) goes to ``results.errors.jsonl`` instead, is never averaged as a 0, and
+is tried again by the next run. ``fusion_dspy.workflows.reports`` turns the records into a table
 with bootstrap confidence intervals, CSV/JSON and plots.
 """
 
@@ -14,10 +16,10 @@ import dspy
 
 from fusion_dspy.backends import Backends
 from fusion_dspy.core.store import CandidateStore
-from fusion_dspy.workflows.jsonl import ResultsLog
+from fusion_dspy.workflows.jsonl import ResultsLog, errors_path
 from fusion_dspy.workflows.progress import progress_bar
-from fusion_dspy.workflows.scoring import score_examples, score_stage
-from fusion_dspy.workflows.task import Task
+from fusion_dspy.workflows.scoring import StageUnavailable, score_examples, score_stage
+from fusion_dspy.workflows.task import MetricError, Task
 
 METHODS = ("single", "bon", "fusion", "oracle")
 
@@ -57,7 +59,7 @@ class PairedEvaluation:
                                      reward_fn=reward_fn)  # fmt: skip
         self.num_threads = num_threads
 
-    def _evaluate_example(self, index: int, log: ResultsLog) -> int:
+    def _evaluate_example(self, index: int, log: ResultsLog, errors: ResultsLog) -> int:
         example = self.examples[index]
         todo = [n for n in self.n_values if f"{index}:{n}" not in log.done]
         if not todo:
@@ -70,8 +72,12 @@ class PairedEvaluation:
         scores = [self.task.score(example, c, f"example {index}") for c in pool.predictions]
         for n in todo:
             candidates, where = pool[:n], f"example {index}, N={n}"
-            bon = score_stage(self.task, self.best, example, candidates, where)
-            fusion = score_stage(self.task, self.fusion, example, candidates, where)
+            try:
+                bon = score_stage(self.task, self.best, example, candidates, where)
+                fusion = score_stage(self.task, self.fusion, example, candidates, where)
+            except StageUnavailable as outage:
+                errors.write({"id": f"{index}:{n}", "example": index, "n": n, "error": str(outage)})
+                continue
             log.write({
                 "id": f"{index}:{n}", "example": index, "n": n, "candidates": len(candidates),
                 "scores": {"single": scores[0], "bon": bon.score, "fusion": fusion.score, "oracle": max(scores[:n])},
@@ -84,14 +90,22 @@ class PairedEvaluation:
     def run(self, show_progress: bool = True) -> list[dict[str, Any]]:
         """Evaluate what ``results.jsonl`` lacks; returns every record (earlier runs' included).
 
-        An example that could not be evaluated (e.g. every sample failed) is left for a rerun.
+        An example that could not be evaluated (e.g. every sample failed) or an N whose fusor or judge was
+        unavailable is left for a rerun, with its error in ``results.errors.jsonl``.
         """
-        with ResultsLog(self.output_dir / "results.jsonl") as log, progress_bar(not show_progress) as progress:
+        results = self.output_dir / "results.jsonl"
+        with ResultsLog(results) as log, ResultsLog(errors_path(results), exclusive=False) as errors, \
+                progress_bar(not show_progress) as progress:  # fmt: skip
             bar = progress.add_task("paired evaluation", total=len(self.examples))
 
             def evaluate(index: int) -> int:
                 try:
-                    return self._evaluate_example(index, log)
+                    return self._evaluate_example(index, log, errors)
+                except MetricError:
+                    raise
+                except Exception as error:
+                    errors.write({"id": str(index), "example": index, "error": f"{type(error).__name__}: {error}"})
+                    raise
                 finally:
                     progress.advance(bar)
 
