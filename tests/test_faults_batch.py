@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import dspy
 import pytest
 import yaml
 
@@ -20,12 +19,6 @@ from fusion_dspy.testing import StubOpenAIServer
 
 REPO = Path(__file__).resolve().parents[1]
 
-
-@pytest.fixture(autouse=True)
-def history_back_on():
-    """The batch commands switch DSPy's LM history off in their process; in-process runs must not leak that."""
-    yield
-    dspy.configure(disable_history=False)
 BAD = "\ud800"  # a lone surrogate: half of a UTF-16 pair, not valid Unicode text
 
 
@@ -62,6 +55,12 @@ def spawn(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "fusion_dspy.cli", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+
+def run_cli(args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "fusion_dspy.cli", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
 
 
 def wait_for(condition, process: subprocess.Popen, limit: float = 180) -> None:
@@ -121,12 +120,25 @@ def test_a_signal_mid_batch_keeps_finished_work_and_a_rerun_completes_it(name, s
             assert first.returncode == -signal.SIGKILL
         if name != "optimize":
             assert 0 < len(lines(records)) < total, "the signal must land mid-batch, after some records"
-        rerun = subprocess.run(spawn(args).args, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                               capture_output=True, text=True, timeout=600)  # fmt: skip
+        rerun = run_cli(args)
         assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     if name != "optimize":
         ids = [record["id"] for record in lines(records)]
         assert len(ids) == len(set(ids)) == total, "every item exactly once"
+
+
+def test_a_second_ctrl_c_abandons_the_items_in_flight(tmp_path):
+    with StubOpenAIServer(respond=respond, delay=60) as server:  # requests that would outlive the test's patience
+        args, records, _, _ = command("synth", tmp_path, server)
+        first = spawn(args)
+        wait_for(lambda: server.flight.now >= 2, first)
+        first.send_signal(signal.SIGINT)
+        wait_for(lambda: "Ctrl-C again to abandon" in first.stdout.readline(), first)  # the first notice
+        first.send_signal(signal.SIGINT)
+        output, _ = first.communicate(timeout=45)
+        assert first.returncode == 130 and "Traceback" not in output, output
+        assert server.flight.now >= 1, "the process left while its requests were still in flight"
+        assert lines(records) == []
 
 
 # --- Two processes at once --------------------------------------------------------------------------------------
@@ -139,8 +151,7 @@ def test_a_second_process_on_the_same_output_is_refused(tmp_path):
         args = ["run", "--config", str(config), "--inputs", str(inputs), "--output", str(output), "--quiet"]
         first = spawn(args)
         wait_for(lambda: len(lines(output)) >= 1, first)
-        second = subprocess.run(first.args, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                                capture_output=True, text=True, timeout=300)  # fmt: skip
+        second = run_cli(args)
         first_output, _ = first.communicate(timeout=300)
     assert second.returncode == 2 and "being written by another process" in second.stderr, second.stderr
     assert first.returncode == 0, first_output
@@ -165,8 +176,7 @@ def test_two_processes_share_one_candidate_store(tmp_path):
         assert [worker.returncode for worker in workers] == [0, 0], outputs
         drawn = len(server.requests)
         assert 3 * 2 <= drawn <= 2 * 3 * 2, "each sample drawn once, or at most once by each process"
-        third = subprocess.run(spawn(optimize("c")).args, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                               capture_output=True, text=True, timeout=600)  # fmt: skip
+        third = run_cli(optimize("c"))
         assert third.returncode == 0, third.stdout + third.stderr
         assert len(server.requests) == drawn, "a third process finds every sample in the shared store"
 
@@ -286,3 +296,19 @@ def test_eval_does_not_score_a_fusor_outage_and_a_rerun_scores_it(tmp_path, caps
         assert all(not r["errors"] for r in records), "scored for real, not as an outage"
         assert len(generator.requests) == drawn, "the candidates come back from the store"
     capsys.readouterr()
+
+
+def test_batch_commands_keep_no_lm_history(tmp_path):
+    """DSPy keeps every request and response by default: a long batch grew without bound (benchmarks/soak.py)."""
+    import dspy
+
+    with StubOpenAIServer(respond=respond) as server:
+        config = write_config(tmp_path / "config.yaml", stub=server.api_base)
+        inputs = write_inputs(tmp_path / "in.jsonl", [{"question": f"q{i}"} for i in range(3)])
+        assert not dspy.settings.disable_history
+        assert main(["run", "--config", str(config), "--inputs", str(inputs), "--output", str(tmp_path / "o.jsonl"),
+                     "--quiet"]) == 0  # fmt: skip
+        assert dspy.settings.disable_history
+        lm = dspy.LM("openai/stub", api_base=server.api_base, api_key="x", engine="litellm", cache=False)
+        dspy.Predict("question -> answer")(question="q", lm=lm)
+        assert lm.history == [], "nothing recorded"
