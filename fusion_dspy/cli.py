@@ -70,6 +70,8 @@ def _optimize(args: argparse.Namespace) -> int:
     from fusion_dspy.workflows.task import resolve_task
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and final table say it better
+    for handler in logging.getLogger("optuna").handlers:  # Ctrl-C: our one line, not optuna's trial traceback
+        handler.addFilter(lambda record: not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt)))
     task = resolve_task(args.program)
     devset = _examples(task, args)
     backends = load_config(args.config)

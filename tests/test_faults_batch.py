@@ -312,3 +312,27 @@ def test_batch_commands_keep_no_lm_history(tmp_path):
         lm = dspy.LM("openai/stub", api_base=server.api_base, api_key="x", engine="litellm", cache=False)
         dspy.Predict("question -> answer")(question="q", lm=lm)
         assert lm.history == [], "nothing recorded"
+
+
+def test_a_fallback_pick_after_a_fusor_outage_is_not_scored_as_fusion():
+    """With fallback="select", a fusor outage returns the vote's pick with `fusion_error`: not fusion's score."""
+    import dspy
+
+    from fusion_dspy.workflows.scoring import StageUnavailable, score_stage
+    from tests.scripted_search import TASK
+
+    class FellBack(dspy.Module):
+        stage_name = "fuse"
+
+        def __init__(self, reason):
+            super().__init__()
+            self.reason = reason
+
+        def forward(self, candidates, **inputs):
+            return dspy.Prediction(answer="42", fusion_error=self.reason, stage_tokens={"fuse": 0})
+
+    example = dspy.Example(question="q", answer="42").with_inputs("question")
+    with pytest.raises(StageUnavailable, match="unavailable"):
+        score_stage(TASK, FellBack("LMServerError: 503 from the fusor"), example, [], "example 0, N=2")
+    scored = score_stage(TASK, FellBack("AdapterParseError: no answer field"), example, [], "example 0, N=2")
+    assert scored.score == 1.0, "a fallback after bad output is what the user gets: scored"
