@@ -262,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)  # plain, unwrapped: paths and fields stay greppable
         return 2
     except KeyboardInterrupt as stop:
+        if args.command == "demo":
+            print("\nInterrupted.", file=sys.stderr)
+            return INTERRUPTED
         print(f"\nInterrupted: everything finished so far is saved in {_saved_in(args)}. Run the same command "
               "again to continue; it skips what is done.", file=sys.stderr, flush=True)  # fmt: skip
         if getattr(stop, "abandoned", 0):  # worker threads still wait on their requests: do not wait for them
@@ -278,7 +281,7 @@ def _saved_in(args: argparse.Namespace) -> str:
         return str(Path(args.output_dir) / "results.jsonl")
     if args.command == "optimize":
         return f"the study ({args.storage}) and the candidate store ({args.cache_dir})"
-    return str(getattr(args, "output", "the output"))
+    return str(args.output)
 
 
 if __name__ == "__main__":
