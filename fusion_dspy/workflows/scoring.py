@@ -53,10 +53,11 @@ def score_stage(task: Task, program: dspy.Module, example: dspy.Example, pool: P
             raise StageUnavailable(f"{where}: the {program.stage_name} stage's model is unavailable "
                                    f"({type(error).__name__}: {error}); not scored, a rerun tries again.") from error
         return Scored(0.0, 0, f"{type(error).__name__}: {error}")
-    fell_back = prediction.get("fusion_error")
-    if fell_back and str(fell_back).split(":", 1)[0] in OUTAGE_NAMES:  # a fallback="select" answer: not fusion's
+    # A fallback's pick after an outage (fusor or judge down, fallback="select"/"vote") is not this method's answer.
+    fell_back = prediction.get("fusion_error") or prediction.get("selection_error")
+    if fell_back and str(fell_back).split(":", 1)[0] in OUTAGE_NAMES:
         raise StageUnavailable(f"{where}: the {program.stage_name} stage's model is unavailable ({fell_back}); "
-                               "the fallback's pick is not scored as fusion, a rerun tries again.")  # fmt: skip
+                               "the fallback's pick is not scored as this method, a rerun tries again.")  # fmt: skip
     return Scored(task.score(example, prediction, where), prediction.stage_tokens[program.stage_name])
 
 
@@ -85,7 +86,7 @@ OUTAGE_TYPES = (LMAuthError, LMBillingError, ConnectionError, TimeoutError)
 OUTAGE_NAMES = {"LMServerError", "LMTimeoutError", "LMRateLimitError", "LMTransportError", "LMLockTimeoutError",
                 "LMAuthError", "LMBillingError", "APIConnectionError", "Timeout", "ServiceUnavailableError",
                 "InternalServerError", "RateLimitError", "AuthenticationError", "BadGatewayError",
-                "ConnectionError", "TimeoutError", "StageUnavailable"}  # fmt: skip
+                "ConnectionError", "TimeoutError", "DeadlineExceeded", "StageUnavailable"}  # fmt: skip
 
 
 def is_outage(error: BaseException) -> bool:
