@@ -8,6 +8,7 @@ tokens per second. Cache off, so every request really generates.
 import dspy
 
 import fusion_dspy as fd
+from fusion_dspy.core.meter import StageMeter
 
 QUESTION = "Give two tips for sleeping better."
 
@@ -20,7 +21,7 @@ def main(n: int = 4) -> None:
     timings = {}
     for label, concurrency in (("concurrent", n), ("sequential", 1)):
         sample.max_concurrency = concurrency
-        meter = fd.StageMeter()
+        meter = StageMeter()
         with meter.stage(label):
             sample(question=QUESTION)
         timings[label] = (meter.seconds[label], meter.tokens()[label])

@@ -29,7 +29,13 @@ from fusion_dspy.core.pool import Candidate, Pool  # noqa: E402
 from fusion_dspy.core.sample import Sample  # noqa: E402
 from fusion_dspy.core.select import Select  # noqa: E402
 from fusion_dspy.core.store import CandidateStore  # noqa: E402
-from fusion_dspy.errors import FusionDSPyError, FusionError, SamplingError, SelectionError  # noqa: E402
+from fusion_dspy.errors import (  # noqa: E402
+    DeadlineExceeded,
+    FusionDSPyError,
+    FusionError,
+    SamplingError,
+    SelectionError,
+)
 
 _compat.install()
 
@@ -40,6 +46,7 @@ __all__ = [
     "Candidate",
     "CandidateStore",
     "ConfigError",
+    "DeadlineExceeded",
     "Fuse",
     "FusionDSPyError",
     "FusionError",

@@ -55,6 +55,13 @@ def _bound_history() -> None:
     dspy.configure(disable_history=True)
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _csv(kind):
     return lambda text: [kind(part) for part in text.split(",") if part.strip()]
 
@@ -187,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "pick and Fusion-of-N's new answer on the same candidates, with tokens and time per "
                                "stage. Offline on the embedded model unless --config says otherwise.")  # fmt: skip
     demo.add_argument("--config", type=Path, help="YAML/TOML config naming the models of each role")
-    demo.add_argument("--n", type=int, default=3, help="candidates per prompt (default 3)")
+    demo.add_argument("--n", type=_positive, default=3, help="candidates per prompt (default 3)")
     demo.add_argument("--prompt", action="append", help="a prompt of your own (repeatable) instead of the built-ins")
     demo.set_defaults(handler=_demo)
 
@@ -201,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--inputs", type=Path, help="JSONL file, one object of input fields (and optional id) a line")
     run.add_argument("--output", type=Path, default=Path("results.jsonl"), help="JSONL results (default results.jsonl)")
     run.add_argument("--method", choices=["fuse", "select"], help="override the config's fusion.method")
-    run.add_argument("--n", type=int, help="override the config's fusion.n")
+    run.add_argument("--n", type=_positive, help="override the config's fusion.n")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(handler=_run)
 
@@ -244,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--prompts", type=Path, required=True, help="JSONL, one object of input fields (and id) a line")
     synth.add_argument("--output", type=Path, default=Path("train.jsonl"), help="training set (default train.jsonl)")
     synth.add_argument("--signature", default="prompt -> response", help='default "prompt -> response"')
-    synth.add_argument("--n", type=int, help="samples per prompt (default: one per teacher count)")
+    synth.add_argument("--n", type=_positive, help="samples per prompt (default: one per teacher count)")
     synth.add_argument("--concurrency", type=int, default=4, help="prompts in flight at once (default 4)")
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
     synth.set_defaults(handler=_synth)

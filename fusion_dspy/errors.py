@@ -23,5 +23,9 @@ class FusionError(FusionDSPyError):
     """The fusor's output could not be used (e.g. it broke the output format even after DSPy's fallback)."""
 
 
+class DeadlineExceeded(FusionDSPyError, TimeoutError):
+    """A call outlived its ``deadline_s``; requests still in flight are abandoned (their results discarded)."""
+
+
 class SelectionError(FusionDSPyError):
     """No candidate could be scored or picked (every reward call failed, or the judge's answer was unusable)."""

@@ -6,6 +6,7 @@ import dspy
 
 from fusion_dspy.backends import Backends
 from fusion_dspy.backends.config import ConfigError, config_source
+from fusion_dspy.core.context import known_context_window
 from fusion_dspy.core.signatures import DEFAULT_FUSE_INSTRUCTIONS
 
 logger = logging.getLogger(__name__)
@@ -16,15 +17,7 @@ PROMPT_OVERHEAD = 150  # field markers, tags and the adapter's own words, in tok
 
 def context_window(backends: Backends, name: str) -> int | None:
     """The model's context window: from the config, else from litellm's model info, else unknown (None)."""
-    configured = backends.config.model(name).context_window
-    if configured:
-        return configured
-    import litellm
-
-    # Looked up in litellm's cost map directly: get_model_info prints a banner for every model it does not know.
-    model = backends.config.model(name).model
-    info = litellm.model_cost.get(model) or litellm.model_cost.get(model.split("/", 1)[-1]) or {}
-    return info.get("max_input_tokens")
+    return backends.config.model(name).context_window or known_context_window(backends.config.model(name).model)
 
 
 def check_context_window(backends: Backends, n_max: int, example: dspy.Example) -> None:

@@ -89,3 +89,45 @@ def test_adapters_format_chat_messages_that_plain_adapter_edits():
     fail_unless(isinstance(messages, list) and all(isinstance(m, dict) and "role" in m for m in messages),
                 f"Adapter.format returns {type(messages).__name__}, not a list of chat messages (PlainAdapter)")
     assert messages[-1] == {"role": "user", "content": "2 + 2?"}
+
+
+class StreamingRouter(FakeRouter):
+    """litellm.Router.completion(stream=True): OpenAI chat chunks, usage in the last one."""
+
+    WORDS = ["[[ ## answer ## ]]\n", "fo", "ur", "\n\n[[ ## completed ## ]]"]
+
+    def _chunks(self, body):
+        self.bodies.append(body)
+        for i, word in enumerate(self.WORDS):
+            last = i == len(self.WORDS) - 1
+            yield {"id": "s1", "model": body["model"], "choices": [{"index": 0, "delta": {"content": word},
+                   "finish_reason": "stop" if last else None}],
+                   **({"usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}} if last else {})}
+
+    def completion(self, **body):
+        return self._chunks(body) if body.get("stream") else super().completion(**body)
+
+    async def acompletion(self, **body):
+        if not body.get("stream"):
+            return await super().acompletion(**body)
+
+        async def chunks():
+            for chunk in self._chunks(body):
+                yield chunk
+
+        return chunks()
+
+
+async def test_the_router_engine_streams_through_dspy_streamify():
+    router = StreamingRouter()
+    program = dspy.streamify(dspy.Predict("question -> answer"),
+                             stream_listeners=[dspy.streaming.StreamListener(signature_field_name="answer")])
+    with dspy.context(lm=router_lm(router)):
+        pieces, final = [], None
+        async for item in program(question="2 + 2?"):
+            if isinstance(item, dspy.streaming.StreamResponse):
+                pieces.append(item.chunk)
+            elif isinstance(item, dspy.Prediction):
+                final = item
+    assert final.answer == "four" and "".join(pieces).strip() == "four" and len(pieces) >= 2
+    assert router.bodies[0]["stream"] is True and router.bodies[0]["stream_options"] == {"include_usage": True}

@@ -102,9 +102,9 @@ def test_old_top_level_names_warn_and_resolve():
 
 def test_public_surface_is_small():
     assert set(fd.__all__) == {
-        "BestOfN", "Candidate", "CandidateStore", "ConfigError", "Fuse", "FusionDSPyError", "FusionError", "FusionOfN",
-        "Pool", "Sample", "SamplingError", "Select", "SelectionError", "backends", "load_config", "optimizers",
-        "testing", "workflows",
+        "BestOfN", "Candidate", "CandidateStore", "ConfigError", "DeadlineExceeded", "Fuse", "FusionDSPyError",
+        "FusionError", "FusionOfN", "Pool", "Sample", "SamplingError", "Select", "SelectionError", "backends",
+        "load_config", "optimizers", "testing", "workflows",
     }  # fmt: skip
     for name in fd.__all__:
         assert getattr(fd, name) is not None

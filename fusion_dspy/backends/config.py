@@ -13,6 +13,7 @@ that holds its key. Example (YAML)::
     fusion: {n: 5, temperature: 0.7, method: fuse}
 """
 
+import re
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +29,11 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 EMBEDDED = "embedded"  # the built-in model name: SmolLM2-135M served in-process (fusion_dspy.backends.embedded)
+# Seconds one request may take when a model sets no `timeout`, by the role it plays (the largest of its roles).
+# Without one, litellm waits 600 s, times the retries, on a server that hangs. A generator writes one candidate
+# (a few hundred tokens: seconds on a GPU server, tens of seconds on a slow CPU one); the fusor reads all N of
+# them and writes the longest answer; a judge writes a short verdict. Past these, a request is a hung one.
+ROLE_TIMEOUTS = {"generator": 60.0, "fusor": 180.0, "judge": 60.0}
 
 
 class ConfigError(FusionDSPyError):
@@ -38,12 +44,28 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# An environment variable's name; anything else pasted into api_key_env is most likely the key itself.
+_VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Header names that carry credentials: a key must come from api_key_env, never from the file.
+_SECRET_HEADERS = {"authorization", "proxy-authorization", "api-key", "x-api-key", "cookie"}
+
+
+def _variable_name(value: str | None) -> str | None:
+    if value is not None and not _VARIABLE_NAME.fullmatch(value):
+        # The value is not echoed: what was pasted here is probably a key.
+        raise ValueError("must be the NAME of an environment variable (letters, digits, _), e.g. OPENAI_API_KEY; "
+                         "the value given is not one (is it the key itself? keys never go in the file)")  # fmt: skip
+    return value
+
+
 class Deployment(_Strict):
     """One replica of a model (e.g. one vLLM server); a model with several is load-balanced by litellm's Router."""
 
     api_base: str
     api_key_env: str | None = None
     model: str | None = Field(None, description="litellm model string of this replica, if not the model's")
+
+    _key_variable = field_validator("api_key_env")(lambda cls, value: _variable_name(value))
 
 
 class ModelConfig(_Strict):
@@ -52,12 +74,13 @@ class ModelConfig(_Strict):
     model: str = Field(description="litellm model string (openai/..., hosted_vllm/...), or 'embedded'")
     api_base: str | None = None
     api_key_env: str | None = Field(None, description="name of the environment variable holding the key")
-    temperature: float | None = None
-    max_tokens: int | None = None
-    timeout: float | None = Field(None, description="seconds per request")
-    context_window: int | None = Field(None, description="tokens the model reads at once (default: litellm's "
+    temperature: float | None = Field(None, ge=0, le=2)
+    max_tokens: int | None = Field(None, gt=0)
+    timeout: float | None = Field(None, gt=0, description="seconds per request (default: by role, see "
+                                  "ROLE_TIMEOUTS)")  # fmt: skip
+    context_window: int | None = Field(None, gt=0, description="tokens the model reads at once (default: litellm's "
                                        "model info, when it knows the model)")  # fmt: skip
-    num_retries: int = 2
+    num_retries: int = Field(2, ge=0, le=10)
     adapter: Literal["chat", "json", "xml", "plain"] | None = Field(
         None, description="DSPy adapter for this model's calls; 'plain' for small models (see PlainAdapter)"
     )
@@ -66,12 +89,15 @@ class ModelConfig(_Strict):
     fallbacks: list[str] = Field(default_factory=list, description="names of models to try when this one fails")
     extra: dict[str, Any] = Field(default_factory=dict, description="more dspy.LM / litellm arguments (top_p ...)")
 
+    _key_variable = field_validator("api_key_env")(lambda cls, value: _variable_name(value))
+
     @field_validator("extra")
     @classmethod
     def _no_secrets_in_extra(cls, extra: dict[str, Any]) -> dict[str, Any]:
-        if {"api_key", "key"} & set(extra):
-            raise ValueError("keys never go in the config file: put the key in an environment variable and name it "
-                             "in api_key_env")  # fmt: skip
+        headers = [name for field in ("headers", "extra_headers") for name in (extra.get(field) or {})]
+        if {"api_key", "key"} & set(extra) or _SECRET_HEADERS & {str(name).lower() for name in headers}:
+            raise ValueError("keys never go in the config file (not as api_key, nor in an Authorization or API-key "
+                             "header): put the key in an environment variable and name it in api_key_env")  # fmt: skip
         return extra
 
 
@@ -92,7 +118,7 @@ class Teacher(_Strict):
 class Roles(_Strict):
     """Which model plays each role. The fusor and judge default to the first generator."""
 
-    generators: str | list[Teacher | str] = EMBEDDED
+    generators: str | list[Teacher | str] = Field(EMBEDDED, min_length=1)
     fusor: str | None = None
     judge: str | None = None
 
@@ -105,7 +131,7 @@ class FusionSettings(_Strict):
     """How candidates are drawn and combined."""
 
     n: int | None = Field(None, ge=1, description="candidates per input (default 5, or the pool's total count)")
-    temperature: float | None = 0.7
+    temperature: float | None = Field(0.7, ge=0, le=2)
     method: Literal["fuse", "select"] = "fuse"
     select: Literal["consensus", "majority", "listwise", "pointwise"] = Field(
         "consensus", description="how Best-of-N picks: vote (consensus for free text, majority for short answers) "
@@ -116,6 +142,7 @@ class FusionSettings(_Strict):
     compare: bool | None = Field(None, description="fusor writes a comparison first (default: unless its adapter "
                                  "is 'plain')")  # fmt: skip
     max_concurrency: int | None = Field(None, ge=1)
+    deadline_s: float | None = Field(None, gt=0, description="seconds one call may take in all (default: none)")
 
 
 class FusionConfig(_Strict):
@@ -147,6 +174,20 @@ class FusionConfig(_Strict):
             return EMBEDDED_DEFAULTS.model_copy(update={k: getattr(defined, k) for k in defined.model_fields_set})
         return defined
 
+    def roles_of(self, name: str) -> set[str]:
+        """The roles a model plays: itself, or as a fallback of a model that plays them."""
+        roles = {"generator"} if name in {t.model for t in self.roles.teachers()} else set()
+        roles |= {role for role in ("fusor", "judge") if getattr(self, role) == name}
+        for backed, cfg in self.models.items():
+            if name in cfg.fallbacks and backed != name:
+                roles |= self.roles_of(backed)
+        return roles
+
+    def timeout(self, name: str) -> float:
+        """Seconds per request of a model: its own ``timeout``, or the default of its most patient role."""
+        own = self.model(name).timeout
+        return own if own is not None else max(ROLE_TIMEOUTS[role] for role in self.roles_of(name) or {"generator"})
+
     @property
     def fusor(self) -> str:
         return self.roles.fusor or self.roles.teachers()[0].model
@@ -157,7 +198,11 @@ class FusionConfig(_Strict):
 
 
 def _read(path: Path) -> dict[str, Any]:
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); save the file as "
+                          "UTF-8.") from None
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as error:

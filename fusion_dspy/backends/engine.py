@@ -76,9 +76,47 @@ def _arguments(model_group: str, request: lm15.Request) -> dict[str, Any]:
     return {**chat_body(request), "model": model_group}
 
 
+def _plain(value: Any) -> dict[str, Any]:
+    return value.model_dump() if hasattr(value, "model_dump") else dict(value)
+
+
 def _reply(raw: Any, request: lm15.Request) -> lm15.Response:
-    body = raw.model_dump() if hasattr(raw, "model_dump") else dict(raw)
-    return lm15.response_from_openai_chat(body, model=request.model)
+    return lm15.response_from_openai_chat(_plain(raw), model=request.model)
+
+
+_FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_call", "function_call": "tool_call",
+           "content_filter": "content_filter"}  # fmt: skip
+
+
+class _Stream:
+    """OpenAI chat chunks in, ``dspy.lm15`` stream events out: a start, one text delta per chunk, an end."""
+
+    def __init__(self, request: lm15.Request):
+        self.request, self.started, self.finish, self.usage = request, False, None, None
+
+    def feed(self, chunk: Any) -> list[Any]:
+        body = _plain(chunk)
+        events = [] if self.started else [lm15.StreamStartEvent(id=body.get("id"), model=self.request.model)]
+        self.started = True
+        for choice in body.get("choices") or []:
+            text = (choice.get("delta") or {}).get("content")
+            if text:
+                events.append(lm15.StreamDeltaEvent(lm15.TextDelta(text=text)))
+            self.finish = _FINISH.get(choice.get("finish_reason"), self.finish)
+        if body.get("usage"):
+            usage = body["usage"]
+            self.usage = lm15.Usage(input_tokens=usage.get("prompt_tokens"), output_tokens=usage.get(
+                "completion_tokens"), total_tokens=usage.get("total_tokens"))  # fmt: skip
+        return events
+
+    def end(self) -> Any:
+        if self.finish is None:
+            raise lm15.StreamAssemblyError(f"{self.request.model}: the stream ended without a finish reason.")
+        return lm15.StreamEndEvent(finish_reason=self.finish, usage=self.usage)
+
+
+def _stream_arguments(model_group: str, request: lm15.Request) -> dict[str, Any]:
+    return {**_arguments(model_group, request), "stream": True, "stream_options": {"include_usage": True}}
 
 
 class RouterEngine:
@@ -105,6 +143,14 @@ class RouterEngine:
             raw = self.router.completion(**_arguments(self.model_group, request))
         return _reply(raw, request)
 
+    def stream(self, request: lm15.Request):
+        """The reply as it is written: DSPy's streaming (``dspy.streamify``) through the Router."""
+        codec = _Stream(request)
+        with lm15_errors(request.model):
+            for chunk in self.router.completion(**_stream_arguments(self.model_group, request)):
+                yield from codec.feed(chunk)
+        yield codec.end()
+
     def close(self) -> None:
         pass
 
@@ -116,6 +162,14 @@ class AsyncRouterEngine(RouterEngine):
         with lm15_errors(request.model):
             raw = await self.router.acompletion(**_arguments(self.model_group, request))
         return _reply(raw, request)
+
+    async def stream(self, request: lm15.Request):  # type: ignore[override]
+        codec = _Stream(request)
+        with lm15_errors(request.model):
+            async for chunk in await self.router.acompletion(**_stream_arguments(self.model_group, request)):
+                for event in codec.feed(chunk):
+                    yield event
+        yield codec.end()
 
     async def aclose(self) -> None:
         pass

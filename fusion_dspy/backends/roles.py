@@ -69,8 +69,7 @@ class Backends:
             params["api_key"] = key
         elif cfg.api_base:
             params["api_key"] = NO_KEY
-        if cfg.timeout is not None:
-            params["timeout"] = cfg.timeout
+        params["timeout"] = self.config.timeout(name)
         return params
 
     def _router(self, name: str, cfg: ModelConfig) -> Any:
@@ -91,7 +90,7 @@ class Backends:
             model_list=model_list,
             fallbacks=[{name: cfg.fallbacks}] if cfg.fallbacks else [],
             num_retries=cfg.num_retries,
-            timeout=cfg.timeout,
+            timeout=self.config.timeout(name),
         )
 
     def lm(self, name: str) -> dspy.LM:
@@ -104,7 +103,8 @@ class Backends:
         if cfg.model == EMBEDDED:
             from fusion_dspy.backends.embedded import get_embedded_server
 
-            lm = get_embedded_server().lm(cache=cfg.cache, num_retries=cfg.num_retries, **sampling, **cfg.extra)
+            lm = get_embedded_server().lm(cache=cfg.cache, num_retries=cfg.num_retries,
+                                          timeout=self.config.timeout(name), **sampling, **cfg.extra)  # fmt: skip
         elif cfg.deployments or cfg.fallbacks:
             router = self._router(name, cfg)
             # The LM's model string keeps the config's name, so cache entries of different backends never mix.
@@ -180,14 +180,18 @@ class Backends:
                 "max_concurrency": settings.max_concurrency,
                 "adapter": self.adapter(self.config.roles.teachers()[0].model),
             }
+        common["deadline_s"] = settings.deadline_s
         if (method or settings.method) == "fuse":
             fusor_adapter = self.adapter(self.config.fusor)
             compare = settings.compare if settings.compare is not None else not isinstance(fusor_adapter, PlainAdapter)
             return FusionOfN(module, fusor_lm=self.fusor, fusor_adapter=fusor_adapter, fallback=settings.fallback,
-                             shuffle=settings.shuffle, compare=compare, **{**common, **overrides})  # fmt: skip
+                             shuffle=settings.shuffle, compare=compare,
+                             context_window=self.config.model(self.config.fusor).context_window,
+                             **{**common, **overrides})  # fmt: skip
         judge = settings.select if settings.select in ("listwise", "pointwise") else None
         options = {"judge": judge, "judge_lm": self.judge if judge else None, "vote": "majority" if judge else
-                   settings.select, "judge_adapter": self.adapter(self.config.judge) if judge else None}  # fmt: skip
+                   settings.select, "judge_adapter": self.adapter(self.config.judge) if judge else None,
+                   "fallback": settings.fallback}  # fmt: skip
         if overrides.get("reward_fn") is not None:
             options.update(judge=None, judge_lm=None, judge_adapter=None)
         return BestOfN(module, **{**common, **options, **overrides})

@@ -9,18 +9,25 @@ import asyncio
 import contextvars
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
+
+from fusion_dspy.errors import DeadlineExceeded
 
 T = TypeVar("T")
 
 Outcome = Any  # the call's result, or the Exception it raised
+
+# Threads one call starts at most unless told otherwise: enough to keep 64 requests in flight, few enough that
+# n=1000 does not start 1,000 threads (their stacks and GIL churn cost more than the requests save).
+MAX_THREADS = 64
 
 
 def run_concurrently(call: Callable[[T], Any], items: Sequence[T], max_workers: int | None = None) -> list[Outcome]:
     """Call ``call(item)`` for every item in threads; return results or raised exceptions, in item order."""
     if not items:
         return []
-    workers = max(1, min(len(items), max_workers or len(items)))
+    workers = max(1, min(len(items), max_workers or MAX_THREADS))
 
     def guarded(item: T) -> Outcome:
         try:
@@ -34,6 +41,31 @@ def run_concurrently(call: Callable[[T], Any], items: Sequence[T], max_workers: 
         # One context copy per item: a Context object cannot be entered by two threads at once.
         futures = [pool.submit(contextvars.copy_context().run, guarded, item) for item in items]
         return [future.result() for future in futures]
+
+
+def within(call: Callable[[], T], seconds: float, what: str) -> T:
+    """``call()`` in a worker thread (in a copy of this context), waited for at most ``seconds``.
+
+    Past the deadline the caller gets ``DeadlineExceeded`` at once; the worker is abandoned, and whatever it is
+    waiting on ends by its own request timeout, its result unused.
+    """
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fusion-dspy-deadline")
+    future = pool.submit(contextvars.copy_context().run, call)
+    pool.shutdown(wait=False)
+    try:
+        return future.result(timeout=seconds)
+    except FutureTimeout:
+        raise DeadlineExceeded(f"{what} did not finish within its deadline of {seconds:g} s; raise deadline_s, or "
+                               "lower n or the models' timeout.") from None
+
+
+async def awithin(awaitable: Awaitable[T], seconds: float, what: str) -> T:
+    """The async twin of ``within``: the awaitable is cancelled at the deadline."""
+    try:
+        return await asyncio.wait_for(awaitable, seconds)
+    except asyncio.TimeoutError:
+        raise DeadlineExceeded(f"{what} did not finish within its deadline of {seconds:g} s; raise deadline_s, or "
+                               "lower n or the models' timeout.") from None
 
 
 async def arun_concurrently(

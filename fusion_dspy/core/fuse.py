@@ -8,6 +8,7 @@ from dspy.clients.base_lm import BaseLM
 from dspy.signatures.signature import Signature, ensure_signature
 from dspy.utils.exceptions import AdapterParseError
 
+from fusion_dspy.core.context import check_fits
 from fusion_dspy.core.pool import Pool, predictions
 from fusion_dspy.core.signatures import fuse_signature, presentation_order, render_candidates
 from fusion_dspy.core.steps import Call, Steps, adapter_override, arun, run
@@ -36,6 +37,9 @@ class Fuse(dspy.Module):
         retries: Times to ask again when the output cannot be parsed even after DSPy's adapter fallback. A retry
             is a fresh sample (new ``rollout_id``, temperature at least ``RETRY_TEMPERATURE``): the identical
             request would return the identical broken answer, from the model or from the cache.
+        context_window: Tokens the fusor reads at once (default: litellm's model info; unknown: no check).
+            Before each call the prompt is counted, and one that cannot fit with the answer's ``max_tokens``
+            raises ``ContextOverflowError`` (naming N, the sizes and the fixes) instead of being sent.
 
     Example:
         >>> fusor = scripted_lm(lambda call: {"comparison": "Both say Paris.", "answer": "Paris, France"})
@@ -55,6 +59,7 @@ class Fuse(dspy.Module):
         adapter: dspy.Adapter | None = None,
         retries: int = 1,
         compare: bool = True,
+        context_window: int | None = None,
     ):
         super().__init__()
         self.task_signature = ensure_signature(signature)
@@ -63,12 +68,15 @@ class Fuse(dspy.Module):
         self.shuffle = shuffle
         self.adapter = adapter
         self.retries = retries
+        self.context_window = context_window
 
     def _request(self, candidates: Pool | Sequence[Any], inputs: dict[str, Any]) -> dict[str, Any]:
         pool = predictions(candidates)
         task_inputs = {name: inputs[name] for name in self.task_signature.input_fields if name in inputs}
         order = presentation_order(len(pool), self.shuffle, task_inputs)
         request = {**task_inputs, "candidates": render_candidates(pool, list(self.task_signature.output_fields), order)}
+        lm = self.fusor_lm or self.predict.lm or dspy.settings.lm
+        check_fits(lm, self.predict, request, len(pool), self.context_window, self.adapter)
         if self.fusor_lm is not None:
             request["lm"] = self.fusor_lm
         return request

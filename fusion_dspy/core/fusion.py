@@ -7,6 +7,7 @@ from typing import Any, Literal
 import dspy
 from dspy.utils.exceptions import AdapterParseError
 
+from fusion_dspy.core.concurrency import awithin, within
 from fusion_dspy.core.fuse import Fuse
 from fusion_dspy.core.meter import StageMeter
 from fusion_dspy.core.pool import Pool
@@ -46,8 +47,11 @@ class _SampleThenCombine(dspy.Module):
 
     stage_name = "combine"
 
-    def __init__(self, sample: Sample, signature: str | type[dspy.Signature] | None):
+    def __init__(self, sample: Sample, signature: str | type[dspy.Signature] | None, deadline_s: float | None):
         super().__init__()
+        if deadline_s is not None and deadline_s <= 0:
+            raise ValueError(f"deadline_s must be a positive number of seconds, got {deadline_s!r}.")
+        self.deadline_s = deadline_s
         self.sample = sample
         self.task_signature = task_signature(self.sample.module, signature)
         check_reserved_fields(self.task_signature)
@@ -64,10 +68,14 @@ class _SampleThenCombine(dspy.Module):
         return self._result(combined, pool, meter)
 
     def forward(self, candidates: Pool | Sequence[Any] | None = None, **inputs) -> dspy.Prediction:
-        return run(self._steps(candidates, inputs))
+        if self.deadline_s is None:
+            return run(self._steps(candidates, inputs))
+        return within(lambda: run(self._steps(candidates, inputs)), self.deadline_s, type(self).__name__)
 
     async def aforward(self, candidates: Pool | Sequence[Any] | None = None, **inputs) -> dspy.Prediction:
-        return await arun(self._steps(candidates, inputs))
+        if self.deadline_s is None:
+            return await arun(self._steps(candidates, inputs))
+        return await awithin(arun(self._steps(candidates, inputs)), self.deadline_s, type(self).__name__)
 
     def _result(self, combined: dspy.Prediction, pool: Pool, meter: StageMeter) -> dspy.Prediction:
         fields = combined.toDict()
@@ -98,13 +106,17 @@ class FusionOfN(_SampleThenCombine):
         instructions: Replaces the default, paper-style fusor instruction.
         signature: The module's task signature when it cannot be inferred (multi-predictor modules).
         min_candidates: Fewest successful samples to fuse (default 1); failed samples are dropped with a warning.
-        max_concurrency: Most samples in flight at once (default ``n``).
-        fallback: What to do when the fusor's output cannot be parsed even after DSPy's adapter fallback:
-            ``"raise"`` a ``FusionError``, or ``"select"`` the majority-vote candidate and say so in
-            ``fusion_error``.
+        max_concurrency: Most samples in flight at once (default ``n``; at most 64 threads in ``forward``).
+        fallback: What to do when fusion fails — the fusor's output cannot be parsed even after DSPy's adapter
+            fallback and ``retries``, or the fusor is unreachable, times out or keeps failing after its retries:
+            ``"raise"`` a ``FusionError`` naming the cause, or ``"select"`` the majority-vote candidate and say
+            why in ``fusion_error`` (the gateways' rule: the panel's answers are never thrown away).
         shuffle: Shuffle the order candidates are shown to the fusor (seeded per input).
         retries: Fresh fusor samples to try when its output cannot be parsed (see ``Fuse``).
         compare: The fusor compares the candidates in a ``comparison`` field before answering (see ``Fuse``).
+        context_window: Tokens the fusor reads at once, checked before each fusion (see ``Fuse``).
+        deadline_s: Seconds the whole call (sampling and fusion, retries included) may take; past it the call
+            raises ``DeadlineExceeded`` at once and abandons what is still in flight. ``None``: no deadline.
         adapter: The DSPy adapter of the generator's calls (default: the context's).
         fusor_adapter: The DSPy adapter of the fusor's calls (default: the context's), e.g. ``PlainAdapter``.
         store: A ``CandidateStore`` that keeps candidates across calls and runs (see ``Sample``).
@@ -139,6 +151,8 @@ class FusionOfN(_SampleThenCombine):
         shuffle: bool = False,
         retries: int = 1,
         compare: bool = True,
+        context_window: int | None = None,
+        deadline_s: float | None = None,
         adapter: dspy.Adapter | None = UNSET,
         fusor_adapter: dspy.Adapter | None = None,
         store: CandidateStore | None = UNSET,
@@ -149,24 +163,28 @@ class FusionOfN(_SampleThenCombine):
         generator_lm = UNSET if lm is None else lm
         super().__init__(build_sample("FusionOfN", module, sample, n=n, temperature=temperature, lm=generator_lm,
                                       lms=lms, min_candidates=min_candidates, max_concurrency=max_concurrency,
-                                      adapter=adapter, store=store), signature)  # fmt: skip
+                                      adapter=adapter, store=store), signature, deadline_s)  # fmt: skip
         self.fuse = Fuse(self.task_signature, instructions=instructions, lm=fusor_lm or lm, shuffle=shuffle,
-                         adapter=fusor_adapter, retries=retries, compare=compare)  # fmt: skip
+                         adapter=fusor_adapter, retries=retries, compare=compare,
+                         context_window=context_window)  # fmt: skip
         self.fallback = fallback
 
     def _combine(self, pool: Pool, inputs: dict[str, Any]) -> Steps[dspy.Prediction]:
         try:
             return (yield Call(self.fuse, {"candidates": pool, **inputs}))
-        except AdapterParseError as error:  # unreachable servers and the like propagate unchanged
+        except Exception as error:  # noqa: BLE001 - unusable output, or a fusor unreachable, timing out, overloaded
             return self._fallback(pool, inputs, error)
 
     def _fallback(self, pool: Pool, inputs: dict[str, Any], error: Exception) -> dspy.Prediction:
         reason = f"{type(error).__name__}: {error}"
+        unusable = isinstance(error, AdapterParseError)
         if self.fallback == "raise":
-            raise FusionError(
-                f"The fusor's output could not be used ({reason}). Use a stronger fusor_lm, or pass "
-                "fallback='select' to return the majority-vote candidate instead."
-            ) from error
+            if isinstance(error, FusionError):  # already says what to fix (e.g. a pool over the context window)
+                raise error
+            what = "The fusor's output could not be used" if unusable else "The fusor failed"
+            fix = "Use a stronger fusor_lm" if unusable else "Check that the fusor LM is reachable"
+            raise FusionError(f"{what} ({reason}). {fix}, or pass fallback='select' to return the majority-vote "
+                              "candidate instead: the candidates are not lost.") from error  # fmt: skip
         logger.warning("Fusion failed (%s); falling back to the majority-vote candidate.", reason)
         chosen = Select(self.task_signature)(candidates=pool, **inputs)
         return dspy.Prediction(**chosen.toDict(), fusion_error=reason)
@@ -187,6 +205,9 @@ class BestOfN(_SampleThenCombine):
         vote: Without reward_fn or judge: ``"majority"`` (exact answers) or ``"consensus"`` (free text); see
             ``Select``.
         judge_adapter: The DSPy adapter of the judge's calls (default: the context's).
+        fallback: When the judge fails (down, timing out, unusable answer): ``"raise"`` a ``SelectionError``
+            naming the cause, or ``"select"`` by ``vote`` instead, saying why in ``selection_error``.
+        deadline_s: Seconds the whole call may take (see ``FusionOfN``).
         temperature, lm, lms, signature, min_candidates, max_concurrency, adapter, store, sample: as in
             ``FusionOfN``.
 
@@ -216,15 +237,19 @@ class BestOfN(_SampleThenCombine):
         max_concurrency: int | None = UNSET,
         adapter: dspy.Adapter | None = UNSET,
         judge_adapter: dspy.Adapter | None = None,
+        fallback: Literal["raise", "select"] = "raise",
+        deadline_s: float | None = None,
         store: CandidateStore | None = UNSET,
         sample: Sample | None = None,
     ):
+        if fallback not in ("raise", "select"):
+            raise ValueError(f"fallback must be 'raise' or 'select', got {fallback!r}.")
         generator_lm = UNSET if lm is None else lm
         super().__init__(build_sample("BestOfN", module, sample, n=n, temperature=temperature, lm=generator_lm,
                                       lms=lms, min_candidates=min_candidates, max_concurrency=max_concurrency,
-                                      adapter=adapter, store=store), signature)  # fmt: skip
+                                      adapter=adapter, store=store), signature, deadline_s)  # fmt: skip
         self.select = Select(self.task_signature, reward_fn=reward_fn, judge=judge, judge_lm=judge_lm or lm,
-                             vote=vote, adapter=judge_adapter)  # fmt: skip
+                             vote=vote, adapter=judge_adapter, fallback="vote" if fallback == "select" else "raise")
 
     def _combine(self, pool: Pool, inputs: dict[str, Any]) -> Steps[dspy.Prediction]:
         return (yield Call(self.select, {"candidates": pool, **inputs}))

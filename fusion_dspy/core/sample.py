@@ -47,7 +47,7 @@ class Sample(dspy.Module):
         temperature: Sampling temperature for every candidate; ``None`` keeps the LM's own.
         lm: The generator LM. Defaults to the context LM (``dspy.configure(lm=...)``).
         lms: A pool of teacher LMs; sample ``i`` uses ``lms[i % len(lms)]``. Repeat an LM to weight it.
-        max_concurrency: Most samples in flight at once. Defaults to ``n``.
+        max_concurrency: Most samples in flight at once. Defaults to ``n`` (in ``forward``, at most 64 threads).
         min_candidates: Fewest successful samples to go on with; fewer raise ``SamplingError``.
         adapter: The DSPy adapter for the generator's calls (default: the context's), e.g. for a small model.
         store: A ``CandidateStore`` to reuse candidates from and save new ones to, across calls, trials and runs.

@@ -44,6 +44,9 @@ class Select(dspy.Module):
         vote: ``"majority"`` or ``"consensus"``, used when there is no reward_fn or judge.
         vote_fields: Output fields compared by the vote (default: all outputs but ``reasoning``).
         adapter: The DSPy adapter for the judge's calls (default: the context's).
+        fallback: When the judge fails (unreachable, timing out, or answering something unusable):
+            ``"raise"`` a ``SelectionError`` naming the cause, or ``"vote"``: pick by ``vote`` instead and say why
+            in ``selection_error``.
 
     Example:
         >>> select = Select("question -> answer", reward_fn=lambda inputs, pred: -len(pred.answer))
@@ -62,6 +65,7 @@ class Select(dspy.Module):
         vote: Literal["majority", "consensus"] = "majority",
         vote_fields: Sequence[str] | None = None,
         adapter: dspy.Adapter | None = None,
+        fallback: Literal["raise", "vote"] = "raise",
     ):
         super().__init__()
         if reward_fn is not None and judge is not None:
@@ -70,6 +74,8 @@ class Select(dspy.Module):
             raise ValueError(f"judge must be 'listwise' or 'pointwise', got {judge!r}.")
         if vote not in ("majority", "consensus"):
             raise ValueError(f"vote must be 'majority' or 'consensus', got {vote!r}.")
+        if fallback not in ("raise", "vote"):
+            raise ValueError(f"fallback must be 'raise' or 'vote', got {fallback!r}.")
         self.task_signature = dspy.ensure_signature(signature)
         self.method = "reward" if reward_fn else (judge or vote)
         # Held behind a lambda so a reward_fn that is itself a dspy.Module is not mistaken for a parameter.
@@ -81,25 +87,41 @@ class Select(dspy.Module):
         self.judge_lm = judge_lm
         self.shuffle = shuffle
         self.adapter = adapter
+        self.vote, self.fallback = vote, fallback
         outputs = list(self.task_signature.output_fields)
         self.vote_fields = list(vote_fields or [name for name in outputs if name != "reasoning"] or outputs)
 
     def _select(self, candidates: Pool | Sequence[Any], inputs: dict[str, Any]) -> Steps[dspy.Prediction]:
         pool, task_inputs = predictions(candidates), self._task_inputs(inputs)
         with dspy.context(**adapter_override(self.adapter)):
-            if self.method == "listwise":
-                request, order = self._judge_all(pool, task_inputs)
-                return self._pick_listwise(pool, order, (yield Call(self.judge, request)))
-            if self.method == "pointwise":
-                verdicts = yield Gather([Call(self.judge, self._judge_one(c, task_inputs)) for c in pool])
-                scores = [v if isinstance(v, Exception) else v.score for v in verdicts]
-            elif self.method == "reward":
-                scores = [self._reward(task_inputs, candidate) for candidate in pool]
-            elif self.method == "consensus":
-                scores = consensus_scores(self._vote_texts(pool))
-            else:
-                scores = majority_counts(self._vote_texts(pool))
+            if self.method in ("listwise", "pointwise"):
+                try:
+                    return (yield from self._judged(pool, task_inputs))
+                except Exception as error:  # noqa: BLE001 - a judge that is down or answers garbage
+                    return self._judge_failed(pool, error)
+            scores = [self._reward(task_inputs, c) for c in pool] if self.method == "reward" else self._votes(pool)
         return self._pick(pool, scores)
+
+    def _judged(self, pool: list[Any], task_inputs: dict[str, Any]) -> Steps[dspy.Prediction]:
+        if self.method == "listwise":
+            request, order = self._judge_all(pool, task_inputs)
+            return self._pick_listwise(pool, order, (yield Call(self.judge, request)))
+        verdicts = yield Gather([Call(self.judge, self._judge_one(c, task_inputs)) for c in pool])
+        return self._pick(pool, [v if isinstance(v, Exception) else v.score for v in verdicts])
+
+    def _votes(self, pool: list[Any]) -> list[float]:
+        texts = self._vote_texts(pool)
+        return consensus_scores(texts) if self.vote == "consensus" else majority_counts(texts)
+
+    def _judge_failed(self, pool: list[Any], error: Exception) -> dspy.Prediction:
+        reason = f"{type(error).__name__}: {error}"
+        if self.fallback == "raise":
+            if isinstance(error, SelectionError):
+                raise error
+            raise SelectionError(f"The {self.method} judge failed ({reason}). Check the judge LM, or pass "
+                                 f"fallback='vote' to pick by {self.vote} vote instead.") from error  # fmt: skip
+        logger.warning("The %s judge failed (%s); selecting by %s vote instead.", self.method, reason, self.vote)
+        return self._pick(pool, self._votes(pool), selection_error=reason)
 
     def forward(self, candidates: Pool | Sequence[Any], **inputs) -> dspy.Prediction:
         return run(self._select(candidates, inputs))

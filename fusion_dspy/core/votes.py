@@ -37,8 +37,25 @@ def majority_counts(texts: Sequence[str]) -> list[float]:
 
 
 def consensus_scores(texts: Sequence[str]) -> list[float]:
-    """For each text, its mean token F1 against all the others: a minimum-Bayes-risk score for free text."""
+    """For each text, its mean token F1 against all the others: a minimum-Bayes-risk score for free text.
+
+    Each text is tokenized once and each pair scored once (F1 is symmetric): 1,000 candidates take seconds,
+    not the better part of a minute.
+
+    Example:
+        >>> consensus_scores(["Paris is the capital", "the capital is Paris", "Lyon"])
+        [0.5, 0.5, 0.0]
+    """
     if len(texts) == 1:
         return [1.0]
-    return [sum(token_f1(t, other) for j, other in enumerate(texts) if j != i) / (len(texts) - 1)
-            for i, t in enumerate(texts)]  # fmt: skip
+    bags = [Counter(re.findall(r"\w+", text)) for text in texts]
+    sizes = [sum(bag.values()) for bag in bags]
+    totals = [0.0] * len(texts)
+    for i in range(len(bags)):
+        for j in range(i + 1, len(bags)):
+            common = sum((bags[i] & bags[j]).values())
+            if common:
+                f1 = 2 * common / (sizes[i] + sizes[j])  # = 2PR / (P + R) with P = common/|i|, R = common/|j|
+                totals[i] += f1
+                totals[j] += f1
+    return [total / (len(texts) - 1) for total in totals]

@@ -33,7 +33,11 @@ class StubOpenAIServer:
             dict of output fields or a raw string, like ``scripted_lm``'s ``respond``.
         delay: Seconds each request takes before it is answered.
         rendezvous: Each request waits until this many have been in flight together (see ``InFlight``).
-        status: HTTP status to answer with; anything but 200 returns an OpenAI-style error body.
+        status: HTTP status to answer with; anything but 200 returns an OpenAI-style error body. A callable
+            ``status(index)`` chooses per request (e.g. ``lambda i: 500 if i < 2 else 200``: two failures first).
+        retry_after: Seconds sent as ``Retry-After`` with every error answer.
+        body: ``body(index) -> bytes | None``: raw bytes to answer request ``index`` with instead of a proper
+            reply (a truncated or non-JSON body); ``None`` answers normally.
 
     Example:
         >>> with StubOpenAIServer(respond=lambda call: {"answer": "4"}) as server:
@@ -44,11 +48,14 @@ class StubOpenAIServer:
         1
     """
 
-    def __init__(self, reply: Reply | None = None, delay: float = 0.0, status: int = 200,
-                 respond: Responder | None = None, rendezvous: int | None = None):
+    def __init__(self, reply: Reply | None = None, delay: float = 0.0, status: int | Callable[[int], int] = 200,
+                 respond: Responder | None = None, rendezvous: int | None = None, retry_after: float | None = None,
+                 body: Callable[[int], bytes | None] | None = None):
         if (reply is None) == (respond is None):
             raise ValueError("Pass one of reply= (body -> text) or respond= (parsed call -> fields).")
         self.reply, self.respond, self.delay, self.status = reply, respond, delay, status
+        self.retry_after, self.body = retry_after, body
+        self.arrivals: list[float] = []  # time.monotonic() of each request's arrival, in request order
         self.requests: list[dict[str, Any]] = []
         self.flight = InFlight(rendezvous)
         self._lock = threading.Lock()
@@ -70,8 +77,12 @@ class StubOpenAIServer:
                 pass
 
             def _send(self, status: int, payload: dict[str, Any]) -> None:
-                body = json.dumps(payload).encode()
+                self._send_bytes(status, json.dumps(payload).encode())
+
+            def _send_bytes(self, status: int, body: bytes) -> None:
                 self.send_response(status)
+                if status != 200 and server.retry_after is not None:
+                    self.send_header("Retry-After", f"{server.retry_after:g}")
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -86,6 +97,7 @@ class StubOpenAIServer:
                 with server._lock:
                     index = len(server.requests)
                     server.requests.append(body)
+                    server.arrivals.append(time.monotonic())
                 server.flight.enter()
                 try:
                     server.flight.wait()
@@ -94,9 +106,13 @@ class StubOpenAIServer:
                     return self._send(500, {"error": {"message": str(missed), "type": "server_error"}})
                 finally:
                     server.flight.exit()
-                if server.status != 200:
-                    error = {"message": "stub server failure", "type": "server_error", "code": server.status}
-                    return self._send(server.status, {"error": error})
+                raw = server.body(index) if server.body else None
+                if raw is not None:
+                    return self._send_bytes(200, raw)
+                status = server.status(index) if callable(server.status) else server.status
+                if status != 200:
+                    error = {"message": "stub server failure", "type": "server_error", "code": status}
+                    return self._send(status, {"error": error})
                 text = server._text(body, index)
                 prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
                 completion_tokens = len(text.split())

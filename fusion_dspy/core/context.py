@@ -1,0 +1,59 @@
+"""Will the fusor's prompt fit? Count it before sending, instead of learning it from whatever the server says.
+
+The prompt is formatted exactly as DSPy will send it (the fusor's adapter, signature and demos) and counted with
+litellm's token counter (the model's own tokenizer where litellm has it, else a GPT tokenizer: an estimate). The
+window is the one given (the config's ``context_window``), else litellm's model info, else unknown: no check.
+"""
+
+from typing import Any
+
+import dspy
+
+from fusion_dspy.errors import FusionError
+
+
+class ContextOverflowError(FusionError):
+    """The fusor's prompt (N candidates and the task) and its answer do not fit the fusor's context window."""
+
+
+def known_context_window(model: str) -> int | None:
+    """Input tokens litellm knows the model to read, or ``None`` for a model it does not know (a local server)."""
+    import litellm
+
+    # Looked up in litellm's cost map directly: get_model_info prints a banner for every model it does not know.
+    info = litellm.model_cost.get(model) or litellm.model_cost.get(model.split("/", 1)[-1]) or {}
+    return info.get("max_input_tokens")
+
+
+def prompt_tokens(lm: Any, predict: dspy.Predict, inputs: dict[str, Any], adapter: Any = None) -> int:
+    """Tokens of the prompt ``predict`` would send ``lm`` for ``inputs``."""
+    import litellm
+
+    adapter = adapter or dspy.settings.adapter or dspy.ChatAdapter()
+    messages = adapter.format(predict.signature, predict.demos, inputs)
+    return litellm.token_counter(model=getattr(lm, "model", None) or "", messages=messages)
+
+
+def check_fits(lm: Any, predict: dspy.Predict, inputs: dict[str, Any], candidates: int, window: int | None,
+               adapter: Any = None) -> None:
+    """Raise ``ContextOverflowError`` naming N, the sizes and the fixes when the prompt and answer do not fit.
+
+    Example:
+        >>> fusor = dspy.Predict("question, candidates -> answer")
+        >>> check_fits(lm, fusor, {"question": "Why?", "candidates": "because " * 300}, candidates=3, window=100)
+        Traceback (most recent call last):
+        ...
+        fusion_dspy.core.context.ContextOverflowError: The fusor's prompt for these 3 candidates is about ...
+    """
+    window = window or known_context_window(getattr(lm, "model", "") or "")
+    if not window:
+        return
+    answer = int((getattr(lm, "kwargs", {}) or {}).get("max_tokens") or 0)
+    needed = prompt_tokens(lm, predict, inputs, adapter)
+    if needed + answer > window:
+        raise ContextOverflowError(
+            f"The fusor's prompt for these {candidates} candidates is about {needed} tokens, plus up to {answer} for "
+            f"its answer, but {getattr(lm, 'model', 'the fusor')} reads {window}. Fuse fewer candidates (a smaller "
+            "n), shorten them (the generators' max_tokens), use a fusor with a longer context_window, or pass "
+            "fallback='select' to select one instead."
+        )
