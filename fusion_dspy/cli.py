@@ -3,6 +3,7 @@
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -25,19 +26,21 @@ def _run(args: argparse.Namespace) -> int:
     from fusion_dspy.backends import Backends
     from fusion_dspy.backends.config import read_config
     from fusion_dspy.workflows.batch import run_batch
-    from fusion_dspy.workflows.jsonl import read_jsonl
+    from fusion_dspy.workflows.items import read_items
+    from fusion_dspy.workflows.jsonl import errors_path
 
     signature = ensure_signature(args.signature)
     fields = list(signature.input_fields)
     if args.input is not None:
         items = [{fields[0]: args.input}]
     elif args.inputs is not None:
-        items = list(read_jsonl(args.inputs))
+        items = read_items(args.inputs)
     else:
         raise FusionDSPyError("Give --input TEXT (one input) or --inputs FILE.jsonl (one JSON object per line).")
     engine = _engine(args)
     backends = Backends(read_config(args.config))
     backends.check()
+    _bound_history()
     overrides = {"n": args.n} if args.n else {}
     if engine:
         from fusion_dspy.workflows.ray_jobs import ConfigText, RunJob, run_on_ray
@@ -48,9 +51,18 @@ def _run(args: argparse.Namespace) -> int:
         program = backends.program(signature, method=args.method, **overrides)
         counts = run_batch(program, items, args.output, fields, show_progress=not args.quiet,
                            concurrency=args.concurrency)  # fmt: skip
-    Console(stderr=True).print(f"{args.output}: {counts['done']} done, {counts['failed']} failed, "
-                               f"{counts['skipped']} already there")  # fmt: skip
-    return 1 if counts["failed"] and not counts["done"] else 0
+    Console(stderr=True).print(f"{args.output}: {counts['done']} done, {counts['failed']} failed (in "
+                               f"{errors_path(args.output)}; rerun to retry), {counts['skipped']} already there")
+    return 1 if counts["failed"] and not counts["done"] and not counts["skipped"] else 0
+
+
+def _bound_history() -> None:
+    """Batch commands keep no LM call history: DSPy keeps every request and response by default (up to 10,000
+    per LM and module), which grew the memory of a long batch without bound. Nothing here reads it."""
+    import dspy
+
+    dspy.configure(disable_history=True)
+
 
 
 def _positive(text: str) -> int:
@@ -103,10 +115,13 @@ def _optimize(args: argparse.Namespace) -> int:
     from fusion_dspy.workflows.task import resolve_task
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and final table say it better
+    for handler in logging.getLogger("optuna").handlers:  # Ctrl-C: our one line, not optuna's trial traceback
+        handler.addFilter(lambda record: not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt)))
     task = resolve_task(args.program)
     devset = _examples(task, args)
     backends = load_config(args.config)
     backends.check()
+    _bound_history()
     space = SearchSpace(n=args.n_values, temperatures=args.temperatures, methods=args.methods,
                         teachers=args.teachers, proposed_instructions=args.propose,
                         adaptive_thresholds=args.adaptive_thresholds or (), group_sizes=args.group_sizes,
@@ -157,6 +172,7 @@ def _examples(task, args) -> list:
 def _eval(args: argparse.Namespace) -> int:
     from fusion_dspy.backends import load_config
     from fusion_dspy.workflows.evaluation import PairedEvaluation
+    from fusion_dspy.workflows.jsonl import errors_path
     from fusion_dspy.workflows.reports import (
         plot_summary,
         position_bias,
@@ -171,19 +187,23 @@ def _eval(args: argparse.Namespace) -> int:
     task = resolve_task(args.program)
     backends = load_config(args.config)
     backends.check()
+    _bound_history()
+    examples = _examples(task, args)
     if engine:
         from fusion_dspy.workflows.ray_jobs import ConfigText, EvalJob, evaluate_on_ray
 
-        job = EvalJob.of(ConfigText.read(args.config), args.program, _examples(task, args), args.n_values,
+        job = EvalJob.of(ConfigText.read(args.config), args.program, examples, args.n_values,
                          args.output_dir)  # fmt: skip
         records = evaluate_on_ray(job, engine, show_progress=not args.quiet)
     else:
-        evaluation = PairedEvaluation(backends, task, _examples(task, args), n_values=args.n_values,
+        evaluation = PairedEvaluation(backends, task, examples, n_values=args.n_values,
                                       output_dir=args.output_dir, num_threads=args.threads,
                                       router=args.router)  # fmt: skip
         records = evaluation.run(show_progress=not args.quiet)
+    errors = errors_path(Path(args.output_dir) / "results.jsonl")
     if not records:
-        raise FusionDSPyError("No example could be evaluated (see the warnings): check the backends.")
+        raise FusionDSPyError(f"No example could be evaluated (see {errors}): check the backends, then rerun.")
+    missing = len(examples) * len(set(args.n_values)) - len(records)
     rows = summarize(records)
     models = ", ".join(dict.fromkeys(lm.model for lm in backends.generators))
     title = f"{task.name}: {len({r['example'] for r in records})} examples, generators {models}"
@@ -195,29 +215,35 @@ def _eval(args: argparse.Namespace) -> int:
     plot = plot_summary(rows, Path(args.output_dir) / "quality.png", title)
     console.print(f"records: {Path(args.output_dir) / 'results.jsonl'} | summary: {json_path}, {csv_path} | "
                   f"plot: {plot}")
+    if missing > 0:  # an outage is not a score of 0: those are left out of the table and retried by a rerun
+        Console(stderr=True).print(f"incomplete: {missing} (example, N) results could not be scored because a "
+                                   f"model was unavailable (see {errors}); rerun the same command to retry them.")
+        return 1
     return 0
 
 
 def _synth(args: argparse.Namespace) -> int:
     from fusion_dspy.backends import load_config
-    from fusion_dspy.workflows.jsonl import read_jsonl
+    from fusion_dspy.workflows.items import read_items
+    from fusion_dspy.workflows.jsonl import errors_path
     from fusion_dspy.workflows.synth import synthesize
+    from fusion_dspy.workflows.teachers import reachable_pool
 
     engine = _engine(args)
-    backends = load_config(args.config)
-    backends.check()
+    prompts = read_items(args.prompts)
+    backends = reachable_pool(load_config(args.config), warn=Console(stderr=True).print)
+    _bound_history()
     if engine:
         from fusion_dspy.workflows.ray_jobs import ConfigText, SynthJob, synthesize_on_ray
 
         job = SynthJob(ConfigText.read(args.config), args.signature, args.n)
-        counts = synthesize_on_ray(job, read_jsonl(args.prompts), args.output, engine, not args.quiet)
+        counts = synthesize_on_ray(job, prompts, args.output, engine, not args.quiet)
     else:
         program = backends.program(args.signature, method="fuse", **({"n": args.n} if args.n else {}))
-        counts = synthesize(program, read_jsonl(args.prompts), args.output, concurrency=args.concurrency,
+        counts = synthesize(program, prompts, args.output, concurrency=args.concurrency,
                             show_progress=not args.quiet)  # fmt: skip
     Console(stderr=True).print(f"{args.output}: {counts['done']} written, {counts['failed']} failed (in "
-                               f"{Path(args.output).with_suffix('.errors.jsonl')}; rerun to retry), "
-                               f"{counts['skipped']} already there")  # fmt: skip
+                               f"{errors_path(args.output)}; rerun to retry), {counts['skipped']} already there")
     return 1 if counts["failed"] and not counts["done"] and not counts["skipped"] else 0
 
 
@@ -355,6 +381,27 @@ def main(argv: list[str] | None = None) -> int:
     except (FusionDSPyError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)  # plain, unwrapped: paths and fields stay greppable
         return 2
+    except KeyboardInterrupt as stop:
+        if args.command in ("demo", "serve"):
+            print("\nInterrupted.", file=sys.stderr)
+            return INTERRUPTED
+        print(f"\nInterrupted: everything finished so far is saved in {_saved_in(args)}. Run the same command "
+              "again to continue; it skips what is done.", file=sys.stderr, flush=True)  # fmt: skip
+        if getattr(stop, "abandoned", 0):  # worker threads still wait on their requests: do not wait for them
+            sys.stdout.flush()
+            os._exit(INTERRUPTED)
+        return INTERRUPTED
+
+
+INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C (128 + SIGINT)
+
+
+def _saved_in(args: argparse.Namespace) -> str:
+    if args.command == "eval":
+        return str(Path(args.output_dir) / "results.jsonl")
+    if args.command == "optimize":
+        return f"the study ({args.storage}) and the candidate store ({args.cache_dir})"
+    return str(args.output)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,12 @@ from fusion_dspy.testing import ScriptedCall, scripted_lm
 
 @pytest.fixture(autouse=True)
 def isolated_dspy():
-    """No DSPy cache, and no global LM/adapter leaking from a test that called dspy.configure."""
+    """No DSPy cache, and no global LM/adapter/history setting leaking from a test that called dspy.configure
+    (the batch commands switch the LM history off in their process)."""
     dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
     yield
     dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
-    dspy.configure(lm=None, adapter=None, track_usage=False)
+    dspy.configure(lm=None, adapter=None, track_usage=False, disable_history=False)
 
 
 @pytest.fixture

@@ -44,12 +44,14 @@ def test_run_writes_one_line_per_input_and_resumes(tmp_path, config_file):
     args = ["run", "--config", str(config_file), "--inputs", str(inputs), "--output", str(output), "--quiet"]
     assert main(args) == 0
     records = {r["id"]: r for r in lines(output)}
-    assert set(records) == {"0", "b", "2"}
+    assert set(records) == {"0", "2"}
     assert records["0"]["answer"] == "fused answer" and len(records["0"]["candidates"]) == 2
     assert records["0"]["stage_tokens"]["sample"] > 0 and records["0"]["error"] is None
-    assert records["b"]["error"].startswith("SamplingError")  # a broken item is recorded, the batch goes on
+    [failed] = lines(tmp_path / "out.errors.jsonl")  # a broken item is recorded, the batch goes on
+    assert failed["id"] == "b" and failed["error"].startswith("SamplingError")
     assert main(args) == 0
-    assert len(lines(output)) == 3, "a rerun must not redo finished items"
+    assert len(lines(output)) == 2, "a rerun must not redo finished items"
+    assert [r["id"] for r in lines(tmp_path / "out.errors.jsonl")] == ["b", "b"], "but tries the failed one again"
 
 
 def test_run_one_input_and_select_method(tmp_path, config_file):

@@ -2,7 +2,9 @@
 
 For each example the largest N's candidates are drawn once (and kept in a ``CandidateStore``); every smaller N
 uses their first N. Per example and N one record goes to ``results.jsonl`` as soon as it is scored, so an
-interrupted evaluation picks up where it stopped. ``fusion_dspy.workflows.reports`` turns the records into a table
+interrupted evaluation picks up where it stopped. What could not be scored because a model was unavailable (every
+sample failed, the fusor or judge down) goes to ``results.errors.jsonl`` instead, is never averaged as a 0, and
+is tried again by the next run. ``fusion_dspy.workflows.reports`` turns the records into a table
 with bootstrap confidence intervals, CSV/JSON and plots.
 """
 
@@ -18,10 +20,10 @@ from fusion_dspy.core.router import Router, agreement
 from fusion_dspy.core.steps import Call, Steps, arun, run
 from fusion_dspy.core.store import CandidateStore
 from fusion_dspy.core.votes import normalized, token_f1
-from fusion_dspy.workflows.jsonl import ResultsLog
+from fusion_dspy.workflows.jsonl import ResultsLog, errors_path
 from fusion_dspy.workflows.progress import progress_bar
-from fusion_dspy.workflows.scoring import score_examples, scored_stage
-from fusion_dspy.workflows.task import Task
+from fusion_dspy.workflows.scoring import StageUnavailable, score_examples, scored_stage
+from fusion_dspy.workflows.task import MetricError, Task
 
 METHODS = ("single", "bon", "fusion", "oracle")
 ROUTE = "route"  # the extra method scored when a trained router is given
@@ -87,8 +89,11 @@ class PairedEvaluation:
             task.generator(), method="auto", sample=self.fusion.sample, reward_fn=reward_fn, router=router)
         self.num_threads = num_threads
 
-    def _example(self, index: int, log: ResultsLog) -> Steps[int]:
-        """One example for every N ``log.done`` lacks, each record written to ``log``; returns how many."""
+    def _example(self, index: int, log: ResultsLog, errors: ResultsLog | None = None) -> Steps[int]:
+        """One example for every N ``log.done`` lacks, each record written to ``log``; returns how many.
+
+        An N whose fusor or judge was unavailable is skipped (its error in ``errors``): a rerun scores it.
+        """
         example = self.examples[index]
         todo = [n for n in self.n_values if f"{index}:{n}" not in log.done]
         if not todo:
@@ -103,8 +108,13 @@ class PairedEvaluation:
         vote_fields = self.best.select.vote_fields
         for n in todo:
             candidates, where = pool[:n], f"example {index}, N={n}"
-            bon = yield from scored_stage(self.task, self.best, example, candidates, where)
-            fusion = yield from scored_stage(self.task, self.fusion, example, candidates, where)
+            try:
+                bon = yield from scored_stage(self.task, self.best, example, candidates, where)
+                fusion = yield from scored_stage(self.task, self.fusion, example, candidates, where)
+            except StageUnavailable as outage:
+                if errors is not None:
+                    errors.write({"id": f"{index}:{n}", "example": index, "n": n, "error": str(outage)})
+                continue
             record = {
                 "id": f"{index}:{n}", "example": index, "n": n, "candidates": len(candidates),
                 "scores": {"single": scores[0], "bon": bon.score, "fusion": fusion.score, "oracle": max(scores[:n])},
@@ -130,8 +140,8 @@ class PairedEvaluation:
             log.write(record)
         return len(todo)
 
-    def _evaluate_example(self, index: int, log: ResultsLog) -> int:
-        return run(self._example(index, log))
+    def _evaluate_example(self, index: int, log: ResultsLog, errors: ResultsLog | None = None) -> int:
+        return run(self._example(index, log, errors))
 
     async def aevaluate_example(self, index: int, log: ResultsLog) -> int:
         """The async twin of the per-example step of ``run`` (the Ray engine's unit of work): the same records."""
@@ -140,14 +150,22 @@ class PairedEvaluation:
     def run(self, show_progress: bool = True) -> list[dict[str, Any]]:
         """Evaluate what ``results.jsonl`` lacks; returns every record (earlier runs' included).
 
-        An example that could not be evaluated (e.g. every sample failed) is left for a rerun.
+        An example that could not be evaluated (e.g. every sample failed) or an N whose fusor or judge was
+        unavailable is left for a rerun, with its error in ``results.errors.jsonl``.
         """
-        with ResultsLog(self.output_dir / "results.jsonl") as log, progress_bar(not show_progress) as progress:
+        results = self.output_dir / "results.jsonl"
+        with ResultsLog(results) as log, ResultsLog(errors_path(results), exclusive=False) as errors, \
+                progress_bar(not show_progress) as progress:  # fmt: skip
             bar = progress.add_task("paired evaluation", total=len(self.examples))
 
             def evaluate(index: int) -> int:
                 try:
-                    return self._evaluate_example(index, log)
+                    return self._evaluate_example(index, log, errors)
+                except MetricError:
+                    raise
+                except Exception as error:
+                    errors.write({"id": str(index), "example": index, "error": f"{type(error).__name__}: {error}"})
+                    raise
                 finally:
                     progress.advance(bar)
 

@@ -2,6 +2,8 @@
 
 Each finished item is appended as one JSON line and flushed and fsynced at once, so a crash or a kill loses at
 most the items in flight; a rerun skips the ids already written and cuts off a last line a crash left unfinished.
+Failed items go to ``<output>.errors.jsonl`` (``errors_path``) and are tried again by the next run. One process at
+a time writes an output: a second one is refused (an OS file lock, released when the holder exits or is killed).
 """
 
 import json
@@ -12,11 +14,21 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
+
+from fusion_dspy.errors import FusionDSPyError
+
 logger = logging.getLogger(__name__)
 
 
 def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
     """The JSON objects of a JSONL file; a malformed line is an error naming the file and line."""
+    for _, item in read_numbered_jsonl(path):
+        yield item
+
+
+def read_numbered_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for each non-blank line of a JSONL file, as ``read_jsonl`` reads them."""
     with open(path, encoding="utf-8") as lines:
         for number, line in enumerate(lines, 1):
             if not line.strip():
@@ -27,17 +39,29 @@ def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
                 raise ValueError(f"{path}:{number}: not a JSON object ({error.msg}); fix or remove the line.") from None
             if not isinstance(item, dict):
                 raise ValueError(f"{path}:{number}: expected a JSON object of input fields, got {type(item).__name__}")
-            yield item
+            yield number, item
+
+
+def errors_path(output: str | Path) -> Path:
+    """Where the failures of a batch writing ``output`` go: ``out.jsonl`` -> ``out.errors.jsonl``."""
+    return Path(output).with_suffix(".errors.jsonl")
+
+
+class OutputInUse(FusionDSPyError):
+    """Another process is writing the same output file."""
 
 
 class ResultsLog:
     """An append-only JSONL file of finished items: one flushed, fsynced line each, resumable by ``id``.
 
-    Opening it cuts off a last line a crash left unfinished, and ``done`` holds the ids already written, so a
-    rerun skips them. ``write`` is thread-safe.
+    Opening it takes an exclusive lock (``<path>.lock``; a second process writing the same file would do every
+    item again), cuts off a last line a crash left unfinished, and ``done`` holds the ids already written, so
+    a rerun skips them; a record with a non-empty ``error`` (earlier versions wrote failures there) is not done.
+    ``write`` is thread-safe, and writes text that is not valid Unicode (a lone surrogate) as a JSON escape.
 
     Args:
         path: The JSONL file (created with its folder if missing).
+        exclusive: Lock the file against other processes (``OutputInUse`` if one holds it already).
 
     Example:
         >>> items = [{"id": "a", "x": 1}, {"id": "b", "x": 2}]
@@ -49,29 +73,35 @@ class ResultsLog:
         ['a', 'b']
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, exclusive: bool = True):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file_lock = FileLock(f"{self.path}.lock", timeout=0) if exclusive else None
+        if self._file_lock is not None:
+            try:
+                self._file_lock.acquire()
+            except Timeout:
+                raise OutputInUse(f"{self.path} is being written by another process (it holds {self.path}.lock). "
+                                  "Two processes on one output would both do every item: wait for the other to "
+                                  "finish, or give this one another output.") from None  # fmt: skip
         self.done = done_ids(self.path)
         self._lock = threading.Lock()
         self._sink = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close() / __exit__
 
     def write(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, ensure_ascii=False) + "\n"
+        line = json_line(record)
         with self._lock:
             self._sink.write(line)
             self._sink.flush()
             os.fsync(self._sink.fileno())
-            self.done.add(str(record["id"]))
+            if not record.get("error"):
+                self.done.add(str(record["id"]))
 
     def pending(self, items: Iterable[dict[str, Any]], fields: list[str]) -> list[tuple[str, dict[str, Any]]]:
-        """``(id, inputs)`` of the items not written yet; an item's id is its ``id`` or its position."""
-        todo = []
-        for position, item in enumerate(items):
-            item_id = str(item.get("id", position))
-            if item_id not in self.done:
-                todo.append((item_id, {name: item[name] for name in fields if name in item}))
-        return todo
+        """``(id, inputs)`` of the items not written yet; ids as ``fusion_dspy.workflows.items.item_ids`` says."""
+        from fusion_dspy.workflows.items import prepare
+
+        return [(item.id, item.inputs) for item in prepare(items, fields) if item.id not in self.done]
 
     def records(self) -> list[dict[str, Any]]:
         """Every record written so far, this run's and earlier runs'."""
@@ -81,6 +111,8 @@ class ResultsLog:
 
     def close(self) -> None:
         self._sink.close()
+        if self._file_lock is not None:
+            self._file_lock.release()
 
     def __enter__(self) -> "ResultsLog":
         return self
@@ -99,4 +131,20 @@ def done_ids(path: Path) -> set[str]:
         logger.warning("%s: dropping an unfinished last line left by an interrupted run.", path)
         with open(path, "r+b") as file:
             file.truncate(len(complete))
-    return {str(json.loads(line)["id"]) for line in complete.decode("utf-8").splitlines() if line.strip()}
+    records = (json.loads(line) for line in complete.decode("utf-8").splitlines() if line.strip())
+    return {str(record["id"]) for record in records if not record.get("error")}
+
+
+def json_line(record: dict[str, Any]) -> str:
+    """One JSONL line, UTF-8 as is; text that is not valid Unicode (a lone surrogate) as a JSON escape instead.
+
+    Example:
+        >>> json_line({"text": "café"}).strip(), json_line({"text": "bad " + chr(0xD800)}).strip()
+        ('{"text": "café"}', '{"text": "bad \\\\ud800"}')
+    """
+    line = json.dumps(record, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps(record)  # every non-ASCII character escaped: still the same JSON value
+    return line + "\n"

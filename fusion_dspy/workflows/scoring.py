@@ -1,9 +1,12 @@
 """Scoring combining stages on examples: the one loop behind ``optimize`` (FusionSearch) and ``eval``.
 
 Both draw a pool per example, run a FusionOfN's or BestOfN's combining stage on it and score the result with
-the task's metric. A failed combining step scores 0 and is recorded; a metric that raises or returns no number
-stops everything (a broken metric must not look like a bad program); any other failure of one example is logged
-and leaves that example unscored.
+the task's metric. A combining step that fails on its output (unparsable, unusable) scores 0 and is recorded;
+one that fails because its model is unavailable (server down, timeout, rate limit, refused key: ``is_outage``)
+raises ``StageUnavailable``: an outage says nothing about the method and must not be averaged as a 0. A metric
+that raises or returns no number stops everything (a broken metric must not look like a bad program); any other
+failure of one example is logged and leaves that example unscored. Ctrl-C stops taking new examples
+(``fusion_dspy.workflows.interrupt``).
 """
 
 import logging
@@ -12,10 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import dspy
+from dspy.utils.exceptions import LMAuthError, LMBillingError, is_retryable_lm_error
 
-from fusion_dspy.core.concurrency import run_concurrently
 from fusion_dspy.core.pool import Pool
 from fusion_dspy.core.steps import Call, Steps, run
+from fusion_dspy.errors import FusionDSPyError
+from fusion_dspy.workflows.interrupt import run_until_interrupted
 from fusion_dspy.workflows.task import MetricError, Task
 
 logger = logging.getLogger(__name__)
@@ -51,7 +56,15 @@ def scored_stage(task: Task, program: dspy.Module, example: dspy.Example, pool: 
     try:
         prediction = yield Call(program, {"candidates": pool, **example.inputs()})
     except Exception as error:  # noqa: BLE001 - a failed fusion or selection is a miss, and is reported
+        if is_outage(error):
+            raise StageUnavailable(f"{where}: the {program.stage_name} stage's model is unavailable "
+                                   f"({type(error).__name__}: {error}); not scored, a rerun tries again.") from error
         return Scored(0.0, 0, f"{type(error).__name__}: {error}")
+    # A fallback's pick after an outage (fusor or judge down, fallback="select"/"vote") is not this method's answer.
+    fell_back = prediction.get("fusion_error") or prediction.get("selection_error")
+    if fell_back and str(fell_back).split(":", 1)[0] in OUTAGE_NAMES:
+        raise StageUnavailable(f"{where}: the {program.stage_name} stage's model is unavailable ({fell_back}); "
+                               "the fallback's pick is not scored as this method, a rerun tries again.")  # fmt: skip
     # Every stage but sampling: the fusor's or judge's, and a Route's or a layered fusion's whatever they chose.
     tokens = sum(count for stage, count in prediction.stage_tokens.items() if stage != "sample")
     return Scored(task.score(example, prediction, where), tokens, prediction=prediction)
@@ -63,7 +76,7 @@ def score_examples(work: Callable[[int], T], examples: Sequence[Any], num_thread
     A ``MetricError`` is raised at once; other failures are logged with the example's index.
     """
     results: list[T | None] = []
-    for index, outcome in enumerate(run_concurrently(work, range(len(examples)), num_threads)):
+    for index, outcome in enumerate(run_until_interrupted(work, range(len(examples)), num_threads)):
         if isinstance(outcome, MetricError):
             raise outcome
         if isinstance(outcome, Exception):
@@ -71,3 +84,31 @@ def score_examples(work: Callable[[int], T], examples: Sequence[Any], num_thread
             outcome = None
         results.append(outcome)
     return results
+
+
+class StageUnavailable(FusionDSPyError):
+    """A combining stage (fusor, judge) could not run because its model was unavailable: nothing to score."""
+
+
+# Failures of the service, not of the answer: they end in a score of nothing, never of 0.
+OUTAGE_TYPES = (LMAuthError, LMBillingError, ConnectionError, TimeoutError)
+OUTAGE_NAMES = {"LMServerError", "LMTimeoutError", "LMRateLimitError", "LMTransportError", "LMLockTimeoutError",
+                "LMAuthError", "LMBillingError", "APIConnectionError", "Timeout", "ServiceUnavailableError",
+                "InternalServerError", "RateLimitError", "AuthenticationError", "BadGatewayError",
+                "ConnectionError", "TimeoutError", "DeadlineExceeded", "StageUnavailable"}  # fmt: skip
+
+
+def is_outage(error: BaseException) -> bool:
+    """Whether ``error`` (or an error it was raised from) says a model was unavailable, not that it answered badly.
+
+    Example:
+        >>> is_outage(TimeoutError("read timed out")), is_outage(ValueError("unparsable"))
+        (True, False)
+    """
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if is_retryable_lm_error(error) or isinstance(error, OUTAGE_TYPES) or type(error).__name__ in OUTAGE_NAMES:
+            return True
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    return False

@@ -6,7 +6,6 @@ leaves a broken line. A prompt that fails (every teacher down, fusor unusable) g
 instead, and is tried again by the next run. A failing teacher only shrinks the pool: its samples are dropped.
 """
 
-import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -14,13 +13,8 @@ from typing import Any
 import dspy
 
 from fusion_dspy.backends.plain_adapter import render_inputs
-from fusion_dspy.core.concurrency import run_concurrently
 from fusion_dspy.core.fusion import FusionOfN
-from fusion_dspy.workflows.batch import error_record
-from fusion_dspy.workflows.jsonl import ResultsLog
-from fusion_dspy.workflows.progress import progress_bar
-
-logger = logging.getLogger(__name__)
+from fusion_dspy.workflows.runner import run_items
 
 
 def training_record(item_id: str, inputs: dict[str, Any], fused: dspy.Prediction, program: FusionOfN) -> dict:
@@ -65,26 +59,9 @@ def synthesize(
         >>> synthesize(program, [{"id": "p1", "prompt": "Say hi."}], tmp_path / "train.jsonl", show_progress=False)
         {'done': 1, 'failed': 0, 'skipped': 0}
     """
-    fields = list(program.task_signature.input_fields)
-    log = ResultsLog(output)
-    errors = ResultsLog(Path(output).with_suffix(".errors.jsonl"))
-    todo = log.pending(prompts, fields)
-    counts = {"done": 0, "failed": 0, "skipped": len(log.done)}
-    with log, errors, progress_bar(disable=not show_progress) as progress:
-        bar = progress.add_task(f"synthesizing -> {log.path.name}", total=len(todo))
 
-        def fuse_one(job: tuple[str, dict[str, Any]]) -> str:
-            item_id, inputs = job
-            try:
-                log.write(training_record(item_id, inputs, program(**inputs), program))
-                return "done"
-            except Exception as error:  # noqa: BLE001 - recorded; the next run tries this prompt again
-                logger.warning("Prompt %s failed: %s: %s", item_id, type(error).__name__, error)
-                errors.write(error_record(item_id, inputs, error))
-                return "failed"
-            finally:
-                progress.advance(bar)
+    def fuse_one(item_id: str, inputs: dict[str, Any]) -> dict[str, Any]:
+        return training_record(item_id, inputs, program(**inputs), program)
 
-        for outcome in run_concurrently(fuse_one, todo, max_workers=concurrency):
-            counts[outcome] += 1
-    return counts
+    return run_items(fuse_one, prompts, list(program.task_signature.input_fields), output, concurrency=concurrency,
+                     description="synthesizing", show_progress=show_progress)  # fmt: skip

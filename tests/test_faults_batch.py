@@ -1,0 +1,340 @@
+"""The batch commands' fault table (README, "When things fail (batch commands)"): one test per row.
+
+Everything runs against loopback stub servers; each subprocess is bounded by a deadline; nothing is timed.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fusion_dspy.cli import main
+from fusion_dspy.testing import StubOpenAIServer
+
+REPO = Path(__file__).resolve().parents[1]
+
+BAD = "\ud800"  # a lone surrogate: half of a UTF-16 pair, not valid Unicode text
+
+
+def respond(call):
+    """Generators answer 'draft' (or echo a surrogate when asked to); the fusor answers 'fused'."""
+    field = call.output_fields[-1]
+    if call.wants("comparison"):
+        return {"comparison": "c", field: "fused"}
+    text = " ".join(str(value) for value in call.inputs.values())
+    return {field: f"draft {BAD}" if "echo-bad" in text else "draft"}
+
+
+def write_config(path: Path, **models: str) -> Path:
+    """A config of named models at these api_bases; the first is the generator pool unless `teachers` says."""
+    names = list(models)
+    path.write_text(yaml.safe_dump({
+        "models": {name: {"model": f"openai/{name}", "api_base": base, "cache": False, "num_retries": 0,
+                          "batch_samples": False}
+                   for name, base in models.items()},
+        "roles": {"generators": names[0], "fusor": names[-1]}, "fusion": {"n": 2},
+    }))  # fmt: skip
+    return path
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def write_inputs(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def spawn(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "fusion_dspy.cli", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+
+def run_cli(args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "fusion_dspy.cli", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+
+
+def wait_for(condition, process: subprocess.Popen, limit: float = 180) -> None:
+    deadline = time.monotonic() + limit
+    while not condition():
+        if process.poll() is not None:
+            pytest.fail(f"the command ended early: {process.communicate()[0]}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("the command made no progress in time")
+        time.sleep(0.05)
+
+
+# --- Ctrl-C and SIGKILL in the middle of each batch command -------------------------------------------------------
+
+def command(name: str, tmp_path: Path, server: StubOpenAIServer) -> tuple[list[str], Path, int, int]:
+    """(arguments, the file whose records count, items in all, most requests one item in flight may still send)."""
+    config = write_config(tmp_path / "config.yaml", stub=server.api_base)
+    if name in ("run", "synth"):
+        field = "question" if name == "run" else "prompt"
+        inputs = write_inputs(tmp_path / "in.jsonl", [{"id": i, field: f"q{i}"} for i in range(30)])
+        output = tmp_path / "out.jsonl"
+        source = "--inputs" if name == "run" else "--prompts"
+        extra = ["--concurrency", "2"] if name == "synth" else []
+        per_item = 3 * (2 if name == "synth" else 1)  # 2 samples + the fusor, per item in flight
+        return [name, "--config", str(config), source, str(inputs), "--output", str(output), "--quiet", *extra], \
+            output, 30, per_item  # fmt: skip
+    devset = write_inputs(tmp_path / "dev.jsonl", [{"question": f"q{i}", "answer": "draft"} for i in range(12)])
+    task = ["--config", str(config), "--program", "tests.scripted_search:TASK", "--devset", str(devset),
+            "--threads", "2", "--quiet"]  # fmt: skip
+    if name == "eval":
+        out = tmp_path / "eval"
+        return ["eval", *task, "--n-values", "1,2", "--output-dir", str(out)], out / "results.jsonl", 24, 2 * 4
+    study = f"sqlite:///{tmp_path / 'study.db'}"
+    return ["optimize", *task, "--n-values", "2", "--methods", "select,fuse", "--sampler", "grid", "--trials", "2",
+            "--storage", study, "--cache-dir", str(tmp_path / "store"), "--output", str(tmp_path / "tuned.json"),
+            "--plot", str(tmp_path / "p.png")], tmp_path / "store", 2, 2 * 3  # fmt: skip
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
+@pytest.mark.parametrize("name", ["run", "synth", "eval", "optimize"])
+def test_a_signal_mid_batch_keeps_finished_work_and_a_rerun_completes_it(name, sig, tmp_path):
+    with StubOpenAIServer(respond=respond, delay=0.2) as server:
+        args, records, total, per_item = command(name, tmp_path, server)
+        first = spawn(args)
+        wait_for(lambda: len(server.requests) >= 12, first)
+        first.send_signal(sig)
+        at_signal = len(server.requests)
+        output, _ = first.communicate(timeout=120)
+        after = len(server.requests) - at_signal
+        if sig == signal.SIGINT:
+            assert first.returncode == 130, output
+            assert "Traceback" not in output and "Run the same command again to continue" in output, output
+            # No new item starts: only the ones in flight (2 at most) may still send their requests.
+            assert after <= 2 * per_item, f"{after} requests after Ctrl-C"
+        else:
+            assert first.returncode == -signal.SIGKILL
+        if name != "optimize":
+            assert 0 < len(lines(records)) < total, "the signal must land mid-batch, after some records"
+        rerun = run_cli(args)
+        assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    if name != "optimize":
+        ids = [record["id"] for record in lines(records)]
+        assert len(ids) == len(set(ids)) == total, "every item exactly once"
+
+
+def test_a_second_ctrl_c_abandons_the_items_in_flight(tmp_path):
+    with StubOpenAIServer(respond=respond, delay=60) as server:  # requests that would outlive the test's patience
+        args, records, _, _ = command("synth", tmp_path, server)
+        first = spawn(args)
+        wait_for(lambda: server.flight.now >= 2, first)
+        first.send_signal(signal.SIGINT)
+        wait_for(lambda: "Ctrl-C again to abandon" in first.stdout.readline(), first)  # the first notice
+        first.send_signal(signal.SIGINT)
+        output, _ = first.communicate(timeout=45)
+        assert first.returncode == 130 and "Traceback" not in output, output
+        assert server.flight.now >= 1, "the process left while its requests were still in flight"
+        assert lines(records) == []
+
+
+# --- Two processes at once --------------------------------------------------------------------------------------
+
+def test_a_second_process_on_the_same_output_is_refused(tmp_path):
+    with StubOpenAIServer(respond=respond, delay=0.2) as server:
+        config = write_config(tmp_path / "config.yaml", stub=server.api_base)
+        inputs = write_inputs(tmp_path / "in.jsonl", [{"question": f"q{i}"} for i in range(10)])
+        output = tmp_path / "out.jsonl"
+        args = ["run", "--config", str(config), "--inputs", str(inputs), "--output", str(output), "--quiet"]
+        first = spawn(args)
+        wait_for(lambda: len(lines(output)) >= 1, first)
+        second = run_cli(args)
+        first_output, _ = first.communicate(timeout=300)
+    assert second.returncode == 2 and "being written by another process" in second.stderr, second.stderr
+    assert first.returncode == 0, first_output
+    assert sorted(record["id"] for record in lines(output)) == sorted(str(i) for i in range(10))
+    assert len(server.requests) == 10 * 3, "every item paid once"
+
+
+def test_two_processes_share_one_candidate_store(tmp_path):
+    with StubOpenAIServer(respond=respond, delay=0.05) as server:
+        config = write_config(tmp_path / "config.yaml", stub=server.api_base)
+        devset = write_inputs(tmp_path / "dev.jsonl", [{"question": f"q{i}", "answer": "draft"} for i in range(3)])
+
+        def optimize(study: str) -> list[str]:
+            return ["optimize", "--config", str(config), "--program", "tests.scripted_search:TASK", "--devset",
+                    str(devset), "--n-values", "1,2", "--methods", "select", "--sampler", "grid", "--trials", "2",
+                    "--storage", f"sqlite:///{tmp_path / study}.db", "--cache-dir", str(tmp_path / "store"),
+                    "--output", str(tmp_path / f"{study}.json"), "--plot", str(tmp_path / f"{study}.png"),
+                    "--quiet"]  # fmt: skip
+
+        workers = [spawn(optimize("a")), spawn(optimize("b"))]
+        outputs = [worker.communicate(timeout=600)[0] for worker in workers]
+        assert [worker.returncode for worker in workers] == [0, 0], outputs
+        drawn = len(server.requests)
+        assert 3 * 2 <= drawn <= 2 * 3 * 2, "each sample drawn once, or at most once by each process"
+        third = run_cli(optimize("c"))
+        assert third.returncode == 0, third.stdout + third.stderr
+        assert len(server.requests) == drawn, "a third process finds every sample in the shared store"
+
+
+# --- Bad input lines and bad replies -----------------------------------------------------------------------------
+
+def test_a_lone_surrogate_in_an_input_or_a_reply_fails_that_item_only(tmp_path):
+    with StubOpenAIServer(respond=respond) as server:
+        config = write_config(tmp_path / "config.yaml", stub=server.api_base)
+        inputs = write_inputs(tmp_path / "in.jsonl", [{"question": "fine"}, {"question": f"broken {BAD}"},
+                                                      {"question": "echo-bad"}, {"question": "also fine"}])
+        output = tmp_path / "out.jsonl"
+        args = ["run", "--config", str(config), "--inputs", str(inputs), "--output", str(output), "--method",
+                "select", "--quiet"]  # fmt: skip
+        assert main(args) == 0
+        assert len(server.requests) == 3 * 2, "the broken input is never sent"
+        assert sorted(r["id"] for r in lines(output)) == ["0", "2", "3"]
+        assert next(r for r in lines(output) if r["id"] == "2")["answer"] == f"draft {BAD}", "kept as it came"
+        [failed] = lines(tmp_path / "out.errors.jsonl")
+        assert failed["id"] == "1" and "not valid Unicode" in failed["error"]
+        assert main(args) == 0, "a rerun does not stop at it"
+        assert len(server.requests) == 3 * 2
+        # Fused: DSPy refuses to send a surrogate on to the fusor; that prompt fails, the others go on.
+        prompts = write_inputs(tmp_path / "p.jsonl", [{"prompt": f"broken {BAD}"}, {"prompt": "echo-bad"},
+                                                      {"prompt": "fine"}])  # fmt: skip
+        train = tmp_path / "train.jsonl"
+        assert main(["synth", "--config", str(config), "--prompts", str(prompts), "--output", str(train),
+                     "--quiet"]) == 0  # fmt: skip
+        assert [r["id"] for r in lines(train)] == ["2"]
+        errors = {r["id"]: r["error"] for r in lines(tmp_path / "train.errors.jsonl")}
+        assert set(errors) == {"0", "1"} and all("not valid Unicode" in e for e in errors.values())
+
+
+def test_a_missing_misspelt_or_null_field_fails_that_item_before_any_request(tmp_path):
+    with StubOpenAIServer(respond=respond) as server:
+        config = write_config(tmp_path / "config.yaml", stub=server.api_base)
+        rows = [{"questoin": "typo"}, {"question": None}, {"question": "fine"}]
+        output = tmp_path / "out.jsonl"
+        assert main(["run", "--config", str(config), "--inputs", str(write_inputs(tmp_path / "in.jsonl", rows)),
+                     "--output", str(output), "--quiet"]) == 0  # fmt: skip
+        assert len(server.requests) == 3, "only the good item is paid for"
+        errors = {r["id"]: r["error"] for r in lines(tmp_path / "out.errors.jsonl")}
+        assert "lacks the input field 'question' (did you mean 'questoin'?" in errors["0"]
+        assert "'question' is null" in errors["1"] and [r["id"] for r in lines(output)] == ["2"]
+        train = tmp_path / "train.jsonl"
+        prompts = write_inputs(tmp_path / "p.jsonl", [{"promt": "typo"}, {"prompt": "fine"}])
+        assert main(["synth", "--config", str(config), "--prompts", str(prompts), "--output", str(train),
+                     "--quiet"]) == 0  # fmt: skip
+        [record] = lines(train)  # no training example with an empty user turn
+        assert record["id"] == "1" and record["messages"][0]["content"].strip()
+
+
+@pytest.mark.parametrize("rows, named", [
+    ([{"id": 0, "question": "a"}, {"id": "0", "question": "b"}], ["in.jsonl:1", "in.jsonl:2"]),
+    ([{"question": "a"}, {"question": "b"}, {"id": "0", "question": "c"}], ["in.jsonl:1 (no id", "in.jsonl:3"]),
+])  # fmt: skip
+def test_colliding_ids_are_an_error_naming_the_lines(rows, named, tmp_path, capsys):
+    inputs = write_inputs(tmp_path / "in.jsonl", rows)
+    assert main(["run", "--inputs", str(inputs), "--output", str(tmp_path / "out.jsonl"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert all(name in err for name in named) and "same id '0'" in err, err
+    assert not (tmp_path / "out.jsonl").exists(), "nothing started"
+
+
+# --- Outages ---------------------------------------------------------------------------------------------------
+
+def test_run_retries_the_items_that_failed(tmp_path, capsys):
+    with StubOpenAIServer(respond=respond, status=503) as server:
+        config = write_config(tmp_path / "config.yaml", stub=server.api_base)
+        inputs = write_inputs(tmp_path / "in.jsonl", [{"question": f"q{i}"} for i in range(3)])
+        output = tmp_path / "out.jsonl"
+        args = ["run", "--config", str(config), "--inputs", str(inputs), "--output", str(output), "--quiet"]
+        assert main(args) == 1
+        assert not lines(output) and len(lines(tmp_path / "out.errors.jsonl")) == 3
+        server.status = 200
+        capsys.readouterr()
+        assert main(args) == 0
+        assert "3 done, 0 failed" in " ".join(capsys.readouterr().err.split())
+        assert sorted(r["id"] for r in lines(output)) == ["0", "1", "2"]
+
+
+def test_synth_starts_with_the_teachers_it_can_reach(tmp_path, capsys):
+    with StubOpenAIServer(respond=respond) as server:
+        down = "http://127.0.0.1:9/v1"  # the discard port: nothing listens there
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump({
+            "models": {name: {"model": f"openai/{name}", "api_base": base, "cache": False, "num_retries": 0,
+                          "batch_samples": False}
+                       for name, base in (("up", server.api_base), ("down", down))},
+            "roles": {"generators": ["up", "down"], "fusor": "up"},
+        }))  # fmt: skip
+        prompts = write_inputs(tmp_path / "p.jsonl", [{"prompt": "one"}, {"prompt": "two"}])
+        train = tmp_path / "train.jsonl"
+        args = ["synth", "--config", str(path), "--prompts", str(prompts), "--output", str(train), "--quiet"]
+        assert main(args) == 0
+        assert "teacher 'down' dropped from the pool" in capsys.readouterr().err
+        assert [r["provenance"]["teachers"] for r in lines(train)] == [["openai/up"], ["openai/up"]]
+        path.write_text(path.read_text().replace(server.api_base, down))
+        assert main([*args[:-2], str(tmp_path / "t2.jsonl"), "--quiet"]) == 2, "no teacher at all: an error"
+
+
+def test_eval_does_not_score_a_fusor_outage_and_a_rerun_scores_it(tmp_path, capsys):
+    with StubOpenAIServer(respond=respond) as generator, StubOpenAIServer(respond=respond, status=503) as fusor:
+        config = write_config(tmp_path / "config.yaml", gen=generator.api_base, fusor=fusor.api_base)
+        devset = write_inputs(tmp_path / "dev.jsonl", [{"question": f"q{i}", "answer": "draft"} for i in range(2)])
+        out = tmp_path / "eval"
+        args = ["eval", "--config", str(config), "--program", "tests.scripted_search:TASK", "--devset", str(devset),
+                "--n-values", "1,2", "--output-dir", str(out), "--quiet"]  # fmt: skip
+        assert main(args) == 2, "nothing could be scored: an error, not a table of zeros"
+        assert not lines(out / "results.jsonl")
+        assert all("unavailable" in r["error"] for r in lines(out / "results.errors.jsonl"))
+        drawn = len(generator.requests)
+        fusor.status = 200
+        assert main(args) == 0
+        records = lines(out / "results.jsonl")
+        assert len(records) == 4 and all(r["scores"]["fusion"] == 0.0 or r["scores"]["fusion"] == 1.0
+                                         for r in records)  # fmt: skip
+        assert all(not r["errors"] for r in records), "scored for real, not as an outage"
+        assert len(generator.requests) == drawn, "the candidates come back from the store"
+    capsys.readouterr()
+
+
+def test_batch_commands_keep_no_lm_history(tmp_path):
+    """DSPy keeps every request and response by default: a long batch grew without bound (benchmarks/soak.py)."""
+    import dspy
+
+    with StubOpenAIServer(respond=respond) as server:
+        config = write_config(tmp_path / "config.yaml", stub=server.api_base)
+        inputs = write_inputs(tmp_path / "in.jsonl", [{"question": f"q{i}"} for i in range(3)])
+        assert not dspy.settings.disable_history
+        assert main(["run", "--config", str(config), "--inputs", str(inputs), "--output", str(tmp_path / "o.jsonl"),
+                     "--quiet"]) == 0  # fmt: skip
+        assert dspy.settings.disable_history
+        lm = dspy.LM("openai/stub", api_base=server.api_base, api_key="x", engine="litellm", cache=False)
+        dspy.Predict("question -> answer")(question="q", lm=lm)
+        assert lm.history == [], "nothing recorded"
+
+
+def test_a_fallback_pick_after_a_fusor_outage_is_not_scored_as_fusion():
+    """With fallback="select", a fusor outage returns the vote's pick with `fusion_error`: not fusion's score."""
+    import dspy
+
+    from fusion_dspy.workflows.scoring import StageUnavailable, score_stage
+    from tests.scripted_search import TASK
+
+    class FellBack(dspy.Module):
+        stage_name = "fuse"
+
+        def __init__(self, reason):
+            super().__init__()
+            self.reason = reason
+
+        def forward(self, candidates, **inputs):
+            return dspy.Prediction(answer="42", fusion_error=self.reason, stage_tokens={"fuse": 0})
+
+    example = dspy.Example(question="q", answer="42").with_inputs("question")
+    with pytest.raises(StageUnavailable, match="unavailable"):
+        score_stage(TASK, FellBack("LMServerError: 503 from the fusor"), example, [], "example 0, N=2")
+    scored = score_stage(TASK, FellBack("AdapterParseError: no answer field"), example, [], "example 0, N=2")
+    assert scored.score == 1.0, "a fallback after bad output is what the user gets: scored"
