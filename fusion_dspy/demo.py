@@ -95,7 +95,8 @@ def _mark(prompt: DemoPrompt, answer: str, right: dict[str, list[bool]], method:
     if verdict is None:
         return ""
     right.setdefault(method, []).append(verdict)
-    return " [green]✓ right[/green]" if verdict else " [red]✗ not the known answer[/red]"
+    # Says what is checked, no more: an answer can contain the known answer and still be wrong around it.
+    return f" [green]✓ says {prompt.known_answer}[/green]" if verdict else f" [red]✗ no {prompt.known_answer}[/red]"
 
 
 def _one_prompt(prompt: DemoPrompt, fused_program: FusionOfN, best_program: BestOfN, console: Console,
@@ -181,7 +182,7 @@ def _summary(rows: list[DemoRow], backends: Backends, console: Console) -> None:
         for method, verdicts in row.right.items():
             checks.setdefault(method, []).extend(verdicts)
     if checks:
-        console.print("Known answer found, on the short questions: " + ", ".join(
+        console.print("Answers that contain the known answer, on the short questions: " + ", ".join(
             f"{method} {sum(v)}/{len(v)}" for method, v in checks.items()))  # fmt: skip
     if any(lm.model.endswith(SMOLLM2_ALIAS) for lm in [*backends.generators, backends.fusor]):
         console.print(

@@ -110,7 +110,9 @@ def test_demo_says_which_prompts_are_checkable_checks_them_and_ends_with_what_to
     # the stub's candidates say "a candidate" and its fusor "fused answer": right on the first, wrong on the second
     assert rows[0].right == {"one candidate": [False, False], "Best-of-N": [False], "Fusion-of-N": [True]}
     assert rows[1].right["Fusion-of-N"] == [False] and rows[2].right == {}
-    assert "Known answer found, on the short questions: one candidate 0/4, Best-of-N 0/2, Fusion-of-N 1/2" in text
+    assert "Fusion-of-N writes a new answer from all of them: ✓ says fused" in text and "✗ no 42" in text
+    assert ("Answers that contain the known answer, on the short questions: one candidate 0/4, Best-of-N 0/2, "
+            "Fusion-of-N 1/2") in text  # fmt: skip
     assert text.rstrip().endswith(NEXT_STEPS.split("·")[-1].strip())
     assert all(command in NEXT_STEPS for command in ("--config", "fusion-dspy serve", "fusion-dspy eval"))
 
