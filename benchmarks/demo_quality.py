@@ -13,9 +13,10 @@ samples the demo's N = 3 candidates, fuses them the way `fusion-dspy demo` does,
 Setups: ``landed`` is the fusor as it was before issue 13 (its prompt, PlainAdapter's rendering order and
 sampling settings, copied below) on the landed demo prompts; ``landed-new-prompts`` is the same fusor on the
 new demo prompts (so prompt choice and fusor changes can be told apart); ``now`` is the library and demo as
-they are. Seeds make every run reproducible: sample ``i`` of seed ``s`` is sent with ``seed = 100 s + i``
-and the fusor with ``seed = s``, so the candidates differ between samples and seeds but not between runs or
-setups (the landed and the current setup fuse the *same* candidates when their sampling settings agree).
+they are. Sample ``i`` of seed ``s`` is sent with ``seed = 100 s + i`` and the fusor with ``seed = s``, so the
+candidates differ between samples and seeds, and the setups draw the same requests. Not bit-for-bit
+reproducible, though: llama.cpp batches concurrent requests together, and a different batch mix changed some
+texts between two runs of the same seeds (one more reason to read the shares as rough).
 
 ``--threads 1`` (the default here) serves the model on one thread: on this shared, oversubscribed machine
 llama.cpp's two threads waited on each other ~20x longer than one thread took (the sampled text is the same
