@@ -11,7 +11,7 @@ from fusion_dspy.backends.config import read_config
 from fusion_dspy.cli import main
 from fusion_dspy.testing import StubOpenAIServer, scripted_lm
 from fusion_dspy.workflows.batch import run_batch
-from fusion_dspy.workflows.demo import run_demo
+from fusion_dspy.workflows.demo import NEXT_STEPS, DemoPrompt, run_demo
 from fusion_dspy.workflows.jsonl import done_ids
 from tests.conftest import qa_responder
 
@@ -100,6 +100,22 @@ def test_demo_shows_candidates_selection_fusion_and_costs(config_file):
     assert "cost of this prompt" in text
     assert rows[0].error is None and rows[0].tokens["sample"] > 0 and rows[0].tokens["fuse"] > 0
     assert rows[1].error.startswith("SamplingError") and "'poison' failed" in text  # reported, demo went on
+
+
+def test_demo_says_which_prompts_are_checkable_checks_them_and_ends_with_what_to_run_next(config_file):
+    out = io.StringIO()
+    prompts = [DemoPrompt("Capital?", "fused", r"\bfused\b"), DemoPrompt("Number?", "42", r"\b42\b"), "Why?"]
+    rows = run_demo(read_config(config_file), n=2, prompts=prompts, console=Console(file=out, width=200))
+    text = out.getvalue()
+    assert "Capital?  (short question with a known answer: fused)" in text and "Why?  (your prompt)" in text
+    # the stub's candidates say "a candidate" and its fusor "fused answer": right on the first, wrong on the second
+    assert rows[0].right == {"one candidate": [False, False], "Best-of-N": [False], "Fusion-of-N": [True]}
+    assert rows[1].right["Fusion-of-N"] == [False] and rows[2].right == {}
+    assert "Fusion-of-N writes a new answer from all of them: ✓ says fused" in text and "✗ no 42" in text
+    assert ("Answers that contain the known answer, on the short questions: one candidate 0/4, Best-of-N 0/2, "
+            "Fusion-of-N 1/2") in text  # fmt: skip
+    assert text.rstrip().endswith(NEXT_STEPS.split("·")[-1].strip())
+    assert all(command in NEXT_STEPS for command in ("--config", "fusion-dspy serve", "fusion-dspy eval"))
 
 
 @pytest.mark.embedded

@@ -46,3 +46,5 @@ def test_a_plain_fusor_without_comparison():
     fusor_call = lm.engine.calls[-1]
     assert "Reply with that response only" in fusor_call.system
     assert 'Candidates:\n<candidate id="1">' in fusor_call.user
+    # a small model answers what it read last: the candidates first, the task's own input after them
+    assert fusor_call.user.startswith("Candidates:") and fusor_call.user.endswith("Question:\nWhy?")

@@ -60,7 +60,10 @@ class PlainAdapter(ChatAdapter):
         suffix: str = "",
         main_request: bool = False,
     ) -> str:
-        body = render_inputs({name: inputs[name] for name in signature.input_fields if name in inputs})
+        names = [name for name in signature.input_fields if name in inputs]
+        # A small model answers what it read last: a fusor's candidates first, the task's own inputs after them.
+        names.sort(key=lambda name: name != "candidates")
+        body = render_inputs({name: inputs[name] for name in names})
         return "\n\n".join(part for part in (prefix, body, suffix) if part).strip()
 
     def format_assistant_message_content(

@@ -1,6 +1,7 @@
 """The main job: Fusion-of-N and Best-of-N side by side, on the same candidates, for a few built-in prompts."""
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
 import dspy
 from rich.console import Console, Group
@@ -13,11 +14,36 @@ from fusion_dspy.backends.embedded import SMOLLM2_ALIAS
 from fusion_dspy.core.fusion import BestOfN, FusionOfN
 from fusion_dspy.core.meter import StageMeter, total_tokens
 
+
+@dataclass(frozen=True)
+class DemoPrompt:
+    """A demo prompt; a checkable one has a known answer, and a pattern that a right answer contains.
+
+    Example:
+        >>> DemoPrompt("What is 5 + 3?", "8", r"\\b(?:8|eight)\\b").right("5 + 3 = 8.")
+        True
+    """
+
+    text: str
+    known_answer: str | None = None
+    pattern: str | None = None
+
+    @property
+    def checkable(self) -> bool:
+        return self.pattern is not None
+
+    def right(self, answer: str) -> bool | None:
+        """Whether ``answer`` contains the known answer; ``None`` when the prompt has none."""
+        return None if self.pattern is None else re.search(self.pattern, answer, re.IGNORECASE) is not None
+
+
+# Short questions with one known answer, where the embedded model's samples are mostly right but wordy and
+# uneven, then one open-ended prompt; benchmarks/demo_quality.py measures them (and chose them among others).
 DEMO_PROMPTS = [
-    "What is the capital of France?",
-    "Give two tips for sleeping better.",
-    "Translate 'good morning' into Spanish.",
-    "Why is the sky blue?",
+    DemoPrompt("How many days are in a week?", "7", r"\b(?:7|seven)\b"),
+    DemoPrompt("Who wrote Romeo and Juliet?", "Shakespeare", r"\bshakespeare\b"),
+    DemoPrompt("What is the opposite of hot?", "cold", r"\bcold\b"),
+    DemoPrompt("Why is the sky blue?"),
 ]
 DEMO_SIGNATURE = "question -> answer"
 CLIP = 360  # characters of each candidate shown; the picked and fused answers are shown whole
@@ -30,14 +56,21 @@ METHOD_NOTES = {
 }
 
 
+NEXT_STEPS = (
+    "Next: fusion-dspy demo --config configs/vllm.yaml (your own models) · fusion-dspy serve (Fusion-of-N as an "
+    "OpenAI-compatible model) · fusion-dspy eval --program factual_qa (does it pay on your task?)"
+)
+
+
 @dataclass
 class DemoRow:
-    """What one prompt produced, for the summary table."""
+    """What one prompt produced, for the summary table; ``right`` holds known-answer checks per method."""
 
     prompt: str
     tokens: dict[str, int]
     seconds: dict[str, float]
     error: str | None = None
+    right: dict[str, list[bool]] = field(default_factory=dict)
 
 
 def _stage_table(meter: StageMeter, best: dspy.Prediction | None, fused: dspy.Prediction | None) -> Table:
@@ -51,15 +84,32 @@ def _stage_table(meter: StageMeter, best: dspy.Prediction | None, fused: dspy.Pr
     return table
 
 
-def _one_prompt(prompt: str, fused_program: FusionOfN, best_program: BestOfN, console: Console) -> DemoRow:
-    meter = StageMeter()
+def _kind(prompt: DemoPrompt, builtin: bool) -> str:
+    if prompt.checkable:
+        return f"short question with a known answer: {prompt.known_answer}"
+    return "open-ended: no single right answer, judge for yourself" if builtin else "your prompt"
+
+
+def _mark(prompt: DemoPrompt, answer: str, right: dict[str, list[bool]], method: str) -> str:
+    verdict = prompt.right(answer)
+    if verdict is None:
+        return ""
+    right.setdefault(method, []).append(verdict)
+    # Says what is checked, no more: an answer can contain the known answer and still be wrong around it.
+    return f" [green]✓ says {prompt.known_answer}[/green]" if verdict else f" [red]✗ no {prompt.known_answer}[/red]"
+
+
+def _one_prompt(prompt: DemoPrompt, fused_program: FusionOfN, best_program: BestOfN, console: Console,
+                builtin: bool) -> DemoRow:  # fmt: skip
+    meter, right = StageMeter(), {}
     n = fused_program.sample.n
     with console.status(f"Sampling {n} candidates concurrently..."), meter.stage("sample"):
-        pool = fused_program.sample(question=prompt)
+        pool = fused_program.sample(question=prompt.text)
     candidates = Table("#", "candidate answer", show_header=True, title="candidates", title_justify="left")
     for i, candidate in enumerate(pool, 1):
         text = str(candidate.prediction.answer)
-        candidates.add_row(str(i), text if len(text) <= CLIP else text[:CLIP].rstrip() + " …")
+        shown = text if len(text) <= CLIP else text[:CLIP].rstrip() + " …"
+        candidates.add_row(str(i), shown + _mark(prompt, text, right, "one candidate"))
     parts: list = [candidates]
     for failure in pool.failures:
         parts.append(f"[yellow]dropped a failed sample:[/yellow] {failure.splitlines()[0][:160]}")
@@ -67,32 +117,37 @@ def _one_prompt(prompt: str, fused_program: FusionOfN, best_program: BestOfN, co
     best = fused = None
     with console.status("Best-of-N: selecting one candidate..."):
         try:
-            best = best_program(question=prompt, candidates=pool)
+            best = best_program(question=prompt.text, candidates=pool)
             how = best_program.select.method
             parts.append(f"[bold]Best-of-N[/bold] ({how}: {METHOD_NOTES[how]}) keeps candidate "
-                         f"{best.selected_index + 1}:\n{best.answer}\n")  # fmt: skip
+                         f"{best.selected_index + 1}:{_mark(prompt, str(best.answer), right, 'Best-of-N')}\n"
+                         f"{best.answer}\n")  # fmt: skip
         except Exception as error:  # noqa: BLE001 - shown, and the demo goes on
             parts.append(f"[red]Best-of-N failed:[/red] {type(error).__name__}: {str(error)[:200]}")
     with console.status("Fusion-of-N: the fusor writes a new answer from all candidates..."):
         try:
-            fused = fused_program(question=prompt, candidates=pool)
+            fused = fused_program(question=prompt.text, candidates=pool)
             note = " [yellow](fusor output unusable: fell back to the vote)[/yellow]" if "fusion_error" in fused else ""
-            parts.append(f"[bold green]Fusion-of-N[/bold green] writes a new answer from all of them:{note}\n"
-                         f"{fused.answer}\n")  # fmt: skip
+            parts.append(f"[bold green]Fusion-of-N[/bold green] writes a new answer from all of them:{note}"
+                         f"{_mark(prompt, str(fused.answer), right, 'Fusion-of-N')}\n{fused.answer}\n")  # fmt: skip
         except Exception as error:  # noqa: BLE001
             parts.append(f"[red]Fusion-of-N failed:[/red] {type(error).__name__}: {str(error)[:200]}")
     parts.append(_stage_table(meter, best, fused))
-    console.print(Panel(Group(*parts), title=f"[bold]{prompt}[/bold]", title_align="left"))
+    title = f"[bold]{prompt.text}[/bold]  [dim]({_kind(prompt, builtin)})[/dim]"
+    console.print(Panel(Group(*parts), title=title, title_align="left"))
     tokens = {"sample": total_tokens(meter.usage.get("sample"))}
     seconds = {"sample": meter.seconds["sample"]}
     for result, stage in ((best, "select"), (fused, "fuse")):
         if result is not None:
             tokens[stage], seconds[stage] = result.stage_tokens[stage], result.stage_seconds[stage]
-    return DemoRow(prompt, tokens, seconds)
+    return DemoRow(prompt.text, tokens, seconds, right=right)
 
 
 def run_demo(config: FusionConfig, n: int = 3, prompts: list[str] | None = None, console: Console | None = None):
-    """Run the demo; returns one ``DemoRow`` per prompt. Backends are checked before anything is sampled."""
+    """Run the demo; returns one ``DemoRow`` per prompt. Backends are checked before anything is sampled.
+
+    ``prompts`` replaces the built-in ``DEMO_PROMPTS`` (strings, or ``DemoPrompt`` to check a known answer).
+    """
     console = console or Console()
     backends = Backends(config)
     with console.status("Checking backends (the embedded model loads in a few seconds)..."):
@@ -102,14 +157,15 @@ def run_demo(config: FusionConfig, n: int = 3, prompts: list[str] | None = None,
     generators = ", ".join(dict.fromkeys(lm.model for lm in backends.generators))
     console.print(f"Generators: {generators} | fusor: {backends.fusor.model} | N = {n} | "
                   f"Best-of-N by {best_program.select.method}")  # fmt: skip
+    chosen = [p if isinstance(p, DemoPrompt) else DemoPrompt(p) for p in prompts] if prompts else DEMO_PROMPTS
     rows = []
-    for number, prompt in enumerate(prompts or DEMO_PROMPTS, 1):
-        console.rule(f"prompt {number}/{len(prompts or DEMO_PROMPTS)}")
+    for number, prompt in enumerate(chosen, 1):
+        console.rule(f"prompt {number}/{len(chosen)}")
         try:
-            rows.append(_one_prompt(prompt, fused_program, best_program, console))
+            rows.append(_one_prompt(prompt, fused_program, best_program, console, builtin=not prompts))
         except Exception as error:  # noqa: BLE001 - e.g. every sample failed: report it, go on with the next
-            console.print(f"[red]{prompt!r} failed:[/red] {type(error).__name__}: {str(error)[:300]}")
-            rows.append(DemoRow(prompt, {}, {}, error=f"{type(error).__name__}: {error}"))
+            console.print(f"[red]{prompt.text!r} failed:[/red] {type(error).__name__}: {str(error)[:300]}")
+            rows.append(DemoRow(prompt.text, {}, {}, error=f"{type(error).__name__}: {error}"))
     _summary(rows, backends, console)
     return rows
 
@@ -121,9 +177,16 @@ def _summary(rows: list[DemoRow], backends: Backends, console: Console) -> None:
         seconds = sum(row.seconds.get(stage, 0.0) for row in rows)
         table.add_row(stage, str(tokens), f"{seconds:.1f}")
     console.print(table)
+    checks: dict[str, list[bool]] = {}
+    for row in rows:
+        for method, verdicts in row.right.items():
+            checks.setdefault(method, []).extend(verdicts)
+    if checks:
+        console.print("Answers that contain the known answer, on the short questions: " + ", ".join(
+            f"{method} {sum(v)}/{len(v)}" for method, v in checks.items()))  # fmt: skip
     if any(lm.model.endswith(SMOLLM2_ALIAS) for lm in [*backends.generators, backends.fusor]):
         console.print(
             "[dim]These answers come from SmolLM2-135M, a tiny model that proves the pipeline runs offline; the "
-            "paper wants a 27B+ fusor. Point the same demo at real models with --config (README: 'Use your own "
-            "models').[/dim]"
+            "paper wants a 27B+ fusor (README: 'Use your own models').[/dim]"
         )
+    console.print(NEXT_STEPS)
