@@ -147,12 +147,10 @@ def _programs(setup: Setup, server: EmbeddedServer, n: int, seed: int):
     generator = backends.lm("embedded")
     pool = [generator.copy(seed=100 * seed + i) for i in range(n)]
     overrides: dict[str, Any] = {"lm": None, "lms": pool}
+    overrides["fusor_lm"] = backends.fusor.copy(seed=seed)
     if setup.landed:
-        overrides["instructions"] = LANDED_INSTRUCTIONS
-    fused = backends.program(demo.DEMO_SIGNATURE, method="fuse", n=n, **overrides)
-    fused.fuse.fusor_lm = backends.fusor.copy(seed=seed)
-    if setup.landed:
-        fused.fuse.adapter = LandedPlainAdapter()
+        overrides.update(instructions=LANDED_INSTRUCTIONS, fusor_adapter=LandedPlainAdapter())
+    fused = backends.program(demo.DEMO_SIGNATURE, method="fuse", n=n, **overrides)  # complete when constructed
     best = backends.program(demo.DEMO_SIGNATURE, method="select", sample=fused.sample)
     return fused, best
 
