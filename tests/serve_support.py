@@ -47,9 +47,11 @@ def json_reply(body: dict) -> str:
 
 
 def write_config(path: Path, models: dict[str, str], generators, n: int = 3, **fusion) -> Path:
-    """A config whose models are the given stub servers (name -> api_base), without retries or caching."""
+    """A config whose models are the given stub servers (name -> api_base), without retries or caching, and one
+    request per candidate (the tests count requests)."""
     config = {
-        "models": {name: {"model": f"openai/{name}-model", "api_base": base, "num_retries": 0, "cache": False}
+        "models": {name: {"model": f"openai/{name}-model", "api_base": base, "num_retries": 0, "cache": False,
+                          "batch_samples": False}
                    for name, base in models.items()},
         "roles": {"generators": generators},
         "fusion": {"n": n, **fusion},
