@@ -221,7 +221,7 @@ def plain_reply(body: dict) -> str:
     """Plain chat (PlainAdapter): the whole reply is the answer; whitespace around it is the parser's to strip."""
     from tests.serve_support import tag
 
-    if "You are the fusor" in body["messages"][0]["content"]:
+    if "<candidate" in body["messages"][-1]["content"]:  # the fusor is shown the candidates
         return f"\n  fused {tag(body)} {FUSED_WORDS} \n"
     return f"sample {tag(body)}"
 

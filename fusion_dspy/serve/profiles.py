@@ -111,9 +111,13 @@ class Profile:
     def _variant(self, method: str, n: int | None, temperature: float | None, max_tokens: int | None,
                  models: tuple[str, ...], fusor: str | None) -> FusionOfN | BestOfN:  # fmt: skip
         base = self.programs[method]
+        batching: dict[str, Any] = {}
         if models:
             panel = self.backends.generator_options(list(models))
             lm, lms, adapter = panel["lm"], list(panel["lms"] or []), self.backends.adapter(models[0])
+            # each panel model batches its samples as its own config says
+            batching["batch_samples"] = {self.backends.lm(m).model: self.backends.config.model(m).batch_samples
+                                         for m in models}  # fmt: skip
         else:
             lm, lms, adapter = base.sample.generator_lm, base.sample.teacher_lms, base.sample.adapter
         if max_tokens is not None:
@@ -122,6 +126,7 @@ class Profile:
         overrides: dict[str, Any] = {
             "n": count, "temperature": base.sample.temperature if temperature is None else temperature,
             "lm": lm, "lms": lms or None, "adapter": adapter, "min_candidates": min(base.sample.min_candidates, count),
+            **batching,
         }  # fmt: skip
         if fusor:
             overrides.update(self._combiner(base, fusor))
