@@ -27,7 +27,7 @@ from fusion_dspy.backends import Backends, load_config, read_config
 from fusion_dspy.core.store import CandidateStore
 from fusion_dspy.workflows.batch import error_record, result_record
 from fusion_dspy.workflows.evaluation import PairedEvaluation
-from fusion_dspy.workflows.jsonl import ResultsLog
+from fusion_dspy.workflows.jsonl import ResultsLog, errors_path
 from fusion_dspy.workflows.progress import progress_bar
 from fusion_dspy.workflows.ray_engine import Outcome, RayEngine
 from fusion_dspy.workflows.synth import training_record
@@ -100,7 +100,7 @@ class RunJob:
                 return Outcome(results=[result_record(item_id, inputs, await program.acall(**inputs))])
             except Exception as error:  # noqa: BLE001 - one bad item must not end the batch
                 logger.warning("Item %s failed: %s: %s", item_id, type(error).__name__, error)
-                return Outcome(results=[error_record(item_id, inputs, error)])
+                return Outcome(errors=[error_record(item_id, inputs, error)])  # as locally: retried by a rerun
 
         return one
 
@@ -115,11 +115,10 @@ def run_on_ray(job: RunJob, items: Iterable[dict[str, Any]], output: str | Path,
         True
         >>> # run_on_ray(job, read_jsonl("in.jsonl"), "out.jsonl", ["question"], RayEngine(address="auto"))
     """
-    with ResultsLog(output) as log:
+    with ResultsLog(output) as log, ResultsLog(errors_path(output), exclusive=False) as errors:
         skipped, rows = len(log.done), _rows(log.pending(items, input_fields))
-        failed = [any(r.get("error") for r in outcome.results)
-                  for outcome in _drain(engine, job, rows, {"results": log}, f"run (ray) -> {log.path.name}",
-                                        show_progress)]  # fmt: skip
+        failed = [bool(outcome.errors) for outcome in _drain(engine, job, rows, {"results": log, "errors": errors},
+                                                              f"run (ray) -> {log.path.name}", show_progress)]
     return {"done": failed.count(False), "failed": failed.count(True), "skipped": skipped}
 
 
@@ -148,7 +147,7 @@ def synthesize_on_ray(job: SynthJob, prompts: Iterable[dict[str, Any]], output: 
                       show_progress: bool = True) -> dict[str, int]:  # fmt: skip
     """``synthesize`` on the Ray engine: same training file and ``<output>.errors.jsonl``; same counts."""
     fields = list(ensure_signature(job.signature).input_fields)
-    with ResultsLog(output) as log, ResultsLog(Path(output).with_suffix(".errors.jsonl")) as errors:
+    with ResultsLog(output) as log, ResultsLog(errors_path(output), exclusive=False) as errors:
         skipped, rows = len(log.done), _rows(log.pending(prompts, fields))
         written = [bool(outcome.results) for outcome in _drain(
             engine, job, rows, {"results": log, "errors": errors}, f"synthesizing (ray) -> {log.path.name}",
