@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,12 +96,6 @@ class ResultsLog:
             os.fsync(self._sink.fileno())
             if not record.get("error"):
                 self.done.add(str(record["id"]))
-
-    def pending(self, items: Iterable[dict[str, Any]], fields: list[str]) -> list[tuple[str, dict[str, Any]]]:
-        """``(id, inputs)`` of the items not written yet; ids as ``fusion_dspy.workflows.items.item_ids`` says."""
-        from fusion_dspy.workflows.items import prepare
-
-        return [(item.id, item.inputs) for item in prepare(items, fields) if item.id not in self.done]
 
     def records(self) -> list[dict[str, Any]]:
         """Every record written so far, this run's and earlier runs'."""

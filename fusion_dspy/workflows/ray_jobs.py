@@ -27,6 +27,7 @@ from fusion_dspy.backends import Backends, load_config, read_config
 from fusion_dspy.core.store import CandidateStore
 from fusion_dspy.workflows.batch import error_record, result_record
 from fusion_dspy.workflows.evaluation import PairedEvaluation
+from fusion_dspy.workflows.items import pending
 from fusion_dspy.workflows.jsonl import ResultsLog, errors_path
 from fusion_dspy.workflows.progress import progress_bar
 from fusion_dspy.workflows.ray_engine import Outcome, RayEngine
@@ -116,7 +117,7 @@ def run_on_ray(job: RunJob, items: Iterable[dict[str, Any]], output: str | Path,
         >>> # run_on_ray(job, read_jsonl("in.jsonl"), "out.jsonl", ["question"], RayEngine(address="auto"))
     """
     with ResultsLog(output) as log, ResultsLog(errors_path(output), exclusive=False) as errors:
-        skipped, rows = len(log.done), _rows(log.pending(items, input_fields))
+        skipped, rows = len(log.done), _rows(pending(items, input_fields, log.done))
         failed = [bool(outcome.errors) for outcome in _drain(engine, job, rows, {"results": log, "errors": errors},
                                                               f"run (ray) -> {log.path.name}", show_progress)]
     return {"done": failed.count(False), "failed": failed.count(True), "skipped": skipped}
@@ -148,7 +149,7 @@ def synthesize_on_ray(job: SynthJob, prompts: Iterable[dict[str, Any]], output: 
     """``synthesize`` on the Ray engine: same training file and ``<output>.errors.jsonl``; same counts."""
     fields = list(ensure_signature(job.signature).input_fields)
     with ResultsLog(output) as log, ResultsLog(errors_path(output), exclusive=False) as errors:
-        skipped, rows = len(log.done), _rows(log.pending(prompts, fields))
+        skipped, rows = len(log.done), _rows(pending(prompts, fields, log.done))
         written = [bool(outcome.results) for outcome in _drain(
             engine, job, rows, {"results": log, "errors": errors}, f"synthesizing (ray) -> {log.path.name}",
             show_progress)]  # fmt: skip
