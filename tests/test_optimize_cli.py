@@ -38,7 +38,8 @@ def workdir(tmp_path):
 def write_config(workdir, server) -> Path:
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump({"models": {"stub": {"model": "openai/stub", "api_base": server.api_base,
-                                                        "num_retries": 0, "cache": False}},
+                                                        "num_retries": 0, "cache": False,
+                                                        "batch_samples": False}},  # the tests count requests
                                     "roles": {"generators": "stub"}}))  # fmt: skip
     return path
 
