@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from fusion_dspy.backends import load_config
-from fusion_dspy.workflows.batch import read_jsonl
+from fusion_dspy.workflows.jsonl import read_jsonl
 from fusion_dspy.workflows.ray_engine import RayEngine, require_ray
 from fusion_dspy.workflows.ray_jobs import ConfigText, SynthJob, synthesize_on_ray
 from fusion_dspy.workflows.synth import synthesize
