@@ -8,7 +8,9 @@ Run by hand: `python benchmarks/serve.py`. The backend (an OpenAI-compatible stu
 2. Throughput: 64 requests in flight against a backend taking 0.2 s per call; each request is one sample stage
    and one fuse stage (0.4 s), so the ideal is 64 / 0.4 s = 160 requests/s (target: >= 85 % of it). Printed
    beside it: the same FusionOfN called in this process, which is what DSPy and litellm alone allow here.
-   `--workers K` runs the server with K processes.
+   `--workers K` runs the server with K processes. Also printed: the CPU each process spent per request (the
+   server's, the backend's, this client's) and the requests per second that total allows on this machine's
+   cores, the ceiling any server would meet here.
 
 Each is measured in 3 rounds; min and median are printed. The machine is shared: numbers are noisy.
 """
@@ -26,6 +28,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import yaml
 
 N = 3
@@ -134,6 +137,18 @@ async def _concurrently(one, total: int) -> float:
     return total / (time.perf_counter() - start)
 
 
+def _cpu_seconds(process: psutil.Process, children: bool = True) -> float:
+    """CPU seconds (user + system) of a process and, with ``children``, of its children (uvicorn's workers)."""
+    total = 0.0
+    for one in [process, *(process.children(recursive=True) if children else [])]:
+        try:
+            times = one.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def throughput(port: int, total: int) -> float:
     """Requests per second through the server with CONCURRENCY requests in flight."""
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
@@ -198,13 +213,23 @@ def main() -> None:
                           f"{_summary([r[2] * 1000 for r in rounds])} ms")  # fmt: skip
                 else:
                     ideal = CONCURRENCY / (2 * DELAY)
+                    watched = {"server": psutil.Process(server.pid), "backend": psutil.Process(backend.pid),
+                               "client": psutil.Process()}  # fmt: skip
+                    own = {"server": True, "backend": True, "client": False}  # the client's children are the others
+                    before = {name: _cpu_seconds(one, own[name]) for name, one in watched.items()}
                     rates = [throughput(port, args.total) for _ in range(3)]
+                    spent = {name: _cpu_seconds(one, own[name]) - before[name] for name, one in watched.items()}
+                    requests = 3 * (args.total + CONCURRENCY)  # the warm-up rounds included
                     local = [throughput_in_process(config, args.total) for _ in range(3)]
                     print(f"throughput, {CONCURRENCY} in flight, {DELAY} s backend, N={N}, {workers} worker(s):\n"
                           f"  through the server: {_summary(rates)} requests/s = "
                           f"{_summary([100 * r / ideal for r in rates])} % of the ideal {ideal:.0f}/s\n"
                           f"  the same FusionOfN in-process: {_summary(local)} requests/s = "
-                          f"{_summary([100 * r / ideal for r in local])} % of the ideal")  # fmt: skip
+                          f"{_summary([100 * r / ideal for r in local])} % of the ideal\n"
+                          f"  CPU per request through the server (all rounds, {os.cpu_count()} cores): "
+                          + ", ".join(f"{name} {1000 * seconds / requests:.1f} ms" for name, seconds in spent.items())
+                          + f"; at {sum(spent.values()) * 1000 / requests:.1f} ms in all, the cores allow at most "
+                          f"{os.cpu_count() * requests / sum(spent.values()):.0f} requests/s")  # fmt: skip
                 server.send_signal(signal.SIGINT)
                 server.wait(30)
                 backend.terminate()
