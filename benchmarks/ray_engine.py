@@ -78,6 +78,23 @@ def timed(run, output: Path, prompts: int) -> tuple[float, float, float]:
     return prompts / (end - start), (prompts - 1) / (end - first), first - start
 
 
+def as_commands(config: Path, prompts: Path, folder: Path, args: argparse.Namespace) -> tuple[float, float]:
+    """Prompts per second of the two commands, each in its own process, against one running Ray instance."""
+    command = [str(Path(sys.executable).parent / "fusion-dspy"), "synth", "--config", str(config), "--prompts",
+               str(prompts), "--quiet"]  # fmt: skip
+    engines = {"local": ["--concurrency", str(args.concurrency)],
+               "ray": ["--engine", "ray", "--address", "auto", "--actors", str(args.actors), "--in-flight",
+                       str(max(1, args.concurrency // args.actors))]}  # fmt: skip
+    rates = {}
+    for name, options in engines.items():
+        output = folder / f"command-{name}-{time.monotonic_ns()}.jsonl"
+        start = time.perf_counter()
+        subprocess.run([*command, "--output", str(output), *options], check=True, stdout=subprocess.DEVNULL)
+        rates[name] = args.prompts / (time.perf_counter() - start)
+        assert sum(1 for _ in output.open()) == args.prompts
+    return rates["local"], rates["ray"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=500)
@@ -107,7 +124,7 @@ def main() -> None:
     engine = RayEngine(actors=args.actors, in_flight=max(1, args.concurrency // args.actors))
     job = SynthJob(ConfigText.read(config))
     limit = args.concurrency / (2 * args.delay)
-    local, remote = [], []
+    local, remote, commands = [], [], []
     try:
         for repeat in range(args.repeats):
             out = folder / f"local{repeat}.jsonl"
@@ -119,6 +136,17 @@ def main() -> None:
             print(f"repeat {repeat}: local {local[-1][0]:.1f}/s, ray {remote[-1][0]:.1f}/s end to end; steady "
                   f"{local[-1][1]:.1f}/s, {remote[-1][1]:.1f}/s; first row after {local[-1][2]:.1f} s, "
                   f"{remote[-1][2]:.1f} s; limit {limit:.1f}/s", flush=True)
+        ray.shutdown()
+        ray_cli = str(Path(sys.executable).parent / "ray")
+        subprocess.run([ray_cli, "start", "--head", "--num-cpus", str(args.actors), "--include-dashboard=false",
+                        "--disable-usage-stats"], check=True, capture_output=True)  # fmt: skip
+        try:
+            for repeat in range(args.repeats):
+                commands.append(as_commands(config, prompts, folder, args))
+                print(f"repeat {repeat}, as commands: local {commands[-1][0]:.1f}/s, ray {commands[-1][1]:.1f}/s",
+                      flush=True)  # fmt: skip
+        finally:
+            subprocess.run([ray_cli, "stop", "--force"], capture_output=True)
     finally:
         ray.shutdown()
         server.stdin.close()
@@ -132,6 +160,7 @@ def main() -> None:
     report("local / concurrency limit", [rate / limit for rate, _, _ in local])
     report("ray / local, end to end", [ray_[0] / local_[0] for ray_, local_ in zip(remote, local, strict=True)])
     report("ray / local, steady state", [ray_[1] / local_[1] for ray_, local_ in zip(remote, local, strict=True)])
+    report("ray / local, as commands", [ray_ / local_ for local_, ray_ in commands])
 
 
 if __name__ == "__main__":
