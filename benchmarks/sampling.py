@@ -3,9 +3,11 @@
 Run by hand: `python benchmarks/sampling.py [--delay 0.2] [--runs 3] [--ns 1,8,16,32,64]`. The stub server runs
 in ITS OWN PROCESS (this file with `--serve`), so the client's numbers are the client's. Each cell prints the
 min / median of `--runs` runs of wall time divided by the critical path: one sample + one fusion (2 x delay)
-for FusionOfN, one sample for BestOfN (a reward function selects, no LM call). dspy.BestOfN is shown next to
-it (it draws one sample after another). Then: CPU ms per sample of the client (process time), one straggler at
-10x latency cut off by a quorum, and adaptive N on agreeing and disagreeing questions.
+for FusionOfN, one sample for BestOfN (a reward function selects, no LM call); `n=`: the N samples in one
+request (litellm engine), `native`/`nat.`: DSPy's own lm15 client (`engine: native`), else litellm, one request
+per sample. dspy.BestOfN is shown next to it (it draws one sample after another). Then: CPU ms per sample of
+the client (process time), one straggler at 10x latency cut off by a quorum, and adaptive N on agreeing and
+disagreeing questions.
 """
 
 import argparse
@@ -86,8 +88,9 @@ def sweep(api_base: str, ns: list[int], runs: int, delay: float) -> None:
     def fusion(n, lm=lm, batch=False):
         return fd.FusionOfN("question -> answer", n=n, lm=lm, batch_samples=batch)
 
-    def best(n):
-        return fd.BestOfN("question -> answer", n=n, lm=lm, reward_fn=lambda inputs, p: -len(p.answer))
+    def best(n, lm=lm, batch=False):
+        return fd.BestOfN("question -> answer", n=n, lm=lm, reward_fn=lambda inputs, p: -len(p.answer),
+                          batch_samples=batch)  # fmt: skip
 
     def theirs(n):
         predict = dspy.Predict("question -> answer")
@@ -97,7 +100,8 @@ def sweep(api_base: str, ns: list[int], runs: int, delay: float) -> None:
     for warm in (lm, lean, native):  # first sync/async calls import and set up clients: not what we measure
         fusion(2, warm)(**question)
         asyncio.run(fusion(2, warm).acall(**question))
-    columns = ["sync", "async", "sync n=", "async n=", "lean sync", "lean async", "native", "BestOfN", "dspy.BoN"]
+    columns = ["sync", "async", "sync n=", "async n=", "lean sync", "lean async", "native", "nat. async",
+               "BestOfN", "BoN n=", "BoN nat.", "dspy.BoN"]  # fmt: skip
     print(f"\nwall / critical path, min/median of {runs} (delay {delay} s; FusionOfN unless named)")
     print(f"{'N':>3} " + " ".join(f"{c:>10}" for c in columns))
     def row(n: int) -> list[str]:
@@ -109,7 +113,10 @@ def sweep(api_base: str, ns: list[int], runs: int, delay: float) -> None:
             ratio(timed(lambda: fusion(n, lean)(**question), runs)[0], 2 * delay),
             ratio(timed(lambda: asyncio.run(fusion(n, lean).acall(**question)), runs)[0], 2 * delay),
             ratio(timed(lambda: fusion(n, native)(**question), runs)[0], 2 * delay),
+            ratio(timed(lambda: asyncio.run(fusion(n, native).acall(**question)), runs)[0], 2 * delay),
             ratio(timed(lambda: best(n)(**question), runs)[0], delay),
+            ratio(timed(lambda: best(n, batch=True)(**question), runs)[0], delay),
+            ratio(timed(lambda: best(n, native)(**question), runs)[0], delay),
             ratio(timed(lambda: theirs(n), 1)[0], delay) if n <= 8 else "-",
         ]
 
@@ -141,15 +148,16 @@ def stragglers(delay: float, runs: int, n: int = 16) -> None:
     import fusion_dspy as fd
 
     grace = delay
-    with Server(delay, straggle_every=n + 1) as server:  # one of every call's n + 1 requests is 10x slow
-        lm = make_lm(server.api_base)
-        fused = fd.FusionOfN("question -> answer", n=n, lm=lm, quorum=n - 1, straggler_grace_s=grace)
-        fused(question="warm-up")
-        results = []
-        walls = timed(lambda: results.append(fused(question="q")), runs)[0]
-    cut = [len(r.stragglers) for r in results]
-    print(f"\none straggler at 10x, N={n}, quorum {n - 1}, grace {grace} s: wall / (critical path + grace) "
-          f"{ratio(walls, 2 * delay + grace)}; stragglers cut per call {cut}")
+    for engine in ("litellm", "lm15"):
+        with Server(delay, straggle_every=n + 1) as server:  # one of every call's n + 1 requests is 10x slow
+            lm = make_lm(server.api_base, engine=engine)
+            fused = fd.FusionOfN("question -> answer", n=n, lm=lm, quorum=n - 1, straggler_grace_s=grace)
+            fused(question="warm-up")
+            results = []
+            walls = timed(lambda fused=fused, results=results: results.append(fused(question="q")), runs)[0]
+        cut = [len(r.stragglers) for r in results]
+        print(f"\none straggler at 10x, N={n}, quorum {n - 1}, grace {grace} s, {engine}: wall / (critical path + "
+              f"grace) {ratio(walls, 2 * delay + grace)}; stragglers cut per call {cut}")
 
 
 def adaptive(api_base: str, n: int = 16) -> None:
