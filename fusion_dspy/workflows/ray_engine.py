@@ -121,9 +121,12 @@ class RayEngine:
             options = {"include_dashboard": False} if self.address is None else {}
             try:
                 ray.init(address=self.address, logging_level=logging.WARNING, **options)
-            except ImportError as error:  # ray:// needs Ray Client's grpcio, which ray[data] does not bring
-                raise FusionDSPyError(f"--address {self.address}: connecting through Ray Client needs "
-                                      f"pip install 'ray[client]' ({error}).") from None  # fmt: skip
+            except (ImportError, ValueError, ConnectionError) as error:  # no cluster there, or no Ray Client
+                client = str(self.address).startswith("ray://")  # needs grpcio, which ray[data] does not bring
+                hint = "; connecting through Ray Client needs pip install 'ray[client]'" if client else ""
+                fix = "Check the address, or drop --address to start a local Ray instance."
+                message = f"--address {self.address}: Ray could not connect ({error}){hint}. {fix}"
+                raise FusionDSPyError(message) from None
         if not self.verbose:  # Ray Data's execution notes; errors still show
             logging.getLogger("ray.data").setLevel(logging.ERROR)
         try:
