@@ -57,11 +57,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _bound_history() -> None:
-    """Batch commands keep no LM call history: DSPy keeps every request and response by default (up to 10,000
-    per LM and module), which grew the memory of a long batch without bound. Nothing here reads it."""
+    """Batch commands keep no LM call history and no trace: by default DSPy keeps every request and response (up
+    to 10,000 per LM and module) and every prediction with its inputs (``settings.trace``, up to 10,000), which
+    grew the memory of a long batch by ~7 MB per 1,000 prompts (benchmarks/soak.py). Nothing here reads them;
+    DSPy's optimizers open their own ``dspy.context(trace=[])`` where they record one."""
     import dspy
 
-    dspy.configure(disable_history=True)
+    dspy.configure(disable_history=True, trace=None)
 
 
 

@@ -13,7 +13,7 @@ def isolated_dspy():
     dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
     yield
     dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
-    dspy.configure(lm=None, adapter=None, track_usage=False, disable_history=False)
+    dspy.configure(lm=None, adapter=None, track_usage=False, disable_history=False, trace=[])
 
 
 @pytest.fixture
