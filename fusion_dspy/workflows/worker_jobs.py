@@ -61,6 +61,7 @@ def evaluate_on_workers(job: EvalJob, workers: int = 2, concurrency: int = 4, sh
                         verbose: bool = False) -> list[dict[str, Any]]:  # fmt: skip
     """``PairedEvaluation.run`` over ``workers`` processes, ``concurrency`` examples at once: the same
     ``results.jsonl`` and ``results.errors.jsonl``; returns every record."""
+    _check(workers, concurrency)
     results = Path(job.output_dir) / "results.jsonl"
     with ResultsLog(results) as log, ResultsLog(errors_path(results), exclusive=False) as errors:
 
@@ -78,6 +79,7 @@ def evaluate_on_workers(job: EvalJob, workers: int = 2, concurrency: int = 4, sh
 
 def _items(job: Job, items: Iterable[dict[str, Any]], fields: list[str], output: str | Path, workers: int,
            concurrency: int, label: str, show_progress: bool, verbose: bool) -> dict[str, int]:  # fmt: skip
+    _check(workers, concurrency)
     prepared = prepare(items, fields)
     with ResultsLog(output) as log, ResultsLog(errors_path(output), exclusive=False) as errors:
         todo = [item for item in prepared if item.id not in log.done]
@@ -102,9 +104,6 @@ def _each(job: Job, todo: list, row: Callable[[Any], tuple[str, Any]], failed: C
           verbose: bool) -> list[Outcome | None]:  # fmt: skip
     """Every item of ``todo`` through the pool, its records written as it finishes; its outcome (``None``:
     abandoned by a second Ctrl-C), in ``todo``'s order."""
-    if workers > concurrency:
-        raise ValueError(f"{workers} worker processes need at least {workers} items in flight at once (not "
-                         f"{concurrency}), or some would idle: raise the concurrency or use fewer workers.")
     if not todo:
         return []
     with progress_bar(disable=not show_progress) as progress:
@@ -134,3 +133,9 @@ def _each(job: Job, todo: list, row: Callable[[Any], tuple[str, Any]], failed: C
     if problem := next((outcome for outcome in outcomes if isinstance(outcome, Exception)), None):
         raise problem  # no worker left, or the errors file itself could not be written
     return outcomes
+
+
+def _check(workers: int, concurrency: int) -> None:
+    if workers > concurrency:
+        raise ValueError(f"{workers} worker processes need at least {workers} items in flight at once (not "
+                         f"{concurrency}), or some would idle: raise the concurrency or use fewer workers.")
