@@ -37,16 +37,18 @@ def _run(args: argparse.Namespace) -> int:
         items = read_items(args.inputs)
     else:
         raise FusionDSPyError("Give --input TEXT (one input) or --inputs FILE.jsonl (one JSON object per line).")
-    engine = _engine(args)
+    workers, engine = _workers(args), _engine(args)
     backends = Backends(read_config(args.config))
     backends.check()
     _bound_history()
     overrides = {"n": args.n} if args.n else {}
-    if engine:
+    if engine or workers > 1:
         from fusion_dspy.workflows.ray_jobs import ConfigText, RunJob, run_on_ray
+        from fusion_dspy.workflows.worker_jobs import run_on_workers
 
         job = RunJob(ConfigText.read(args.config), args.signature, args.method, args.n)
-        counts = run_on_ray(job, items, args.output, fields, engine, show_progress=not args.quiet)
+        counts = run_on_ray(job, items, args.output, fields, engine, show_progress=not args.quiet) if engine else \
+            run_on_workers(job, items, args.output, fields, workers, args.concurrency, not args.quiet, args.verbose)
     else:
         program = backends.program(signature, method=args.method, **overrides)
         counts = run_batch(program, items, args.output, fields, show_progress=not args.quiet,
@@ -83,6 +85,9 @@ def _add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                         "'ray://HEAD:10001' (default: a local Ray instance for this run)")  # fmt: skip
     engine.add_argument("--actors", type=int, default=2, help="Ray actors, one CPU each (default 2)")
     engine.add_argument("--in-flight", type=int, default=16, help="rows each Ray actor runs at once (default 16)")
+    engine.add_argument("--workers", type=_positive, help="local engine: worker processes on this machine, each "
+                        "building the program once and running its share of the items in flight (default 1: "
+                        "this process)")  # fmt: skip
 
 
 def _engine(args: argparse.Namespace):
@@ -95,6 +100,19 @@ def _engine(args: argparse.Namespace):
 
     require_ray()
     return RayEngine(address=args.address, actors=args.actors, in_flight=args.in_flight, verbose=args.verbose)
+
+
+def _workers(args: argparse.Namespace) -> int:
+    """The worker processes of ``--workers`` (1: the command's own process, as without the option)."""
+    if args.workers is not None and args.engine == "ray":
+        raise FusionDSPyError("--workers is an option of the local engine; with --engine ray, --actors sets the "
+                              "worker processes and --in-flight the items each runs at once.")  # fmt: skip
+    workers = args.workers or 1
+    flag, in_flight = ("--threads", args.threads) if args.command == "eval" else ("--concurrency", args.concurrency)
+    if workers > in_flight:
+        raise FusionDSPyError(f"--workers {workers} shares {flag} {in_flight} between the workers, so some would "
+                              f"idle: give {flag} {workers} or more (e.g. {flag} {16 * workers}).")  # fmt: skip
+    return workers
 
 
 def _csv(kind):
@@ -185,7 +203,7 @@ def _eval(args: argparse.Namespace) -> int:
     )
     from fusion_dspy.workflows.task import resolve_task
 
-    engine = _engine(args)
+    workers, engine = _workers(args), _engine(args)
     task = resolve_task(args.program)
     backends = load_config(args.config)
     backends.check()
@@ -197,6 +215,13 @@ def _eval(args: argparse.Namespace) -> int:
         job = EvalJob.of(ConfigText.read(args.config), args.program, examples, args.n_values,
                          args.output_dir)  # fmt: skip
         records = evaluate_on_ray(job, engine, show_progress=not args.quiet)
+    elif workers > 1:
+        from fusion_dspy.workflows.ray_jobs import ConfigText, EvalJob
+        from fusion_dspy.workflows.worker_jobs import evaluate_on_workers
+
+        job = EvalJob.of(ConfigText.read(args.config), args.program, examples, args.n_values, args.output_dir,
+                         args.router)  # fmt: skip
+        records = evaluate_on_workers(job, workers, args.threads, not args.quiet, args.verbose)
     else:
         evaluation = PairedEvaluation(backends, task, examples, n_values=args.n_values,
                                       output_dir=args.output_dir, num_threads=args.threads,
@@ -231,15 +256,20 @@ def _synth(args: argparse.Namespace) -> int:
     from fusion_dspy.workflows.synth import synthesize
     from fusion_dspy.workflows.teachers import reachable_pool
 
-    engine = _engine(args)
+    workers, engine = _workers(args), _engine(args)
     prompts = read_items(args.prompts)
-    backends = reachable_pool(load_config(args.config), warn=Console(stderr=True).print)
+    configured = load_config(args.config)
+    backends = reachable_pool(configured, warn=Console(stderr=True).print)
     _bound_history()
-    if engine:
+    if engine or workers > 1:
         from fusion_dspy.workflows.ray_jobs import ConfigText, SynthJob, synthesize_on_ray
+        from fusion_dspy.workflows.worker_jobs import synthesize_on_workers
 
-        job = SynthJob(ConfigText.read(args.config), args.signature, args.n)
-        counts = synthesize_on_ray(job, prompts, args.output, engine, not args.quiet)
+        # The workers build the pool from the file: tell them which teachers reachable_pool kept.
+        kept = None if backends is configured else tuple(t.model for t in backends.config.roles.teachers())
+        job = SynthJob(ConfigText.read(args.config), args.signature, args.n, kept)
+        counts = synthesize_on_ray(job, prompts, args.output, engine, not args.quiet) if engine else \
+            synthesize_on_workers(job, prompts, args.output, workers, args.concurrency, not args.quiet, args.verbose)
     else:
         program = backends.program(args.signature, method="fuse", **({"n": args.n} if args.n else {}))
         counts = synthesize(program, prompts, args.output, concurrency=args.concurrency,

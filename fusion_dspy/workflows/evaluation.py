@@ -143,9 +143,10 @@ class PairedEvaluation:
     def _evaluate_example(self, index: int, log: ResultsLog, errors: ResultsLog | None = None) -> int:
         return run(self._example(index, log, errors))
 
-    async def aevaluate_example(self, index: int, log: ResultsLog) -> int:
-        """The async twin of the per-example step of ``run`` (the Ray engine's unit of work): the same records."""
-        return await arun(self._example(index, log))
+    async def aevaluate_example(self, index: int, log: ResultsLog, errors: ResultsLog | None = None) -> int:
+        """The async twin of the per-example step of ``run`` (the unit of work of the Ray engine and of worker
+        processes): the same records, and the same error records in ``errors``."""
+        return await arun(self._example(index, log, errors))
 
     def run(self, show_progress: bool = True) -> list[dict[str, Any]]:
         """Evaluate what ``results.jsonl`` lacks; returns every record (earlier runs' included).

@@ -33,6 +33,7 @@ from fusion_dspy.workflows.progress import progress_bar
 from fusion_dspy.workflows.ray_engine import Outcome, RayEngine
 from fusion_dspy.workflows.synth import training_record
 from fusion_dspy.workflows.task import MetricError, resolve_task
+from fusion_dspy.workflows.teachers import keep_teachers
 
 logger = logging.getLogger(__name__)
 
@@ -125,14 +126,21 @@ def run_on_ray(job: RunJob, items: Iterable[dict[str, Any]], output: str | Path,
 
 @dataclass(frozen=True)
 class SynthJob:
-    """``fusion-dspy synth``: the config's teacher pool fused into one chat training example per prompt."""
+    """``fusion-dspy synth``: the config's teacher pool fused into one chat training example per prompt.
+
+    ``teachers``: the models of the pool to keep (``None``: all), as ``reachable_pool`` left it in the driver.
+    """
 
     config: ConfigText
     signature: str = "prompt -> response"
     n: int | None = None
+    teachers: tuple[str, ...] | None = None
 
     def build(self):
-        program = self.config.backends().program(self.signature, method="fuse", **({"n": self.n} if self.n else {}))
+        backends = self.config.backends()
+        if self.teachers is not None:
+            backends = keep_teachers(backends, self.teachers)
+        program = backends.program(self.signature, method="fuse", **({"n": self.n} if self.n else {}))
 
         async def one(item_id: str, inputs: dict[str, Any]) -> Outcome:
             try:
@@ -174,6 +182,10 @@ class EvalJob:
     Args:
         examples: Each example as ``(fields, input_keys)``.
         store: Absolute path of the ``CandidateStore`` every actor shares.
+        router: Absolute path of a trained ``Router`` whose ``route`` is scored too (``None``: none).
+
+    Each row's outcome holds its records and, as the local engine writes to ``results.errors.jsonl``, an error
+    record per (example, N) whose fusor or judge was unavailable and one for an example that failed outright.
     """
 
     config: ConfigText
@@ -182,18 +194,25 @@ class EvalJob:
     n_values: tuple[int, ...]
     output_dir: str
     store: str
+    router: str | None = None
 
     @classmethod
     def of(cls, config: ConfigText, program: str, examples: list[dspy.Example], n_values: Iterable[int],
-           output_dir: str | Path) -> "EvalJob":  # fmt: skip
+           output_dir: str | Path, router: str | Path | None = None) -> "EvalJob":  # fmt: skip
         output_dir = Path(output_dir).resolve()
         return cls(config, program, tuple((dict(e.toDict()), tuple(e.inputs().keys())) for e in examples),
-                   tuple(sorted(set(n_values))), str(output_dir), str(output_dir / "candidates"))
+                   tuple(sorted(set(n_values))), str(output_dir), str(output_dir / "candidates"),
+                   None if router is None else str(Path(router).resolve()))  # fmt: skip
+
+    def todo(self, done: set[str]) -> list[tuple[str, list[int]]]:
+        """``(example index, the N it lacks)`` for every example with an N not in ``done`` (a results log's)."""
+        return [(str(index), missing) for index in range(len(self.examples))
+                if (missing := [n for n in self.n_values if f"{index}:{n}" not in done])]  # fmt: skip
 
     def evaluation(self):
         examples = [dspy.Example(**fields).with_inputs(*keys) for fields, keys in self.examples]
         return PairedEvaluation(self.config.backends(), resolve_task(self.program), examples, self.n_values,
-                                self.output_dir, store=CandidateStore(self.store))
+                                self.output_dir, store=CandidateStore(self.store), router=self.router)
 
     def build(self):
         evaluation = self.evaluation()
@@ -201,25 +220,29 @@ class EvalJob:
         async def one(item_id: str, todo: list[int]) -> Outcome:
             index = int(item_id)
             collected = _Collected({f"{index}:{n}" for n in self.n_values if n not in todo})
+            failures = _Collected(set())
             try:
-                await evaluation.aevaluate_example(index, collected)
+                await evaluation.aevaluate_example(index, collected, failures)
             except MetricError as error:
-                return Outcome(results=collected.records, fatal=str(error))
+                return Outcome(results=collected.records, errors=failures.records, fatal=str(error))
             except Exception as error:  # noqa: BLE001 - e.g. every sample failed: left for a rerun
+                text = f"{type(error).__name__}: {error}"
                 return Outcome(results=collected.records,
-                               warning=f"Example {index} was not evaluated: {type(error).__name__}: {error}")
-            return Outcome(results=collected.records)
+                               errors=[*failures.records, {"id": str(index), "example": index, "error": text}],
+                               warning=f"Example {index} could not be scored: {text}")  # fmt: skip
+            return Outcome(results=collected.records, errors=failures.records)
 
         return one
 
 
 def evaluate_on_ray(job: EvalJob, engine: RayEngine, show_progress: bool = True) -> list[dict[str, Any]]:
-    """``PairedEvaluation.run`` on the Ray engine: the same ``results.jsonl``; returns every record."""
-    with ResultsLog(Path(job.output_dir) / "results.jsonl") as log:
-        todo = [(str(index), missing) for index in range(len(job.examples))
-                if (missing := [n for n in job.n_values if f"{index}:{n}" not in log.done])]  # fmt: skip
-        fatal = [outcome.fatal for outcome in _drain(engine, job, _rows(todo), {"results": log},
-                                                     "paired evaluation (ray)", show_progress) if outcome.fatal]
+    """``PairedEvaluation.run`` on the Ray engine: the same ``results.jsonl`` and ``results.errors.jsonl``;
+    returns every record."""
+    results = Path(job.output_dir) / "results.jsonl"
+    with ResultsLog(results) as log, ResultsLog(errors_path(results), exclusive=False) as errors:
+        fatal = [outcome.fatal for outcome in _drain(engine, job, _rows(job.todo(log.done)),
+                                                     {"results": log, "errors": errors}, "paired evaluation (ray)",
+                                                     show_progress) if outcome.fatal]  # fmt: skip
         if fatal:
             raise MetricError(fatal[0])
         return log.records()

@@ -6,7 +6,7 @@ each teacher on its own, drops the unreachable ones with a warning, and fails on
 fusor cannot be reached.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from fusion_dspy.backends import Backends
 from fusion_dspy.backends.config import ConfigError, FusionConfig
@@ -45,10 +45,27 @@ def reachable_pool(backends: Backends, warn: Callable[[str], object] = print) ->
     for name, error in problems:
         warn(f"warning: teacher {name!r} dropped from the pool ({error}); the pool is now "
              f"{[t.model for t in reachable]}.")  # fmt: skip
-    roles = config.roles.model_copy(update={"generators": reachable, **fixed})
-    shrunk = Backends(config.model_copy(update={"roles": roles}), lms=backends.lms)
+    shrunk = keep_teachers(backends, [teacher.model for teacher in reachable])
     shrunk.check()
     return shrunk
+
+
+def keep_teachers(backends: Backends, models: Collection[str]) -> Backends:
+    """A copy of ``backends`` whose teacher pool holds only the teachers of these models; fusor and judge stay.
+
+    How a worker process (``--workers``, ``--engine ray``) builds the pool ``reachable_pool`` left in the parent.
+
+    Example:
+        >>> [t.model for t in keep_teachers(backends, ["lm"]).config.roles.teachers()]
+        ['lm']
+    """
+    config = backends.config
+    kept = [teacher for teacher in config.roles.teachers() if teacher.model in models]
+    if not kept:
+        raise ConfigError(f"None of the teachers {sorted(models)} is in the pool "
+                          f"{[t.model for t in config.roles.teachers()]}.")  # fmt: skip
+    roles = config.roles.model_copy(update={"generators": kept, "fusor": config.fusor, "judge": config.judge})
+    return Backends(config.model_copy(update={"roles": roles}), lms=backends.lms)
 
 
 def _check(backends: Backends, config: FusionConfig, roles: dict) -> None:

@@ -1,0 +1,148 @@
+"""``fusion-dspy synth --workers 1`` (the command's own process) against ``--workers 2``, with a 0.2 s stub server.
+
+Run by hand: ``python benchmarks/workers.py`` (options: ``--help``). The stub server runs in its own process; each
+setting runs the real command in a fresh process, so both pay their interpreters' start (one, or the command's
+and one per worker, in parallel: each imports DSPy and litellm). Each prompt costs a critical path of two
+requests (its samples in parallel, then the fusor), so ``concurrency`` prompts in flight give at most
+``concurrency / (2 * delay)`` prompts per second: the concurrency limit.
+
+Printed for each concurrency and setting, min and median of the repeats, as a fraction of that limit: the
+command end to end (start included), and in steady state (from its first row written to its last). Then the same
+driver and pool on a job with no model at all (each row only waits as long as a prompt's critical path), in steady
+state: what the pool itself costs.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from fusion_dspy.workflows.jsonl import read_jsonl
+from fusion_dspy.workflows.ray_engine import Outcome
+from fusion_dspy.workflows.worker_jobs import run_on_workers
+
+
+def reply(body: dict) -> str:
+    outputs = body["messages"][0]["content"].split("Your output fields are:")[-1].split("All interactions")[0]
+    if "`comparison`" in outputs:
+        return "[[ ## comparison ## ]]\nc\n\n[[ ## response ## ]]\nfused\n\n[[ ## completed ## ]]"
+    return "[[ ## response ## ]]\na draft\n\n[[ ## completed ## ]]"
+
+
+def serve(delay: float) -> None:
+    """The stub server's own process: prints its address, serves until stdin closes."""
+    from fusion_dspy.testing import StubOpenAIServer
+
+    with StubOpenAIServer(reply, delay=delay) as server:
+        print(server.api_base, flush=True)
+        sys.stdin.read()
+
+
+@dataclass(frozen=True)
+class Wait:
+    """A job without a model: each row waits ``seconds`` and writes its id."""
+
+    seconds: float
+
+    def build(self):
+        async def one(item_id: str, inputs: dict) -> Outcome:
+            await asyncio.sleep(self.seconds)
+            return Outcome(results=[{"id": item_id}])
+
+        return one
+
+
+def timed(run, output: Path, prompts: int) -> tuple[float, float]:
+    """Prompts per second end to end and from the first row written to the last (polled every 10 ms)."""
+    first: list[float] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set() and not first:
+            if output.exists() and output.stat().st_size:
+                first.append(time.perf_counter())
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    start = time.perf_counter()
+    run()
+    end = time.perf_counter()
+    done.set()
+    watcher.join()
+    written = sum(1 for _ in read_jsonl(output))
+    assert written == prompts, f"{written} of {prompts} prompts written"
+    return prompts / (end - start), (prompts - 1) / (end - (first[0] if first else start))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=500)
+    parser.add_argument("--delay", type=float, default=0.2, help="seconds per request")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 32], help="prompts in flight, in total")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        return serve(args.delay)
+
+    server = subprocess.Popen([sys.executable, __file__, "--serve", "--delay", str(args.delay)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    api_base = server.stdout.readline().strip()
+    folder = Path(tempfile.mkdtemp(prefix="workers-bench-"))
+    config = folder / "config.yaml"
+    config.write_text(yaml.safe_dump({"models": {"a": {"model": "openai/teacher", "api_base": api_base,
+                                                       "cache": False, "num_retries": 0}},
+                                      "roles": {"generators": [{"model": "a", "count": 2}]}}))  # fmt: skip
+    prompts = folder / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": i, "prompt": f"prompt {i}"}) + "\n" for i in range(args.prompts)))
+    settings = {"1 worker": 1, f"{args.workers} workers": args.workers}
+
+    def command(output: Path, concurrency: int, workers: int) -> None:
+        subprocess.run([sys.executable, "-m", "fusion_dspy.cli", "synth", "--config", str(config), "--prompts",
+                        str(prompts), "--output", str(output), "--concurrency", str(concurrency), "--workers",
+                        str(workers), "--quiet"], check=True, capture_output=True)  # fmt: skip
+
+    results: dict[tuple[int, str], list[float]] = {}
+    try:
+        for concurrency in args.concurrency:
+            limit = concurrency / (2 * args.delay)
+            for repeat in range(args.repeats):
+                line = []
+                for label, workers in settings.items():
+                    out = folder / f"{workers}-{concurrency}-{repeat}.jsonl"
+                    end, steady = timed(lambda o=out, c=concurrency, w=workers: command(o, c, w), out, args.prompts)
+                    results.setdefault((concurrency, f"{label}, end to end"), []).append(end / limit)
+                    results.setdefault((concurrency, f"{label}, steady state"), []).append(steady / limit)
+                    line.append(f"{label} {end:.1f}/s end to end, {steady:.1f}/s steady")
+                out = folder / f"pool-{concurrency}-{repeat}.jsonl"
+                _, pool = timed(lambda o=out, c=concurrency: run_on_workers(
+                    Wait(2 * args.delay), read_jsonl(prompts), o, ["prompt"], args.workers, c, show_progress=False),
+                    out, args.prompts)  # fmt: skip
+                results.setdefault((concurrency, f"{args.workers} workers, no model"), []).append(pool / limit)
+                print(f"concurrency {concurrency}, repeat {repeat}: {'; '.join(line)}; no model {pool:.1f}/s; "
+                      f"limit {limit:.1f}/s; load average {os.getloadavg()[0]:.1f}", flush=True)
+    finally:
+        server.stdin.close()
+        server.wait()
+
+    print(f"\n{args.prompts} prompts, {args.delay} s per request; throughput / concurrency limit, min and median "
+          f"of {args.repeats}")
+    for (concurrency, label), ratios in results.items():
+        print(f"concurrency {concurrency:3d}  {label:30s} min {min(ratios):5.1%}  "
+              f"median {statistics.median(ratios):5.1%}")
+
+
+if __name__ == "__main__":
+    main()
