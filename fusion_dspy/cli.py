@@ -40,7 +40,7 @@ def _run(args: argparse.Namespace) -> int:
     workers, engine = _workers(args), _engine(args)
     backends = Backends(read_config(args.config))
     backends.check()
-    _bound_history()
+    _keep_no_history()
     overrides = {"n": args.n} if args.n else {}
     if engine or workers > 1:
         from fusion_dspy.workflows.ray_jobs import ConfigText, RunJob, run_on_ray
@@ -58,15 +58,10 @@ def _run(args: argparse.Namespace) -> int:
     return 1 if counts["failed"] and not counts["done"] and not counts["skipped"] else 0
 
 
-def _bound_history() -> None:
-    """Batch commands keep no LM call history and no trace: by default DSPy keeps every request and response (up
-    to 10,000 per LM and module) and every prediction with its inputs (``settings.trace``, up to 10,000), which
-    grew the memory of a long batch by ~7 MB per 1,000 prompts (benchmarks/soak.py). Nothing here reads them;
-    DSPy's optimizers open their own ``dspy.context(trace=[])`` where they record one."""
-    import dspy
+def _keep_no_history() -> None:
+    from fusion_dspy.workflows.batch import keep_no_history  # imports DSPy: not for `--help`
 
-    dspy.configure(disable_history=True, trace=None)
-
+    keep_no_history()
 
 
 def _positive(text: str) -> int:
@@ -141,7 +136,7 @@ def _optimize(args: argparse.Namespace) -> int:
     devset = _examples(task, args)
     backends = load_config(args.config)
     backends.check()
-    _bound_history()
+    _keep_no_history()
     space = SearchSpace(n=args.n_values, temperatures=args.temperatures, methods=args.methods,
                         teachers=args.teachers, proposed_instructions=args.propose,
                         adaptive_thresholds=args.adaptive_thresholds or (), group_sizes=args.group_sizes,
@@ -207,7 +202,7 @@ def _eval(args: argparse.Namespace) -> int:
     task = resolve_task(args.program)
     backends = load_config(args.config)
     backends.check()
-    _bound_history()
+    _keep_no_history()
     examples = _examples(task, args)
     if engine:
         from fusion_dspy.workflows.ray_jobs import ConfigText, EvalJob, evaluate_on_ray
@@ -260,7 +255,7 @@ def _synth(args: argparse.Namespace) -> int:
     prompts = read_items(args.prompts)
     configured = load_config(args.config)
     backends = reachable_pool(configured, warn=Console(stderr=True).print)
-    _bound_history()
+    _keep_no_history()
     if engine or workers > 1:
         from fusion_dspy.workflows.ray_jobs import ConfigText, SynthJob, synthesize_on_ray
         from fusion_dspy.workflows.worker_jobs import synthesize_on_workers

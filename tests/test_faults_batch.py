@@ -307,10 +307,11 @@ def test_batch_commands_keep_no_lm_history(tmp_path):
     with StubOpenAIServer(respond=respond) as server:
         config = write_config(tmp_path / "config.yaml", stub=server.api_base)
         inputs = write_inputs(tmp_path / "in.jsonl", [{"question": f"q{i}"} for i in range(3)])
-        assert not dspy.settings.disable_history
+        assert not dspy.settings.disable_history and dspy.settings.trace == []
         assert main(["run", "--config", str(config), "--inputs", str(inputs), "--output", str(tmp_path / "o.jsonl"),
                      "--quiet"]) == 0  # fmt: skip
         assert dspy.settings.disable_history
+        assert dspy.settings.trace is None, "no trace either: it held every prediction (benchmarks/soak.py)"
         lm = dspy.LM("openai/stub", api_base=server.api_base, api_key="x", engine="litellm", cache=False)
         dspy.Predict("question -> answer")(question="q", lm=lm)
         assert lm.history == [], "nothing recorded"

@@ -14,6 +14,20 @@ import dspy
 from fusion_dspy.workflows.runner import run_items
 
 
+def keep_no_history() -> None:
+    """Keep no LM call history and no trace in this process, for a batch: by default DSPy keeps every request and
+    response (up to 10,000 per LM and module) and every prediction with its inputs (``settings.trace``, up to
+    10,000), which grew the memory of a long batch by ~7 MB per 1,000 prompts (benchmarks/soak.py). Nothing in a
+    batch reads them; DSPy's optimizers open their own ``dspy.context(trace=[])`` where they record one.
+
+    Example:
+        >>> keep_no_history()
+        >>> dspy.settings.disable_history, dspy.settings.trace
+        (True, None)
+    """
+    dspy.configure(disable_history=True, trace=None)
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dspy.Prediction):
         return {key: _jsonable(item) for key, item in value.items()}

@@ -77,6 +77,9 @@ class JobActor:
         logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, format="%(levelname)s %(message)s")
         if not verbose:
             logging.getLogger("dspy").setLevel(logging.ERROR)
+        from fusion_dspy.workflows.batch import keep_no_history
+
+        keep_no_history()  # a long batch's memory stays flat
         self.call = job.build()
         self.limit = asyncio.Semaphore(in_flight)
 

@@ -22,8 +22,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-import dspy
-
 from fusion_dspy.errors import FusionDSPyError
 from fusion_dspy.workflows.ray_engine import Job, JobActor, Outcome
 
@@ -209,7 +207,6 @@ class WorkerPool:
 def serve(job: Job, in_flight: int, verbose: bool, pipe: Any) -> None:
     """A worker process: build the job once, then run the rows it receives, ``in_flight`` at once."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    dspy.configure(disable_history=True)  # nothing reads the LM history here: keep memory flat on long runs
     try:
         actor = JobActor(job, in_flight, verbose)
     except Exception as error:  # noqa: BLE001 - told to the parent, which stops the run with it
