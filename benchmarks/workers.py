@@ -91,6 +91,7 @@ def main() -> None:
     parser.add_argument("--delay", type=float, default=0.2, help="seconds per request")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 32], help="prompts in flight, in total")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--n", type=int, default=2, help="samples per prompt (one teacher, drawn in one request)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -104,7 +105,7 @@ def main() -> None:
     config = folder / "config.yaml"
     config.write_text(yaml.safe_dump({"models": {"a": {"model": "openai/teacher", "api_base": api_base,
                                                        "cache": False, "num_retries": 0}},
-                                      "roles": {"generators": [{"model": "a", "count": 2}]}}))  # fmt: skip
+                                      "roles": {"generators": [{"model": "a", "count": args.n}]}}))  # fmt: skip
     prompts = folder / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"id": i, "prompt": f"prompt {i}"}) + "\n" for i in range(args.prompts)))
     settings = {"1 worker": 1, f"{args.workers} workers": args.workers}
@@ -137,8 +138,8 @@ def main() -> None:
         server.stdin.close()
         server.wait()
 
-    print(f"\n{args.prompts} prompts, {args.delay} s per request; throughput / concurrency limit, min and median "
-          f"of {args.repeats}")
+    print(f"\n{args.prompts} prompts, N={args.n}, {args.delay} s per request; throughput / concurrency limit, min "
+          f"and median of {args.repeats}")
     for (concurrency, label), ratios in results.items():
         print(f"concurrency {concurrency:3d}  {label:30s} min {min(ratios):5.1%}  "
               f"median {statistics.median(ratios):5.1%}")
