@@ -193,6 +193,19 @@ def test_candidates_cannot_forge_prompt_structure():
     assert set(prompt.inputs) == {"question", "candidates"}, "no forged input section"
 
 
+def test_a_lone_surrogate_in_a_reply_reaches_the_fusor_as_a_replacement_character():
+    """Half of a broken emoji in a candidate: DSPy would refuse to send it on, so it is shown to the fusor as U+FFFD."""
+    def answer(call):
+        return respond(call) if call.wants("comparison") else {"answer": "caf\ud800 au lait"}
+
+    with StubOpenAIServer(respond=answer) as server:
+        result = fused_once(backends({"gen": server}), n=2)
+    fusor_prompt = next(body for body in server.requests if "comparison" in body["messages"][0]["content"])
+    assert result.answer == "fused", "the item is fused"
+    assert "caf\ufffd au lait" in fusor_prompt["messages"][-1]["content"]
+    assert result.candidates[0].answer == "caf\ud800 au lait", "the candidate itself is kept as it came"
+
+
 def test_many_samples_do_not_start_a_thread_each():
     peak = []
 

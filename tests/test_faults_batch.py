@@ -184,7 +184,7 @@ def test_two_processes_share_one_candidate_store(tmp_path):
 
 # --- Bad input lines and bad replies -----------------------------------------------------------------------------
 
-def test_a_lone_surrogate_in_an_input_or_a_reply_fails_that_item_only(tmp_path):
+def test_a_lone_surrogate_fails_its_input_item_and_is_replaced_in_a_reply(tmp_path):
     with StubOpenAIServer(respond=respond) as server:
         config = write_config(tmp_path / "config.yaml", stub=server.api_base)
         inputs = write_inputs(tmp_path / "in.jsonl", [{"question": "fine"}, {"question": f"broken {BAD}"},
@@ -200,15 +200,19 @@ def test_a_lone_surrogate_in_an_input_or_a_reply_fails_that_item_only(tmp_path):
         assert failed["id"] == "1" and "not valid Unicode" in failed["error"]
         assert main(args) == 0, "a rerun does not stop at it"
         assert len(server.requests) == 3 * 2
-        # Fused: DSPy refuses to send a surrogate on to the fusor; that prompt fails, the others go on.
+        # Fused: the fusor is shown the reply's surrogate as U+FFFD (DSPy would refuse to send it), so it is fused.
         prompts = write_inputs(tmp_path / "p.jsonl", [{"prompt": f"broken {BAD}"}, {"prompt": "echo-bad"},
                                                       {"prompt": "fine"}])  # fmt: skip
         train = tmp_path / "train.jsonl"
+        before = len(server.requests)
         assert main(["synth", "--config", str(config), "--prompts", str(prompts), "--output", str(train),
                      "--quiet"]) == 0  # fmt: skip
-        assert [r["id"] for r in lines(train)] == ["2"]
-        errors = {r["id"]: r["error"] for r in lines(tmp_path / "train.errors.jsonl")}
-        assert set(errors) == {"0", "1"} and all("not valid Unicode" in e for e in errors.values())
+        assert sorted(r["id"] for r in lines(train)) == ["1", "2"]
+        fused = next(body for body in server.requests[before:] if "echo-bad" in body["messages"][-1]["content"]
+                     and "comparison" in body["messages"][0]["content"])  # fmt: skip
+        assert "draft \ufffd" in fused["messages"][-1]["content"]
+        [failed] = lines(tmp_path / "train.errors.jsonl")
+        assert failed["id"] == "0" and "not valid Unicode" in failed["error"], "only the broken input fails"
 
 
 def test_a_missing_misspelt_or_null_field_fails_that_item_before_any_request(tmp_path):
