@@ -5,6 +5,7 @@ Everything runs against loopback stub servers; each subprocess is bounded by a d
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -232,6 +233,24 @@ def test_a_missing_misspelt_or_null_field_fails_that_item_before_any_request(tmp
                      "--quiet"]) == 0  # fmt: skip
         [record] = lines(train)  # no training example with an empty user turn
         assert record["id"] == "1" and record["messages"][0]["content"].strip()
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"questoin": "2+2?", "answer": "4"}, "dev.jsonl:3: lacks the input field 'question' (did you mean 'questoin'?"),
+    ({"question": None, "answer": "4"}, "dev.jsonl:3: the input field 'question' is null"),
+    ({"question": f"2+2{BAD}", "answer": "4"}, "dev.jsonl:3: the input field 'question' holds text that is not valid"),
+    ({"question": "2+2?", "answer": None}, "dev.jsonl:3: the output field 'answer' is null"),
+    ({"question": "2+2?", "answer": f"4{BAD}"}, "dev.jsonl:3: the output field 'answer' holds text that is not valid"),
+])  # fmt: skip
+def test_a_devset_example_with_a_missing_null_or_broken_field_is_an_error_naming_its_line(row, message, tmp_path):
+    from fusion_dspy.errors import FusionDSPyError
+    from tests.scripted_search import TASK
+
+    path = tmp_path / "dev.jsonl"
+    path.write_text(json.dumps({"question": "1+1?", "answer": "2"}) + "\n\n" + json.dumps(row) + "\n")
+    with pytest.raises(FusionDSPyError, match=re.escape(message)) as raised:
+        TASK.read_examples(path)
+    assert "(task 'toy': question -> answer)" in str(raised.value)
 
 
 @pytest.mark.parametrize("rows, named", [
