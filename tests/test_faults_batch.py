@@ -282,6 +282,37 @@ def test_run_retries_the_items_that_failed(tmp_path, capsys):
         assert sorted(r["id"] for r in lines(output)) == ["0", "1", "2"]
 
 
+def test_the_errors_file_keeps_only_the_items_still_failing_after_a_rerun(tmp_path):
+    def answer(call):
+        return "no fields here" if "q2" in call.user and not call.wants("comparison") else respond(call)
+
+    with StubOpenAIServer(respond=answer, status=503) as server:
+        config = write_config(tmp_path / "config.yaml", stub=server.api_base)
+        inputs = write_inputs(tmp_path / "in.jsonl", [{"question": f"q{i}"} for i in range(3)])
+        output, errors = tmp_path / "out.jsonl", tmp_path / "out.errors.jsonl"
+        args = ["run", "--config", str(config), "--inputs", str(inputs), "--output", str(output), "--quiet"]
+        assert main(args) == 1
+        assert sorted(r["id"] for r in lines(errors)) == ["0", "1", "2"]
+        server.status = 200  # q0 and q1 now succeed; q2's samples cannot be parsed
+        assert main(args) == 0
+        assert sorted(r["id"] for r in lines(output)) == ["0", "1"]
+        [still] = lines(errors)
+        assert still["id"] == "2" and "SamplingError" in still["error"], "this run's failure, not the old one"
+        server.respond = respond  # q2 can be parsed now too
+        assert main(args) == 0
+        assert sorted(r["id"] for r in lines(output)) == ["0", "1", "2"] and lines(errors) == []
+        # eval: an example whose sampling failed is an error line per (example, N), pruned once they are scored.
+        server.status = 503
+        devset = write_inputs(tmp_path / "dev.jsonl", [{"question": "q0", "answer": "draft"}])
+        out = tmp_path / "eval"
+        evaluate = ["eval", "--config", str(config), "--program", "tests.scripted_search:TASK", "--devset",
+                    str(devset), "--n-values", "1,2", "--output-dir", str(out), "--quiet"]  # fmt: skip
+        assert main(evaluate) == 2
+        assert sorted(r["id"] for r in lines(out / "results.errors.jsonl")) == ["0:1", "0:2"]
+        server.status = 200
+        assert main(evaluate) == 0 and lines(out / "results.errors.jsonl") == []
+
+
 def test_synth_starts_with_the_teachers_it_can_reach(tmp_path, capsys):
     with StubOpenAIServer(respond=respond) as server:
         down = "http://127.0.0.1:9/v1"  # the discard port: nothing listens there
@@ -320,6 +351,7 @@ def test_eval_does_not_score_a_fusor_outage_and_a_rerun_scores_it(tmp_path, caps
                                          for r in records)  # fmt: skip
         assert all(not r["errors"] for r in records), "scored for real, not as an outage"
         assert len(generator.requests) == drawn, "the candidates come back from the store"
+        assert lines(out / "results.errors.jsonl") == [], "nothing is still failing"
     capsys.readouterr()
 
 
