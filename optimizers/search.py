@@ -30,8 +30,9 @@ from fusion_dspy.core.store import CandidateStore
 from fusion_dspy.errors import FusionDSPyError
 from fusion_dspy.optimizers.context import check_context_window
 from fusion_dspy.optimizers.instructions import builtin_instructions, propose_instructions
+from fusion_dspy.optimizers.outages import failing_on_outages, record_outage
 from fusion_dspy.optimizers.tuned import save_tuned, tuned_adaptive
-from fusion_dspy.workflows.scoring import score_examples, score_stage
+from fusion_dspy.workflows.scoring import StageUnavailable, score_examples, score_stage
 from fusion_dspy.workflows.task import Task
 
 logger = logging.getLogger(__name__)
@@ -184,7 +185,8 @@ class FusionSearch:
     def evaluate(self, params: dict[str, Any]) -> tuple[float, float]:
         """Mean metric and mean tokens per example (every sample's and the fusor's, cached ones at their cost).
 
-        An example whose sampling failed scores 0 and adds no cost.
+        An example whose sampling failed scores 0 and adds no cost. One whose fusor or judge is unavailable
+        raises ``StageUnavailable`` (no further example starts): the configuration is not scored at all.
         """
         program = self.build(params)
 
@@ -194,7 +196,7 @@ class FusionSearch:
             scored = score_stage(self.task, program, example, pool, f"dev example {index}")
             return scored.score, pool.tokens + scored.tokens
 
-        results = score_examples(run, self.devset, self.num_threads)
+        results = score_examples(run, self.devset, self.num_threads, stop_on_outage=True)
         scores = [result[0] if result else 0.0 for result in results]
         costs = [result[1] for result in results if result]
         return sum(scores) / len(scores), (sum(costs) / len(costs) if costs else 0.0)
@@ -203,7 +205,11 @@ class FusionSearch:
         # Another worker may have created the study's instruction list first: everyone uses the stored one.
         self.instructions = self.study.user_attrs.get("instructions", self.instructions)
         params = self.suggest(trial)
-        score, cost = self._already_scored(params) or self.evaluate(params)
+        try:
+            score, cost = self._already_scored(params) or self.evaluate(params)
+        except StageUnavailable as outage:  # failed, not a 0 (optimizers/outages.py); the next run retries it
+            record_outage(trial, outage)
+            raise
         trial.set_user_attr("tokens_per_example", cost)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         return (score, cost) if self.cost_objective else score
@@ -217,13 +223,28 @@ class FusionSearch:
         return None
 
     def optimize(self, n_trials: int, timeout: float | None = None, callbacks: Sequence = ()) -> optuna.Study:
-        """Run until the study (all workers together) has ``n_trials`` complete trials."""
+        """Run until the study (all workers together) has ``n_trials`` complete trials.
+
+        A trial a model outage stopped is failed (``outages()`` lists them) and the study goes on; the
+        configurations of such trials are run again first, each once, when the study is next optimized.
+        """
+        stop_at_total = MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,))
+        for failed in self.outages():  # one optimize call each: a grid sampler stops a call once it is exhausted
+            if len(completed_trials(self.study)) >= n_trials:
+                break
+            self.study.enqueue_trial(dict(failed.params))
+            self.study.optimize(self.objective, n_trials=1, timeout=timeout, catch=(StageUnavailable,),
+                                callbacks=[stop_at_total, *callbacks])  # fmt: skip
         done = len(completed_trials(self.study))
         if done < n_trials:
-            stop_at_total = MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,))
             self.study.optimize(self.objective, n_trials=n_trials - done, timeout=timeout,
-                                callbacks=[stop_at_total, *callbacks])  # fmt: skip
+                                catch=(StageUnavailable,), callbacks=[stop_at_total, *callbacks])  # fmt: skip
         return self.study
+
+    def outages(self) -> list[optuna.trial.FrozenTrial]:
+        """Trials a model outage stopped whose configuration no trial has scored since (the cause in
+        ``user_attrs["outage"]``): what a rerun tries again."""
+        return failing_on_outages(self.study, canonical)
 
     def best_params(self) -> dict[str, Any]:
         """The best trial's parameters: the highest score, then (with a cost objective) the fewest tokens."""

@@ -355,6 +355,36 @@ def test_eval_does_not_score_a_fusor_outage_and_a_rerun_scores_it(tmp_path, caps
     capsys.readouterr()
 
 
+def test_optimize_fails_a_trial_on_a_fusor_outage_instead_of_scoring_it_0_and_a_rerun_retries_it(tmp_path, capsys):
+    import optuna
+    from optuna.trial import TrialState
+
+    with StubOpenAIServer(respond=respond) as generator, StubOpenAIServer(respond=respond, status=503) as fusor:
+        config = write_config(tmp_path / "config.yaml", gen=generator.api_base, fusor=fusor.api_base)
+        devset = write_inputs(tmp_path / "dev.jsonl", [{"question": f"q{i}", "answer": "draft"} for i in range(2)])
+        storage = f"sqlite:///{tmp_path / 'study.db'}"
+        args = ["optimize", "--config", str(config), "--program", "tests.scripted_search:TASK", "--devset",
+                str(devset), "--n-values", "2", "--methods", "select,fuse", "--sampler", "grid", "--trials", "2",
+                "--threads", "1", "--storage", storage, "--cache-dir", str(tmp_path / "store"), "--output",
+                str(tmp_path / "tuned.json"), "--plot", str(tmp_path / "p.png"), "--quiet"]  # fmt: skip
+        capsys.readouterr()
+        assert main(args) == 1, "incomplete: a trial could not be scored"
+        err = " ".join(capsys.readouterr().err.split())
+        assert "1 trial could not be scored because a model was unavailable" in err and "rerun" in err, err
+        study = optuna.load_study(study_name="fusion-toy", storage=storage)
+        by_method = {t.params["method"]: t for t in study.trials}
+        assert by_method["fuse"].state == TrialState.FAIL, "an outage is not a score of 0"
+        assert "unavailable" in by_method["fuse"].user_attrs["outage"]
+        assert by_method["select"].state == TrialState.COMPLETE
+        assert len(fusor.requests) == 1, "no new dev example starts once the fusor is known to be down"
+        fusor.status = 200
+        assert main(args) == 0
+        study = optuna.load_study(study_name="fusion-toy", storage=storage)
+        complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+        assert sorted(t.params["method"] for t in complete) == ["fuse", "select"], "the failed trial is retried"
+    capsys.readouterr()
+
+
 def test_batch_commands_keep_no_lm_history(tmp_path):
     """DSPy keeps every request and response by default: a long batch grew without bound (benchmarks/soak.py)."""
     import dspy
