@@ -3,15 +3,14 @@
 Searched: N, the sampling temperature, fuse vs select, the fusor instruction and, for teacher pools, which
 teachers take part. Candidates come from a ``CandidateStore``, so a trial with N=2 reuses what a trial with N=8
 drew and a resumed or repeated study samples nothing again. The study lives in optuna storage (a SQLite file by
-default, any RDB URL for many workers): kill it, rerun the same command, and it goes on where it stopped.
+default, any RDB URL for many workers, or a journal file: ``optimizers/storage.py``): kill it, rerun the same
+command, and it goes on where it stopped.
 """
 
 import itertools
 import logging
 import os
 import socket
-import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,6 @@ from typing import Any
 
 import dspy
 import optuna
-from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages.journal import JournalFileBackend
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
@@ -31,6 +28,7 @@ from fusion_dspy.errors import FusionDSPyError
 from fusion_dspy.optimizers.context import check_context_window
 from fusion_dspy.optimizers.instructions import builtin_instructions, propose_instructions
 from fusion_dspy.optimizers.outages import failing_on_outages, record_outage
+from fusion_dspy.optimizers.storage import open_storage
 from fusion_dspy.optimizers.tuned import save_tuned, tuned_adaptive
 from fusion_dspy.workflows.scoring import StageUnavailable, score_examples, score_stage
 from fusion_dspy.workflows.task import Task
@@ -126,7 +124,7 @@ class FusionSearch:
         directions = ["maximize", "minimize"] if cost_objective else ["maximize"]
         self.study = optuna.create_study(
             study_name=study_name or f"fusion-{task.name}",
-            storage=_storage(storage),
+            storage=open_storage(storage),
             directions=directions,
             load_if_exists=True,
         )
@@ -283,40 +281,3 @@ def canonical(params: dict[str, Any]) -> tuple:
     fusion_only = {"instruction", *STRUCTURES}
     relevant = {k: v for k, v in params.items() if not (k in fusion_only and params.get("method") == "select")}
     return tuple(sorted(relevant.items()))
-
-
-def _journal(path: str) -> JournalStorage:
-    # One append-only file, no database server: optuna's journal, for workers that share a filesystem. It has
-    # no heartbeats, so a killed worker's trial stays RUNNING and is not retried (an RDB URL retries it).
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return JournalStorage(JournalFileBackend(str(Path(path).expanduser())))
-
-
-def _storage(url: str) -> RDBStorage | JournalStorage:
-    """``journal:PATH`` (or a path ending in ``.log``): a journal file; anything else: an RDB URL (sqlite://...)."""
-    if url.startswith("journal:") or url.endswith(".log"):
-        return _journal(url.removeprefix("journal:"))
-    # Heartbeats mark the trial of a killed process as failed once its grace period passes, and the retry
-    # callback queues its parameters again, so a crash costs one trial's progress at most. (Optuna calls both
-    # "experimental" since v2.8; they are its documented way to survive killed workers.)
-    from sqlalchemy.exc import IntegrityError, OperationalError
-
-    def connect() -> RDBStorage:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(
-                url,
-                engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {},
-                heartbeat_interval=10,
-                grace_period=30,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
-            )
-
-    for attempt in range(4):
-        try:
-            return connect()
-        except (IntegrityError, OperationalError):
-            # Workers started together race to create the schema of a new database; the loser finds it made.
-            time.sleep(0.2 * (attempt + 1))
-    return connect()
