@@ -6,6 +6,7 @@ Batch-command rows (Ctrl-C, SIGKILL, two processes on one file) live in tests/te
 
 import asyncio
 import logging
+import re
 import socket
 import threading
 
@@ -204,6 +205,32 @@ def test_a_lone_surrogate_in_a_reply_reaches_the_fusor_as_a_replacement_characte
     assert result.answer == "fused", "the item is fused"
     assert "caf\ufffd au lait" in fusor_prompt["messages"][-1]["content"]
     assert result.candidates[0].answer == "caf\ud800 au lait", "the candidate itself is kept as it came"
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_reply_cut_short_at_max_tokens_is_kept_but_marked_and_named_in_a_warning(asynchronous, caplog):
+    def cut(call):  # the second generator reply to be written hits max_tokens; the fusor finishes
+        return "length" if call.wants("answer") and not call.wants("comparison") and call.index == 1 else "stop"
+
+    with StubOpenAIServer(respond=respond, finish_reason=cut) as server:
+        config = backends({"gen": server})
+        config.config.models["gen"].max_tokens = 64
+        program = config.program("question -> answer", method="fuse", n=3)
+        result = asyncio.run(program.acall(question="Why?")) if asynchronous else program(question="Why?")
+    assert result.answer == "fused" and len(result.candidates) == 3, "the truncated candidate is kept"
+    [line] = result.truncated  # which sample got the cut reply depends on the order the requests arrived in
+    assert re.match(r"sample \d \(openai/gen\): the reply was cut short at max_tokens", line), line
+    warned = [r.getMessage() for r in caplog.records if r.name == "fusion_dspy.core.sample"]
+    assert any("cut short at max_tokens=64" in m and "raise max_tokens of openai/gen" in m for m in warned), warned
+
+
+def test_a_truncated_candidate_stays_marked_when_it_comes_back_from_the_store(tmp_path):
+    with StubOpenAIServer(respond=respond, finish_reason="length") as server:
+        lm = dspy.LM("openai/gen", api_base=server.api_base, api_key="x", engine="litellm", cache=False)
+        sample = fd.Sample("question -> answer", n=2, lm=lm, store=fd.CandidateStore(tmp_path / "store"))
+        first, again = sample(question="Why?"), sample(question="Why?")
+    assert [c.truncated for c in first] == [True, True] and [c.truncated for c in again] == [True, True]
+    assert all(c.cached for c in again) and len(again.truncated) == 2
 
 
 def test_many_samples_do_not_start_a_thread_each():
