@@ -73,6 +73,40 @@ def test_retry_after_is_honoured():
     assert server.arrivals[1] - server.arrivals[0] >= 1.5, "the retry waited as long as the server asked"
 
 
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_retry_after_longer_than_max_retry_wait_s_ends_the_sample_at_once(asynchronous):
+    """A 429 asking for an hour: neither the per-request timeout nor DSPy bounds that wait; max_retry_wait_s does."""
+    outcome = []
+
+    def call(program):
+        try:
+            outcome.append(asyncio.run(program.acall(question="Why?")) if asynchronous else program(question="Why?"))
+        except Exception as error:  # noqa: BLE001 - the outcome is what the test checks
+            outcome.append(error)
+
+    with StubOpenAIServer(respond=respond, status=429, retry_after=3600) as server:
+        program = backends({"gen": server}).program("question -> answer", method="fuse", n=2)  # timeout 5 s
+        worker = threading.Thread(target=call, args=(program,), daemon=True)
+        worker.start()
+        worker.join(30)
+        assert not worker.is_alive(), "the sample waited as long as the server said (an hour)"
+    [error] = outcome
+    assert isinstance(error, fd.SamplingError) and "Only 0 of 2 samples succeeded" in str(error)
+    assert "asked to wait 3600 s before a retry, longer than max_retry_wait_s=60" in str(error), str(error)
+    assert len(server.requests) == 2, "one request a sample: no retry sent before the server allows it"
+
+
+def test_max_retry_wait_s_comes_from_the_config():
+    with StubOpenAIServer(respond=respond, status=lambda i: 429 if i == 0 else 200, retry_after=2) as server:
+        config = backends({"gen": server})
+        config.config.models["gen"].max_retry_wait_s = 1
+        with pytest.raises(fd.SamplingError, match="asked to wait 2 s before a retry, longer than max_retry_wait_s=1"):
+            fused_once(config, n=1)
+    assert len(server.requests) == 1
+    lm = backends({"gen": server}).lm("gen")
+    assert (lm.retries, lm.num_retries, lm.max_retry_wait_s) == (1, 0, 60), "DSPy's own loop is off: ours retries"
+
+
 def test_a_hanging_server_is_cut_by_the_timeout_and_only_its_sample_is_dropped():
     with StubOpenAIServer(respond=respond, delay=30) as hung, StubOpenAIServer(respond=respond) as healthy:
         config = backends({"hung": hung, "ok": healthy}, fusor=healthy)
