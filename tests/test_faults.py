@@ -1,7 +1,8 @@
-"""The fault table (README, "When things fail"): one test per row, through a config, against loopback servers.
+"""The library's rows of the fault table (README, "When things fail"), through a config, against loopback servers.
 
 Every server is a StubOpenAIServer on 127.0.0.1; every wait is bounded by the config's timeout and retries.
-Batch-command rows (Ctrl-C, SIGKILL, two processes on one file) live in tests/test_faults_batch.py.
+Batch-command rows (Ctrl-C, SIGKILL, two processes on one file) live in tests/test_faults_batch.py; every row
+names its tests (tests/test_readme_faults.py checks they exist).
 """
 
 import asyncio
@@ -9,6 +10,7 @@ import logging
 import re
 import socket
 import threading
+import time
 
 import dspy
 import pytest
@@ -276,6 +278,15 @@ def test_many_samples_do_not_start_a_thread_each():
 
     pool = fd.Sample("question -> answer", n=300, lm=scripted_lm(counting))(question="Why?")
     assert len(pool) == 300 and max(peak) <= threading.active_count() + 64
+
+
+def test_a_consensus_vote_over_1000_candidates_ends_in_seconds():
+    words = [f"w{i}" for i in range(300)]
+    candidates = [{"answer": " ".join(words[(7 * i + j * j) % 300] for j in range(20))} for i in range(1000)]
+    started = time.monotonic()
+    chosen = fd.Select("question -> answer", vote="consensus")(candidates=candidates, question="Why?")
+    assert chosen.answer in {c["answer"] for c in candidates}
+    assert time.monotonic() - started < 60, "each candidate is tokenized once, not once per pair"
 
 
 @pytest.mark.parametrize(("config", "message"), [
