@@ -216,6 +216,27 @@ def test_a_lone_surrogate_fails_its_input_item_and_is_replaced_in_a_reply(tmp_pa
         assert failed["id"] == "0" and "not valid Unicode" in failed["error"], "only the broken input fails"
 
 
+def test_a_reply_cut_short_is_marked_in_the_batch_records(tmp_path, capsys):
+    """The commands quiet DSPy's own warnings; the cut replies are still noticed, and said in the records."""
+    def cut(call):
+        return "stop" if call.wants("comparison") else "length"
+
+    with StubOpenAIServer(respond=respond, finish_reason=cut) as server:
+        config = write_config(tmp_path / "config.yaml", stub=server.api_base)
+        inputs = write_inputs(tmp_path / "in.jsonl", [{"question": "q0"}])
+        prompts = write_inputs(tmp_path / "p.jsonl", [{"prompt": "p0"}])
+        assert main(["run", "--config", str(config), "--inputs", str(inputs), "--output", str(tmp_path / "o.jsonl"),
+                     "--quiet"]) == 0  # fmt: skip
+        assert main(["synth", "--config", str(config), "--prompts", str(prompts), "--output",
+                     str(tmp_path / "t.jsonl"), "--quiet"]) == 0  # fmt: skip
+    [record] = lines(tmp_path / "o.jsonl")
+    assert record["answer"] == "fused" and len(record["truncated"]) == 2
+    assert all("cut short at max_tokens" in line for line in record["truncated"])
+    [example] = lines(tmp_path / "t.jsonl")
+    assert len(example["provenance"]["truncated_samples"]) == 2
+    assert "LM response was truncated" not in capsys.readouterr().err, "DSPy's own warning stays quiet"
+
+
 def test_a_missing_misspelt_or_null_field_fails_that_item_before_any_request(tmp_path):
     with StubOpenAIServer(respond=respond) as server:
         config = write_config(tmp_path / "config.yaml", stub=server.api_base)

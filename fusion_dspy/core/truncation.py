@@ -7,7 +7,8 @@ with a logging filter keyed by a context variable: each sample runs in its own t
 own replies only. The filter never drops a record; DSPy's warning is still logged as before.
 
 Limits: a reply served again from DSPy's request cache is not re-read (DSPy logs nothing then; a
-``CandidateStore`` keeps the mark), and a ``dspy.clients.lm`` logger set above WARNING hides the replies.
+``CandidateStore`` keeps the mark), and a ``dspy`` logger set above WARNING makes no record to read: to quiet
+DSPy's warnings, raise the level of its handler instead, as the batch commands do (``fusion_dspy.cli.main``).
 """
 
 import contextlib
