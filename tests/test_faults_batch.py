@@ -334,6 +334,19 @@ def test_the_errors_file_keeps_only_the_items_still_failing_after_a_rerun(tmp_pa
         assert main(evaluate) == 0 and lines(out / "results.errors.jsonl") == []
 
 
+def test_the_errors_file_is_pruned_only_when_a_run_ends_so_a_crash_loses_no_line(tmp_path):
+    from fusion_dspy.workflows.jsonl import ResultsLog, errors_path
+
+    output = tmp_path / "out.jsonl"
+    errors_path(output).write_text('{"id": "a", "error": "old"}\n{"id": "b", "error": "old"}\n')
+    log = ResultsLog(output)
+    log.write({"id": "a", "answer": "now it works"})
+    assert [r["id"] for r in lines(errors_path(output))] == ["a", "b"], "mid-run (a crash here): every line kept"
+    log.close()
+    assert [r["id"] for r in lines(errors_path(output))] == ["b"], "at the end: only what still fails"
+    assert not list(tmp_path.glob("*.tmp")), "the rewrite leaves no temporary file"
+
+
 def test_synth_starts_with_the_teachers_it_can_reach(tmp_path, capsys):
     with StubOpenAIServer(respond=respond) as server:
         down = "http://127.0.0.1:9/v1"  # the discard port: nothing listens there
