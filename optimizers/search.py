@@ -11,6 +11,7 @@ import itertools
 import logging
 import os
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,15 +228,20 @@ class FusionSearch:
         configurations of such trials are run again first, each once, when the study is next optimized.
         """
         stop_at_total = MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,))
+        ends = None if timeout is None else time.monotonic() + timeout
+
+        def left() -> float | None:
+            return None if ends is None else max(0.0, ends - time.monotonic())
+
         for failed in self.outages():  # one optimize call each: a grid sampler stops a call once it is exhausted
-            if len(completed_trials(self.study)) >= n_trials:
+            if len(completed_trials(self.study)) >= n_trials or left() == 0:
                 break
             self.study.enqueue_trial(dict(failed.params))
-            self.study.optimize(self.objective, n_trials=1, timeout=timeout, catch=(StageUnavailable,),
+            self.study.optimize(self.objective, n_trials=1, timeout=left(), catch=(StageUnavailable,),
                                 callbacks=[stop_at_total, *callbacks])  # fmt: skip
         done = len(completed_trials(self.study))
-        if done < n_trials:
-            self.study.optimize(self.objective, n_trials=n_trials - done, timeout=timeout,
+        if done < n_trials and left() != 0:
+            self.study.optimize(self.objective, n_trials=n_trials - done, timeout=left(),
                                 catch=(StageUnavailable,), callbacks=[stop_at_total, *callbacks])  # fmt: skip
         return self.study
 
