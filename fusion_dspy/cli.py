@@ -125,13 +125,14 @@ def _optimize(args: argparse.Namespace) -> int:
 
     from fusion_dspy.backends import load_config
     from fusion_dspy.core.store import CandidateStore
+    from fusion_dspy.optimizers import outages
     from fusion_dspy.optimizers.report import plot_study, trials_table
     from fusion_dspy.optimizers.search import FusionSearch, SearchSpace, completed_trials
     from fusion_dspy.workflows.task import resolve_task
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and final table say it better
     for handler in logging.getLogger("optuna").handlers:  # Ctrl-C: our one line, not optuna's trial traceback
-        handler.addFilter(lambda record: not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt)))
+        handler.addFilter(_quiet_trial_failures)
     task = resolve_task(args.program)
     devset = _examples(task, args)
     backends = load_config(args.config)
@@ -154,12 +155,29 @@ def _optimize(args: argparse.Namespace) -> int:
         bar = progress.add_task(f"study {search.study.study_name}", total=args.trials, completed=complete())
         search.optimize(args.trials, timeout=args.timeout,
                         callbacks=[lambda study, trial: progress.update(bar, completed=complete())])  # fmt: skip
+    failing = search.outages()  # an outage is not a score of 0: those trials failed, and a rerun retries them
+    if failing and not complete():
+        raise FusionDSPyError(f"No trial could be scored. {outages.summary(failing)}")
     best = search.best_params()
     console.print(trials_table(search.study, search.instructions, best))
     saved = search.save_best(args.output, program=args.program)
     plotted = plot_study(search.study, args.plot)
     console.print(f"best: {best} -> {saved} (load with fusion_dspy.optimizers.tuned.load_tuned); plot: {plotted}")
+    if failing:
+        console.print(f"incomplete: {outages.summary(failing)} The best above is of the trials scored.", markup=False)
+        return 1
     return 0
+
+
+def _quiet_trial_failures(record: logging.LogRecord) -> bool:
+    """Optuna's log of a failed trial, without its traceback: none after Ctrl-C (our own line says it), and one
+    line for a trial an outage stopped (``optimize`` sums those up at the end)."""
+    from fusion_dspy.workflows.scoring import StageUnavailable
+
+    error = record.exc_info[1] if record.exc_info else None
+    if isinstance(error, StageUnavailable):
+        record.exc_info, record.exc_text = None, None
+    return not isinstance(error, KeyboardInterrupt)
 
 
 def _add_task_arguments(parser: argparse.ArgumentParser, split: str) -> None:
@@ -401,8 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, format="%(levelname)s %(message)s")
-    if not args.verbose:  # e.g. DSPy's warning on every truncated reply of a small model: results say enough
-        logging.getLogger("dspy").setLevel(logging.ERROR)
+    if not args.verbose:  # e.g. DSPy's warning on every truncated reply of a small model: results say enough.
+        for handler in logging.getLogger("dspy").handlers:  # quiet its handler, not its logger: the records are
+            handler.setLevel(logging.ERROR)  # still made, and fusion_dspy.core.truncation reads the cut replies
     try:
         return args.handler(args)
     except (FusionDSPyError, ValueError, FileNotFoundError) as error:

@@ -3,7 +3,8 @@
 Searched: N, the sampling temperature, fuse vs select, the fusor instruction and, for teacher pools, which
 teachers take part. Candidates come from a ``CandidateStore``, so a trial with N=2 reuses what a trial with N=8
 drew and a resumed or repeated study samples nothing again. The study lives in optuna storage (a SQLite file by
-default, any RDB URL for many workers): kill it, rerun the same command, and it goes on where it stopped.
+default, any RDB URL for many workers, or a journal file: ``optimizers/storage.py``): kill it, rerun the same
+command, and it goes on where it stopped.
 """
 
 import itertools
@@ -11,7 +12,6 @@ import logging
 import os
 import socket
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +19,6 @@ from typing import Any
 
 import dspy
 import optuna
-from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages.journal import JournalFileBackend
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
@@ -30,8 +28,10 @@ from fusion_dspy.core.store import CandidateStore
 from fusion_dspy.errors import FusionDSPyError
 from fusion_dspy.optimizers.context import check_context_window
 from fusion_dspy.optimizers.instructions import builtin_instructions, propose_instructions
+from fusion_dspy.optimizers.outages import failing_on_outages, record_outage
+from fusion_dspy.optimizers.storage import open_storage
 from fusion_dspy.optimizers.tuned import save_tuned, tuned_adaptive
-from fusion_dspy.workflows.scoring import score_examples, score_stage
+from fusion_dspy.workflows.scoring import StageUnavailable, score_examples, score_stage
 from fusion_dspy.workflows.task import Task
 
 logger = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ class FusionSearch:
         directions = ["maximize", "minimize"] if cost_objective else ["maximize"]
         self.study = optuna.create_study(
             study_name=study_name or f"fusion-{task.name}",
-            storage=_storage(storage),
+            storage=open_storage(storage),
             directions=directions,
             load_if_exists=True,
         )
@@ -184,7 +184,8 @@ class FusionSearch:
     def evaluate(self, params: dict[str, Any]) -> tuple[float, float]:
         """Mean metric and mean tokens per example (every sample's and the fusor's, cached ones at their cost).
 
-        An example whose sampling failed scores 0 and adds no cost.
+        An example whose sampling failed scores 0 and adds no cost. One whose fusor or judge is unavailable
+        raises ``StageUnavailable`` (no further example starts): the configuration is not scored at all.
         """
         program = self.build(params)
 
@@ -194,7 +195,7 @@ class FusionSearch:
             scored = score_stage(self.task, program, example, pool, f"dev example {index}")
             return scored.score, pool.tokens + scored.tokens
 
-        results = score_examples(run, self.devset, self.num_threads)
+        results = score_examples(run, self.devset, self.num_threads, stop_on_outage=True)
         scores = [result[0] if result else 0.0 for result in results]
         costs = [result[1] for result in results if result]
         return sum(scores) / len(scores), (sum(costs) / len(costs) if costs else 0.0)
@@ -203,7 +204,11 @@ class FusionSearch:
         # Another worker may have created the study's instruction list first: everyone uses the stored one.
         self.instructions = self.study.user_attrs.get("instructions", self.instructions)
         params = self.suggest(trial)
-        score, cost = self._already_scored(params) or self.evaluate(params)
+        try:
+            score, cost = self._already_scored(params) or self.evaluate(params)
+        except StageUnavailable as outage:  # failed, not a 0 (optimizers/outages.py); the next run retries it
+            record_outage(trial, outage)
+            raise
         trial.set_user_attr("tokens_per_example", cost)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         return (score, cost) if self.cost_objective else score
@@ -217,13 +222,33 @@ class FusionSearch:
         return None
 
     def optimize(self, n_trials: int, timeout: float | None = None, callbacks: Sequence = ()) -> optuna.Study:
-        """Run until the study (all workers together) has ``n_trials`` complete trials."""
-        done = len(completed_trials(self.study))
-        if done < n_trials:
-            stop_at_total = MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,))
-            self.study.optimize(self.objective, n_trials=n_trials - done, timeout=timeout,
+        """Run until the study (all workers together) has ``n_trials`` complete trials.
+
+        A trial a model outage stopped is failed (``outages()`` lists them) and the study goes on; the
+        configurations of such trials are run again first, each once, when the study is next optimized.
+        """
+        stop_at_total = MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,))
+        ends = None if timeout is None else time.monotonic() + timeout
+
+        def left() -> float | None:
+            return None if ends is None else max(0.0, ends - time.monotonic())
+
+        for failed in self.outages():  # one optimize call each: a grid sampler stops a call once it is exhausted
+            if len(completed_trials(self.study)) >= n_trials or left() == 0:
+                break
+            self.study.enqueue_trial(dict(failed.params))
+            self.study.optimize(self.objective, n_trials=1, timeout=left(), catch=(StageUnavailable,),
                                 callbacks=[stop_at_total, *callbacks])  # fmt: skip
+        done = len(completed_trials(self.study))
+        if done < n_trials and left() != 0:
+            self.study.optimize(self.objective, n_trials=n_trials - done, timeout=left(),
+                                catch=(StageUnavailable,), callbacks=[stop_at_total, *callbacks])  # fmt: skip
         return self.study
+
+    def outages(self) -> list[optuna.trial.FrozenTrial]:
+        """Trials a model outage stopped whose configuration no trial has scored since (the cause in
+        ``user_attrs["outage"]``): what a rerun tries again."""
+        return failing_on_outages(self.study, canonical)
 
     def best_params(self) -> dict[str, Any]:
         """The best trial's parameters: the highest score, then (with a cost objective) the fewest tokens."""
@@ -262,40 +287,3 @@ def canonical(params: dict[str, Any]) -> tuple:
     fusion_only = {"instruction", *STRUCTURES}
     relevant = {k: v for k, v in params.items() if not (k in fusion_only and params.get("method") == "select")}
     return tuple(sorted(relevant.items()))
-
-
-def _journal(path: str) -> JournalStorage:
-    # One append-only file, no database server: optuna's journal, for workers that share a filesystem. It has
-    # no heartbeats, so a killed worker's trial stays RUNNING and is not retried (an RDB URL retries it).
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return JournalStorage(JournalFileBackend(str(Path(path).expanduser())))
-
-
-def _storage(url: str) -> RDBStorage | JournalStorage:
-    """``journal:PATH`` (or a path ending in ``.log``): a journal file; anything else: an RDB URL (sqlite://...)."""
-    if url.startswith("journal:") or url.endswith(".log"):
-        return _journal(url.removeprefix("journal:"))
-    # Heartbeats mark the trial of a killed process as failed once its grace period passes, and the retry
-    # callback queues its parameters again, so a crash costs one trial's progress at most. (Optuna calls both
-    # "experimental" since v2.8; they are its documented way to survive killed workers.)
-    from sqlalchemy.exc import IntegrityError, OperationalError
-
-    def connect() -> RDBStorage:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(
-                url,
-                engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {},
-                heartbeat_interval=10,
-                grace_period=30,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
-            )
-
-    for attempt in range(4):
-        try:
-            return connect()
-        except (IntegrityError, OperationalError):
-            # Workers started together race to create the schema of a new database; the loser finds it made.
-            time.sleep(0.2 * (attempt + 1))
-    return connect()

@@ -1,8 +1,9 @@
 """DSPy's public engine contract, as fusion-dspy relies on it: fails loudly on a DSPy whose contract changed.
 
 fusion_dspy.backends.engine (the Router behind ``dspy.LM(engine=...)``) and fusion_dspy.testing (the scripted LM)
-use only these public names. If one of these tests fails after a DSPy upgrade, the contract moved: adapt those
-two modules, or keep DSPy at the last version that passes (pyproject.toml's pin).
+use only these public names; fusion_dspy.core.truncation reads the warning DSPy logs for a reply cut short. If
+one of these tests fails after a DSPy upgrade, the contract moved: adapt those modules, or keep DSPy at the last
+version that passes (pyproject.toml's pin).
 """
 
 import dataclasses
@@ -131,3 +132,19 @@ async def test_the_router_engine_streams_through_dspy_streamify():
                 final = item
     assert final.answer == "four" and "".join(pieces).strip() == "four" and len(pieces) >= 2
     assert router.bodies[0]["stream"] is True and router.bodies[0]["stream_options"] == {"include_usage": True}
+
+
+@pytest.mark.parametrize("engine", ["scripted", "litellm", "litellm-batched"])
+def test_a_reply_cut_short_is_reported_on_dspys_lm_logger(engine):
+    """fusion_dspy.core.truncation reads DSPy's one public trace of finish_reason 'length': its logged warning."""
+    from fusion_dspy.core import truncation
+    from fusion_dspy.testing import StubOpenAIServer, scripted_lm
+
+    with StubOpenAIServer(respond=lambda call: {"answer": "4"}, finish_reason="length") as server:
+        lm = scripted_lm(lambda call: {"answer": "4"}, finish_reason="length") if engine == "scripted" else dspy.LM(
+            "openai/m", api_base=server.api_base, api_key="x", engine="litellm", cache=False,
+            **({"n": 2} if engine == "litellm-batched" else {}))  # fmt: skip
+        with truncation.watch() as cut:
+            dspy.Predict("question -> answer")(question="2 + 2?", lm=lm)
+    fail_unless(len(cut) == 1, f"no warning on the {truncation.DSPY_LM_LOGGER!r} logger says a reply was "
+                "truncated (finish_reason 'length'): find where DSPy reports it now, and read it there")

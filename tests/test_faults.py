@@ -1,13 +1,16 @@
-"""The fault table (README, "When things fail"): one test per row, through a config, against loopback servers.
+"""The library's rows of the fault table (README, "When things fail"), through a config, against loopback servers.
 
 Every server is a StubOpenAIServer on 127.0.0.1; every wait is bounded by the config's timeout and retries.
-Batch-command rows (Ctrl-C, SIGKILL, two processes on one file) live in tests/test_faults_batch.py.
+Batch-command rows (Ctrl-C, SIGKILL, two processes on one file) live in tests/test_faults_batch.py; every row
+names its tests (tests/test_readme_faults.py checks they exist).
 """
 
 import asyncio
 import logging
+import re
 import socket
 import threading
+import time
 
 import dspy
 import pytest
@@ -70,6 +73,40 @@ def test_retry_after_is_honoured():
     with StubOpenAIServer(respond=respond, status=lambda i: 429 if i == 0 else 200, retry_after=1.5) as server:
         fused_once(backends({"gen": server}), n=1)
     assert server.arrivals[1] - server.arrivals[0] >= 1.5, "the retry waited as long as the server asked"
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_retry_after_longer_than_max_retry_wait_s_ends_the_sample_at_once(asynchronous):
+    """A 429 asking for an hour: neither the per-request timeout nor DSPy bounds that wait; max_retry_wait_s does."""
+    outcome = []
+
+    def call(program):
+        try:
+            outcome.append(asyncio.run(program.acall(question="Why?")) if asynchronous else program(question="Why?"))
+        except Exception as error:  # noqa: BLE001 - the outcome is what the test checks
+            outcome.append(error)
+
+    with StubOpenAIServer(respond=respond, status=429, retry_after=3600) as server:
+        program = backends({"gen": server}).program("question -> answer", method="fuse", n=2)  # timeout 5 s
+        worker = threading.Thread(target=call, args=(program,), daemon=True)
+        worker.start()
+        worker.join(30)
+        assert not worker.is_alive(), "the sample waited as long as the server said (an hour)"
+    [error] = outcome
+    assert isinstance(error, fd.SamplingError) and "Only 0 of 2 samples succeeded" in str(error)
+    assert "asked to wait 3600 s before a retry, longer than max_retry_wait_s=60" in str(error), str(error)
+    assert len(server.requests) == 2, "one request a sample: no retry sent before the server allows it"
+
+
+def test_max_retry_wait_s_comes_from_the_config():
+    with StubOpenAIServer(respond=respond, status=lambda i: 429 if i == 0 else 200, retry_after=2) as server:
+        config = backends({"gen": server})
+        config.config.models["gen"].max_retry_wait_s = 1
+        with pytest.raises(fd.SamplingError, match="asked to wait 2 s before a retry, longer than max_retry_wait_s=1"):
+            fused_once(config, n=1)
+    assert len(server.requests) == 1
+    lm = backends({"gen": server}).lm("gen")
+    assert (lm.retries, lm.num_retries, lm.max_retry_wait_s) == (1, 0, 60), "DSPy's own loop is off: ours retries"
 
 
 def test_a_hanging_server_is_cut_by_the_timeout_and_only_its_sample_is_dropped():
@@ -193,6 +230,46 @@ def test_candidates_cannot_forge_prompt_structure():
     assert set(prompt.inputs) == {"question", "candidates"}, "no forged input section"
 
 
+def test_a_lone_surrogate_in_a_reply_reaches_the_fusor_as_a_replacement_character():
+    """Half of a broken emoji in a candidate: DSPy would refuse to send it on, so it is shown to the fusor as U+FFFD."""
+    def answer(call):
+        return respond(call) if call.wants("comparison") else {"answer": "caf\ud800 au lait"}
+
+    with StubOpenAIServer(respond=answer) as server:
+        result = fused_once(backends({"gen": server}), n=2)
+    fusor_prompt = next(body for body in server.requests if "comparison" in body["messages"][0]["content"])
+    assert result.answer == "fused", "the item is fused"
+    assert "caf\ufffd au lait" in fusor_prompt["messages"][-1]["content"]
+    assert result.candidates[0].answer == "caf\ud800 au lait", "the candidate itself is kept as it came"
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_reply_cut_short_at_max_tokens_is_kept_but_marked_and_named_in_a_warning(asynchronous, caplog):
+    caplog.set_level(logging.WARNING, logger="fusion_dspy.core.sample")  # whatever an earlier test set
+    def cut(call):  # the second generator reply to be written hits max_tokens; the fusor finishes
+        return "length" if call.wants("answer") and not call.wants("comparison") and call.index == 1 else "stop"
+
+    with StubOpenAIServer(respond=respond, finish_reason=cut) as server:
+        config = backends({"gen": server})
+        config.config.models["gen"].max_tokens = 64
+        program = config.program("question -> answer", method="fuse", n=3)
+        result = asyncio.run(program.acall(question="Why?")) if asynchronous else program(question="Why?")
+    assert result.answer == "fused" and len(result.candidates) == 3, "the truncated candidate is kept"
+    [line] = result.truncated  # which sample got the cut reply depends on the order the requests arrived in
+    assert re.match(r"sample \d \(openai/gen\): the reply was cut short at max_tokens", line), line
+    warned = [r.getMessage() for r in caplog.records if r.name == "fusion_dspy.core.sample"]
+    assert any("cut short at max_tokens=64" in m and "raise max_tokens of openai/gen" in m for m in warned), warned
+
+
+def test_a_truncated_candidate_stays_marked_when_it_comes_back_from_the_store(tmp_path):
+    with StubOpenAIServer(respond=respond, finish_reason="length") as server:
+        lm = dspy.LM("openai/gen", api_base=server.api_base, api_key="x", engine="litellm", cache=False)
+        sample = fd.Sample("question -> answer", n=2, lm=lm, store=fd.CandidateStore(tmp_path / "store"))
+        first, again = sample(question="Why?"), sample(question="Why?")
+    assert [c.truncated for c in first] == [True, True] and [c.truncated for c in again] == [True, True]
+    assert all(c.cached for c in again) and len(again.truncated) == 2
+
+
 def test_many_samples_do_not_start_a_thread_each():
     peak = []
 
@@ -202,6 +279,15 @@ def test_many_samples_do_not_start_a_thread_each():
 
     pool = fd.Sample("question -> answer", n=300, lm=scripted_lm(counting))(question="Why?")
     assert len(pool) == 300 and max(peak) <= threading.active_count() + 64
+
+
+def test_a_consensus_vote_over_1000_candidates_ends_in_seconds():
+    words = [f"w{i}" for i in range(300)]
+    candidates = [{"answer": " ".join(words[(7 * i + j * j) % 300] for j in range(20))} for i in range(1000)]
+    started = time.monotonic()
+    chosen = fd.Select("question -> answer", vote="consensus")(candidates=candidates, question="Why?")
+    assert chosen.answer in {c["answer"] for c in candidates}
+    assert time.monotonic() - started < 60, "each candidate is tokenized once, not once per pair"
 
 
 @pytest.mark.parametrize(("config", "message"), [

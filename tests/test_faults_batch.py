@@ -1,10 +1,11 @@
-"""The batch commands' fault table (README, "When things fail (batch commands)"): one test per row.
+"""The batch commands' rows of the fault table (README, "When things fail"), each named in its test column.
 
 Everything runs against loopback stub servers; each subprocess is bounded by a deadline; nothing is timed.
 """
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -184,7 +185,7 @@ def test_two_processes_share_one_candidate_store(tmp_path):
 
 # --- Bad input lines and bad replies -----------------------------------------------------------------------------
 
-def test_a_lone_surrogate_in_an_input_or_a_reply_fails_that_item_only(tmp_path):
+def test_a_lone_surrogate_fails_its_input_item_and_is_replaced_in_a_reply(tmp_path):
     with StubOpenAIServer(respond=respond) as server:
         config = write_config(tmp_path / "config.yaml", stub=server.api_base)
         inputs = write_inputs(tmp_path / "in.jsonl", [{"question": "fine"}, {"question": f"broken {BAD}"},
@@ -200,15 +201,40 @@ def test_a_lone_surrogate_in_an_input_or_a_reply_fails_that_item_only(tmp_path):
         assert failed["id"] == "1" and "not valid Unicode" in failed["error"]
         assert main(args) == 0, "a rerun does not stop at it"
         assert len(server.requests) == 3 * 2
-        # Fused: DSPy refuses to send a surrogate on to the fusor; that prompt fails, the others go on.
+        # Fused: the fusor is shown the reply's surrogate as U+FFFD (DSPy would refuse to send it), so it is fused.
         prompts = write_inputs(tmp_path / "p.jsonl", [{"prompt": f"broken {BAD}"}, {"prompt": "echo-bad"},
                                                       {"prompt": "fine"}])  # fmt: skip
         train = tmp_path / "train.jsonl"
+        before = len(server.requests)
         assert main(["synth", "--config", str(config), "--prompts", str(prompts), "--output", str(train),
                      "--quiet"]) == 0  # fmt: skip
-        assert [r["id"] for r in lines(train)] == ["2"]
-        errors = {r["id"]: r["error"] for r in lines(tmp_path / "train.errors.jsonl")}
-        assert set(errors) == {"0", "1"} and all("not valid Unicode" in e for e in errors.values())
+        assert sorted(r["id"] for r in lines(train)) == ["1", "2"]
+        fused = next(body for body in server.requests[before:] if "echo-bad" in body["messages"][-1]["content"]
+                     and "comparison" in body["messages"][0]["content"])  # fmt: skip
+        assert "draft \ufffd" in fused["messages"][-1]["content"]
+        [failed] = lines(tmp_path / "train.errors.jsonl")
+        assert failed["id"] == "0" and "not valid Unicode" in failed["error"], "only the broken input fails"
+
+
+def test_a_reply_cut_short_is_marked_in_the_batch_records(tmp_path, capsys):
+    """The commands quiet DSPy's own warnings; the cut replies are still noticed, and said in the records."""
+    def cut(call):
+        return "stop" if call.wants("comparison") else "length"
+
+    with StubOpenAIServer(respond=respond, finish_reason=cut) as server:
+        config = write_config(tmp_path / "config.yaml", stub=server.api_base)
+        inputs = write_inputs(tmp_path / "in.jsonl", [{"question": "q0"}])
+        prompts = write_inputs(tmp_path / "p.jsonl", [{"prompt": "p0"}])
+        assert main(["run", "--config", str(config), "--inputs", str(inputs), "--output", str(tmp_path / "o.jsonl"),
+                     "--quiet"]) == 0  # fmt: skip
+        assert main(["synth", "--config", str(config), "--prompts", str(prompts), "--output",
+                     str(tmp_path / "t.jsonl"), "--quiet"]) == 0  # fmt: skip
+    [record] = lines(tmp_path / "o.jsonl")
+    assert record["answer"] == "fused" and len(record["truncated"]) == 2
+    assert all("cut short at max_tokens" in line for line in record["truncated"])
+    [example] = lines(tmp_path / "t.jsonl")
+    assert len(example["provenance"]["truncated_samples"]) == 2
+    assert "LM response was truncated" not in capsys.readouterr().err, "DSPy's own warning stays quiet"
 
 
 def test_a_missing_misspelt_or_null_field_fails_that_item_before_any_request(tmp_path):
@@ -228,6 +254,24 @@ def test_a_missing_misspelt_or_null_field_fails_that_item_before_any_request(tmp
                      "--quiet"]) == 0  # fmt: skip
         [record] = lines(train)  # no training example with an empty user turn
         assert record["id"] == "1" and record["messages"][0]["content"].strip()
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"questoin": "2+2?", "answer": "4"}, "dev.jsonl:3: lacks the input field 'question' (did you mean 'questoin'?"),
+    ({"question": None, "answer": "4"}, "dev.jsonl:3: the input field 'question' is null"),
+    ({"question": f"2+2{BAD}", "answer": "4"}, "dev.jsonl:3: the input field 'question' holds text that is not valid"),
+    ({"question": "2+2?", "answer": None}, "dev.jsonl:3: the output field 'answer' is null"),
+    ({"question": "2+2?", "answer": f"4{BAD}"}, "dev.jsonl:3: the output field 'answer' holds text that is not valid"),
+])  # fmt: skip
+def test_a_devset_example_with_a_missing_null_or_broken_field_is_an_error_naming_its_line(row, message, tmp_path):
+    from fusion_dspy.errors import FusionDSPyError
+    from tests.scripted_search import TASK
+
+    path = tmp_path / "dev.jsonl"
+    path.write_text(json.dumps({"question": "1+1?", "answer": "2"}) + "\n\n" + json.dumps(row) + "\n")
+    with pytest.raises(FusionDSPyError, match=re.escape(message)) as raised:
+        TASK.read_examples(path)
+    assert "(task 'toy': question -> answer)" in str(raised.value)
 
 
 @pytest.mark.parametrize("rows, named", [
@@ -257,6 +301,50 @@ def test_run_retries_the_items_that_failed(tmp_path, capsys):
         assert main(args) == 0
         assert "3 done, 0 failed" in " ".join(capsys.readouterr().err.split())
         assert sorted(r["id"] for r in lines(output)) == ["0", "1", "2"]
+
+
+def test_the_errors_file_keeps_only_the_items_still_failing_after_a_rerun(tmp_path):
+    def answer(call):
+        return "no fields here" if "q2" in call.user and not call.wants("comparison") else respond(call)
+
+    with StubOpenAIServer(respond=answer, status=503) as server:
+        config = write_config(tmp_path / "config.yaml", stub=server.api_base)
+        inputs = write_inputs(tmp_path / "in.jsonl", [{"question": f"q{i}"} for i in range(3)])
+        output, errors = tmp_path / "out.jsonl", tmp_path / "out.errors.jsonl"
+        args = ["run", "--config", str(config), "--inputs", str(inputs), "--output", str(output), "--quiet"]
+        assert main(args) == 1
+        assert sorted(r["id"] for r in lines(errors)) == ["0", "1", "2"]
+        server.status = 200  # q0 and q1 now succeed; q2's samples cannot be parsed
+        assert main(args) == 0
+        assert sorted(r["id"] for r in lines(output)) == ["0", "1"]
+        [still] = lines(errors)
+        assert still["id"] == "2" and "SamplingError" in still["error"], "this run's failure, not the old one"
+        server.respond = respond  # q2 can be parsed now too
+        assert main(args) == 0
+        assert sorted(r["id"] for r in lines(output)) == ["0", "1", "2"] and lines(errors) == []
+        # eval: an example whose sampling failed is an error line per (example, N), pruned once they are scored.
+        server.status = 503
+        devset = write_inputs(tmp_path / "dev.jsonl", [{"question": "q0", "answer": "draft"}])
+        out = tmp_path / "eval"
+        evaluate = ["eval", "--config", str(config), "--program", "tests.scripted_search:TASK", "--devset",
+                    str(devset), "--n-values", "1,2", "--output-dir", str(out), "--quiet"]  # fmt: skip
+        assert main(evaluate) == 2
+        assert sorted(r["id"] for r in lines(out / "results.errors.jsonl")) == ["0:1", "0:2"]
+        server.status = 200
+        assert main(evaluate) == 0 and lines(out / "results.errors.jsonl") == []
+
+
+def test_the_errors_file_is_pruned_only_when_a_run_ends_so_a_crash_loses_no_line(tmp_path):
+    from fusion_dspy.workflows.jsonl import ResultsLog, errors_path
+
+    output = tmp_path / "out.jsonl"
+    errors_path(output).write_text('{"id": "a", "error": "old"}\n{"id": "b", "error": "old"}\n')
+    log = ResultsLog(output)
+    log.write({"id": "a", "answer": "now it works"})
+    assert [r["id"] for r in lines(errors_path(output))] == ["a", "b"], "mid-run (a crash here): every line kept"
+    log.close()
+    assert [r["id"] for r in lines(errors_path(output))] == ["b"], "at the end: only what still fails"
+    assert not list(tmp_path.glob("*.tmp")), "the rewrite leaves no temporary file"
 
 
 def test_synth_starts_with_the_teachers_it_can_reach(tmp_path, capsys):
@@ -297,6 +385,37 @@ def test_eval_does_not_score_a_fusor_outage_and_a_rerun_scores_it(tmp_path, caps
                                          for r in records)  # fmt: skip
         assert all(not r["errors"] for r in records), "scored for real, not as an outage"
         assert len(generator.requests) == drawn, "the candidates come back from the store"
+        assert lines(out / "results.errors.jsonl") == [], "nothing is still failing"
+    capsys.readouterr()
+
+
+def test_optimize_fails_a_trial_on_a_fusor_outage_instead_of_scoring_it_0_and_a_rerun_retries_it(tmp_path, capsys):
+    import optuna
+    from optuna.trial import TrialState
+
+    with StubOpenAIServer(respond=respond) as generator, StubOpenAIServer(respond=respond, status=503) as fusor:
+        config = write_config(tmp_path / "config.yaml", gen=generator.api_base, fusor=fusor.api_base)
+        devset = write_inputs(tmp_path / "dev.jsonl", [{"question": f"q{i}", "answer": "draft"} for i in range(2)])
+        storage = f"sqlite:///{tmp_path / 'study.db'}"
+        args = ["optimize", "--config", str(config), "--program", "tests.scripted_search:TASK", "--devset",
+                str(devset), "--n-values", "2", "--methods", "select,fuse", "--sampler", "grid", "--trials", "2",
+                "--threads", "1", "--storage", storage, "--cache-dir", str(tmp_path / "store"), "--output",
+                str(tmp_path / "tuned.json"), "--plot", str(tmp_path / "p.png"), "--quiet"]  # fmt: skip
+        capsys.readouterr()
+        assert main(args) == 1, "incomplete: a trial could not be scored"
+        err = " ".join(capsys.readouterr().err.split())
+        assert "1 trial could not be scored because a model was unavailable" in err and "rerun" in err, err
+        study = optuna.load_study(study_name="fusion-toy", storage=storage)
+        by_method = {t.params["method"]: t for t in study.trials}
+        assert by_method["fuse"].state == TrialState.FAIL, "an outage is not a score of 0"
+        assert "unavailable" in by_method["fuse"].user_attrs["outage"]
+        assert by_method["select"].state == TrialState.COMPLETE
+        assert len(fusor.requests) == 1, "no new dev example starts once the fusor is known to be down"
+        fusor.status = 200
+        assert main(args) == 0
+        study = optuna.load_study(study_name="fusion-toy", storage=storage)
+        complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+        assert sorted(t.params["method"] for t in complete) == ["fuse", "select"], "the failed trial is retried"
     capsys.readouterr()
 
 

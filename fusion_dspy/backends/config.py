@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from fusion_dspy.backends.retries import MAX_RETRY_WAIT_S
 from fusion_dspy.errors import FusionDSPyError
 
 if sys.version_info >= (3, 11):
@@ -81,6 +82,10 @@ class ModelConfig(_Strict):
     context_window: int | None = Field(None, gt=0, description="tokens the model reads at once (default: litellm's "
                                        "model info, when it knows the model)")  # fmt: skip
     num_retries: int = Field(2, ge=0, le=10)
+    max_retry_wait_s: float = Field(
+        MAX_RETRY_WAIT_S, ge=0, description="longest wait for a server's Retry-After before a retry; one asking "
+        "for longer ends the request at once (60: the OpenAI SDK's and litellm's own limit). Models with "
+        "deployments or fallbacks retry in litellm's Router, which honours at most 60 s too")  # fmt: skip
     adapter: Literal["chat", "json", "xml", "plain"] | None = Field(
         None, description="DSPy adapter for this model's calls; 'plain' for small models (see PlainAdapter)"
     )

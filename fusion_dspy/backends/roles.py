@@ -18,6 +18,7 @@ import dspy
 from fusion_dspy.backends.config import EMBEDDED, ConfigError, FusionConfig, ModelConfig, config_source, read_config
 from fusion_dspy.backends.engine import AsyncRouterEngine, RouterEngine
 from fusion_dspy.backends.plain_adapter import PlainAdapter
+from fusion_dspy.backends.retries import CappedRetryLM
 from fusion_dspy.core.adaptive import Adaptive
 from fusion_dspy.core.context import known_context_window
 from fusion_dspy.core.fusion import BestOfN, FusionOfN
@@ -114,13 +115,15 @@ class Backends:
             lm = dspy.LM(f"router/{name}", engine=RouterEngine(router, name),
                          async_engine=AsyncRouterEngine(router, name), cache=cfg.cache, num_retries=0,
                          **sampling, **cfg.extra)  # fmt: skip
-        elif cfg.engine == "native":  # DSPy's own client: no litellm on the request path
-            lm = dspy.LM(engine="lm15", cache=cfg.cache, num_retries=cfg.num_retries,
-                         **self._litellm_params(name, cfg), **sampling, **cfg.extra)  # fmt: skip
-        else:
-            lean = {"no-log": True} if cfg.lean_client else {}  # litellm's documented per-call opt-out of callbacks
-            lm = dspy.LM(engine="litellm", cache=cfg.cache, num_retries=cfg.num_retries,
-                         **self._litellm_params(name, cfg), **sampling, **lean, **cfg.extra)  # fmt: skip
+        else:  # retried by CappedRetryLM: a server's Retry-After is waited for up to max_retry_wait_s only
+            retries = {"cache": cfg.cache, "num_retries": cfg.num_retries, "max_retry_wait_s": cfg.max_retry_wait_s}
+            if cfg.engine == "native":  # DSPy's own client: no litellm on the request path
+                lm = CappedRetryLM(engine="lm15", **retries, **self._litellm_params(name, cfg), **sampling,
+                                   **cfg.extra)  # fmt: skip
+            else:
+                lean = {"no-log": True} if cfg.lean_client else {}  # litellm's documented opt-out of callbacks
+                lm = CappedRetryLM(engine="litellm", **retries, **self._litellm_params(name, cfg), **sampling,
+                                   **lean, **cfg.extra)  # fmt: skip
         self._lms[name] = lm
         return lm
 

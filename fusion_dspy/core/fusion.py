@@ -88,6 +88,7 @@ class _SampleThenCombine(dspy.Module):
         fields["candidates"] = pool.predictions
         if any(model is not None for model in pool.models):  # drawn by a Sample: say where from
             fields["candidate_models"], fields["sample_failures"] = pool.models, pool.failures
+            fields["truncated"] = pool.truncated  # candidates kept although their reply was cut at max_tokens
             fields["stragglers"], fields["samples_drawn"], fields["stop_reason"] = (pool.stragglers, pool.drawn,
                                                                                    pool.stop_reason)  # fmt: skip
         fields["stage_usage"] = meter.usage

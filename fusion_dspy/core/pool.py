@@ -25,6 +25,8 @@ class Candidate:
         usage: Token usage of drawing it, ``{model: {"prompt_tokens": ..., ...}}`` (its original cost when stored).
         cached: It came from a ``CandidateStore`` instead of a new request.
         index: Its sample index in the draw (stable across N: sample ``i`` of N=8 is sample ``i`` of N=2).
+        truncated: The reply was cut short at ``max_tokens`` (finish_reason ``"length"``): kept, but its last
+            field may be incomplete (see ``fusion_dspy.core.truncation``).
     """
 
     prediction: dspy.Prediction
@@ -32,6 +34,7 @@ class Candidate:
     usage: Usage = field(default_factory=dict)
     cached: bool = False
     index: int = 0
+    truncated: bool = False
 
     @property
     def tokens(self) -> int:
@@ -100,6 +103,11 @@ class Pool(dspy.Prediction):
         return [candidate.model for candidate in self.candidates]
 
     @property
+    def truncated(self) -> list[str]:
+        """One line per candidate whose reply was cut short at ``max_tokens`` (kept in the pool all the same)."""
+        return [truncation_note(c.index, c.model) for c in self.candidates if c.truncated]
+
+    @property
     def tokens(self) -> int:
         """Tokens of every candidate (stored ones at what they cost when drawn)."""
         return sum(candidate.tokens for candidate in self.candidates)
@@ -136,6 +144,19 @@ class Pool(dspy.Prediction):
     def __repr__(self) -> str:
         late = f", {len(self.stragglers)} stragglers" if self.stragglers else ""
         return f"Pool({len(self)} candidates, {len(self.failures)} failed{late})"
+
+
+def truncation_note(index: int, model: str | None, max_tokens: Any = None) -> str:
+    """The line saying a sample's reply was cut short, and what to change.
+
+    Example:
+        >>> print(truncation_note(2, "openai/gen", 64))
+        sample 2 (openai/gen): the reply was cut short at max_tokens=64 (finish_reason 'length'); raise
+        max_tokens of openai/gen
+    """
+    limit = f"max_tokens={max_tokens}" if max_tokens is not None else "max_tokens"
+    return (f"sample {index} ({model}): the reply was cut short at {limit} (finish_reason 'length'); raise "
+            f"max_tokens of {model}")
 
 
 def predictions(candidates: "Pool | Sequence[Any]") -> list[dspy.Prediction]:

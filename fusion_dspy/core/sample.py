@@ -10,12 +10,12 @@ import dspy
 from dspy.clients.base_lm import BaseLM
 from dspy.signatures.signature import Signature
 
-from fusion_dspy.core import batching
+from fusion_dspy.core import batching, truncation
 from fusion_dspy.core.adaptive import Adaptive, as_adaptive
 from fusion_dspy.core.batching import BatchSamples
 from fusion_dspy.core.concurrency import Straggler
 from fusion_dspy.core.meter import total_tokens
-from fusion_dspy.core.pool import Candidate, Pool
+from fusion_dspy.core.pool import Candidate, Pool, truncation_note
 from fusion_dspy.core.steps import Call, Gather, Steps, adapter_override, arun, run
 from fusion_dspy.core.store import CandidateStore
 from fusion_dspy.errors import SamplingError
@@ -153,7 +153,7 @@ class Sample(dspy.Module):
         return {**context, "adapter": self.adapter} if self.adapter else context
 
     def _lookup(self, draws: list[Draw], inputs: dict[str, Any]) -> tuple[list[str | None], dict[int, Any]]:
-        """Store keys of the draws, and the (candidate, usage) of those already stored."""
+        """Store keys of the draws, and the (candidate, usage, truncated) of those already stored."""
         if self.store is None:
             return [None] * len(draws), {}
         state = self.store.generator_state(self.module)
@@ -162,12 +162,13 @@ class Sample(dspy.Module):
         return keys, {index: hit for index, hit in found.items() if hit is not None}
 
     def _draw(self, draw: Draw, key: str | None, inputs: dict[str, Any]) -> Steps[tuple]:
-        with dspy.context(**self._draw_context(draw)), dspy.track_usage() as tracker:
+        """One sample: ``(prediction, usage, truncated)``, ``truncated`` when a reply was cut at max_tokens."""
+        with dspy.context(**self._draw_context(draw)), dspy.track_usage() as tracker, truncation.watch() as cut:
             prediction = yield Call(self.module, inputs)
         usage = tracker.get_total_tokens()
         if key is not None:
-            self.store.put(key, prediction, usage)  # at once: a crash later keeps this sample
-        return prediction, usage
+            self.store.put(key, prediction, usage, bool(cut))  # at once: a crash later keeps this sample
+        return prediction, usage, bool(cut)
 
     def _draw_batch(self, group: list[Draw], keys: list[str | None], inputs: dict[str, Any]) -> Steps[list]:
         """One request for the group's samples (``n`` choices); N requests when the backend rejects ``n``."""
@@ -175,7 +176,7 @@ class Sample(dspy.Module):
         batch_lm = batching.batch_lm(lm, group[0].rollout_id, self.temperature, k)
         context = {"lm": batch_lm, **adapter_override(self.adapter)}
         try:
-            with dspy.context(**context), dspy.track_usage() as tracker:
+            with dspy.context(**context), dspy.track_usage() as tracker, truncation.watch() as cut:
                 prediction = yield Call(self.module, inputs)
             predictions = batching.completions(prediction, k)
         except Exception as error:
@@ -186,10 +187,11 @@ class Sample(dspy.Module):
                 batching.mark_rejected(lm, error)  # the same requests with one choice each went through
             return outcomes
         usages = batching.split_usage(tracker.get_total_tokens(), k)
-        drawn = list(zip(predictions, usages, strict=True))
-        for draw, (candidate, usage) in zip(group, drawn, strict=True):
+        # DSPy reports a cut once per request, not per choice: every sample of a batch that had one is marked.
+        drawn = [(candidate, usage, bool(cut)) for candidate, usage in zip(predictions, usages, strict=True)]
+        for draw, outcome in zip(group, drawn, strict=True):
             if keys[draw.index] is not None:
-                self.store.put(keys[draw.index], candidate, usage)  # sample i of the batch is stored as sample i
+                self.store.put(keys[draw.index], *outcome)  # sample i of the batch is stored as sample i
         return drawn
 
     def _group(self, draw: Draw, keys: list[str | None], inputs: dict[str, Any], group: list[Draw]) -> Steps[list]:
@@ -233,8 +235,8 @@ class Sample(dspy.Module):
 
     def _stop_reason(self, outcomes: list[Any]) -> str | None:
         good = [outcome for outcome in outcomes if not isinstance(outcome, Exception)]
-        answers = self.adaptive.answers([prediction for prediction, _ in good], self._signature())
-        return self.adaptive.stop_reason(answers, sum(total_tokens(usage) for _, usage in good))
+        answers = self.adaptive.answers([prediction for prediction, *_ in good], self._signature())
+        return self.adaptive.stop_reason(answers, sum(total_tokens(usage) for _, usage, _ in good))
 
     def _signature(self) -> type[Signature]:
         return self.module.predictors()[-1].signature
@@ -258,8 +260,12 @@ class Sample(dspy.Module):
                 logger.warning("Dropping a failed candidate: %s", failure)
                 failures.append(failure)
                 continue
-            prediction, usage = outcome
-            candidates.append(Candidate(prediction, draw.lm.model, usage, draw.index in stored, draw.index))
+            prediction, usage, cut = outcome
+            if cut:
+                limit = draw.lm.kwargs.get("max_tokens") or draw.lm.kwargs.get("max_completion_tokens")
+                logger.warning("Keeping a candidate whose reply was cut short: %s (its last field may be "
+                               "incomplete).", truncation_note(draw.index, draw.lm.model, limit))  # fmt: skip
+            candidates.append(Candidate(prediction, draw.lm.model, usage, draw.index in stored, draw.index, cut))
         if len(candidates) < self.min_candidates:
             raise SamplingError(
                 f"Only {len(candidates)} of {len(draws)} samples succeeded, fewer than min_candidates="

@@ -69,18 +69,19 @@ class CandidateStore:
             "index": index,
         })  # fmt: skip
 
-    def get(self, key: str) -> tuple[dspy.Prediction, dict] | None:
-        """A stored candidate and the token usage it cost when it was drawn, or ``None``."""
+    def get(self, key: str) -> tuple[dspy.Prediction, dict, bool] | None:
+        """A stored candidate, the token usage it cost when it was drawn and whether its reply was cut short
+        (see ``Candidate.truncated``), or ``None``."""
         record = self._cache.get(key)
         with self._lock:
             if record is None:
                 self.misses += 1
                 return None
             self.hits += 1
-        return dspy.Prediction(**record["fields"]), record["usage"]
+        return dspy.Prediction(**record["fields"]), record["usage"], bool(record.get("truncated"))
 
-    def put(self, key: str, candidate: dspy.Prediction, usage: dict) -> None:
-        self._cache.set(key, {"fields": candidate.toDict(), "usage": usage})
+    def put(self, key: str, candidate: dspy.Prediction, usage: dict, truncated: bool = False) -> None:
+        self._cache.set(key, {"fields": candidate.toDict(), "usage": usage, "truncated": truncated})
 
     def __len__(self) -> int:
         return len(self._cache)

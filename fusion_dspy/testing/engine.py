@@ -32,11 +32,13 @@ class ScriptedEngine:
         fail: ``fail(call) -> bool``; when true the request raises ``RuntimeError`` (a failing backend).
         rendezvous: Each request waits until this many have been in flight together (see ``InFlight``): a
             deterministic test of concurrency.
+        finish_reason: Each reply's finish reason (default ``"stop"``), or ``finish_reason(call) -> str`` per
+            request, e.g. ``"length"`` for a reply cut short at ``max_tokens``.
     """
 
     def __init__(self, respond: Responder, delay: float = 0.0, fail: Callable[[ScriptedCall], bool] | None = None,
-                 rendezvous: int | None = None):
-        self.respond, self.delay, self.fail = respond, delay, fail
+                 rendezvous: int | None = None, finish_reason: str | Callable[[ScriptedCall], str] = "stop"):
+        self.respond, self.delay, self.fail, self.finish_reason = respond, delay, fail, finish_reason
         self.calls: list[ScriptedCall] = []
         self.flight = InFlight(rendezvous)
         self._lock = threading.Lock()
@@ -58,7 +60,7 @@ class ScriptedEngine:
             id=f"scripted-{call.index}",
             model="scripted",
             message=Message.assistant([TextPart(text)]),
-            finish_reason="stop",
+            finish_reason=self.finish_reason(call) if callable(self.finish_reason) else self.finish_reason,
             usage=Usage(input_tokens=tokens_in, output_tokens=tokens_out, total_tokens=tokens_in + tokens_out),
         )
 
@@ -101,6 +103,7 @@ def scripted_lm(
     delay: float = 0.0,
     fail: Callable[[ScriptedCall], bool] | None = None,
     rendezvous: int | None = None,
+    finish_reason: str | Callable[[ScriptedCall], str] = "stop",
     **lm_kwargs: Any,
 ) -> dspy.LM:
     """A ``dspy.LM`` driven by ``respond``; its engine (with ``.calls``) is at ``lm.engine``.
@@ -115,6 +118,6 @@ def scripted_lm(
         >>> len(lm.engine.calls), lm.engine.calls[0].inputs
         (1, {'question': '6 x 7?'})
     """
-    engine = ScriptedEngine(respond, delay=delay, fail=fail, rendezvous=rendezvous)
+    engine = ScriptedEngine(respond, delay=delay, fail=fail, rendezvous=rendezvous, finish_reason=finish_reason)
     lm_kwargs.setdefault("cache", False)
     return dspy.LM(model, engine=engine, async_engine=AsyncScriptedEngine(engine), **lm_kwargs)

@@ -47,6 +47,9 @@ class StubOpenAIServer:
             parameter do. Otherwise a request with ``n`` gets ``n`` choices, each its own ``respond`` call (their
             ``call.index`` counts choices, so ``n`` choices are told apart as ``n`` requests would be).
         ignore_n: Answer one choice whatever ``n`` asks for, as some servers do.
+        finish_reason: The ``finish_reason`` of each choice (default ``"stop"``), or ``finish_reason(call) ->
+            str`` per choice (a ``ScriptedCall``; ``call.index`` counts choices), e.g. ``"length"`` for a reply
+            cut short at ``max_tokens``. Streamed replies end with it too.
 
     Example:
         >>> with StubOpenAIServer(respond=lambda call: {"answer": "4"}) as server:
@@ -61,12 +64,13 @@ class StubOpenAIServer:
                  status: int | Callable[[int], int] = 200, respond: Responder | None = None,
                  rendezvous: int | None = None, retry_after: float | None = None,
                  body: Callable[[int], bytes | None] | None = None, stream_gate: threading.Event | None = None,
-                 reject_n: bool = False, ignore_n: bool = False):
+                 reject_n: bool = False, ignore_n: bool = False,
+                 finish_reason: str | Callable[[ScriptedCall], str] = "stop"):
         if (reply is None) == (respond is None):
             raise ValueError("Pass one of reply= (body -> text) or respond= (parsed call -> fields).")
         self.reply, self.respond, self.delay, self.status = reply, respond, delay, status
         self.retry_after, self.body, self.stream_gate = retry_after, body, stream_gate
-        self.reject_n, self.ignore_n = reject_n, ignore_n
+        self.reject_n, self.ignore_n, self.finish_reason = reject_n, ignore_n, finish_reason
         self.waiting_at_gate = threading.Event()  # set while a streamed reply is held at stream_gate
         self.usage: list[dict[str, int]] = []  # the usage each answered request reported, in answer order
         self.arrivals: list[float] = []  # time.monotonic() of each request's arrival, in request order
@@ -140,6 +144,7 @@ class StubOpenAIServer:
                     error = {"message": "stub server failure", "type": "server_error", "code": status}
                     return self._send(status, {"error": error})
                 texts = [server._text(body, first + j) for j in range(n)]
+                finishes = [server._finish(body, first + j) for j in range(n)]
                 prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
                 completion_tokens = sum(len(text.split()) for text in texts)
                 usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
@@ -147,14 +152,14 @@ class StubOpenAIServer:
                 with server._lock:
                     server.usage.append(usage)
                 if body.get("stream"):
-                    return self._stream(body, texts[0], usage)
+                    return self._stream(body, texts[0], usage, finishes[0])
                 self._send(200, {
                     "id": f"stub-{len(server.requests)}",
                     "object": "chat.completion",
                     "created": int(time.time()),
                     "model": body.get("model", "stub"),
-                    "choices": [{"index": j, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": text}} for j, text in enumerate(texts)],
+                    "choices": [{"index": j, "finish_reason": finish, "message": {"role": "assistant", "content": text}}
+                                for j, (text, finish) in enumerate(zip(texts, finishes, strict=True))],
                     "usage": usage,
                 })  # fmt: skip
 
@@ -163,7 +168,7 @@ class StubOpenAIServer:
                 self.wfile.write(f"data: {data}\n\n".encode())
                 self.wfile.flush()
 
-            def _stream(self, body: dict[str, Any], text: str, usage: dict[str, int]) -> None:
+            def _stream(self, body: dict[str, Any], text: str, usage: dict[str, int], finish: str) -> None:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Connection", "close")  # the end of the body is the end of the stream
@@ -180,7 +185,7 @@ class StubOpenAIServer:
                             server.waiting_at_gate.clear()
                         delta = {"content": word, **({"role": "assistant"} if i == 0 else {})}
                         self._event({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
-                    self._event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+                    self._event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
                     if (body.get("stream_options") or {}).get("include_usage"):
                         self._event({**base, "choices": [], "usage": usage})
                     self._event("[DONE]")
@@ -191,6 +196,9 @@ class StubOpenAIServer:
     def peak_in_flight(self) -> int:
         """Most requests being served at once."""
         return self.flight.peak
+
+    def _finish(self, body: dict[str, Any], index: int) -> str:
+        return self.finish_reason(parse_body(body, index)) if callable(self.finish_reason) else self.finish_reason
 
     def _text(self, body: dict[str, Any], index: int) -> str:
         if self.reply is not None:

@@ -152,7 +152,8 @@ class PairedEvaluation:
         """Evaluate what ``results.jsonl`` lacks; returns every record (earlier runs' included).
 
         An example that could not be evaluated (e.g. every sample failed) or an N whose fusor or judge was
-        unavailable is left for a rerun, with its error in ``results.errors.jsonl``.
+        unavailable is left for a rerun, with its error in ``results.errors.jsonl``: one line per (example, N),
+        its id the one its record will have, so the file holds only what is still missing after each run.
         """
         results = self.output_dir / "results.jsonl"
         with ResultsLog(results) as log, ResultsLog(errors_path(results), exclusive=False) as errors, \
@@ -164,8 +165,11 @@ class PairedEvaluation:
                     return self._evaluate_example(index, log, errors)
                 except MetricError:
                     raise
-                except Exception as error:
-                    errors.write({"id": str(index), "example": index, "error": f"{type(error).__name__}: {error}"})
+                except Exception as error:  # e.g. every sample failed: one line per (example, N) left to do
+                    for n in self.n_values:
+                        if f"{index}:{n}" not in log.done:
+                            errors.write({"id": f"{index}:{n}", "example": index, "n": n,
+                                          "error": f"{type(error).__name__}: {error}"})  # fmt: skip
                     raise
                 finally:
                     progress.advance(bar)

@@ -30,7 +30,8 @@ class BatchInterrupted(KeyboardInterrupt):
 
 
 def run_until_interrupted(call: Callable[[T], Any], items: Iterable[T], max_workers: int = 1,
-                          name: str = "fusion-dspy-batch") -> list[Outcome]:  # fmt: skip
+                          name: str = "fusion-dspy-batch",
+                          stop: Callable[[Outcome], bool] | None = None) -> list[Outcome]:  # fmt: skip
     """``call(item)`` for every item, ``max_workers`` at a time in threads; results or exceptions, in item order.
 
     Each worker runs in a copy of the caller's ``contextvars`` context (DSPy's LM, trace and usage tracker stay
@@ -42,6 +43,8 @@ def run_until_interrupted(call: Callable[[T], Any], items: Iterable[T], max_work
         items: The work, taken lazily one by one as workers free up.
         max_workers: Items in flight at once (1: one after another, still in a worker thread).
         name: Worker thread name prefix.
+        stop: ``stop(outcome)`` true: no further item starts (the ones in flight finish); the outcomes returned
+            are then those of the items started, a prefix of ``items``.
 
     Example:
         >>> run_until_interrupted(lambda x: 10 // x, [1, 2, 0], max_workers=2)
@@ -68,11 +71,14 @@ def run_until_interrupted(call: Callable[[T], Any], items: Iterable[T], max_work
     try:
         for _ in range(max(1, max_workers)):
             start_next()
+        stopped = False
         while running:
             finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
             for future in finished:
-                outcomes[running.pop(future)] = future.result()
-                start_next()
+                outcome = outcomes[running.pop(future)] = future.result()
+                stopped = stopped or (stop is not None and stop(outcome))
+                if not stopped:
+                    start_next()
     except KeyboardInterrupt:
         _drain(running, outcomes)  # raises BatchInterrupted
     finally:

@@ -72,11 +72,28 @@ def input_problem(item: dict[str, Any], fields: Sequence[str]) -> str | None:
             near = difflib.get_close_matches(name, [key for key in item if key != "id"], n=1)
             hint = f"did you mean {near[0]!r}? " if near else ""
             return f"lacks the input field {name!r} ({hint}the inputs are {list(fields)})"
-        if item[name] is None:
-            return f"the input field {name!r} is null; give it a value"
-        if (bad := _not_unicode(item[name])) is not None:
-            return (f"the input field {name!r} holds text that is not valid Unicode (a lone surrogate U+{bad:04X}, "
-                    "e.g. half of a broken emoji); repair the text")  # fmt: skip
+        if (problem := value_problem(name, item[name])) is not None:
+            return problem
+    return None
+
+
+def value_problem(name: str, value: Any, role: str = "input") -> str | None:
+    """Why one field's value cannot be used as it is: null, or text that is not valid Unicode (``None``: it can).
+
+    Args:
+        name: The field's name, for the message.
+        value: Its value (text, or lists and dicts of text, are searched).
+        role: What the field is, for the message: ``"input"`` or ``"output"`` (a dev set's gold answer).
+
+    Example:
+        >>> value_problem("answer", None, "output")
+        "the output field 'answer' is null; give it a value"
+    """
+    if value is None:
+        return f"the {role} field {name!r} is null; give it a value"
+    if (bad := _not_unicode(value)) is not None:
+        return (f"the {role} field {name!r} holds text that is not valid Unicode (a lone surrogate U+{bad:04X}, "
+                "e.g. half of a broken emoji); repair the text")  # fmt: skip
     return None
 
 

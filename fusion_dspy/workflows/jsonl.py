@@ -2,8 +2,9 @@
 
 Each finished item is appended as one JSON line and flushed and fsynced at once, so a crash or a kill loses at
 most the items in flight; a rerun skips the ids already written and cuts off a last line a crash left unfinished.
-Failed items go to ``<output>.errors.jsonl`` (``errors_path``) and are tried again by the next run. One process at
-a time writes an output: a second one is refused (an OS file lock, released when the holder exits or is killed).
+Failed items go to ``<output>.errors.jsonl`` (``errors_path``) and are tried again by the next run; at the end of
+a run that file is rewritten to hold only the items still failing (``prune_errors``). One process at a time
+writes an output: a second one is refused (an OS file lock, released when the holder exits or is killed).
 """
 
 import json
@@ -59,6 +60,12 @@ class ResultsLog:
     a rerun skips them; a record with a non-empty ``error`` (earlier versions wrote failures there) is not done.
     ``write`` is thread-safe, and writes text that is not valid Unicode (a lone surrogate) as a JSON escape.
 
+    Closing the log of an output (``exclusive=True``) prunes its errors file (``errors_path``) to the items
+    still failing: at the END of a run, not at its start, so a crash or a kill mid-run leaves every earlier
+    error line in place (the file only grew meanwhile) and the next run's end prunes it. Open the errors file's
+    own log after this one, so that it is closed first, as ``with ResultsLog(out) as log,
+    ResultsLog(errors_path(out), exclusive=False) as errors:`` does.
+
     Args:
         path: The JSONL file (created with its folder if missing).
         exclusive: Lock the file against other processes (``OutputInUse`` if one holds it already).
@@ -106,7 +113,10 @@ class ResultsLog:
     def close(self) -> None:
         self._sink.close()
         if self._file_lock is not None:
-            self._file_lock.release()
+            try:
+                prune_errors(errors_path(self.path), self.done)  # still under the lock: nobody else writes it
+            finally:
+                self._file_lock.release()
 
     def __enter__(self) -> "ResultsLog":
         return self
@@ -127,6 +137,47 @@ def done_ids(path: Path) -> set[str]:
             file.truncate(len(complete))
     records = (json.loads(line) for line in complete.decode("utf-8").splitlines() if line.strip())
     return {str(record["id"]) for record in records if not record.get("error")}
+
+
+def prune_errors(path: Path, done: set[str]) -> None:
+    """Rewrite an errors file to hold only the items still failing: the last line of each id not in ``done``.
+
+    The new file is written beside the old one, fsynced, then renamed over it (``os.replace``), so a crash at
+    any point leaves one whole file, the old or the new (empty when nothing is failing any more). A line that is
+    not a JSON object with an ``id`` is kept as it is (nothing is dropped that cannot be read).
+
+    Example:
+        >>> path = tmp_path / "out.errors.jsonl"
+        >>> _ = path.write_text("".join(json_line(r) for r in [{"id": 1, "error": "old"}, {"id": 2, "error": "x"},
+        ...                                                    {"id": 1, "error": "new"}]))
+        >>> prune_errors(path, done={"2"})          # 2 succeeded since; 1 failed twice: its latest line stays
+        >>> path.read_text()
+        '{"id": 1, "error": "new"}\\n'
+    """
+    if not path.exists():
+        return
+    old = path.read_text(encoding="utf-8")
+    kept: dict[Any, str] = {}
+    for number, line in enumerate(old.splitlines(keepends=True)):
+        if not line.strip():
+            continue
+        try:
+            item_id = str(json.loads(line)["id"])
+        except (ValueError, KeyError, TypeError):
+            kept[("unreadable", number)] = line if line.endswith("\n") else line + "\n"
+            continue
+        kept.pop(item_id, None)  # the latest line of an id is the one kept, in the order the lines came
+        if item_id not in done:
+            kept[item_id] = line
+    new = "".join(kept.values())
+    if new == old:
+        return
+    fresh = path.with_name(path.name + ".tmp")
+    with open(fresh, "w", encoding="utf-8") as sink:
+        sink.write(new)
+        sink.flush()
+        os.fsync(sink.fileno())
+    os.replace(fresh, path)
 
 
 def json_line(record: dict[str, Any]) -> str:

@@ -70,15 +70,22 @@ def scored_stage(task: Task, program: dspy.Module, example: dspy.Example, pool: 
     return Scored(task.score(example, prediction, where), tokens, prediction=prediction)
 
 
-def score_examples(work: Callable[[int], T], examples: Sequence[Any], num_threads: int) -> list[T | None]:
+def score_examples(work: Callable[[int], T], examples: Sequence[Any], num_threads: int,
+                   stop_on_outage: bool = False) -> list[T | None]:  # fmt: skip
     """``work(index)`` for every example, ``num_threads`` at once; ``None`` where an example failed.
 
-    A ``MetricError`` is raised at once; other failures are logged with the example's index.
+    A ``MetricError`` stops new examples from starting and is raised once the ones in flight finish; other
+    failures are logged with the example's index. With ``stop_on_outage``, so is a ``StageUnavailable``
+    (``optimize``: a trial whose fusor or judge is down cannot be scored, and is not a 0).
     """
+    fatal = (MetricError, StageUnavailable) if stop_on_outage else (MetricError,)
+    outcomes = run_until_interrupted(work, range(len(examples)), num_threads,
+                                     stop=lambda outcome: isinstance(outcome, fatal))  # fmt: skip
+    for kind in fatal:
+        if (raised := next((outcome for outcome in outcomes if isinstance(outcome, kind)), None)) is not None:
+            raise raised
     results: list[T | None] = []
-    for index, outcome in enumerate(run_until_interrupted(work, range(len(examples)), num_threads)):
-        if isinstance(outcome, MetricError):
-            raise outcome
+    for index, outcome in enumerate(outcomes):
         if isinstance(outcome, Exception):
             logger.warning("Example %d could not be scored: %s: %s", index, type(outcome).__name__, outcome)
             outcome = None

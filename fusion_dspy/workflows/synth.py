@@ -31,6 +31,7 @@ def training_record(item_id: str, inputs: dict[str, Any], fused: dspy.Prediction
             "teachers": sorted(set(fused.get("candidate_models") or [])),
             "n": len(fused.candidates),
             "failed_samples": fused.get("sample_failures") or [],
+            "truncated_samples": fused.get("truncated") or [],
             "fusor": getattr(fusor, "model", None),
             "tokens": fused.stage_tokens,
             "fell_back_to_selection": "fusion_error" in fused,

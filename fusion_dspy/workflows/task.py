@@ -12,7 +12,8 @@ import dspy
 from dspy.signatures.signature import Signature, ensure_signature
 
 from fusion_dspy.errors import FusionDSPyError
-from fusion_dspy.workflows.jsonl import read_jsonl
+from fusion_dspy.workflows.items import input_problem, value_problem
+from fusion_dspy.workflows.jsonl import read_numbered_jsonl
 
 Metric = Callable[..., Any]  # metric(example, prediction, trace=None) -> float | bool
 
@@ -61,13 +62,20 @@ class Task:
         return self.module() if self.module else dspy.Predict(self.signature)
 
     def read_examples(self, path: str | Path) -> list[dspy.Example]:
-        """Examples from JSONL: each line has the input fields and the gold output fields."""
+        """Examples from JSONL: each line has the input fields and the gold output fields.
+
+        A line is checked as a batch item is (``fusion_dspy.workflows.items``): an input field that is missing,
+        a field of the task (input or gold output) that is null or holds text that is not valid Unicode is an
+        error naming the file, the line and the field.
+        """
         examples = []
-        for number, row in enumerate(read_jsonl(path), 1):
-            missing = [name for name in self.input_fields if name not in row]
-            if missing:
-                raise FusionDSPyError(f"{path}: example {number} lacks the input field(s) {missing} of the task "
-                                      f"'{self.name}' ({self.signature.signature}).")  # fmt: skip
+        for number, row in read_numbered_jsonl(path):
+            outputs = [name for name in self.signature.output_fields if name in row]
+            problem = input_problem(row, self.input_fields) or next(
+                (found for name in outputs if (found := value_problem(name, row[name], "output"))), None)
+            if problem:
+                raise FusionDSPyError(f"{path}:{number}: {problem} (task '{self.name}': "
+                                      f"{self.signature.signature}).")  # fmt: skip
             examples.append(dspy.Example(**row).with_inputs(*self.input_fields))
         return examples
 
