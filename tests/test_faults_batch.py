@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -146,14 +147,24 @@ def test_a_second_ctrl_c_abandons_the_items_in_flight(tmp_path):
 # --- Two processes at once --------------------------------------------------------------------------------------
 
 def test_a_second_process_on_the_same_output_is_refused(tmp_path):
-    with StubOpenAIServer(respond=respond, delay=0.2) as server:
+    release = threading.Event()  # the first process is held mid-batch until the second has tried (no race)
+
+    def held(call):
+        if call.inputs.get("question") != "q0":
+            release.wait(timeout=120)
+        return respond(call)
+
+    with StubOpenAIServer(respond=held) as server:
         config = write_config(tmp_path / "config.yaml", stub=server.api_base)
         inputs = write_inputs(tmp_path / "in.jsonl", [{"question": f"q{i}"} for i in range(10)])
         output = tmp_path / "out.jsonl"
         args = ["run", "--config", str(config), "--inputs", str(inputs), "--output", str(output), "--quiet"]
         first = spawn(args)
         wait_for(lambda: len(lines(output)) >= 1, first)
-        second = run_cli(args)
+        try:
+            second = run_cli(args)
+        finally:
+            release.set()
         first_output, _ = first.communicate(timeout=300)
     assert second.returncode == 2 and "being written by another process" in second.stderr, second.stderr
     assert first.returncode == 0, first_output
