@@ -419,9 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, format="%(levelname)s %(message)s")
-    if not args.verbose:  # e.g. DSPy's warning on every truncated reply of a small model: results say enough.
-        for handler in logging.getLogger("dspy").handlers:  # quiet its handler, not its logger: the records are
-            handler.setLevel(logging.ERROR)  # still made, and fusion_dspy.core.truncation reads the cut replies
+    if not args.verbose:
+        from fusion_dspy.workflows.batch import quiet_dspy_logs
+
+        quiet_dspy_logs()
     try:
         return args.handler(args)
     except (FusionDSPyError, ValueError, FileNotFoundError) as error:

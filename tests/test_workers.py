@@ -65,7 +65,10 @@ def test_synth_on_workers_writes_the_records_of_one_process(tmp_path, capsys):
     rows = [{"id": f"p{i}", "prompt": f"prompt {i}"} for i in range(10)]
     rows += [{"id": "p10", "prompt": "poison prompt"}, {"id": "p11", "prompt": None}]
     prompts.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    with StubOpenAIServer(reply) as good, StubOpenAIServer(reply, status=500) as down:
+    def cut(call):  # prompt 3's samples are cut short at max_tokens: the workers mark them as one process does
+        return "length" if call.inputs.get("prompt") == "prompt 3" and "candidates" not in call.inputs else "stop"
+
+    with StubOpenAIServer(reply, finish_reason=cut) as good, StubOpenAIServer(reply, status=500) as down:
         gone = "http://127.0.0.1:9/v1"  # nothing listens: reachable_pool drops this teacher in the parent
         config = write_config(tmp_path / "pool.yaml", {"good": model("good", good.api_base),
                                                        "down": model("down", down.api_base),
@@ -78,6 +81,7 @@ def test_synth_on_workers_writes_the_records_of_one_process(tmp_path, capsys):
     assert sorted(two) == sorted(f"p{i}" for i in range(10))
     assert same_failures(two) == same_failures(one), "same ids, fused texts and provenance"
     assert two["p0"]["messages"][1]["content"] == "fused" and two["p0"]["provenance"]["teachers"] == ["openai/good"]
+    assert two["p3"]["provenance"]["truncated_samples"] == one["p3"]["provenance"]["truncated_samples"] != []
     errors = {engine: by_id(tmp_path / f"{engine}.errors.jsonl") for engine in ("one", "two")}
     assert sorted(errors["two"]) == ["p10", "p11"] and errors["two"]["p11"] == errors["one"]["p11"]
     assert errors["two"]["p10"]["error"].startswith("SamplingError") and "is null" in errors["two"]["p11"]["error"]

@@ -5,6 +5,7 @@ flight, and rerunning the same command skips the items already written (by ``id`
 ``<output>.errors.jsonl`` and are tried again by the next run (``fusion_dspy.workflows.runner``).
 """
 
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,14 @@ from typing import Any
 import dspy
 
 from fusion_dspy.workflows.runner import run_items
+
+
+def quiet_dspy_logs() -> None:
+    """DSPy's warnings (e.g. one per reply cut short, many with a small model) off the console: the results say
+    enough. Its handlers are quieted, not its logger, so the records are still made and
+    ``fusion_dspy.core.truncation`` still marks the cut replies."""
+    for handler in logging.getLogger("dspy").handlers:
+        handler.setLevel(logging.ERROR)
 
 
 def keep_no_history() -> None:

@@ -8,7 +8,7 @@ is tried again by the next run. ``fusion_dspy.workflows.reports`` turns the reco
 with bootstrap confidence intervals, CSV/JSON and plots.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,18 @@ from fusion_dspy.workflows.task import MetricError, Task
 
 METHODS = ("single", "bon", "fusion", "oracle")
 ROUTE = "route"  # the extra method scored when a trained router is given
+
+
+def unscored_records(index: int, n_values: Iterable[int], error: BaseException) -> list[dict[str, Any]]:
+    """The error records of an example that could not be evaluated: one per N it lacks, each with the id its
+    scored record will have (``"<index>:<N>"``), so pruning the errors file after a rerun drops what succeeded.
+
+    Example:
+        >>> [r["id"] for r in unscored_records(3, [1, 4], ValueError("every sample failed"))]
+        ['3:1', '3:4']
+    """
+    text = f"{type(error).__name__}: {error}"
+    return [{"id": f"{index}:{n}", "example": index, "n": n, "error": text} for n in n_values]
 
 
 def _position(fused: dspy.Prediction | None, candidates: Pool, fields: list[str]) -> dict[str, Any] | None:
@@ -166,10 +178,9 @@ class PairedEvaluation:
                 except MetricError:
                     raise
                 except Exception as error:  # e.g. every sample failed: one line per (example, N) left to do
-                    for n in self.n_values:
-                        if f"{index}:{n}" not in log.done:
-                            errors.write({"id": f"{index}:{n}", "example": index, "n": n,
-                                          "error": f"{type(error).__name__}: {error}"})  # fmt: skip
+                    for record in unscored_records(index, [n for n in self.n_values if f"{index}:{n}" not in log.done],
+                                                   error):  # fmt: skip
+                        errors.write(record)
                     raise
                 finally:
                     progress.advance(bar)

@@ -75,10 +75,10 @@ class JobActor:
 
     def __init__(self, job: Job, in_flight: int, verbose: bool):
         logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, format="%(levelname)s %(message)s")
-        if not verbose:
-            logging.getLogger("dspy").setLevel(logging.ERROR)
-        from fusion_dspy.workflows.batch import keep_no_history
+        from fusion_dspy.workflows.batch import keep_no_history, quiet_dspy_logs
 
+        if not verbose:
+            quiet_dspy_logs()  # the records are still made: replies cut short are still marked
         keep_no_history()  # a long batch's memory stays flat
         self.call = job.build()
         self.limit = asyncio.Semaphore(in_flight)

@@ -26,7 +26,7 @@ from dspy.signatures.signature import ensure_signature
 from fusion_dspy.backends import Backends, load_config, read_config
 from fusion_dspy.core.store import CandidateStore
 from fusion_dspy.workflows.batch import error_record, result_record
-from fusion_dspy.workflows.evaluation import PairedEvaluation
+from fusion_dspy.workflows.evaluation import PairedEvaluation, unscored_records
 from fusion_dspy.workflows.items import pending
 from fusion_dspy.workflows.jsonl import ResultsLog, errors_path
 from fusion_dspy.workflows.progress import progress_bar
@@ -227,8 +227,8 @@ class EvalJob:
                 return Outcome(results=collected.records, errors=failures.records, fatal=str(error))
             except Exception as error:  # noqa: BLE001 - e.g. every sample failed: left for a rerun
                 text = f"{type(error).__name__}: {error}"
-                return Outcome(results=collected.records,
-                               errors=[*failures.records, {"id": str(index), "example": index, "error": text}],
+                missing = unscored_records(index, [n for n in todo if f"{index}:{n}" not in collected.done], error)
+                return Outcome(results=collected.records, errors=[*failures.records, *missing],
                                warning=f"Example {index} could not be scored: {text}")  # fmt: skip
             return Outcome(results=collected.records, errors=failures.records)
 

@@ -19,6 +19,7 @@ from typing import Any
 from dspy.signatures.signature import ensure_signature
 
 from fusion_dspy.workflows.batch import error_record
+from fusion_dspy.workflows.evaluation import unscored_records
 from fusion_dspy.workflows.interrupt import run_until_interrupted
 from fusion_dspy.workflows.items import Item, prepare
 from fusion_dspy.workflows.jsonl import ResultsLog, errors_path
@@ -67,7 +68,7 @@ def evaluate_on_workers(job: EvalJob, workers: int = 2, concurrency: int = 4, sh
 
         def failed(row: tuple[str, list[int]], error: Exception) -> Outcome:
             text = f"{type(error).__name__}: {error}"
-            return Outcome(errors=[{"id": row[0], "example": int(row[0]), "error": text}],
+            return Outcome(errors=unscored_records(int(row[0]), row[1], error),
                            warning=f"Example {row[0]} could not be scored: {text}")  # fmt: skip
 
         outcomes = _each(job, job.todo(log.done), lambda row: row, failed, log, errors, workers, concurrency,
