@@ -135,9 +135,16 @@ def cpu_per_sample(api_base: str, runs: int, n: int = 32) -> None:
         lm = make_lm(api_base, **lm_kwargs)
         predict = dspy.Predict("question -> answer")
         alone = min(timed(lambda: [predict(question="q", lm=lm) for _ in range(8)], runs)[1]) / 8
+
+        async def eight() -> None:
+            for _ in range(8):
+                await predict.acall(question="q", lm=lm)
+
+        async_alone = min(timed(lambda: asyncio.run(eight()), runs)[1]) / 8
         sample = fd.Sample("question -> answer", n=n, lm=lm, batch_samples=batch)
         ours = min(timed(lambda: sample(question="q"), runs)[1]) / n
-        print(f"  {label:24s} dspy.Predict alone {alone * 1000:5.1f} | Sample {ours * 1000:5.1f} ms/sample")
+        print(f"  {label:24s} dspy.Predict alone {alone * 1000:5.1f} (async {async_alone * 1000:5.1f}) | Sample "
+              f"{ours * 1000:5.1f} ms/sample")  # fmt: skip
 
     for label, lm_kwargs, batch in [("litellm", {}, False), ("litellm lean (no-log)", {"lean": True}, False),
                                     ("native (lm15)", {"engine": "lm15"}, False), ("litellm n=", {}, True)]:
