@@ -27,7 +27,6 @@ def _run(args: argparse.Namespace) -> int:
     from fusion_dspy.backends.config import read_config
     from fusion_dspy.workflows.batch import run_batch
     from fusion_dspy.workflows.items import read_items
-    from fusion_dspy.workflows.jsonl import errors_path
 
     signature = ensure_signature(args.signature)
     fields = list(signature.input_fields)
@@ -53,8 +52,16 @@ def _run(args: argparse.Namespace) -> int:
         program = backends.program(signature, method=args.method, **overrides)
         counts = run_batch(program, items, args.output, fields, show_progress=not args.quiet,
                            concurrency=args.concurrency)  # fmt: skip
-    Console(stderr=True).print(f"{args.output}: {counts['done']} done, {counts['failed']} failed (in "
-                               f"{errors_path(args.output)}; rerun to retry), {counts['skipped']} already there")
+    return _summary(args.output, counts, "done")
+
+
+def _summary(output: str, counts: dict[str, int], verb: str) -> int:
+    """The batch's last line (where its failures are, and how to retry them, only when some failed); its exit
+    code: 1 when nothing at all succeeded."""
+    from fusion_dspy.workflows.jsonl import errors_path
+
+    failed = f"{counts['failed']} failed" + (f" (in {errors_path(output)}; rerun to retry)" if counts["failed"] else "")
+    Console(stderr=True).print(f"{output}: {counts['done']} {verb}, {failed}, {counts['skipped']} already there")
     return 1 if counts["failed"] and not counts["done"] and not counts["skipped"] else 0
 
 
@@ -265,7 +272,6 @@ def _eval(args: argparse.Namespace) -> int:
 def _synth(args: argparse.Namespace) -> int:
     from fusion_dspy.backends import load_config
     from fusion_dspy.workflows.items import read_items
-    from fusion_dspy.workflows.jsonl import errors_path
     from fusion_dspy.workflows.synth import synthesize
     from fusion_dspy.workflows.teachers import reachable_pool
 
@@ -287,9 +293,7 @@ def _synth(args: argparse.Namespace) -> int:
         program = backends.program(args.signature, method="fuse", **({"n": args.n} if args.n else {}))
         counts = synthesize(program, prompts, args.output, concurrency=args.concurrency,
                             show_progress=not args.quiet)  # fmt: skip
-    Console(stderr=True).print(f"{args.output}: {counts['done']} written, {counts['failed']} failed (in "
-                               f"{errors_path(args.output)}; rerun to retry), {counts['skipped']} already there")
-    return 1 if counts["failed"] and not counts["done"] and not counts["skipped"] else 0
+    return _summary(args.output, counts, "written")
 
 
 def _serve(args: argparse.Namespace) -> int:

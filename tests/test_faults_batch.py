@@ -306,11 +306,11 @@ def test_run_retries_the_items_that_failed(tmp_path, capsys):
         output = tmp_path / "out.jsonl"
         args = ["run", "--config", str(config), "--inputs", str(inputs), "--output", str(output), "--quiet"]
         assert main(args) == 1
+        assert "0 done, 3 failed (in" in " ".join(capsys.readouterr().err.split()), "where the failures are"
         assert not lines(output) and len(lines(tmp_path / "out.errors.jsonl")) == 3
         server.status = 200
-        capsys.readouterr()
         assert main(args) == 0
-        assert "3 done, 0 failed" in " ".join(capsys.readouterr().err.split())
+        assert "3 done, 0 failed, 0 already there" in " ".join(capsys.readouterr().err.split()), "nothing to retry"
         assert sorted(r["id"] for r in lines(output)) == ["0", "1", "2"]
 
 
