@@ -26,26 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from ray_engine import serve  # benchmarks/ray_engine.py: the same stub server, in its own process
 
 from fusion_dspy.workflows.jsonl import read_jsonl
 from fusion_dspy.workflows.ray_engine import Outcome
 from fusion_dspy.workflows.worker_jobs import run_on_workers
-
-
-def reply(body: dict) -> str:
-    outputs = body["messages"][0]["content"].split("Your output fields are:")[-1].split("All interactions")[0]
-    if "`comparison`" in outputs:
-        return "[[ ## comparison ## ]]\nc\n\n[[ ## response ## ]]\nfused\n\n[[ ## completed ## ]]"
-    return "[[ ## response ## ]]\na draft\n\n[[ ## completed ## ]]"
-
-
-def serve(delay: float) -> None:
-    """The stub server's own process: prints its address, serves until stdin closes."""
-    from fusion_dspy.testing import StubOpenAIServer
-
-    with StubOpenAIServer(reply, delay=delay) as server:
-        print(server.api_base, flush=True)
-        sys.stdin.read()
 
 
 @dataclass(frozen=True)

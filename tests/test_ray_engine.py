@@ -4,7 +4,6 @@ dashboard) serves the whole module."""
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -13,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from fusion_dspy.cli import main
 from fusion_dspy.core.store import CandidateStore
 from fusion_dspy.testing import StubOpenAIServer
+from tests.engine_support import by_id, lines, qa_reply, reply, same_failures, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = ["--engine", "ray", "--actors", "1", "--in-flight", "4", "--quiet"]
@@ -42,39 +41,9 @@ def ray_address():
             os.environ["PYTHONPATH"] = before
 
 
-def reply(body: dict) -> str:
-    """A teacher drafts, the fusor fuses; the 'poison' prompt gets an answer no adapter can parse."""
-    outputs = body["messages"][0]["content"].split("Your output fields are:")[-1].split("All interactions")[0]
-    if "`comparison`" in outputs:
-        return "[[ ## comparison ## ]]\nc\n\n[[ ## response ## ]]\nfused\n\n[[ ## completed ## ]]"
-    if "poison" in body["messages"][-1]["content"]:
-        return "no fields here"
-    return f"[[ ## response ## ]]\ndraft by {body['model']}\n\n[[ ## completed ## ]]"
 
 
-def lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
-
-def by_id(path: Path) -> dict[str, dict]:
-    records = lines(path)
-    assert len({str(r["id"]) for r in records}) == len(records), "no id is written twice"
-    return {str(r["id"]): r for r in records}
-
-
-def same_failures(records: dict[str, dict]) -> dict[str, dict]:
-    """The records with DSPy's name of the failing model taken out of sample errors: its sync path says
-    '[down]', its async path (acall, the Ray engine's) '[openai/down]' for the same failure."""
-    records = json.loads(json.dumps(records))
-    for record in records.values():
-        failed = record["provenance"]["failed_samples"]
-        failed[:] = [re.sub(r"LMServerError: \[[^]]*\] ", "LMServerError: ", text) for text in failed]
-    return records
-
-
-def write_config(path: Path, models: dict, generators) -> Path:
-    path.write_text(yaml.safe_dump({"models": models, "roles": {"generators": generators}}))
-    return path
 
 
 def test_synth_on_ray_writes_the_local_records_and_handles_failing_teachers_as_locally(tmp_path, ray_address):
@@ -99,14 +68,6 @@ def test_synth_on_ray_writes_the_local_records_and_handles_failing_teachers_as_l
     assert [e["id"] for e in errors] == ["p10"] and errors[0]["error"].startswith("SamplingError")
     assert [e["id"] for e in lines(tmp_path / "local.errors.jsonl")] == ["p10"]
 
-
-def qa_reply(body: dict) -> str:
-    """Odd questions are answered wrongly by the generator; the fusor always answers 42."""
-    outputs = body["messages"][0]["content"].split("Your output fields are:")[-1].split("All interactions")[0]
-    if "`comparison`" in outputs:
-        return "[[ ## comparison ## ]]\nc\n\n[[ ## answer ## ]]\n42\n\n[[ ## completed ## ]]"
-    number = int(body["messages"][-1]["content"].split("question ")[-1].split()[0])
-    return f"[[ ## answer ## ]]\n{42 if number % 2 == 0 else 41}\n\n[[ ## completed ## ]]"
 
 
 def test_eval_on_ray_writes_the_local_records_and_shares_one_candidate_store(tmp_path, ray_address):

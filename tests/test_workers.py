@@ -3,7 +3,6 @@ every prompt exactly once after a killed worker, Ctrl-C as on the local engine. 
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -13,51 +12,19 @@ from pathlib import Path
 
 import psutil
 import pytest
-import yaml
 
 from fusion_dspy.cli import main
 from fusion_dspy.testing import StubOpenAIServer
+from tests.engine_support import by_id, lines, model, qa_reply, reply, same_failures, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 WORKERS = ["--workers", "2", "--quiet"]
 
 
-def reply(body: dict) -> str:
-    """A teacher drafts, the fusor fuses; the 'poison' prompt gets an answer no adapter can parse."""
-    outputs = body["messages"][0]["content"].split("Your output fields are:")[-1].split("All interactions")[0]
-    if "`comparison`" in outputs:
-        return "[[ ## comparison ## ]]\nc\n\n[[ ## response ## ]]\nfused\n\n[[ ## completed ## ]]"
-    if "poison" in body["messages"][-1]["content"]:
-        return "no fields here"
-    return f"[[ ## response ## ]]\ndraft by {body['model']}\n\n[[ ## completed ## ]]"
 
 
-def lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def by_id(path: Path) -> dict[str, dict]:
-    records = lines(path)
-    assert len({str(r["id"]) for r in records}) == len(records), "no id is written twice"
-    return {str(r["id"]): r for r in records}
-
-
-def write_config(path: Path, models: dict, generators) -> Path:
-    path.write_text(yaml.safe_dump({"models": models, "roles": {"generators": generators}}))
-    return path
-
-
-def model(name: str, api_base: str) -> dict:
-    return {"model": f"openai/{name}", "api_base": api_base, "cache": False, "num_retries": 0}
-
-
-def same_failures(records: dict[str, dict]) -> dict[str, dict]:
-    """DSPy names a failing model '[down]' on its sync path, '[openai/down]' on its async one (the workers')."""
-    records = json.loads(json.dumps(records))
-    for record in records.values():
-        failed = record["provenance"]["failed_samples"]
-        failed[:] = [re.sub(r"LMServerError: \[[^]]*\] ", "LMServerError: ", text) for text in failed]
-    return records
 
 
 def test_synth_on_workers_writes_the_records_of_one_process(tmp_path, capsys):
@@ -103,14 +70,6 @@ def test_run_on_workers_writes_the_records_and_errors_of_one_process(tmp_path):
     assert two["0"]["response"] == "fused" and two["0"]["error"] is None
     assert by_id(tmp_path / "two.errors.jsonl")["1"]["error"].startswith("SamplingError")
 
-
-def qa_reply(body: dict) -> str:
-    """Odd questions are answered wrongly by the generator; the fusor always answers 42."""
-    outputs = body["messages"][0]["content"].split("Your output fields are:")[-1].split("All interactions")[0]
-    if "`comparison`" in outputs:
-        return "[[ ## comparison ## ]]\nc\n\n[[ ## answer ## ]]\n42\n\n[[ ## completed ## ]]"
-    number = int(body["messages"][-1]["content"].split("question ")[-1].split()[0])
-    return f"[[ ## answer ## ]]\n{42 if number % 2 == 0 else 41}\n\n[[ ## completed ## ]]"
 
 
 def test_eval_on_workers_writes_the_records_of_one_process_and_shares_its_store(tmp_path):

@@ -1,0 +1,56 @@
+"""What the engine tests share (tests/test_ray_engine.py, tests/test_workers.py): stub replies, config files and
+record views, so the Ray actors and the worker processes are held to the same records as one process."""
+
+import json
+import re
+from pathlib import Path
+
+import yaml
+
+
+def reply(body: dict) -> str:
+    """A teacher drafts, the fusor fuses; the 'poison' prompt gets an answer no adapter can parse."""
+    outputs = body["messages"][0]["content"].split("Your output fields are:")[-1].split("All interactions")[0]
+    if "`comparison`" in outputs:
+        return "[[ ## comparison ## ]]\nc\n\n[[ ## response ## ]]\nfused\n\n[[ ## completed ## ]]"
+    if "poison" in body["messages"][-1]["content"]:
+        return "no fields here"
+    return f"[[ ## response ## ]]\ndraft by {body['model']}\n\n[[ ## completed ## ]]"
+
+
+def qa_reply(body: dict) -> str:
+    """Odd questions are answered wrongly by the generator; the fusor always answers 42."""
+    outputs = body["messages"][0]["content"].split("Your output fields are:")[-1].split("All interactions")[0]
+    if "`comparison`" in outputs:
+        return "[[ ## comparison ## ]]\nc\n\n[[ ## answer ## ]]\n42\n\n[[ ## completed ## ]]"
+    number = int(body["messages"][-1]["content"].split("question ")[-1].split()[0])
+    return f"[[ ## answer ## ]]\n{42 if number % 2 == 0 else 41}\n\n[[ ## completed ## ]]"
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def by_id(path: Path) -> dict[str, dict]:
+    records = lines(path)
+    assert len({str(r["id"]) for r in records}) == len(records), "no id is written twice"
+    return {str(r["id"]): r for r in records}
+
+
+def same_failures(records: dict[str, dict]) -> dict[str, dict]:
+    """The records with DSPy's name of the failing model taken out of sample errors: its sync path says
+    '[down]', its async path (acall, the Ray engine's) '[openai/down]' for the same failure."""
+    records = json.loads(json.dumps(records))
+    for record in records.values():
+        failed = record["provenance"]["failed_samples"]
+        failed[:] = [re.sub(r"LMServerError: \[[^]]*\] ", "LMServerError: ", text) for text in failed]
+    return records
+
+
+def write_config(path: Path, models: dict, generators) -> Path:
+    path.write_text(yaml.safe_dump({"models": models, "roles": {"generators": generators}}))
+    return path
+
+
+def model(name: str, api_base: str) -> dict:
+    return {"model": f"openai/{name}", "api_base": api_base, "cache": False, "num_retries": 0}
