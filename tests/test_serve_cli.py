@@ -96,3 +96,16 @@ def test_serve_command_with_two_workers(tmp_path):
             _, err = process.communicate(timeout=30)
     assert [r.choices[0].message.content for r in replies] == [f"fused q-{k} {FUSED_WORDS}" for k in range(4)]
     assert "2 workers" in err
+
+
+def test_the_served_process_keeps_no_dspy_history_or_trace(tmp_path):
+    """A server runs for days: DSPy's LM history and trace would hold up to 10,000 requests and predictions."""
+    import dspy
+
+    from fusion_dspy.serve.command import ServeOptions
+
+    with StubOpenAIServer(chat_reply) as stub:
+        config = write_config(tmp_path / "config.yaml", {"stub": stub.api_base}, "stub", n=2)
+        assert not dspy.settings.disable_history and dspy.settings.trace == []
+        ServeOptions(config=str(config)).app()
+    assert dspy.settings.disable_history and dspy.settings.trace is None
