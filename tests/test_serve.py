@@ -100,8 +100,9 @@ def test_streaming_sends_the_fusors_words_while_it_is_still_writing(tmp_path):
                 if chunk.choices and chunk.choices[0].delta.content:
                     text += chunk.choices[0].delta.content
                     if not gate.is_set():
-                        # The client holds the first words while the backend still holds the rest of the reply.
-                        assert stub.waiting_at_gate.is_set()
+                        # The client holds the first words while the backend still holds the rest of the reply
+                        # (it may still be sending the words before its gate: a bounded wait, not a race).
+                        assert stub.waiting_at_gate.wait(10)
                         gate.set()
     assert text == f"fused q-7 {FUSED_WORDS}"
     assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 10, "token by token, not one chunk"
