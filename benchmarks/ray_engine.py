@@ -95,6 +95,22 @@ def as_commands(config: Path, prompts: Path, folder: Path, args: argparse.Namesp
     return rates["local"], rates["ray"]
 
 
+def synth_setup(delay: float, prompts: int, count: int, prefix: str) -> tuple[subprocess.Popen, Path, Path, Path]:
+    """The stub server in its own process (this file with ``--serve``; close its stdin to stop it), and in a new
+    folder a config with one teacher drawing ``count`` samples a prompt and a JSONL of ``prompts`` prompts."""
+    server = subprocess.Popen([sys.executable, __file__, "--serve", "--delay", str(delay)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    api_base = server.stdout.readline().strip()
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    config = folder / "config.yaml"
+    config.write_text(yaml.safe_dump({"models": {"a": {"model": "openai/teacher", "api_base": api_base,
+                                                       "cache": False, "num_retries": 0}},
+                                      "roles": {"generators": [{"model": "a", "count": count}]}}))  # fmt: skip
+    path = folder / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "prompt": f"prompt {i}"}) + "\n" for i in range(prompts)))
+    return server, folder, config, path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=500)
@@ -108,16 +124,7 @@ def main() -> None:
         return serve(args.delay)
 
     ray = require_ray()
-    server = subprocess.Popen([sys.executable, __file__, "--serve", "--delay", str(args.delay)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
-    api_base = server.stdout.readline().strip()
-    folder = Path(tempfile.mkdtemp(prefix="ray-bench-"))
-    config = folder / "config.yaml"
-    config.write_text(yaml.safe_dump({"models": {"a": {"model": "openai/teacher", "api_base": api_base,
-                                                       "cache": False, "num_retries": 0}},
-                                      "roles": {"generators": [{"model": "a", "count": 2}]}}))  # fmt: skip
-    prompts = folder / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"id": i, "prompt": f"prompt {i}"}) + "\n" for i in range(args.prompts)))
+    server, folder, config, prompts = synth_setup(args.delay, args.prompts, count=2, prefix="ray-bench-")
     program = load_config(config).program("prompt -> response", method="fuse")
     synthesize(program, [{"prompt": "warm-up"}], folder / "warm.jsonl", show_progress=False)  # litellm's set-up
     ray.init(include_dashboard=False, logging_level="WARNING")

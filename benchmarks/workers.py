@@ -14,19 +14,16 @@ state: what the pool itself costs.
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-from ray_engine import serve  # benchmarks/ray_engine.py: the same stub server, in its own process
+from ray_engine import synth_setup  # benchmarks/ray_engine.py: the same stub server (its --serve) and files
 
 from fusion_dspy.workflows.jsonl import read_jsonl
 from fusion_dspy.workflows.ray_engine import Outcome
@@ -78,21 +75,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--n", type=int, default=2, help="samples per prompt (one teacher, drawn in one request)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve:
-        return serve(args.delay)
-
-    server = subprocess.Popen([sys.executable, __file__, "--serve", "--delay", str(args.delay)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
-    api_base = server.stdout.readline().strip()
-    folder = Path(tempfile.mkdtemp(prefix="workers-bench-"))
-    config = folder / "config.yaml"
-    config.write_text(yaml.safe_dump({"models": {"a": {"model": "openai/teacher", "api_base": api_base,
-                                                       "cache": False, "num_retries": 0}},
-                                      "roles": {"generators": [{"model": "a", "count": args.n}]}}))  # fmt: skip
-    prompts = folder / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"id": i, "prompt": f"prompt {i}"}) + "\n" for i in range(args.prompts)))
+    server, folder, config, prompts = synth_setup(args.delay, args.prompts, count=args.n, prefix="workers-bench-")
     settings = {"1 worker": 1, f"{args.workers} workers": args.workers}
 
     def command(output: Path, concurrency: int, workers: int) -> None:
