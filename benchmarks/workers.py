@@ -45,14 +45,19 @@ class Wait:
 
 
 def timed(run, output: Path, prompts: int) -> tuple[float, float]:
-    """Prompts per second end to end and from the first row written to the last (polled every 10 ms)."""
+    """Prompts per second end to end and from the first row written to the last (the file polled every 10 ms:
+    the command's exit, e.g. its interpreter's teardown, is not steady state)."""
     first: list[float] = []
+    last = [0.0]
     done = threading.Event()
 
     def watch() -> None:
-        while not done.is_set() and not first:
-            if output.exists() and output.stat().st_size:
-                first.append(time.perf_counter())
+        size = 0
+        while not done.is_set():
+            now = output.stat().st_size if output.exists() else 0
+            if now != size:
+                size, last[0] = now, time.perf_counter()
+                first[:] = first or [last[0]]
             time.sleep(0.01)
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -64,7 +69,7 @@ def timed(run, output: Path, prompts: int) -> tuple[float, float]:
     watcher.join()
     written = sum(1 for _ in read_jsonl(output))
     assert written == prompts, f"{written} of {prompts} prompts written"
-    return prompts / (end - start), (prompts - 1) / (end - (first[0] if first else start))
+    return prompts / (end - start), (prompts - 1) / ((last[0] or end) - (first[0] if first else start))
 
 
 def main() -> None:
