@@ -1,5 +1,7 @@
 """Offline fixtures: no DSPy cache unless a test asks for it, scripted LMs that answer like a task and a fusor."""
 
+import gc
+
 import dspy
 import pytest
 
@@ -9,11 +11,12 @@ from fusion_dspy.testing import ScriptedCall, scripted_lm
 @pytest.fixture(autouse=True)
 def isolated_dspy():
     """No DSPy cache, and no global LM/adapter/history setting leaking from a test that called dspy.configure
-    (the batch commands switch the LM history off in their process)."""
+    (the batch commands switch the LM history off in their process, and freeze what their imports built)."""
     dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
     yield
     dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
     dspy.configure(lm=None, adapter=None, track_usage=False, disable_history=False, trace=[])
+    gc.unfreeze()
 
 
 @pytest.fixture

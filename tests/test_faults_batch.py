@@ -432,16 +432,19 @@ def test_optimize_fails_a_trial_on_a_fusor_outage_instead_of_scoring_it_0_and_a_
 
 def test_batch_commands_keep_no_lm_history(tmp_path):
     """DSPy keeps every request and response by default: a long batch grew without bound (benchmarks/soak.py)."""
+    import gc
+
     import dspy
 
     with StubOpenAIServer(respond=respond) as server:
         config = write_config(tmp_path / "config.yaml", stub=server.api_base)
         inputs = write_inputs(tmp_path / "in.jsonl", [{"question": f"q{i}"} for i in range(3)])
-        assert not dspy.settings.disable_history and dspy.settings.trace == []
+        assert not dspy.settings.disable_history and dspy.settings.trace == [] and not gc.get_freeze_count()
         assert main(["run", "--config", str(config), "--inputs", str(inputs), "--output", str(tmp_path / "o.jsonl"),
                      "--quiet"]) == 0  # fmt: skip
         assert dspy.settings.disable_history
         assert dspy.settings.trace is None, "no trace either: it held every prediction (benchmarks/soak.py)"
+        assert gc.isenabled() and gc.get_freeze_count() > 0, "imports frozen, the collector on again"
         lm = dspy.LM("openai/stub", api_base=server.api_base, api_key="x", engine="litellm", cache=False)
         dspy.Predict("question -> answer")(question="q", lm=lm)
         assert lm.history == [], "nothing recorded"
@@ -469,3 +472,29 @@ def test_a_fallback_pick_after_a_fusor_outage_is_not_scored_as_fusion():
         score_stage(TASK, FellBack("LMServerError: 503 from the fusor"), example, [], "example 0, N=2")
     scored = score_stage(TASK, FellBack("AdapterParseError: no answer field"), example, [], "example 0, N=2")
     assert scored.score == 1.0, "a fallback after bad output is what the user gets: scored"
+
+
+def test_freeze_imports_imports_litellm_with_the_collector_off_and_restores_it(monkeypatch):
+    """A command's start and exit are ~2 s shorter (benchmarks/workers.py); the collector is as it was after."""
+    import gc
+
+    from fusion_dspy.workflows import batch
+
+    seen = []
+    real_import = __import__
+
+    def watching(name, *args, **kwargs):
+        if name == "litellm":
+            seen.append(gc.isenabled())
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.__import__", watching)
+    batch.freeze_imports()
+    assert seen == [False], "litellm is imported with the collector off"
+    assert gc.isenabled() and gc.get_freeze_count() > 0
+    gc.disable()
+    try:
+        batch.freeze_imports()
+        assert not gc.isenabled(), "a collector that was off stays off"
+    finally:
+        gc.enable()

@@ -100,12 +100,15 @@ def test_serve_command_with_two_workers(tmp_path):
 
 def test_the_served_process_keeps_no_dspy_history_or_trace(tmp_path):
     """A server runs for days: DSPy's LM history and trace would hold up to 10,000 requests and predictions."""
+    import gc
+
     import dspy
 
     from fusion_dspy.serve.command import ServeOptions
 
     with StubOpenAIServer(chat_reply) as stub:
         config = write_config(tmp_path / "config.yaml", {"stub": stub.api_base}, "stub", n=2)
-        assert not dspy.settings.disable_history and dspy.settings.trace == []
+        assert not dspy.settings.disable_history and dspy.settings.trace == [] and not gc.get_freeze_count()
         ServeOptions(config=str(config)).app()
     assert dspy.settings.disable_history and dspy.settings.trace is None
+    assert gc.get_freeze_count() > 0, "its imports frozen: no collection walks them again (freeze_imports)"

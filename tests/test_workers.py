@@ -21,10 +21,22 @@ REPO = Path(__file__).resolve().parents[1]
 WORKERS = ["--workers", "2", "--quiet"]
 
 
+def test_a_worker_process_keeps_no_history_and_freezes_its_imports():
+    """Each worker (and Ray actor) process is the job's: set up like the command's own process."""
+    import gc
 
+    import dspy
 
+    from fusion_dspy.workflows.ray_engine import JobActor
 
+    class Nothing:
+        def build(self):
+            return None
 
+    assert not gc.get_freeze_count() and not dspy.settings.disable_history
+    JobActor(Nothing(), in_flight=1, verbose=True)
+    assert gc.get_freeze_count() > 0 and gc.isenabled()
+    assert dspy.settings.disable_history and dspy.settings.trace is None
 
 
 def test_synth_on_workers_writes_the_records_of_one_process(tmp_path, capsys):

@@ -50,8 +50,9 @@ class ServeOptions:
         from fusion_dspy.serve.app import ServeSettings, create_app
         from fusion_dspy.serve.profiles import Limits, build_profiles
         from fusion_dspy.serve.secrets import Redactor, config_secrets, redact_logs
-        from fusion_dspy.workflows.batch import keep_no_history
+        from fusion_dspy.workflows.batch import freeze_imports, keep_no_history
 
+        freeze_imports()
         keep_no_history()
         key = self.api_key()
         backends = load_config(self.config)

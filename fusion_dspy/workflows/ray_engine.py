@@ -75,8 +75,9 @@ class JobActor:
 
     def __init__(self, job: Job, in_flight: int, verbose: bool):
         logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, format="%(levelname)s %(message)s")
-        from fusion_dspy.workflows.batch import keep_no_history, quiet_dspy_logs
+        from fusion_dspy.workflows.batch import freeze_imports, keep_no_history, quiet_dspy_logs
 
+        freeze_imports()  # the actor's process is the job's
         if not verbose:
             quiet_dspy_logs()  # the records are still made: replies cut short are still marked
         keep_no_history()  # a long batch's memory stays flat
