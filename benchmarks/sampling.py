@@ -5,7 +5,9 @@ in ITS OWN PROCESS (this file with `--serve`), so the client's numbers are the c
 min / median of `--runs` runs of wall time divided by the critical path: one sample + one fusion (2 x delay)
 for FusionOfN, one sample for BestOfN (a reward function selects, no LM call); `n=`: the N samples in one
 request (litellm engine), `native`/`nat.`: DSPy's own lm15 client (`engine: native`), else litellm, one request
-per sample. dspy.BestOfN is shown next to it (it draws one sample after another). Then: CPU ms per sample of
+per sample. dspy.BestOfN is shown next to it (it draws one sample after another). The async calls all run on
+one event loop, as in an async application or a server (``asyncio.run`` per call would add a new loop, its
+executor threads and new HTTP connections to every call, which sync calls do not pay). Then: CPU ms per sample of
 the client (process time), one straggler at 10x latency cut off by a quorum, and adaptive N on agreeing and
 disagreeing questions.
 """
@@ -77,7 +79,7 @@ def ratio(walls: list[float], critical: float) -> str:
     return f"{min(walls) / critical:4.2f}/{statistics.median(walls) / critical:4.2f}"
 
 
-def sweep(api_base: str, ns: list[int], runs: int, delay: float) -> None:
+def sweep(api_base: str, ns: list[int], runs: int, delay: float, run_async) -> None:
     import dspy
 
     import fusion_dspy as fd
@@ -99,7 +101,7 @@ def sweep(api_base: str, ns: list[int], runs: int, delay: float) -> None:
 
     for warm in (lm, lean, native):  # first sync/async calls import and set up clients: not what we measure
         fusion(2, warm)(**question)
-        asyncio.run(fusion(2, warm).acall(**question))
+        run_async(fusion(2, warm).acall(**question))
     columns = ["sync", "async", "sync n=", "async n=", "lean sync", "lean async", "native", "nat. async",
                "BestOfN", "BoN n=", "BoN nat.", "dspy.BoN"]  # fmt: skip
     print(f"\nwall / critical path, min/median of {runs} (delay {delay} s; FusionOfN unless named)")
@@ -107,13 +109,13 @@ def sweep(api_base: str, ns: list[int], runs: int, delay: float) -> None:
     def row(n: int) -> list[str]:
         return [
             ratio(timed(lambda: fusion(n)(**question), runs)[0], 2 * delay),
-            ratio(timed(lambda: asyncio.run(fusion(n).acall(**question)), runs)[0], 2 * delay),
+            ratio(timed(lambda: run_async(fusion(n).acall(**question)), runs)[0], 2 * delay),
             ratio(timed(lambda: fusion(n, batch=True)(**question), runs)[0], 2 * delay),
-            ratio(timed(lambda: asyncio.run(fusion(n, batch=True).acall(**question)), runs)[0], 2 * delay),
+            ratio(timed(lambda: run_async(fusion(n, batch=True).acall(**question)), runs)[0], 2 * delay),
             ratio(timed(lambda: fusion(n, lean)(**question), runs)[0], 2 * delay),
-            ratio(timed(lambda: asyncio.run(fusion(n, lean).acall(**question)), runs)[0], 2 * delay),
+            ratio(timed(lambda: run_async(fusion(n, lean).acall(**question)), runs)[0], 2 * delay),
             ratio(timed(lambda: fusion(n, native)(**question), runs)[0], 2 * delay),
-            ratio(timed(lambda: asyncio.run(fusion(n, native).acall(**question)), runs)[0], 2 * delay),
+            ratio(timed(lambda: run_async(fusion(n, native).acall(**question)), runs)[0], 2 * delay),
             ratio(timed(lambda: best(n)(**question), runs)[0], delay),
             ratio(timed(lambda: best(n, batch=True)(**question), runs)[0], delay),
             ratio(timed(lambda: best(n, native)(**question), runs)[0], delay),
@@ -124,7 +126,7 @@ def sweep(api_base: str, ns: list[int], runs: int, delay: float) -> None:
         print(f"{n:>3} " + " ".join(f"{c:>10}" for c in row(n)), flush=True)
 
 
-def cpu_per_sample(api_base: str, runs: int, n: int = 32) -> None:
+def cpu_per_sample(api_base: str, runs: int, run_async, n: int = 32) -> None:
     import dspy
 
     import fusion_dspy as fd
@@ -140,7 +142,7 @@ def cpu_per_sample(api_base: str, runs: int, n: int = 32) -> None:
             for _ in range(8):
                 await predict.acall(question="q", lm=lm)
 
-        async_alone = min(timed(lambda: asyncio.run(eight()), runs)[1]) / 8
+        async_alone = min(timed(lambda: run_async(eight()), runs)[1]) / 8
         sample = fd.Sample("question -> answer", n=n, lm=lm, batch_samples=batch)
         ours = min(timed(lambda: sample(question="q"), runs)[1]) / n
         print(f"  {label:24s} dspy.Predict alone {alone * 1000:5.1f} (async {async_alone * 1000:5.1f}) | Sample "
@@ -193,9 +195,9 @@ def main() -> None:
 
     dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
     print(f"client pid {os.getpid()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
-    with Server(args.delay) as server:
-        sweep(server.api_base, [int(n) for n in args.ns.split(",")], args.runs, args.delay)
-        cpu_per_sample(server.api_base, args.runs)
+    with Server(args.delay) as server, asyncio.Runner() as runner:
+        sweep(server.api_base, [int(n) for n in args.ns.split(",")], args.runs, args.delay, runner.run)
+        cpu_per_sample(server.api_base, args.runs, runner.run)
         adaptive(server.api_base)
     stragglers(args.delay, args.runs)
 
