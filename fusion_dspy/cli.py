@@ -232,8 +232,8 @@ def _eval(args: argparse.Namespace) -> int:
     if engine:
         from fusion_dspy.workflows.ray_jobs import ConfigText, EvalJob, evaluate_on_ray
 
-        job = EvalJob.of(ConfigText.read(args.config), args.program, examples, args.n_values,
-                         args.output_dir)  # fmt: skip
+        job = EvalJob.of(ConfigText.read(args.config), args.program, examples, args.n_values, args.output_dir,
+                         args.router)  # fmt: skip
         records = evaluate_on_ray(job, engine, show_progress=not args.quiet)
     elif workers > 1:
         from fusion_dspy.workflows.ray_jobs import ConfigText, EvalJob

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from fusion_dspy.cli import main
+from fusion_dspy.core.router import Router
 from fusion_dspy.core.store import CandidateStore
 from fusion_dspy.testing import StubOpenAIServer
 from tests.engine_support import by_id, lines, qa_reply, reply, same_failures, write_config
@@ -78,10 +79,14 @@ def test_eval_on_ray_writes_the_local_records_and_shares_one_candidate_store(tmp
                                                            "cache": False}}, "m")  # fmt: skip
         common = ["eval", "--config", str(config), "--program", "tests.scripted_search:TASK", "--devset", str(devset),
                   "--n-values", "1,2"]  # fmt: skip
+        assert main([*common, "--output-dir", str(tmp_path / "plain"), "--quiet"]) == 0
+        Router.fit(tmp_path / "plain" / "results.jsonl").save(tmp_path / "router.json")
+        common += ["--router", str(tmp_path / "router.json")]  # the route is scored on Ray too
         assert main([*common, "--output-dir", str(tmp_path / "local"), "--quiet"]) == 0
         assert main([*common, "--output-dir", str(tmp_path / "ray"), *RAY]) == 0
     local, remote = by_id(tmp_path / "local" / "results.jsonl"), by_id(tmp_path / "ray" / "results.jsonl")
     assert sorted(remote) == sorted(f"{i}:{n}" for i in range(4) for n in (1, 2)) and remote == local
+    assert all("route" in record["scores"] for record in remote.values())
     assert [remote[f"{i}:2"]["scores"]["single"] for i in range(4)] == [1.0, 0.0, 1.0, 0.0]
     assert all(remote[f"{i}:2"]["scores"]["fusion"] == 1.0 for i in range(4))
     assert len(CandidateStore(tmp_path / "ray" / "candidates")) == 4 * 2, "the actors wrote to the driver's store"
