@@ -170,7 +170,7 @@ def test_without_ray_the_error_names_the_extra(monkeypatch, capsys):
 
 def test_run_on_ray_writes_the_local_records_and_errors(tmp_path, ray_address):
     inputs = tmp_path / "inputs.jsonl"
-    texts = ["prompt a", "poison prompt", "prompt b"]
+    texts = ["prompt a", "poison prompt", "prompt b", None]  # a null input is refused before any request
     inputs.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
     with StubOpenAIServer(reply) as server:
         config = write_config(tmp_path / "c.yaml", {"m": {"model": "openai/m", "api_base": server.api_base,
@@ -186,3 +186,5 @@ def test_run_on_ray_writes_the_local_records_and_errors(tmp_path, ray_address):
     assert remote["0"]["response"] == "fused" and remote["0"]["error"] is None
     for engine in ("local", "ray"):  # failures go to the errors file on both engines, and a rerun retries them
         assert by_id(tmp_path / f"{engine}.errors.jsonl")["1"]["error"].startswith("SamplingError")
+        assert by_id(tmp_path / f"{engine}.errors.jsonl")["3"]["error"] == (
+            "InputProblem: item 3: the input field 'prompt' is null; give it a value")

@@ -97,16 +97,6 @@ def value_problem(name: str, value: Any, role: str = "input") -> str | None:
     return None
 
 
-def pending(items: Iterable[dict[str, Any]], fields: Sequence[str], done: set[str]) -> list[tuple[str, dict]]:
-    """``(id, inputs)`` of the items whose id is not in ``done`` (e.g. a ``ResultsLog``'s), ids as ``item_ids`` says.
-
-    Example:
-        >>> pending([{"id": "a", "x": 1}, {"id": "b", "x": 2}], ["x"], done={"a"})
-        [('b', {'x': 2})]
-    """
-    return [(item.id, item.inputs) for item in prepare(items, fields) if item.id not in done]
-
-
 def prepare(items: Iterable[dict[str, Any]], fields: Sequence[str]) -> list[Item]:
     """``Item``s of the input fields, with their ids and any problem found; raises on colliding ids.
 

@@ -27,10 +27,11 @@ from fusion_dspy.backends import Backends, load_config, read_config
 from fusion_dspy.core.store import CandidateStore
 from fusion_dspy.workflows.batch import error_record, result_record
 from fusion_dspy.workflows.evaluation import PairedEvaluation, unscored_records
-from fusion_dspy.workflows.items import pending
+from fusion_dspy.workflows.items import prepare
 from fusion_dspy.workflows.jsonl import ResultsLog, errors_path
 from fusion_dspy.workflows.progress import progress_bar
 from fusion_dspy.workflows.ray_engine import Outcome, RayEngine
+from fusion_dspy.workflows.runner import InputProblem
 from fusion_dspy.workflows.synth import training_record
 from fusion_dspy.workflows.task import MetricError, resolve_task
 from fusion_dspy.workflows.teachers import keep_teachers
@@ -63,6 +64,21 @@ class ConfigText:
 
 def _rows(todo: Iterable[tuple[str, Any]]) -> list[dict[str, str]]:
     return [{"id": item_id, "data": json.dumps(data, ensure_ascii=False)} for item_id, data in todo]
+
+
+def _vetted_rows(items: Iterable[dict[str, Any]], fields: list[str], log: ResultsLog,
+                 errors: ResultsLog) -> tuple[list[dict[str, str]], int, int]:  # fmt: skip
+    """The rows still to do, the items already done, and those refused: an item whose inputs cannot be sent
+    (missing or null field, broken Unicode) goes to the errors file at once, as on the local engine."""
+    prepared = prepare(items, fields)
+    todo = [item for item in prepared if item.id not in log.done]
+    for item in todo:
+        if item.problem:
+            error = InputProblem(f"item {item.id}: {item.problem}")
+            logger.warning("Item %s failed: %s: %s", item.id, type(error).__name__, error)
+            errors.write(error_record(item.id, item.inputs, error))
+    refused = sum(bool(item.problem) for item in todo)
+    return _rows((item.id, item.inputs) for item in todo if not item.problem), len(prepared) - len(todo), refused
 
 
 def _drain(engine: RayEngine, job: Any, rows: list, logs: dict[str, ResultsLog], label: str,
@@ -118,10 +134,10 @@ def run_on_ray(job: RunJob, items: Iterable[dict[str, Any]], output: str | Path,
         >>> # run_on_ray(job, read_jsonl("in.jsonl"), "out.jsonl", ["question"], RayEngine(address="auto"))
     """
     with ResultsLog(output) as log, ResultsLog(errors_path(output), exclusive=False) as errors:
-        skipped, rows = len(log.done), _rows(pending(items, input_fields, log.done))
+        rows, skipped, refused = _vetted_rows(items, input_fields, log, errors)
         failed = [bool(outcome.errors) for outcome in _drain(engine, job, rows, {"results": log, "errors": errors},
                                                               f"run (ray) -> {log.path.name}", show_progress)]
-    return {"done": failed.count(False), "failed": failed.count(True), "skipped": skipped}
+    return {"done": failed.count(False), "failed": failed.count(True) + refused, "skipped": skipped}
 
 
 @dataclass(frozen=True)
@@ -157,11 +173,11 @@ def synthesize_on_ray(job: SynthJob, prompts: Iterable[dict[str, Any]], output: 
     """``synthesize`` on the Ray engine: same training file and ``<output>.errors.jsonl``; same counts."""
     fields = list(ensure_signature(job.signature).input_fields)
     with ResultsLog(output) as log, ResultsLog(errors_path(output), exclusive=False) as errors:
-        skipped, rows = len(log.done), _rows(pending(prompts, fields, log.done))
+        rows, skipped, refused = _vetted_rows(prompts, fields, log, errors)
         written = [bool(outcome.results) for outcome in _drain(
             engine, job, rows, {"results": log, "errors": errors}, f"synthesizing (ray) -> {log.path.name}",
             show_progress)]  # fmt: skip
-    return {"done": written.count(True), "failed": written.count(False), "skipped": skipped}
+    return {"done": written.count(True), "failed": written.count(False) + refused, "skipped": skipped}
 
 
 class _Collected:
