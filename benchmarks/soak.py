@@ -38,7 +38,7 @@ def child(args: argparse.Namespace) -> None:
     from fusion_dspy import cli
 
     if args.history:
-        cli._bound_history = lambda: None  # noqa: SLF001 - the benchmark's "before" case: DSPy's default history
+        cli._keep_no_history = lambda: None  # noqa: SLF001 - the benchmark's "before" case: DSPy's default history
     me, output, samples = psutil.Process(), Path(args.output), []
     done = threading.Event()
 
