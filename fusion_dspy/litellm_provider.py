@@ -27,11 +27,12 @@ from litellm.types.utils import GenericStreamingChunk, ModelResponse, Usage
 
 from fusion_dspy.serve.profiles import Limits, Profile
 from fusion_dspy.serve.run import FusionRun
-from fusion_dspy.serve.schema import ChatCompletionRequest, ServeError
+from fusion_dspy.serve.schema import UNSUPPORTED, ChatCompletionRequest, ServeError
 from fusion_dspy.serve.secrets import Redactor, config_secrets
 
 PROVIDER = "fusion"
-_PASSED = ("n", "temperature", "max_tokens", "max_completion_tokens", "fusion")  # request fields we read
+# The request fields we read, and those a fusion model refuses (a 400, as from the server, not a silent drop)
+_PASSED = ("n", "temperature", "max_tokens", "max_completion_tokens", "fusion", "response_format", *UNSUPPORTED)
 
 
 def _cost(usage_by_model: dict[str, dict[str, Any]]) -> float:

@@ -67,3 +67,13 @@ def test_errors_keep_their_status(stub, tmp_path):
         with pytest.raises(litellm.BadGatewayError) as raised:
             litellm.completion(model="fusion/fusion", messages=MESSAGES)
     assert raised.value.status_code == 502 and "0 of 2 samples" in str(raised.value)
+
+
+def test_fields_a_fusion_cannot_honour_are_refused_not_dropped(stub):
+    """JSON mode, tools or stop sequences would silently be plain text: refused with a 400, as by the server."""
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+    for extra, field in (({"tools": [tool]}, "tools"), ({"stop": ["\n"]}, "stop"),
+                         ({"response_format": {"type": "json_object"}}, "response_format")):  # fmt: skip
+        with pytest.raises(litellm.BadRequestError, match=field):
+            litellm.completion(model="fusion/fusion", messages=MESSAGES, **extra)
+    assert stub.requests == [], "nothing is sampled for a refused request"

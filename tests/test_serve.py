@@ -285,3 +285,15 @@ def test_without_a_config_it_serves_the_embedded_model_offline():
     assert finish.model_extra["fusion"]["candidate_models"] == ["embedded", "embedded"]
     stages = finish.model_extra["fusion"]["stages"]
     assert chunks[-1].usage.total_tokens == sum(stage["total_tokens"] for stage in stages.values()) > 0
+
+
+def test_adaptive_n_reports_what_it_drew_and_no_undrawn_sample_as_failed(tmp_path, stub):
+    """Agreeing candidates stop adaptive N after its first wave: the rest were never drawn, so nothing failed."""
+    config = write_config(tmp_path / "c.yaml", {"stub": stub.api_base}, "stub", n=8,
+                          adaptive={"wave": 2, "rule": "overlap"})  # fmt: skip
+    with fusion_server(config) as server:
+        reply = _client(server).chat.completions.create(model="fusion", messages=CONVERSATION)
+    fusion = reply.model_extra["fusion"]
+    assert fusion["samples_drawn"] == 2 and fusion["candidate_models"] == ["stub"] * 2
+    assert fusion["failed_models"] == [] and fusion["straggler_models"] == []
+    assert len(stub.requests) == 2 + 1

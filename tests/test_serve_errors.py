@@ -50,6 +50,7 @@ def _post(server, body=None, content=None, key=None, timeout=30.0):
     ({"model": "fusion", "messages": HELLO, "tools": [{"type": "function"}]}, "tools"),
     ({"model": "fusion", "messages": HELLO, "fusion": {"models": ["stub", "gpt-9"]}}, "fusion.models[1]"),
     ({"model": "fusion", "messages": HELLO, "fusion": {"fusor": "gpt-9"}}, "fusion.fusor"),
+    ({"model": "fusion", "messages": HELLO, "fusion": {"models": ["stub"] * 17}}, "fusion.models"),  # > --max-n
     ({"model": "fusion", "messages": HELLO, "fusion": {"api_base": "http://evil"}}, "fusion.api_base"),
 ])  # fmt: skip
 def test_bad_requests_get_400_naming_the_field(config, stub, body, param):
@@ -250,3 +251,38 @@ def test_samples_that_all_time_out_upstream_are_504(tmp_path):
             response = _post(server, {"model": "fusion", "messages": HELLO})
     assert response.status_code == 504, response.text
     assert response.json()["error"]["code"] == "upstream_timeout"
+
+
+def test_a_body_that_stalls_gets_408_and_holds_no_slot(tmp_path, stub):
+    """A client that sends its headers and then stops mid-body is timed out; meanwhile others are served."""
+    import socket
+    import time
+
+    config = write_config(tmp_path / "c.yaml", {"stub": stub.api_base}, "stub", n=1)
+    with fusion_server(config, max_concurrency=1, timeout=2.0) as server:
+        stalled = socket.create_connection(("127.0.0.1", server.port))
+        stalled.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 100\r\n\r\n{\"model\"")
+        time.sleep(0.3)  # the server is now reading that body
+        served = _post(server, {"model": "fusion", "messages": HELLO})
+        stalled.settimeout(30)
+        answer = b""
+        while b"}}" not in answer and (part := stalled.recv(65536)):  # the headers, then the JSON body
+            answer += part
+        stalled.close()
+    answer = answer.decode()
+    assert served.status_code == 200, "the stalled body holds no concurrency slot"
+    assert answer.startswith("HTTP/1.1 408") and "request_timeout" in answer
+
+
+def test_a_conversation_too_long_for_every_sample_is_400_not_502():
+    """Retrying cannot fix it, and the openai client retries a 502: say what the caller must change."""
+    from fusion_dspy.errors import SamplingError
+    from fusion_dspy.serve.run import upstream_error
+
+    failures = [f"sample {i} (openai/m): ContextWindowExceededError: the prompt is 9000 tokens" for i in range(2)]
+    error = upstream_error(SamplingError("Only 0 of 2 samples succeeded", failures), Redactor())
+    assert (error.status, error.code, error.param) == (400, "context_length_exceeded", "messages")
+    mixed = upstream_error(SamplingError("Only 0 of 2 samples succeeded", failures[:1] + [
+        "sample 1 (openai/m): APIConnectionError: refused"]), Redactor())  # fmt: skip
+    assert mixed.status == 502

@@ -124,9 +124,16 @@ def create_app(profiles: dict[str, Profile], settings: ServeSettings | None = No
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         authorize(request)
+        # The body is read before a slot is taken, and within the time limit: a client that stalls mid-body
+        # holds neither a slot nor the connection for long.
+        with anyio.move_on_after(settings.timeout) as reading:
+            body = await _read_body(request, settings.max_body_bytes)
+        if reading.cancelled_caught:
+            raise ServeError(408, f"The request body did not arrive within the server's time limit of "
+                             f"{settings.timeout:g} s (--timeout).", code="request_timeout")  # fmt: skip
         gate.enter()
         try:
-            chat = _parse(await _read_body(request, settings.max_body_bytes))
+            chat = _parse(body)
             if chat.model not in profiles:
                 raise ServeError(404, f"The model {chat.model!r} is not served here; choose one of "
                                  f"{sorted(profiles)} (GET /v1/models).", param="model", code="model_not_found")

@@ -97,6 +97,9 @@ class Profile:
                              param="max_tokens")  # fmt: skip
         if options.models:
             self._check_models(options.models, "fusion.models")
+            if n is None and len(options.models) > limits.max_n:  # one candidate per panel member
+                raise ServeError(400, f"fusion.models names {len(options.models)} panel members, one candidate each: "
+                                 f"above this server's limit of {limits.max_n} candidates.", param="fusion.models")
         if options.fusor:
             self._check_models([options.fusor], "fusion.fusor")
         key = (method, n, temperature, max_tokens, tuple(options.models or ()), options.fusor)

@@ -5,9 +5,9 @@ be streamed token by token (``FusionRun.stream``). Failures become ``ServeError`
 """
 
 import asyncio
+import re
 import time
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -26,6 +26,7 @@ from fusion_dspy.serve.schema import ChatCompletionRequest, FusionOptions, Serve
 from fusion_dspy.serve.secrets import Redactor
 
 STREAMABLE_ADAPTERS = ("ChatAdapter", "JSONAdapter", "XMLAdapter")  # what dspy's StreamListener can read
+_SAMPLE_INDEX = re.compile(r"sample (\d+) \(")  # a Pool's failure and straggler lines begin "sample 3 (model): "
 
 
 def _counts(usage: dict[str, dict[str, Any]]) -> dict[str, int]:
@@ -43,7 +44,10 @@ def upstream_error(error: BaseException, redact: Redactor) -> ServeError:
         return ServeError(504, "The fusion did not finish within the server's time limit (--timeout).",
                           type="timeout_error", code="timeout")  # fmt: skip
     if isinstance(error, SamplingError):
-        timed_out = error.failures and all("Timeout" in line.split(": ", 2)[1] for line in error.failures)
+        kinds = [line.split(": ", 2)[1] for line in error.failures if line.count(": ") >= 2]
+        if error.failures and all("ContextWindowExceeded" in kind for kind in kinds):  # retrying cannot help
+            return ServeError(400, text, param="messages", code="context_length_exceeded")
+        timed_out = error.failures and all("Timeout" in kind for kind in kinds)
         status, code = (504, "upstream_timeout") if timed_out else (502, "upstream_failed")
         return ServeError(status, text, type="upstream_error", code=code)
     if isinstance(error, LMTimeoutError):
@@ -164,15 +168,18 @@ class FusionRun:
         """OpenAI's ``usage`` (every call summed) and the ``fusion`` object (panel, failures, stages)."""
         stages = {"sample": self.meter.usage.get("sample", {}), self.stage: result.stage_usage.get(self.stage, {})}
         seconds = {"sample": self.meter.seconds.get("sample", 0.0), self.stage: result.stage_seconds.get(self.stage)}
-        drawn = Counter(draw.lm.model for draw in self.program.sample.plan())
-        failed = drawn - Counter(pool.models)
+        plan = self.program.sample.plan()
+        failed, late = ([plan[int(m.group(1))].lm.model for line in lines if (m := _SAMPLE_INDEX.match(line))]
+                        for lines in (pool.failures, pool.stragglers))  # fmt: skip
         fusion: dict[str, Any] = {
             "profile": self.profile.name,
             "method": self.method,
             "n": self.program.sample.n,
             "candidate_models": [self.names.get(model, model) for model in pool.models],
-            "failed_models": [self.names.get(model, model) for model in failed.elements()],
+            "failed_models": [self.names.get(model, model) for model in failed],
             "failures": [self.redact(line) for line in pool.failures],
+            "straggler_models": [self.names.get(model, model) for model in late],
+            "samples_drawn": pool.drawn,
             "stages": {name: {**_counts(stages[name]), "seconds": round(seconds[name] or 0.0, 4)} for name in stages},
         }
         if "selected_index" in result:

@@ -18,7 +18,8 @@ class ServeError(Exception):
     """An error answered as an OpenAI-style JSON body with a meaningful status code.
 
     Args:
-        status: HTTP status (400 bad request, 401, 404 unknown model, 413, 429, 502 upstream failure, 504).
+        status: HTTP status (400 bad request, 401, 404 unknown model, 408 body too slow, 413, 429, 502 upstream
+            failure, 504).
         message: What went wrong and how to fix it (never a key).
         type: OpenAI error type (``invalid_request_error``, ``authentication_error``, ...).
         param: The request field at fault, e.g. ``messages[1].role``.
