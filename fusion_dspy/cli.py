@@ -2,6 +2,7 @@
 ``optimize``, ``eval``, ``synth`` and ``serve`` (fusion programs as OpenAI-compatible models)."""
 
 import argparse
+import hashlib
 import logging
 import os
 import sys
@@ -30,8 +31,9 @@ def _run(args: argparse.Namespace) -> int:
 
     signature = ensure_signature(args.signature)
     fields = list(signature.input_fields)
-    if args.input is not None:
-        items = [{fields[0]: args.input}]
+    if args.input is not None:  # named by its text: another --input into the same --output is a new item
+        digest = hashlib.sha256(args.input.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        items = [{"id": f"input-{digest}", fields[0]: args.input}]
     elif args.inputs is not None:
         items = read_items(args.inputs)
     else:
@@ -248,9 +250,11 @@ def _eval(args: argparse.Namespace) -> int:
                                       router=args.router)  # fmt: skip
         records = evaluation.run(show_progress=not args.quiet)
     errors = errors_path(Path(args.output_dir) / "results.jsonl")
+    wanted = {f"{index}:{n}" for index in range(len(examples)) for n in set(args.n_values)}
+    records = [record for record in records if str(record["id"]) in wanted]  # not an earlier run's other N
     if not records:
         raise FusionDSPyError(f"No example could be evaluated (see {errors}): check the backends, then rerun.")
-    missing = len(examples) * len(set(args.n_values)) - len(records)
+    missing = len(wanted) - len(records)
     rows = summarize(records)
     models = ", ".join(dict.fromkeys(lm.model for lm in backends.generators))
     title = f"{task.name}: {len({r['example'] for r in records})} examples, generators {models}"

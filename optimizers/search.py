@@ -130,6 +130,7 @@ class FusionSearch:
             load_if_exists=True,
         )
         self.instructions = self._instructions()
+        self._check_resumable(len(directions))
         if sampler not in ("tpe", "grid"):
             raise ValueError(f"sampler must be 'tpe' or 'grid', got {sampler!r}.")
         # Set after the instructions are known: the grid needs their number.
@@ -149,6 +150,23 @@ class FusionSearch:
                                           compare=compare)  # fmt: skip
         self.study.set_user_attr("instructions", texts)
         return texts
+
+    def _check_resumable(self, objectives: int) -> None:
+        """An existing study continues only with its objectives and choices: optuna cannot change them, and
+        would fail each trial ("number of the values") or the run ("dynamic value space") mid-way."""
+        name = self.study.study_name
+        if len(self.study.directions) != objectives:
+            had = "score and cost (--cost)" if len(self.study.directions) == 2 else "the score alone (no --cost)"
+            raise FusionDSPyError(f"The study {name!r} optimizes {had}: run it as it was, or give another "
+                                  "--study NAME for a new study.")  # fmt: skip
+        grid = self.grid()
+        for trial in self.study.get_trials(deepcopy=False):
+            for param, distribution in trial.distributions.items():
+                choices = list(getattr(distribution, "choices", ()))
+                if param in grid and choices != grid[param]:
+                    raise FusionDSPyError(f"The study {name!r} was run with {param} in {choices}; this run asks for "
+                                          f"{grid[param]}. A study keeps its choices: ask for the same ones, or give "
+                                          "another --study NAME for a new study.")  # fmt: skip
 
     def grid(self) -> dict[str, list]:
         """The whole search space, parameter by parameter."""

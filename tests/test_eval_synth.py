@@ -152,6 +152,31 @@ def test_eval_command_end_to_end(tmp_path, capsys):
                                                               "quality.png", "candidates"}
 
 
+def test_eval_reports_only_the_n_values_asked_for_not_an_earlier_runs(tmp_path, capsys):
+    """A rerun with other --n-values whose every result fails is an error, not the earlier run's table."""
+    from fusion_dspy.cli import main
+
+    devset = tmp_path / "dev.jsonl"
+    devset.write_text("".join(json.dumps({"question": f"q{i}", "answer": "42"}) + "\n" for i in range(2)))
+
+    def qa_respond(call):
+        return {"comparison": "c", "answer": "fused"} if call.wants("comparison") else {"answer": "42"}
+
+    def run(server, n_values):
+        config = tmp_path / "config.yaml"
+        config.write_text(yaml.safe_dump({"models": {"m": {"model": "openai/m", "api_base": server.api_base,
+                                                           "cache": False, "num_retries": 0}},
+                                          "roles": {"generators": "m"}}))  # fmt: skip
+        return main(["eval", "--config", str(config), "--program", "tests.scripted_search:TASK", "--devset",
+                     str(devset), "--n-values", n_values, "--output-dir", str(tmp_path / "out"), "--quiet"])
+
+    with StubOpenAIServer(respond=qa_respond) as server:
+        assert run(server, "1") == 0
+    with StubOpenAIServer(respond=qa_respond, status=500) as down:
+        assert run(down, "2") == 2
+    assert "No example could be evaluated" in capsys.readouterr().err
+
+
 def test_a_pairwise_metric_gets_the_single_sample_as_baseline(tmp_path):
     from fusion_dspy.workflows.task import Task
 

@@ -498,3 +498,26 @@ def test_freeze_imports_imports_litellm_with_the_collector_off_and_restores_it(m
         assert not gc.isenabled(), "a collector that was off stays off"
     finally:
         gc.enable()
+
+
+def test_run_input_twice_runs_both_and_the_same_input_once(tmp_path):
+    """--input names the item by its text: a second question is a new item, the same question is already there."""
+    with StubOpenAIServer(respond=respond) as server:
+        config = write_config(tmp_path / "config.yaml", stub=server.api_base)
+        output = tmp_path / "o.jsonl"
+        for question in ("first question", "second question", "first question"):
+            assert main(["run", "--config", str(config), "--input", question, "--output", str(output),
+                         "--quiet"]) == 0  # fmt: skip
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [r["inputs"]["question"] for r in records] == ["first question", "second question"]
+
+
+def test_an_output_line_without_an_id_is_named_not_a_traceback(tmp_path, capsys):
+    """--output pointed at the inputs file (or an edited one): the error names the file and line."""
+    output = tmp_path / "o.jsonl"
+    output.write_text('{"id": "a", "answer": "x"}\n{"question": "no id here"}\n')
+    with StubOpenAIServer(respond=respond) as server:
+        config = write_config(tmp_path / "config.yaml", stub=server.api_base)
+        assert main(["run", "--config", str(config), "--input", "q", "--output", str(output), "--quiet"]) == 2
+    assert f"{output}:2: a line without an \"id\"" in capsys.readouterr().err
+    assert server.requests == [], "refused before any request"

@@ -144,3 +144,14 @@ def test_the_new_fusion_knobs_are_searched_and_saved(tmp_path):
     assert loaded(question="question 0").answer == "42"
     with pytest.raises(Exception, match="'auto' needs SearchSpace\\(router=path\\)"):
         search(tmp_path, backends, space=SearchSpace(methods=("auto",)), study="no-router")
+
+
+def test_a_study_resumed_with_other_choices_or_objectives_is_refused_up_front(tmp_path):
+    """Optuna cannot change a study's choices or objectives: it failed every trial or the run mid-way."""
+    backends = make_backends()
+    search(tmp_path, backends).optimize(n_trials=2)
+    with pytest.raises(fd.FusionDSPyError, match=r"was run with n in \[1, 2, 4, 8\]; this run asks for \[1, 16\]"):
+        search(tmp_path, backends, space=SearchSpace(n=(1, 16), methods=("fuse", "select")))
+    with pytest.raises(fd.FusionDSPyError, match=r"optimizes the score alone \(no --cost\).*--study NAME"):
+        search(tmp_path, backends, cost_objective=True)
+    search(tmp_path, backends).optimize(n_trials=1)  # the same choices resume

@@ -135,8 +135,14 @@ def done_ids(path: Path) -> set[str]:
         logger.warning("%s: dropping an unfinished last line left by an interrupted run.", path)
         with open(path, "r+b") as file:
             file.truncate(len(complete))
-    records = (json.loads(line) for line in complete.decode("utf-8").splitlines() if line.strip())
-    return {str(record["id"]) for record in records if not record.get("error")}
+    done = set()
+    for number, record in read_numbered_jsonl(path):
+        if "id" not in record:
+            raise ValueError(f"{path}:{number}: a line without an \"id\", so not a record a fusion-dspy batch wrote "
+                             "(is --output the inputs file?); give another --output, or remove the line.")  # fmt: skip
+        if not record.get("error"):
+            done.add(str(record["id"]))
+    return done
 
 
 def prune_errors(path: Path, done: set[str]) -> None:
