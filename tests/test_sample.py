@@ -56,6 +56,11 @@ def test_teacher_pool_spreads_samples_and_weights_by_repetition(memory_cache):
     cool, warm = a.copy(temperature=0.2), a.copy(temperature=1.0)
     assert [d.rollout_id for d in fd.Sample("q -> a", lms=[cool, warm], temperature=0.7).plan()] == [0, 1]
     assert [d.rollout_id for d in fd.Sample("q -> a", lms=[cool, warm], temperature=None).plan()] == [0, 0]
+    # Replicas of one model on two servers are one model to the store and to DSPy's cache: distinct rollouts,
+    # or both samples would be one cached answer.
+    here = dspy.LM("openai/qwen", api_base="http://replica-1/v1", api_key="x", engine="litellm")
+    there = here.copy(api_base="http://replica-2/v1")
+    assert [d.rollout_id for d in fd.Sample("q -> a", lms=[here, there]).plan()] == [0, 1]
 
 
 def test_uses_the_context_lm(lm):

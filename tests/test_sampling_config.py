@@ -76,3 +76,12 @@ def test_run_batch_keeps_several_inputs_in_flight(tmp_path):
     assert counts == {"done": 3, "failed": 0, "skipped": 0} and server.peak_in_flight == 3
     lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert sorted(line["id"] for line in lines) == ["0", "1", "2"]
+
+
+def test_the_embedded_model_cannot_be_a_fallback(tmp_path):
+    """litellm's Router cannot reach it (no fixed address): a config error, not a litellm traceback later."""
+    path = tmp_path / "c.yaml"
+    path.write_text("models: {api: {model: openai/x, api_base: 'http://127.0.0.1:9/v1', fallbacks: [embedded]}}\n"
+                    "roles: {generators: api}\n")
+    with pytest.raises(fd.ConfigError, match="models.api.fallbacks names the embedded model"):
+        fd.load_config(path)

@@ -94,3 +94,11 @@ def test_async_sampling_uses_the_store(tmp_path):
 def test_an_empty_store_is_still_truthy(tmp_path):
     store = CandidateStore(tmp_path)
     assert len(store) == 0 and bool(store)
+
+
+def test_a_request_time_limit_is_not_part_of_a_candidates_key():
+    """The timeout follows the model's roles (a generator that is also the fusor gets the fusor's): choosing
+    another fusor must not throw the generator's stored candidates away."""
+    lm = dspy.LM("openai/m", api_base="http://127.0.0.1:9/v1", api_key="x", engine="litellm")
+    key = lambda model: CandidateStore.key(model, 0.7, "state", None, {"question": "q"}, 0)  # noqa: E731
+    assert key(lm.copy(timeout=180.0)) == key(lm.copy(timeout=60.0)) != key(lm.copy(max_tokens=20))

@@ -204,6 +204,11 @@ class FusionConfig(_Strict):
             if name is not None and name not in known:
                 raise ValueError(f"{where} names the model {name!r}, which is not defined; define it under "
                                  f"models: or use one of {sorted(known)}")  # fmt: skip
+        for name, cfg in self.models.items():
+            if any(self.model(fallback).model == EMBEDDED for fallback in cfg.fallbacks):
+                raise ValueError(f"models.{name}.fallbacks names the embedded model, which litellm's Router cannot "
+                                 "reach (it has no fixed address until it starts); fall back to a served model, "
+                                 "or make embedded a generator or the fusor instead")  # fmt: skip
         return self
 
     def model(self, name: str) -> ModelConfig:

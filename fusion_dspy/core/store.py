@@ -17,8 +17,11 @@ import diskcache
 import dspy
 
 # Connection details are not sampling settings: the embedded server gets a new port every run, and a key
-# rotation must not throw away the pool. Models are told apart by their (unique) model names.
-_NOT_SETTINGS = {"api_base", "base_url", "api_key", "rollout_id", "headers", "extra_headers", "no-log"}
+# rotation must not throw away the pool. Nor is a request's time limit (it follows the model's roles: making
+# another model the fusor changes it). Models are told apart by their model names: replicas of one model on
+# several servers are one model (``Sample.plan`` gives their samples distinct rollout ids).
+NOT_SETTINGS = frozenset({"api_base", "base_url", "api_key", "rollout_id", "headers", "extra_headers", "no-log",
+                          "timeout"})  # fmt: skip
 
 
 def _digest(value: Any) -> str:
@@ -57,7 +60,7 @@ class CandidateStore:
     @staticmethod
     def key(lm: Any, temperature: float | None, generator_state: str, adapter: Any, inputs: dict, index: int) -> str:
         """The key of one sample: everything that changes what the generator would write, nothing else."""
-        settings = {k: v for k, v in (getattr(lm, "kwargs", {}) or {}).items() if k not in _NOT_SETTINGS}
+        settings = {k: v for k, v in (getattr(lm, "kwargs", {}) or {}).items() if k not in NOT_SETTINGS}
         if temperature is not None:
             settings["temperature"] = temperature
         return _digest({
