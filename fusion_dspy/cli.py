@@ -213,7 +213,7 @@ def _examples(task, args) -> list:
 
 def _eval(args: argparse.Namespace) -> int:
     from fusion_dspy.backends import load_config
-    from fusion_dspy.workflows.evaluation import PairedEvaluation
+    from fusion_dspy.workflows.evaluation import PairedEvaluation, check_earlier_results
     from fusion_dspy.workflows.jsonl import errors_path
     from fusion_dspy.workflows.reports import (
         plot_summary,
@@ -231,6 +231,7 @@ def _eval(args: argparse.Namespace) -> int:
     backends.check()
     _keep_no_history()
     examples = _examples(task, args)
+    check_earlier_results(args.output_dir, task, examples, args.router)
     if engine:
         from fusion_dspy.workflows.ray_jobs import ConfigText, EvalJob, evaluate_on_ray
 

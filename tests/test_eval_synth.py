@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -175,6 +176,36 @@ def test_eval_reports_only_the_n_values_asked_for_not_an_earlier_runs(tmp_path, 
     with StubOpenAIServer(respond=qa_respond, status=500) as down:
         assert run(down, "2") == 2
     assert "No example could be evaluated" in capsys.readouterr().err
+
+
+def test_eval_refuses_an_output_dir_another_evaluation_wrote(tmp_path, capsys):
+    """Its records would be skipped as done and reported as this run's: another dev set, or a router added."""
+    from fusion_dspy.cli import main
+    from fusion_dspy.core.router import Router
+
+    def devset(name, questions):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({"question": q, "answer": "42"}) + "\n" for q in questions))
+        return path
+
+    def qa_respond(call):
+        return {"comparison": "c", "answer": "fused"} if call.wants("comparison") else {"answer": "42"}
+
+    with StubOpenAIServer(respond=qa_respond) as server:
+        config = tmp_path / "config.yaml"
+        config.write_text(yaml.safe_dump({"models": {"m": {"model": "openai/m", "api_base": server.api_base,
+                                                           "cache": False}}, "roles": {"generators": "m"}}))
+        common = ["eval", "--config", str(config), "--program", "tests.scripted_search:TASK", "--n-values", "1",
+                  "--output-dir", str(tmp_path / "out"), "--quiet"]  # fmt: skip
+        assert main([*common, "--devset", str(devset("a.jsonl", ["q0", "q1"]))]) == 0
+        Router.fit(tmp_path / "out" / "results.jsonl").save(tmp_path / "router.json")
+        requests = len(server.requests)
+        assert main([*common, "--devset", str(devset("b.jsonl", ["other", "q1"]))]) == 2
+        assert re.search(r"results\.jsonl:\d scored other inputs as example 0: the dev set", capsys.readouterr().err)
+        assert main([*common, "--devset", str(tmp_path / "a.jsonl"), "--router", str(tmp_path / "router.json")]) == 2
+        assert "was scored without a --router" in capsys.readouterr().err
+        assert len(server.requests) == requests, "refused before any request"
+        assert main([*common, "--devset", str(tmp_path / "a.jsonl")]) == 0, "the same evaluation resumes"
 
 
 def test_a_pairwise_metric_gets_the_single_sample_as_baseline(tmp_path):

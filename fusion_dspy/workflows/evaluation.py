@@ -20,7 +20,8 @@ from fusion_dspy.core.router import Router, agreement
 from fusion_dspy.core.steps import Call, Steps, arun, run
 from fusion_dspy.core.store import CandidateStore
 from fusion_dspy.core.votes import normalized, token_f1
-from fusion_dspy.workflows.jsonl import ResultsLog, errors_path
+from fusion_dspy.errors import FusionDSPyError
+from fusion_dspy.workflows.jsonl import ResultsLog, errors_path, read_numbered_jsonl
 from fusion_dspy.workflows.progress import progress_bar
 from fusion_dspy.workflows.scoring import StageUnavailable, score_examples, scored_stage
 from fusion_dspy.workflows.task import MetricError, Task
@@ -39,6 +40,36 @@ def unscored_records(index: int, n_values: Iterable[int], error: BaseException) 
     """
     text = f"{type(error).__name__}: {error}"
     return [{"id": f"{index}:{n}", "example": index, "n": n, "error": text} for n in n_values]
+
+
+def _recorded(inputs: dict[str, Any]) -> dict[str, Any]:
+    return {k: v if isinstance(v, (str, int, float, bool)) else str(v) for k, v in inputs.items()}
+
+
+def check_earlier_results(output_dir: str | Path, task: Task, examples: Sequence[dspy.Example],
+                          router: Any = None) -> None:  # fmt: skip
+    """Refuse to continue an ``output_dir`` whose ``results.jsonl`` another evaluation wrote: a rerun skips every
+    (example, N) already recorded, so another task's, dev set's or router setting's scores would be reported as
+    this one's.
+
+    Example:
+        >>> qa = Task("qa", "question -> answer", metric=lambda example, pred, trace=None: 1.0)
+        >>> check_earlier_results(tmp_path / "fresh", qa, [])      # nothing written there yet: nothing to refuse
+    """
+    results = Path(output_dir) / "results.jsonl"
+    if not results.exists():
+        return
+    fix = f"give a new --output-dir, or rerun with the options that wrote {results}"
+    for number, record in read_numbered_jsonl(results):
+        index, where = record.get("example"), f"{results}:{number}"
+        if record.get("task", task.name) != task.name:
+            raise FusionDSPyError(f"{where} scored the task {record['task']!r}, not {task.name!r}: {fix}.")
+        if isinstance(index, int) and index < len(examples) and "inputs" in record \
+                and record["inputs"] != _recorded(dict(examples[index].inputs().toDict())):  # fmt: skip
+            raise FusionDSPyError(f"{where} scored other inputs as example {index}: the dev set (or --split, "
+                                  f"--size, --seed) changed since; {fix}.")  # fmt: skip
+        if router is not None and ROUTE not in record.get("scores", {}):
+            raise FusionDSPyError(f"{where} was scored without a --router, so its route would never be: {fix}.")
 
 
 def _position(fused: dspy.Prediction | None, candidates: Pool, fields: list[str]) -> dict[str, Any] | None:
@@ -136,7 +167,7 @@ class PairedEvaluation:
                             "oracle": len(candidates)},  # fewer than n where adaptive N stopped early
                 "stop_reason": pool.stop_reason,
                 "errors": {name: step.error for name, step in (("bon", bon), ("fusion", fusion)) if step.error},
-                "inputs": {k: v if isinstance(v, (str, int, float, bool)) else str(v) for k, v in inputs.items()},
+                "inputs": _recorded(inputs),
                 "task": self.task.name, "agreement": agreement(candidates, vote_fields),
                 "position": _position(fusion.prediction, candidates, vote_fields),
             }  # fmt: skip
