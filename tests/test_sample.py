@@ -98,3 +98,5 @@ def test_bad_arguments_say_what_to_fix(lm):
     pinned.lm = lm
     with pytest.raises(ValueError, match="carry their own LM"):
         fd.Sample(pinned, n=2, lm=lm)(q="x")
+    with pytest.raises(ValueError, match=r"set their own temperature.*pass temperature= to Sample"):
+        fd.Sample(dspy.Predict("q -> a", temperature=0.0), n=2, lm=lm, temperature=0.9)(q="x")  # N alike

@@ -102,3 +102,13 @@ def test_a_request_time_limit_is_not_part_of_a_candidates_key():
     lm = dspy.LM("openai/m", api_base="http://127.0.0.1:9/v1", api_key="x", engine="litellm")
     key = lambda model: CandidateStore.key(model, 0.7, "state", None, {"question": "q"}, 0)  # noqa: E731
     assert key(lm.copy(timeout=180.0)) == key(lm.copy(timeout=60.0)) != key(lm.copy(max_tokens=20))
+
+
+def test_a_generators_own_settings_and_field_types_are_part_of_its_key():
+    """A predictor's max_tokens or an int output changes the replies: a stored str reply must not come back."""
+    state = CandidateStore.generator_state
+    plain = state(dspy.Predict("question -> answer"))
+    assert plain == state(dspy.Predict("question -> answer")), "one digest for the same generator"
+    assert state(dspy.Predict("question -> answer", max_tokens=20)) != state(dspy.Predict("question -> answer",
+                                                                                       max_tokens=2000))
+    assert state(dspy.Predict("question -> answer: int")) != plain

@@ -130,6 +130,14 @@ class Sample(dspy.Module):
                 "prefers that LM over the per-sample copies, so all N candidates would be one cached answer. "
                 "Leave the generator's predictors without an LM and pass it as lm= (or lms=[...]) instead."
             )
+        heated = [name for name, predictor in self.module.named_predictors()
+                  if {"temperature", "n", "rollout_id"} & set(predictor.config)]  # fmt: skip
+        if heated:
+            raise ValueError(
+                f"Predictor(s) {heated} of the sampled module set their own temperature, n or rollout_id (e.g. "
+                "dspy.Predict(..., temperature=0.0)). DSPy prefers those over the per-sample settings, so all N "
+                "candidates would be drawn alike. Leave them out and pass temperature= to Sample/FusionOfN/BestOfN."
+            )
         # A rollout id counts the samples of one LM configuration, so a teacher listed twice (weighted by count)
         # gets rollouts 0 and 1, not two identical requests, and a teacher's first sample is rollout 0 whatever
         # pool it is in (the CandidateStore reuses it across pools).

@@ -54,8 +54,17 @@ class CandidateStore:
 
     @staticmethod
     def generator_state(generator: dspy.Module) -> str:
-        """A digest of the generator's prompt state (instructions, demos): one per call, shared by its N keys."""
-        return _digest(generator.dump_state())
+        """A digest of the generator's prompt state (instructions, demos), and of what else changes its replies:
+        its predictors' own settings (``dspy.Predict(..., max_tokens=...)``) and field types other than ``str``.
+        One per call, shared by its N keys."""
+        extra = {}
+        for name, predictor in generator.named_predictors():
+            types = {field: str(info.annotation) for field, info in predictor.signature.fields.items()
+                     if info.annotation is not str}  # fmt: skip
+            if predictor.config or types:
+                extra[name] = {"config": predictor.config, "types": types}
+        state = generator.dump_state()
+        return _digest({"state": state, "predictors": extra} if extra else state)  # str-only keys stay as they were
 
     @staticmethod
     def key(lm: Any, temperature: float | None, generator_state: str, adapter: Any, inputs: dict, index: int) -> str:
