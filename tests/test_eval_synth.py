@@ -133,20 +133,32 @@ def test_synth_killed_with_sigkill_resumes_and_writes_every_prompt_exactly_once(
     assert sorted(int(r["id"]) for r in records) == list(range(30)), "every prompt exactly once"
 
 
+def qa_respond(call):
+    """Every sample answers 42 (right), the fusor 'fused'."""
+    return {"comparison": "c", "answer": "fused"} if call.wants("comparison") else {"answer": "42"}
+
+
+def eval_args(tmp_path: Path, server: StubOpenAIServer, devset: Path, n_values: str) -> list[str]:
+    """``fusion-dspy eval`` of the toy task on ``devset`` against ``server`` into ``tmp_path/out``."""
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"models": {"m": {"model": "openai/m", "api_base": server.api_base,
+                                                       "cache": False, "num_retries": 0}},
+                                      "roles": {"generators": "m"}}))  # fmt: skip
+    return ["eval", "--config", str(config), "--program", "tests.scripted_search:TASK", "--devset", str(devset),
+            "--n-values", n_values, "--output-dir", str(tmp_path / "out"), "--quiet"]  # fmt: skip
+
+
+def write_devset(path: Path, questions: list[str]) -> Path:
+    path.write_text("".join(json.dumps({"question": q, "answer": "42"}) + "\n" for q in questions))
+    return path
+
+
 def test_eval_command_end_to_end(tmp_path, capsys):
     from fusion_dspy.cli import main
 
-    devset = tmp_path / "dev.jsonl"
-    devset.write_text("".join(json.dumps({"question": f"q{i}", "answer": "42"}) + "\n" for i in range(3)))
-    def qa_respond(call):
-        return {"comparison": "c", "answer": "fused"} if call.wants("comparison") else {"answer": "42"}
-
+    devset = write_devset(tmp_path / "dev.jsonl", ["q0", "q1", "q2"])
     with StubOpenAIServer(respond=qa_respond) as server:
-        config = tmp_path / "config.yaml"
-        config.write_text(yaml.safe_dump({"models": {"m": {"model": "openai/m", "api_base": server.api_base,
-                                                           "cache": False}}, "roles": {"generators": "m"}}))
-        assert main(["eval", "--config", str(config), "--program", "tests.scripted_search:TASK", "--devset",
-                     str(devset), "--n-values", "1,2", "--output-dir", str(tmp_path / "out"), "--quiet"]) == 0
+        assert main(eval_args(tmp_path, server, devset, "1,2")) == 0
     out = capsys.readouterr().out
     assert "Fusion-of-N" in out and "95% CI" in out
     assert {p.name for p in (tmp_path / "out").iterdir()} >= {"results.jsonl", "summary.json", "summary.csv",
@@ -157,24 +169,11 @@ def test_eval_reports_only_the_n_values_asked_for_not_an_earlier_runs(tmp_path, 
     """A rerun with other --n-values whose every result fails is an error, not the earlier run's table."""
     from fusion_dspy.cli import main
 
-    devset = tmp_path / "dev.jsonl"
-    devset.write_text("".join(json.dumps({"question": f"q{i}", "answer": "42"}) + "\n" for i in range(2)))
-
-    def qa_respond(call):
-        return {"comparison": "c", "answer": "fused"} if call.wants("comparison") else {"answer": "42"}
-
-    def run(server, n_values):
-        config = tmp_path / "config.yaml"
-        config.write_text(yaml.safe_dump({"models": {"m": {"model": "openai/m", "api_base": server.api_base,
-                                                           "cache": False, "num_retries": 0}},
-                                          "roles": {"generators": "m"}}))  # fmt: skip
-        return main(["eval", "--config", str(config), "--program", "tests.scripted_search:TASK", "--devset",
-                     str(devset), "--n-values", n_values, "--output-dir", str(tmp_path / "out"), "--quiet"])
-
+    devset = write_devset(tmp_path / "dev.jsonl", ["q0", "q1"])
     with StubOpenAIServer(respond=qa_respond) as server:
-        assert run(server, "1") == 0
+        assert main(eval_args(tmp_path, server, devset, "1")) == 0
     with StubOpenAIServer(respond=qa_respond, status=500) as down:
-        assert run(down, "2") == 2
+        assert main(eval_args(tmp_path, down, devset, "2")) == 2
     assert "No example could be evaluated" in capsys.readouterr().err
 
 
@@ -183,29 +182,18 @@ def test_eval_refuses_an_output_dir_another_evaluation_wrote(tmp_path, capsys):
     from fusion_dspy.cli import main
     from fusion_dspy.core.router import Router
 
-    def devset(name, questions):
-        path = tmp_path / name
-        path.write_text("".join(json.dumps({"question": q, "answer": "42"}) + "\n" for q in questions))
-        return path
-
-    def qa_respond(call):
-        return {"comparison": "c", "answer": "fused"} if call.wants("comparison") else {"answer": "42"}
-
+    first, other = write_devset(tmp_path / "a.jsonl", ["q0", "q1"]), write_devset(tmp_path / "b.jsonl", ["x", "q1"])
+    router = tmp_path / "router.json"
     with StubOpenAIServer(respond=qa_respond) as server:
-        config = tmp_path / "config.yaml"
-        config.write_text(yaml.safe_dump({"models": {"m": {"model": "openai/m", "api_base": server.api_base,
-                                                           "cache": False}}, "roles": {"generators": "m"}}))
-        common = ["eval", "--config", str(config), "--program", "tests.scripted_search:TASK", "--n-values", "1",
-                  "--output-dir", str(tmp_path / "out"), "--quiet"]  # fmt: skip
-        assert main([*common, "--devset", str(devset("a.jsonl", ["q0", "q1"]))]) == 0
-        Router.fit(tmp_path / "out" / "results.jsonl").save(tmp_path / "router.json")
+        assert main(eval_args(tmp_path, server, first, "1")) == 0
+        Router.fit(tmp_path / "out" / "results.jsonl").save(router)
         requests = len(server.requests)
-        assert main([*common, "--devset", str(devset("b.jsonl", ["other", "q1"]))]) == 2
+        assert main(eval_args(tmp_path, server, other, "1")) == 2
         assert re.search(r"results\.jsonl:\d scored other inputs as example 0: the dev set", capsys.readouterr().err)
-        assert main([*common, "--devset", str(tmp_path / "a.jsonl"), "--router", str(tmp_path / "router.json")]) == 2
+        assert main([*eval_args(tmp_path, server, first, "1"), "--router", str(router)]) == 2
         assert "was scored without a --router" in capsys.readouterr().err
         assert len(server.requests) == requests, "refused before any request"
-        assert main([*common, "--devset", str(tmp_path / "a.jsonl")]) == 0, "the same evaluation resumes"
+        assert main(eval_args(tmp_path, server, first, "1")) == 0, "the same evaluation resumes"
 
 
 def test_a_pairwise_metric_gets_the_single_sample_as_baseline(tmp_path):
