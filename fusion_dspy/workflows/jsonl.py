@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +31,20 @@ def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
 def read_numbered_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, object)`` for each non-blank line of a JSONL file, as ``read_jsonl`` reads them."""
     with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not a JSON object ({error.msg}); fix or remove the line.") from None
-            if not isinstance(item, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object of input fields, got {type(item).__name__}")
-            yield number, item
+        yield from _numbered(lines, path)
+
+
+def _numbered(lines: Iterable[str], path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{number}: not a JSON object ({error.msg}); fix or remove the line.") from None
+        if not isinstance(item, dict):
+            raise ValueError(f"{path}:{number}: expected a JSON object of input fields, got {type(item).__name__}")
+        yield number, item
 
 
 def errors_path(output: str | Path) -> Path:
@@ -136,7 +140,7 @@ def done_ids(path: Path) -> set[str]:
         with open(path, "r+b") as file:
             file.truncate(len(complete))
     done = set()
-    for number, record in read_numbered_jsonl(path):
+    for number, record in _numbered(complete.decode("utf-8").split("\n"), path):  # the bytes read above
         if "id" not in record:
             raise ValueError(f"{path}:{number}: a line without an \"id\", so not a record a fusion-dspy batch wrote "
                              "(is --output the inputs file?); give another --output, or remove the line.")  # fmt: skip

@@ -31,7 +31,7 @@ from fusion_dspy.workflows.items import prepare
 from fusion_dspy.workflows.jsonl import ResultsLog, errors_path
 from fusion_dspy.workflows.progress import progress_bar
 from fusion_dspy.workflows.ray_engine import Outcome, RayEngine
-from fusion_dspy.workflows.runner import InputProblem
+from fusion_dspy.workflows.runner import InputProblem, check_sendable
 from fusion_dspy.workflows.synth import training_record
 from fusion_dspy.workflows.task import MetricError, resolve_task
 from fusion_dspy.workflows.teachers import keep_teachers
@@ -71,14 +71,19 @@ def _vetted_rows(items: Iterable[dict[str, Any]], fields: list[str], log: Result
     """The rows still to do, the items already done, and those refused: an item whose inputs cannot be sent
     (missing or null field, broken Unicode) goes to the errors file at once, as on the local engine."""
     prepared = prepare(items, fields)
-    todo = [item for item in prepared if item.id not in log.done]
-    for item in todo:
-        if item.problem:
-            error = InputProblem(f"item {item.id}: {item.problem}")
+    todo, refused = [], 0
+    for item in prepared:
+        if item.id in log.done:
+            continue
+        try:
+            check_sendable(item)
+        except InputProblem as error:
             logger.warning("Item %s failed: %s: %s", item.id, type(error).__name__, error)
             errors.write(error_record(item.id, item.inputs, error))
-    refused = sum(bool(item.problem) for item in todo)
-    return _rows((item.id, item.inputs) for item in todo if not item.problem), len(prepared) - len(todo), refused
+            refused += 1
+        else:
+            todo.append((item.id, item.inputs))
+    return _rows(todo), len(prepared) - len(todo) - refused, refused
 
 
 def _drain(engine: RayEngine, job: Any, rows: list, logs: dict[str, ResultsLog], label: str,

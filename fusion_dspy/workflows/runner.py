@@ -58,8 +58,7 @@ def run_items(
 
             def one(item: Item) -> str:
                 try:
-                    if item.problem:
-                        raise InputProblem(f"item {item.id}: {item.problem}")
+                    check_sendable(item)
                     log.write(work(item.id, item.inputs))
                     return "done"
                 except Exception as error:  # noqa: BLE001 - recorded; the next run tries this item again
@@ -78,3 +77,10 @@ def run_items(
 
 class InputProblem(ValueError):
     """An item's inputs cannot be sent (missing or null field, text that is not valid Unicode)."""
+
+
+def check_sendable(item: Item) -> None:
+    """Raise ``InputProblem`` for an item whose inputs cannot be sent: the one refusal of every engine (local,
+    ``--workers``, Ray), before any request."""
+    if item.problem:
+        raise InputProblem(f"item {item.id}: {item.problem}")

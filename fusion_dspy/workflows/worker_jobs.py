@@ -26,7 +26,7 @@ from fusion_dspy.workflows.jsonl import ResultsLog, errors_path
 from fusion_dspy.workflows.progress import progress_bar
 from fusion_dspy.workflows.ray_engine import Job, Outcome
 from fusion_dspy.workflows.ray_jobs import EvalJob, RunJob, SynthJob
-from fusion_dspy.workflows.runner import InputProblem
+from fusion_dspy.workflows.runner import check_sendable
 from fusion_dspy.workflows.task import MetricError
 from fusion_dspy.workflows.workers import PoolClosed, WorkerPool, WorkersGone
 
@@ -86,8 +86,7 @@ def _items(job: Job, items: Iterable[dict[str, Any]], fields: list[str], output:
         todo = [item for item in prepared if item.id not in log.done]
 
         def row(item: Item) -> tuple[str, dict[str, Any]]:
-            if item.problem:
-                raise InputProblem(f"item {item.id}: {item.problem}")
+            check_sendable(item)
             return item.id, item.inputs
 
         def failed(item: Item, error: Exception) -> Outcome:
