@@ -63,6 +63,8 @@ class Sample(dspy.Module):
             ``dspy.ChainOfThought`` module is batched; see ``fusion_dspy.core.batching``.
         quorum: Once this many candidates are in, wait at most ``straggler_grace_s`` for the rest, then go on
             without them (listed in ``pool.stragglers``). ``None`` (default) waits for every sample.
+            Stored candidates and earlier adaptive waves count toward it; new draws are still waited for until
+            the first of them is in.
         straggler_grace_s: Seconds to wait for the rest once the quorum is in (default 0).
         adaptive: Draw in waves and stop once the candidates agree or a token budget is spent: an
             ``Adaptive(...)`` or ``True`` for its defaults. ``pool.drawn`` and ``pool.stop_reason`` say what happened.
@@ -230,7 +232,9 @@ class Sample(dspy.Module):
             drawn += len(wave)
             groups = self._groups([draw for draw in wave if draw.index not in stored])
             have = sum(1 for outcome in outcomes.values() if not isinstance(outcome, Exception))
-            cut = {} if self.quorum is None else {"quorum": max(0, self.quorum - have),
+            # Candidates already in count toward the quorum, but a wave's own draws get the grace from its first
+            # arrival, not from its start: otherwise a grace shorter than one request would cut every new draw.
+            cut = {} if self.quorum is None else {"quorum": max(1, self.quorum - have),
                                                   "grace_s": self.straggler_grace_s}  # fmt: skip
             results = yield Gather([self._group(g[0], keys, inputs, g) for g in groups], self.max_concurrency,
                                    weights=[len(g) for g in groups], **cut)  # fmt: skip
