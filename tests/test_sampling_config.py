@@ -8,6 +8,7 @@ import yaml
 import fusion_dspy as fd
 from fusion_dspy.backends import Backends
 from fusion_dspy.backends.config import read_config
+from fusion_dspy.backends.native import NativeEngine
 from fusion_dspy.testing import StubOpenAIServer
 from fusion_dspy.workflows.batch import run_batch
 
@@ -56,7 +57,7 @@ def test_native_engine_and_lean_client(tmp_path):
         "fast": {"model": "openai/fast", "api_base": "http://127.0.0.1:9/v1", "engine": "native"},
         "lean": {"model": "openai/lean", "api_base": "http://127.0.0.1:9/v1", "lean_client": True},
     }})  # fmt: skip
-    assert backends.lm("fast").engine == "lm15" and backends.lm("lean").kwargs["no-log"] is True
+    assert isinstance(backends.lm("fast").engine, NativeEngine) and backends.lm("lean").kwargs["no-log"] is True
     assert "no-log" not in backends.lm("fast").kwargs
 
 

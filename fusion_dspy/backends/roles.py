@@ -17,6 +17,7 @@ import dspy
 
 from fusion_dspy.backends.config import EMBEDDED, ConfigError, FusionConfig, ModelConfig, config_source, read_config
 from fusion_dspy.backends.engine import AsyncRouterEngine, RouterEngine
+from fusion_dspy.backends.native import AsyncNativeEngine, NativeEngine
 from fusion_dspy.backends.plain_adapter import PlainAdapter
 from fusion_dspy.backends.retries import CappedRetryLM
 from fusion_dspy.core.adaptive import Adaptive
@@ -117,9 +118,11 @@ class Backends:
                          **sampling, **cfg.extra)  # fmt: skip
         else:  # retried by CappedRetryLM: a server's Retry-After is waited for up to max_retry_wait_s only
             retries = {"cache": cfg.cache, "num_retries": cfg.num_retries, "max_retry_wait_s": cfg.max_retry_wait_s}
-            if cfg.engine == "native":  # DSPy's own client: no litellm on the request path
-                lm = CappedRetryLM(engine="lm15", **retries, **self._litellm_params(name, cfg), **sampling,
-                                   **cfg.extra)  # fmt: skip
+            if cfg.engine == "native":  # DSPy's own client, routed once: no litellm on the request path
+                params = self._litellm_params(name, cfg)
+                route = (cfg.model, params.get("api_base"), params.get("api_key"), params.get("timeout"))
+                lm = CappedRetryLM(cfg.model, engine=NativeEngine(*route), async_engine=AsyncNativeEngine(*route),
+                                   **retries, **sampling, **cfg.extra)  # fmt: skip
             else:
                 lean = {"no-log": True} if cfg.lean_client else {}  # litellm's documented opt-out of callbacks
                 lm = CappedRetryLM(engine="litellm", **retries, **self._litellm_params(name, cfg), **sampling,

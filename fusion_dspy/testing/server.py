@@ -75,6 +75,7 @@ class StubOpenAIServer:
         self.usage: list[dict[str, int]] = []  # the usage each answered request reported, in answer order
         self.arrivals: list[float] = []  # time.monotonic() of each request's arrival, in request order
         self.requests: list[dict[str, Any]] = []
+        self.authorizations: list[str | None] = []  # each request's Authorization header, in request order
         self.choices = 0  # choices answered or being answered: the next choice's call.index
         self.flight = InFlight(rendezvous)
         self._lock = threading.Lock()
@@ -121,6 +122,7 @@ class StubOpenAIServer:
                 with server._lock:
                     index = len(server.requests)
                     server.requests.append(body)
+                    server.authorizations.append(self.headers.get("Authorization"))
                     server.arrivals.append(time.monotonic())
                     first = server.choices
                     server.choices += 0 if rejected else n
