@@ -12,6 +12,7 @@ from fusion_dspy.backends.config import AdaptiveSettings
 from fusion_dspy.core.adaptive import Adaptive
 from fusion_dspy.core.fusion import BestOfN, FusionOfN
 from fusion_dspy.errors import FusionDSPyError
+from fusion_dspy.workflows.jsonl import write_atomically
 
 FORMAT = "fusion-dspy/tuned-program/1"
 
@@ -32,7 +33,7 @@ def save_tuned(program: FusionOfN | BestOfN, settings: dict[str, Any], path: str
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"format": FORMAT, "settings": settings, "state": program.dump_state()}
-    path.write_text(json.dumps(record, indent=2, ensure_ascii=False, default=str))
+    write_atomically(path, json.dumps(record, indent=2, ensure_ascii=False, default=str))  # a crash keeps the last
     return path
 
 

@@ -521,3 +521,23 @@ def test_an_output_line_without_an_id_is_named_not_a_traceback(tmp_path, capsys)
         assert main(["run", "--config", str(config), "--input", "q", "--output", str(output), "--quiet"]) == 2
     assert f"{output}:2: a line without an \"id\"" in capsys.readouterr().err
     assert server.requests == [], "refused before any request"
+
+
+def test_a_crash_while_optimize_writes_tuned_json_keeps_the_last_one(tmp_path, monkeypatch):
+    import dspy
+
+    import fusion_dspy as fd
+    from fusion_dspy.optimizers.tuned import save_tuned
+    from fusion_dspy.testing import scripted_lm
+
+    program = fd.FusionOfN(dspy.Predict("question -> answer"), n=2, lm=scripted_lm(lambda call: {"answer": "4"}))
+    path = save_tuned(program, {"n": 2, "temperature": 0.7, "method": "fuse"}, tmp_path / "tuned.json")
+    before = path.read_text()
+
+    def crash(*args):  # the process dies after the new file is written, before it replaces the old one
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_tuned(program, {"n": 4, "temperature": 0.9, "method": "fuse"}, path)
+    assert path.read_text() == before, "the last tuned.json is whole, not half of the new one"

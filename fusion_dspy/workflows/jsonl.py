@@ -152,9 +152,9 @@ def done_ids(path: Path) -> set[str]:
 def prune_errors(path: Path, done: set[str]) -> None:
     """Rewrite an errors file to hold only the items still failing: the last line of each id not in ``done``.
 
-    The new file is written beside the old one, fsynced, then renamed over it (``os.replace``), so a crash at
-    any point leaves one whole file, the old or the new (empty when nothing is failing any more). A line that is
-    not a JSON object with an ``id`` is kept as it is (nothing is dropped that cannot be read).
+    The file is replaced with ``write_atomically``: a crash leaves the old one or the new one (empty when nothing
+    is failing any more). A line that is not a JSON object with an ``id`` is kept as it is (nothing is dropped
+    that cannot be read).
 
     Example:
         >>> path = tmp_path / "out.errors.jsonl"
@@ -180,11 +180,16 @@ def prune_errors(path: Path, done: set[str]) -> None:
         if item_id not in done:
             kept[item_id] = line
     new = "".join(kept.values())
-    if new == old:
-        return
+    if new != old:
+        write_atomically(path, new)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a crash at any point leaves one whole file, the old or the new: beside
+    it first, fsynced, then renamed over it (``os.replace``)."""
     fresh = path.with_name(path.name + ".tmp")
     with open(fresh, "w", encoding="utf-8") as sink:
-        sink.write(new)
+        sink.write(text)
         sink.flush()
         os.fsync(sink.fileno())
     os.replace(fresh, path)
