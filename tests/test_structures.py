@@ -171,3 +171,33 @@ def test_a_listwise_judge_must_win_under_swapped_orders():
     assert q.answer == "Paris" and q.judge_consistent and q.judge_wins == [0, 2, 0]
     with pytest.raises(ValueError, match="needs judge='listwise'"):
         fd.BestOfN("question -> answer", permutations=2)
+
+
+def test_a_judge_down_in_every_order_is_named_and_fallback_select_votes():
+    pool = [{"answer": "Paris"}, {"answer": "Lyon"}, {"answer": "Lyon"}]
+    down = scripted_lm(lambda call: {"comparison": "-", "best_candidate": 1}, fail=lambda call: True)
+    raising = fd.BestOfN("question -> answer", judge="listwise", judge_lm=down, permutations=2)
+    with pytest.raises(fd.SelectionError, match="scripted failure of request"):  # the cause, not "no valid pick"
+        raising(candidates=pool, question="Capital?")
+    voting = fd.BestOfN("question -> answer", judge="listwise", judge_lm=down, permutations=2, fallback="select")
+    p = voting(candidates=pool, question="Capital?")
+    assert p.answer == "Lyon" and "scripted failure of request" in p.selection_error  # the majority vote
+
+
+def test_one_order_failing_is_reported_beside_the_wins():
+    fair = scripted_lm(lambda call: {"comparison": "Paris", "best_candidate": shown(call).index("Paris") + 1},
+                       fail=lambda call: call.index == 0)  # fmt: skip
+    p = fd.BestOfN("question -> answer", judge="listwise", judge_lm=fair, permutations=2)(
+        candidates=[{"answer": "Lyon"}, {"answer": "Paris"}], question="Capital of France?")  # fmt: skip
+    assert p.answer == "Paris" and p.judge_wins == [0, 1] and not p.judge_consistent
+    assert len(p.judge_failures) == 1 and "scripted failure" in p.judge_failures[0]
+
+
+def test_a_permutation_judge_that_is_down_keeps_the_consensus_fusion_not_a_fusor_failure():
+    fusor = scripted_lm(first_shown, model="scripted/fusor")
+    down = scripted_lm(lambda call: {"comparison": "-", "best_candidate": 1}, fail=lambda call: True)
+    fused = fd.FusionOfN("question -> answer", fusor_lm=fusor, permutations=3, permutation_pick="listwise",
+                         judge_lm=down)  # fmt: skip
+    p = fused(candidates=[{"answer": "Lyon"}, {"answer": "Paris"}, {"answer": "Paris"}], question="Capital?")
+    assert p.answer == "Paris" and "scripted failure" in p.permutation_pick_error
+    assert not p.get("fusion_error") and len(fusor.engine.calls) == 3

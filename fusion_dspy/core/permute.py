@@ -4,10 +4,11 @@ LLM fusors and judges favour candidates by where they are shown (arXiv 2305.1792
 fusions of the same candidates in k different orders, concurrently, then keeps one of the k fused answers: the
 one closest to all the others (``pick="consensus"``, a minimum-Bayes-risk choice over the fusions, as in
 permutation self-consistency, arXiv 2310.07712), the most frequent one (``"majority"``), or the one a listwise
-judge picks (``"listwise"``). For a listwise judge selecting among candidates, ``judge_in_orders`` counts only
-wins that survive the swapped orders (arXiv 2406.07791). The orders are the shown order, its reverse (so the
-candidate shown first is also shown last), then distinct shuffles seeded by the inputs (so a rerun sends the
-same prompts and hits the cache). The prediction records the orders used, as indices into the candidates.
+judge picks (``"listwise"``; if that judge fails, the consensus, with ``permutation_pick_error`` saying why).
+For a listwise judge selecting among candidates, ``judge_in_orders`` counts only wins that survive the swapped
+orders (arXiv 2406.07791). The orders are the shown order, its reverse (so the candidate shown first is also
+shown last), then distinct shuffles seeded by the inputs (so a rerun sends the same prompts and hits the
+cache). The prediction records the orders used, as indices into the candidates.
 """
 
 import itertools
@@ -81,9 +82,9 @@ class Permutations(dspy.Module):
         if pick not in ("consensus", "majority", "listwise"):
             raise ValueError(f"pick must be 'consensus', 'majority' or 'listwise', got {pick!r}.")
         self.k, self.seed = k, seed
-        judged = pick == "listwise"
+        judged = pick == "listwise"  # a judge that fails falls back to the consensus of the fusions, saying why
         self.pick = Select(signature, judge="listwise" if judged else None, judge_lm=judge_lm,
-                           vote="majority" if judged else pick)  # fmt: skip
+                           vote="consensus" if judged else pick, fallback="vote")  # fmt: skip
 
     def steps(self, fuse: Any, candidates: Sequence[Any], inputs: dict[str, Any]) -> Steps[dspy.Prediction]:
         """Fuse ``candidates`` in k orders with ``fuse`` (a ``Fuse``), then keep one fusion."""
@@ -96,17 +97,19 @@ class Permutations(dspy.Module):
             raise fused[0]
         # What the fusor saw: Fuse may shuffle again (shuffle=True), deterministically, on top of our order.
         shown = [[order[j] for j in presentation_order(len(order), fuse.shuffle, task_inputs)] for order in orders]
+        pick_error = None
         if len(usable) == 1:
             chosen, scores = fused[usable[0]], [1.0]
             index = usable[0]
         else:
             picked = yield Call(self.pick, {**inputs, "candidates": [fused[i] for i in usable]})
             index, scores = usable[picked.selected_index], picked.scores
-            chosen = fused[index]
+            chosen, pick_error = fused[index], picked.get("selection_error")
         fields = {name: value for name, value in chosen.items() if name != "candidate_order"}
         return dspy.Prediction(**fields, fusion_orders=shown, permutation_index=index, permutation_scores=scores,
                                permutation_failures=[f"{type(fused[i]).__name__}: {fused[i]}" for i in
-                                                     range(len(fused)) if i not in usable])  # fmt: skip
+                                                     range(len(fused)) if i not in usable],
+                               permutation_pick_error=pick_error)  # fmt: skip
 
 
 def judge_in_orders(select: Select, candidates: Sequence[Any], inputs: dict[str, Any], k: int = 2,
@@ -115,7 +118,9 @@ def judge_in_orders(select: Select, candidates: Sequence[Any], inputs: dict[str,
 
     Each order is judged concurrently. The winner is the candidate picked under every order; when no candidate
     is, the one picked most often (then the earliest), and ``judge_consistent`` is False. The prediction keeps
-    ``judge_orders`` (the orders shown) and ``judge_wins`` (wins per candidate).
+    ``judge_orders`` (the orders shown), ``judge_wins`` (wins per candidate) and ``judge_failures`` (the orders
+    whose judge call failed). When no order gave a valid pick, ``select``'s ``fallback`` applies: a
+    ``SelectionError`` naming the judge's failure, or its vote.
 
     Example:
         >>> always_first = scripted_lm(lambda call: {"comparison": "the first", "best_candidate": 1})
@@ -140,11 +145,14 @@ def judge_in_orders(select: Select, candidates: Sequence[Any], inputs: dict[str,
         label = getattr(verdict, "best_candidate", None)
         if isinstance(label, int) and 1 <= label <= len(pool):
             wins[order[label - 1]] += 1
-    if not wins:
-        raise SelectionError(f"The judge named no valid candidate in any of the {len(orders)} orders: use a stronger "
-                             "judge LM, or select with reward_fn= or majority vote.")  # fmt: skip
+    failures = [f"{type(v).__name__}: {v}" for v in verdicts if isinstance(v, Exception)]
+    if not wins:  # the select's fallback decides: raise, or vote (a judge that is down is named, not hidden)
+        failed = next((v for v in verdicts if isinstance(v, Exception)), None)
+        return select.judge_failed(pool, failed or SelectionError(
+            f"The judge named no valid candidate in any of the {len(orders)} orders: use a stronger judge LM, or "
+            "select with reward_fn= or majority vote."))  # fmt: skip
     best = max(range(len(pool)), key=lambda i: (wins[i], -i))
     chosen = dict(pool[best]) if isinstance(pool[best], dict) else pool[best].toDict()
     return dspy.Prediction(**chosen, selected_index=best, scores=[float(wins[i]) for i in range(len(pool))],
                            judge_orders=orders, judge_wins=[wins[i] for i in range(len(pool))],
-                           judge_consistent=wins[best] == len(orders))  # fmt: skip
+                           judge_consistent=wins[best] == len(orders), judge_failures=failures)  # fmt: skip

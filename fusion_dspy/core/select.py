@@ -98,7 +98,7 @@ class Select(dspy.Module):
                 try:
                     return (yield from self._judged(pool, task_inputs))
                 except Exception as error:  # noqa: BLE001 - a judge that is down or answers garbage
-                    return self._judge_failed(pool, error)
+                    return self.judge_failed(pool, error)
             scores = [self._reward(task_inputs, c) for c in pool] if self.method == "reward" else self._votes(pool)
         return self._pick(pool, scores)
 
@@ -113,7 +113,9 @@ class Select(dspy.Module):
         texts = self._vote_texts(pool)
         return consensus_scores(texts) if self.vote == "consensus" else majority_counts(texts)
 
-    def _judge_failed(self, pool: list[Any], error: Exception) -> dspy.Prediction:
+    def judge_failed(self, pool: list[Any], error: Exception) -> dspy.Prediction:
+        """What a failed judge call leads to, by ``fallback``: a ``SelectionError`` naming ``error``, or the pick of
+        the vote, with ``selection_error`` saying why."""
         reason = f"{type(error).__name__}: {error}"
         if self.fallback == "raise":
             if isinstance(error, SelectionError):
