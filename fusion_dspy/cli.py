@@ -431,6 +431,9 @@ def main(argv: list[str] | None = None) -> int:
 
     freeze_imports()  # this process is the command's: starts and exits ~2 s sooner
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, format="%(levelname)s %(message)s")
+    from fusion_dspy.backends.secrets import HELD, redact_logs
+
+    redact_logs(HELD)  # no model's key in a log line, whatever an upstream error echoes
     if not args.verbose:
         from fusion_dspy.workflows.batch import quiet_dspy_logs
 

@@ -25,10 +25,10 @@ from dspy.streaming import apply_sync_streaming
 from litellm.llms.custom_llm import CustomLLM, CustomLLMError
 from litellm.types.utils import GenericStreamingChunk, ModelResponse, Usage
 
+from fusion_dspy.backends.secrets import Redactor, config_secrets
 from fusion_dspy.serve.profiles import Limits, Profile
 from fusion_dspy.serve.run import FusionRun
 from fusion_dspy.serve.schema import UNSUPPORTED, ChatCompletionRequest, ServeError
-from fusion_dspy.serve.secrets import Redactor, config_secrets
 
 PROVIDER = "fusion"
 # The request fields we read, and those a fusion model refuses (a 400, as from the server, not a silent drop)

@@ -9,8 +9,8 @@ from pathlib import Path
 import yaml
 
 import fusion_dspy as fd
+from fusion_dspy.backends.secrets import Redactor
 from fusion_dspy.serve import ServeSettings, build_profiles, create_app
-from fusion_dspy.serve.secrets import Redactor
 from fusion_dspy.serve.server import BackgroundServer
 from fusion_dspy.testing import StubOpenAIServer
 

@@ -541,3 +541,27 @@ def test_a_crash_while_optimize_writes_tuned_json_keeps_the_last_one(tmp_path, m
     with pytest.raises(KeyboardInterrupt):
         save_tuned(program, {"n": 4, "temperature": 0.9, "method": "fuse"}, path)
     assert path.read_text() == before, "the last tuned.json is whole, not half of the new one"
+
+
+def test_a_key_an_upstream_echoes_reaches_neither_the_errors_file_nor_the_log(tmp_path, monkeypatch, capsys, caplog):
+    import logging
+
+    key = "sk-batch-echo-0123456789abcdef"
+    monkeypatch.setenv("ECHO_KEY", key)
+    factory = logging.getLogRecordFactory()
+    with StubOpenAIServer(respond=respond, status=401, echo_authorization=True) as server:
+        config = tmp_path / "config.yaml"
+        config.write_text(yaml.safe_dump({
+            "models": {"m": {"model": "openai/m", "api_base": server.api_base, "api_key_env": "ECHO_KEY",
+                             "cache": False, "num_retries": 0, "batch_samples": False}},
+            "roles": {"generators": "m"}, "fusion": {"n": 2}}))  # fmt: skip
+        try:
+            with caplog.at_level(logging.WARNING):
+                code = main(["-v", "run", "--config", str(config), "--input", "q", "--output",
+                             str(tmp_path / "o.jsonl"), "--quiet"])  # fmt: skip
+        finally:
+            logging.setLogRecordFactory(factory)
+    errors = (tmp_path / "o.errors.jsonl").read_text()
+    assert code == 1 and key in server.authorizations[0] and "(sent Bearer ***)" in errors
+    assert key not in errors and key not in capsys.readouterr().err and key not in caplog.text
+    assert "(sent Bearer ***)" in caplog.text, "the failure is logged, masked"

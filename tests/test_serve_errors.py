@@ -9,9 +9,9 @@ import httpx
 import openai
 import pytest
 
+from fusion_dspy.backends.secrets import Redactor
 from fusion_dspy.cli import main
 from fusion_dspy.errors import FusionDSPyError
-from fusion_dspy.serve.secrets import Redactor
 from fusion_dspy.serve.server import check_exposure, is_loopback
 from fusion_dspy.testing import StubOpenAIServer
 from tests.serve_support import chat_reply, fusion_server, write_config
@@ -211,7 +211,7 @@ def test_redactor_masks_every_known_key():
 def test_keys_are_masked_in_log_records(caplog):
     import logging
 
-    from fusion_dspy.serve.secrets import redact_logs
+    from fusion_dspy.backends.secrets import redact_logs
 
     factory = logging.getLogRecordFactory()
     try:

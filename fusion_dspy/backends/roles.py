@@ -20,6 +20,7 @@ from fusion_dspy.backends.engine import AsyncRouterEngine, RouterEngine
 from fusion_dspy.backends.native import AsyncNativeEngine, NativeEngine
 from fusion_dspy.backends.plain_adapter import PlainAdapter
 from fusion_dspy.backends.retries import CappedRetryLM
+from fusion_dspy.backends.secrets import HELD, config_secrets
 from fusion_dspy.core.adaptive import Adaptive
 from fusion_dspy.core.context import known_context_window
 from fusion_dspy.core.fusion import BestOfN, FusionOfN
@@ -53,6 +54,7 @@ class Backends:
 
     def __post_init__(self):
         self._lms: dict[str, dspy.BaseLM] = dict(self.lms or {})
+        HELD.add(*config_secrets(self.config))  # masked in this process's logs and output files from now on
 
     def _where(self, name: str, field: str) -> str:
         return f"{config_source(self.config)}: models.{name}.{field}"

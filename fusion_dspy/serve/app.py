@@ -23,10 +23,10 @@ from fastapi.sse import EventSourceResponse, format_sse_event
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
+from fusion_dspy.backends.secrets import Redactor
 from fusion_dspy.serve.profiles import Limits, Profile
 from fusion_dspy.serve.run import FusionRun, upstream_error
 from fusion_dspy.serve.schema import ChatCompletionRequest, ServeError, field_path
-from fusion_dspy.serve.secrets import Redactor
 
 
 @dataclass(frozen=True)

@@ -47,9 +47,9 @@ class ServeOptions:
         """Backends checked, profiles built, the ASGI app; this process keeps no DSPy history or trace (a
         server runs for days: see ``keep_no_history``)."""
         from fusion_dspy.backends import load_config
+        from fusion_dspy.backends.secrets import Redactor, config_secrets, redact_logs
         from fusion_dspy.serve.app import ServeSettings, create_app
         from fusion_dspy.serve.profiles import Limits, build_profiles
-        from fusion_dspy.serve.secrets import Redactor, config_secrets, redact_logs
         from fusion_dspy.workflows.batch import freeze_imports, keep_no_history
 
         freeze_imports()

@@ -16,6 +16,7 @@ import dspy
 from dspy.streaming import StreamListener, StreamResponse
 from dspy.utils.exceptions import ContextWindowExceededError, LMError, LMTimeoutError
 
+from fusion_dspy.backends.secrets import Redactor
 from fusion_dspy.core.fusion import FusionOfN
 from fusion_dspy.core.meter import StageMeter, merge_usage
 from fusion_dspy.core.pool import Pool
@@ -23,7 +24,6 @@ from fusion_dspy.errors import FusionDSPyError, SamplingError
 from fusion_dspy.serve.chat import render_conversation, reply_text
 from fusion_dspy.serve.profiles import Limits, Profile
 from fusion_dspy.serve.schema import ChatCompletionRequest, FusionOptions, ServeError
-from fusion_dspy.serve.secrets import Redactor
 
 STREAMABLE_ADAPTERS = ("ChatAdapter", "JSONAdapter", "XMLAdapter")  # what dspy's StreamListener can read
 _SAMPLE_INDEX = re.compile(r"sample (\d+) \(")  # a Pool's failure and straggler lines begin "sample 3 (model): "

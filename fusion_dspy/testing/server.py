@@ -50,6 +50,8 @@ class StubOpenAIServer:
         finish_reason: The ``finish_reason`` of each choice (default ``"stop"``), or ``finish_reason(call) ->
             str`` per choice (a ``ScriptedCall``; ``call.index`` counts choices), e.g. ``"length"`` for a reply
             cut short at ``max_tokens``. Streamed replies end with it too.
+        echo_authorization: Error answers quote the request's ``Authorization`` header, as some proxies do: to
+            test that a key an upstream echoes goes no further.
 
     Example:
         >>> with StubOpenAIServer(respond=lambda call: {"answer": "4"}) as server:
@@ -65,12 +67,13 @@ class StubOpenAIServer:
                  rendezvous: int | None = None, retry_after: float | None = None,
                  body: Callable[[int], bytes | None] | None = None, stream_gate: threading.Event | None = None,
                  reject_n: bool = False, ignore_n: bool = False,
-                 finish_reason: str | Callable[[ScriptedCall], str] = "stop"):
+                 finish_reason: str | Callable[[ScriptedCall], str] = "stop", echo_authorization: bool = False):
         if (reply is None) == (respond is None):
             raise ValueError("Pass one of reply= (body -> text) or respond= (parsed call -> fields).")
         self.reply, self.respond, self.delay, self.status = reply, respond, delay, status
         self.retry_after, self.body, self.stream_gate = retry_after, body, stream_gate
         self.reject_n, self.ignore_n, self.finish_reason = reject_n, ignore_n, finish_reason
+        self.echo_authorization = echo_authorization
         self.waiting_at_gate = threading.Event()  # set while a streamed reply is held at stream_gate
         self.usage: list[dict[str, int]] = []  # the usage each answered request reported, in answer order
         self.arrivals: list[float] = []  # time.monotonic() of each request's arrival, in request order
@@ -143,7 +146,8 @@ class StubOpenAIServer:
                     return self._send_bytes(200, raw)
                 status = server.status(index) if callable(server.status) else server.status
                 if status != 200:
-                    error = {"message": "stub server failure", "type": "server_error", "code": status}
+                    said = f" (sent {self.headers.get('Authorization')})" if server.echo_authorization else ""
+                    error = {"message": f"stub server failure{said}", "type": "server_error", "code": status}
                     return self._send(status, {"error": error})
                 texts = [server._text(body, first + j) for j in range(n)]
                 finishes = [server._finish(body, first + j) for j in range(n)]

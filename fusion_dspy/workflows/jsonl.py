@@ -17,6 +17,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from fusion_dspy.backends.secrets import HELD
 from fusion_dspy.errors import FusionDSPyError
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,8 @@ class ResultsLog:
     Opening it takes an exclusive lock (``<path>.lock``; a second process writing the same file would do every
     item again), cuts off a last line a crash left unfinished, and ``done`` holds the ids already written, so
     a rerun skips them; a record with a non-empty ``error`` (earlier versions wrote failures there) is not done.
-    ``write`` is thread-safe, and writes text that is not valid Unicode (a lone surrogate) as a JSON escape.
+    ``write`` is thread-safe, writes text that is not valid Unicode (a lone surrogate) as a JSON escape, and
+    masks every key this process holds for a model (``fusion_dspy.backends.secrets.HELD``).
 
     Closing the log of an output (``exclusive=True``) prunes its errors file (``errors_path``) to the items
     still failing: at the END of a run, not at its start, so a crash or a kill mid-run leaves every earlier
@@ -100,7 +102,7 @@ class ResultsLog:
         self._sink = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close() / __exit__
 
     def write(self, record: dict[str, Any]) -> None:
-        line = json_line(record)
+        line = HELD(json_line(record))  # an upstream error that echoed a model's key is written with *** instead
         with self._lock:
             self._sink.write(line)
             self._sink.flush()

@@ -75,7 +75,10 @@ class JobActor:
 
     def __init__(self, job: Job, in_flight: int, verbose: bool):
         logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, format="%(levelname)s %(message)s")
+        from fusion_dspy.backends.secrets import HELD, redact_logs
         from fusion_dspy.workflows.batch import freeze_imports, keep_no_history, quiet_dspy_logs
+
+        redact_logs(HELD)  # the keys the job's Backends hold, once it builds them
 
         freeze_imports()  # the actor's process is the job's
         if not verbose:
