@@ -1,5 +1,6 @@
 import asyncio
 import logging
+import pickle
 
 import dspy
 import pytest
@@ -76,6 +77,11 @@ def test_failed_samples_are_dropped_with_a_warning(caplog):
     assert len(pool.candidates) == 3
     assert len(pool.failures) == 2
     assert "Dropping a failed candidate" in caplog.text
+    first = pool.failures[0]  # a line that keeps its parts (what the server reports per model), even pickled
+    assert first.startswith("sample 1 (scripted/lm): LMUnexpectedError: ") and first.index == 1
+    assert (first.model, first.kind) == ("scripted/lm", "LMUnexpectedError")
+    again = pickle.loads(pickle.dumps(first))
+    assert again == first and (again.index, again.model, again.kind) == (1, "scripted/lm", "LMUnexpectedError")
 
 
 def test_too_few_survivors_raise_a_clear_error():

@@ -277,12 +277,26 @@ def test_a_body_that_stalls_gets_408_and_holds_no_slot(tmp_path, stub):
 
 def test_a_conversation_too_long_for_every_sample_is_400_not_502():
     """Retrying cannot fix it, and the openai client retries a 502: say what the caller must change."""
+    import dspy
+
+    import fusion_dspy as fd
+    from fusion_dspy.core.pool import SampleFailure
     from fusion_dspy.errors import SamplingError
     from fusion_dspy.serve.run import upstream_error
 
-    failures = [f"sample {i} (openai/m): ContextWindowExceededError: the prompt is 9000 tokens" for i in range(2)]
+    failures = [SampleFailure(i, "openai/m", "ContextWindowExceededError",
+                              "ContextWindowExceededError: the prompt is 9000 tokens") for i in range(2)]  # fmt: skip
     error = upstream_error(SamplingError("Only 0 of 2 samples succeeded", failures), Redactor())
     assert (error.status, error.code, error.param) == (400, "context_length_exceeded", "messages")
     mixed = upstream_error(SamplingError("Only 0 of 2 samples succeeded", failures[:1] + [
-        "sample 1 (openai/m): APIConnectionError: refused"]), Redactor())  # fmt: skip
+        SampleFailure(1, "openai/m", "APIConnectionError", "APIConnectionError: refused")]), Redactor())  # fmt: skip
     assert mixed.status == 502
+
+    class TooLong:  # what a backend over its context window answers every sample
+        def complete(self, request):
+            raise dspy.lm15.ContextLengthError("the prompt is 9000 tokens; the limit is 8192")
+
+    lm = dspy.LM("openai/m", engine=TooLong(), cache=False, num_retries=0)
+    with pytest.raises(SamplingError) as sampled:
+        fd.Sample("question -> answer", n=2, lm=lm)(question="q")
+    assert upstream_error(sampled.value, Redactor()).code == "context_length_exceeded", "from Sample's own failures"

@@ -41,6 +41,30 @@ class Candidate:
         return total_tokens(self.usage)
 
 
+class SampleFailure(str):
+    """One sample that failed or was not waited for: its line (``"sample 3 (openai/x): TimeoutError: ..."``), which
+    keeps its parts, so nobody has to parse it: ``index``, ``model`` and ``kind`` (the error's type name, or
+    ``"Straggler"`` for a sample still running when the straggler grace ran out).
+
+    Example:
+        >>> failure = SampleFailure(3, "openai/x", "TimeoutError", "TimeoutError: no reply in 30 s")
+        >>> failure, failure.index, failure.model, failure.kind
+        ('sample 3 (openai/x): TimeoutError: no reply in 30 s', 3, 'openai/x', 'TimeoutError')
+    """
+
+    index: int
+    model: str
+    kind: str
+
+    def __new__(cls, index: int, model: str, kind: str, text: str) -> "SampleFailure":
+        line = super().__new__(cls, f"sample {index} ({model}): {text}")
+        line.index, line.model, line.kind, line._text = index, model, kind, text
+        return line
+
+    def __getnewargs__(self) -> tuple[int, str, str, str]:  # pickled (a process pool, Ray) as its parts
+        return self.index, self.model, self.kind, self._text
+
+
 def _as_prediction(value: Any) -> dspy.Prediction:
     if isinstance(value, dspy.Prediction):
         return value
@@ -60,7 +84,8 @@ class Pool(dspy.Prediction):
 
     Args:
         candidates: The candidates, in sample order.
-        failures: One line per failed sample (``"sample 3 (openai/x): TimeoutError: ..."``).
+        failures: One line per failed sample (``"sample 3 (openai/x): TimeoutError: ..."``), a ``SampleFailure``
+            when the pool was sampled here.
         stragglers: One line per sample not waited for: still running when the straggler grace ran out.
         drawn: How many samples this call took (stored ones included); fewer than asked when it stopped early.
         stop_reason: Why sampling stopped: ``"complete"`` (all N), ``"agreement"`` or ``"budget"`` (adaptive N),

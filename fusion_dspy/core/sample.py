@@ -15,7 +15,7 @@ from fusion_dspy.core.adaptive import Adaptive, as_adaptive
 from fusion_dspy.core.batching import BatchSamples
 from fusion_dspy.core.concurrency import Straggler
 from fusion_dspy.core.meter import total_tokens
-from fusion_dspy.core.pool import Candidate, Pool, truncation_note
+from fusion_dspy.core.pool import Candidate, Pool, SampleFailure, truncation_note
 from fusion_dspy.core.steps import Call, Gather, Steps, adapter_override, arun, run
 from fusion_dspy.core.store import NOT_SETTINGS, CandidateStore
 from fusion_dspy.errors import SamplingError
@@ -267,10 +267,11 @@ class Sample(dspy.Module):
         for draw in draws:
             outcome = outcomes[draw.index]
             if isinstance(outcome, Straggler):
-                stragglers.append(f"sample {draw.index} ({draw.lm.model}): not waited for: {outcome}")
+                stragglers.append(SampleFailure(draw.index, draw.lm.model, "Straggler", f"not waited for: {outcome}"))
                 continue
             if isinstance(outcome, Exception):
-                failure = f"sample {draw.index} ({draw.lm.model}): {type(outcome).__name__}: {outcome}"
+                kind = type(outcome).__name__
+                failure = SampleFailure(draw.index, draw.lm.model, kind, f"{kind}: {outcome}")
                 logger.warning("Dropping a failed candidate: %s", failure)
                 failures.append(failure)
                 continue

@@ -5,7 +5,6 @@ be streamed token by token (``FusionRun.stream``). Failures become ``ServeError`
 """
 
 import asyncio
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -19,14 +18,13 @@ from dspy.utils.exceptions import ContextWindowExceededError, LMError, LMTimeout
 from fusion_dspy.backends.secrets import Redactor
 from fusion_dspy.core.fusion import FusionOfN
 from fusion_dspy.core.meter import StageMeter, merge_usage
-from fusion_dspy.core.pool import Pool
+from fusion_dspy.core.pool import Pool, SampleFailure
 from fusion_dspy.errors import FusionDSPyError, SamplingError
 from fusion_dspy.serve.chat import render_conversation, reply_text
 from fusion_dspy.serve.profiles import Limits, Profile
 from fusion_dspy.serve.schema import ChatCompletionRequest, FusionOptions, ServeError
 
 STREAMABLE_ADAPTERS = ("ChatAdapter", "JSONAdapter", "XMLAdapter")  # what dspy's StreamListener can read
-_SAMPLE_INDEX = re.compile(r"sample (\d+) \(")  # a Pool's failure and straggler lines begin "sample 3 (model): "
 
 
 def _counts(usage: dict[str, dict[str, Any]]) -> dict[str, int]:
@@ -44,10 +42,10 @@ def upstream_error(error: BaseException, redact: Redactor) -> ServeError:
         return ServeError(504, "The fusion did not finish within the server's time limit (--timeout).",
                           type="timeout_error", code="timeout")  # fmt: skip
     if isinstance(error, SamplingError):
-        kinds = [line.split(": ", 2)[1] for line in error.failures if line.count(": ") >= 2]
-        if error.failures and all("ContextWindowExceeded" in kind for kind in kinds):  # retrying cannot help
+        kinds = [getattr(line, "kind", "") for line in error.failures]  # SampleFailure lines, from Sample
+        if kinds and all("ContextWindowExceeded" in kind for kind in kinds):  # retrying cannot help
             return ServeError(400, text, param="messages", code="context_length_exceeded")
-        timed_out = error.failures and all("Timeout" in kind for kind in kinds)
+        timed_out = kinds and all("Timeout" in kind for kind in kinds)
         status, code = (504, "upstream_timeout") if timed_out else (502, "upstream_failed")
         return ServeError(status, text, type="upstream_error", code=code)
     if isinstance(error, LMTimeoutError):
@@ -168,8 +166,7 @@ class FusionRun:
         """OpenAI's ``usage`` (every call summed) and the ``fusion`` object (panel, failures, stages)."""
         stages = {"sample": self.meter.usage.get("sample", {}), self.stage: result.stage_usage.get(self.stage, {})}
         seconds = {"sample": self.meter.seconds.get("sample", 0.0), self.stage: result.stage_seconds.get(self.stage)}
-        plan = self.program.sample.plan()
-        failed, late = ([plan[int(m.group(1))].lm.model for line in lines if (m := _SAMPLE_INDEX.match(line))]
+        failed, late = ([line.model for line in lines if isinstance(line, SampleFailure)]
                         for lines in (pool.failures, pool.stragglers))  # fmt: skip
         fusion: dict[str, Any] = {
             "profile": self.profile.name,
