@@ -35,10 +35,10 @@ with StubOpenAIServer(respond=respond) as server:
 def child(args: argparse.Namespace) -> None:
     import psutil
 
-    from fusion_dspy import cli
+    from fusion_dspy import _commands, cli
 
     if args.history:
-        cli._keep_no_history = lambda: None  # noqa: SLF001 - the benchmark's "before" case: DSPy's default history
+        _commands.keep_no_history = lambda: None  # the benchmark's "before" case: DSPy's default history
     me, output, samples = psutil.Process(), Path(args.output), []
     done = threading.Event()
 

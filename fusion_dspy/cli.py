@@ -2,75 +2,13 @@
 ``optimize``, ``eval``, ``synth`` and ``serve`` (fusion programs as OpenAI-compatible models)."""
 
 import argparse
-import hashlib
 import logging
 import os
 import sys
 from pathlib import Path
 
-from rich.console import Console
-
+from fusion_dspy import _commands
 from fusion_dspy.errors import FusionDSPyError
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from fusion_dspy.backends.config import read_config
-    from fusion_dspy.workflows.demo import run_demo
-
-    rows = run_demo(read_config(args.config), n=args.n, prompts=args.prompt or None)
-    return 1 if all(row.error for row in rows) else 0
-
-
-def _run(args: argparse.Namespace) -> int:
-    from dspy.signatures.signature import ensure_signature
-
-    from fusion_dspy.backends import Backends
-    from fusion_dspy.backends.config import read_config
-    from fusion_dspy.workflows.batch import run_batch
-    from fusion_dspy.workflows.items import read_items
-
-    signature = ensure_signature(args.signature)
-    fields = list(signature.input_fields)
-    if args.input is not None:  # named by its text: another --input into the same --output is a new item
-        digest = hashlib.sha256(args.input.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-        items = [{"id": f"input-{digest}", fields[0]: args.input}]
-    elif args.inputs is not None:
-        items = read_items(args.inputs)
-    else:
-        raise FusionDSPyError("Give --input TEXT (one input) or --inputs FILE.jsonl (one JSON object per line).")
-    workers, engine = _workers(args), _engine(args)
-    backends = Backends(read_config(args.config))
-    backends.check()
-    _keep_no_history()
-    overrides = {"n": args.n} if args.n else {}
-    if engine or workers > 1:
-        from fusion_dspy.workflows.ray_jobs import ConfigText, RunJob, run_on_ray
-        from fusion_dspy.workflows.worker_jobs import run_on_workers
-
-        job = RunJob(ConfigText.read(args.config), args.signature, args.method, args.n)
-        counts = run_on_ray(job, items, args.output, fields, engine, show_progress=not args.quiet) if engine else \
-            run_on_workers(job, items, args.output, fields, workers, args.concurrency, not args.quiet, args.verbose)
-    else:
-        program = backends.program(signature, method=args.method, **overrides)
-        counts = run_batch(program, items, args.output, fields, show_progress=not args.quiet,
-                           concurrency=args.concurrency)  # fmt: skip
-    return _summary(args.output, counts, "done")
-
-
-def _summary(output: str, counts: dict[str, int], verb: str) -> int:
-    """The batch's last line (where its failures are, and how to retry them, only when some failed); its exit
-    code: 1 when nothing at all succeeded."""
-    from fusion_dspy.workflows.jsonl import errors_path
-
-    failed = f"{counts['failed']} failed" + (f" (in {errors_path(output)}; rerun to retry)" if counts["failed"] else "")
-    Console(stderr=True).print(f"{output}: {counts['done']} {verb}, {failed}, {counts['skipped']} already there")
-    return 1 if counts["failed"] and not counts["done"] and not counts["skipped"] else 0
-
-
-def _keep_no_history() -> None:
-    from fusion_dspy.workflows.batch import keep_no_history  # imports DSPy: not for `--help`
-
-    keep_no_history()
 
 
 def _positive(text: str) -> int:
@@ -94,31 +32,6 @@ def _add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                         "this process)")  # fmt: skip
 
 
-def _engine(args: argparse.Namespace):
-    """The ``RayEngine`` of ``--engine ray``, or ``None`` for the local engine."""
-    if args.engine == "local":
-        if args.address:
-            raise FusionDSPyError("--address is an option of the Ray engine: add --engine ray.")
-        return None
-    from fusion_dspy.workflows.ray_engine import RayEngine, require_ray
-
-    require_ray()
-    return RayEngine(address=args.address, actors=args.actors, in_flight=args.in_flight, verbose=args.verbose)
-
-
-def _workers(args: argparse.Namespace) -> int:
-    """The worker processes of ``--workers`` (1: the command's own process, as without the option)."""
-    if args.workers is not None and args.engine == "ray":
-        raise FusionDSPyError("--workers is an option of the local engine; with --engine ray, --actors sets the "
-                              "worker processes and --in-flight the items each runs at once.")  # fmt: skip
-    workers = args.workers or 1
-    flag, in_flight = ("--threads", args.threads) if args.command == "eval" else ("--concurrency", args.concurrency)
-    if workers > in_flight:
-        raise FusionDSPyError(f"--workers {workers} shares {flag} {in_flight} between the workers, so some would "
-                              f"idle: give {flag} {workers} or more (e.g. {flag} {16 * workers}).")  # fmt: skip
-    return workers
-
-
 def _csv(kind):
     return lambda text: [kind(part) for part in text.split(",") if part.strip()]
 
@@ -126,67 +39,6 @@ def _csv(kind):
 def _group_size(text: str) -> int | str | None:
     text = text.strip().lower()
     return None if text == "none" else text if text == "auto" else int(text)
-
-
-def _optimize(args: argparse.Namespace) -> int:
-    import optuna
-    from rich.progress import Progress
-
-    from fusion_dspy.backends import load_config
-    from fusion_dspy.core.store import CandidateStore
-    from fusion_dspy.optimizers import outages
-    from fusion_dspy.optimizers.report import plot_study, trials_table
-    from fusion_dspy.optimizers.search import FusionSearch, SearchSpace, completed_trials
-    from fusion_dspy.workflows.task import resolve_task
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and final table say it better
-    for handler in logging.getLogger("optuna").handlers:  # Ctrl-C: our one line, not optuna's trial traceback
-        handler.addFilter(_quiet_trial_failures)
-    task = resolve_task(args.program)
-    devset = _examples(task, args)
-    backends = load_config(args.config)
-    backends.check()
-    _keep_no_history()
-    space = SearchSpace(n=args.n_values, temperatures=args.temperatures, methods=args.methods,
-                        teachers=args.teachers, proposed_instructions=args.propose,
-                        adaptive_thresholds=args.adaptive_thresholds or (), group_sizes=args.group_sizes,
-                        layers=args.layers, permutations=args.permutations,
-                        router=str(args.router) if args.router else None)  # fmt: skip
-    search = FusionSearch(backends, task, devset, space=space, store=CandidateStore(args.cache_dir),
-                          storage=args.storage, study_name=args.study, cost_objective=args.cost,
-                          num_threads=args.threads, sampler=args.sampler)  # fmt: skip
-    console = Console(stderr=True)
-
-    def complete() -> int:
-        return len(completed_trials(search.study))
-
-    with Progress(console=console, disable=args.quiet) as progress:
-        bar = progress.add_task(f"study {search.study.study_name}", total=args.trials, completed=complete())
-        search.optimize(args.trials, timeout=args.timeout,
-                        callbacks=[lambda study, trial: progress.update(bar, completed=complete())])  # fmt: skip
-    failing = search.outages()  # an outage is not a score of 0: those trials failed, and a rerun retries them
-    if failing and not complete():
-        raise FusionDSPyError(f"No trial could be scored. {outages.summary(failing)}")
-    best = search.best_params()
-    console.print(trials_table(search.study, search.instructions, best))
-    saved = search.save_best(args.output, program=args.program)
-    plotted = plot_study(search.study, args.plot)
-    console.print(f"best: {best} -> {saved} (load with fusion_dspy.optimizers.tuned.load_tuned); plot: {plotted}")
-    if failing:
-        console.print(f"incomplete: {outages.summary(failing)} The best above is of the trials scored.", markup=False)
-        return 1
-    return 0
-
-
-def _quiet_trial_failures(record: logging.LogRecord) -> bool:
-    """Optuna's log of a failed trial, without its traceback: none after Ctrl-C (our own line says it), and one
-    line for a trial an outage stopped (``optimize`` sums those up at the end)."""
-    from fusion_dspy.workflows.scoring import StageUnavailable
-
-    error = record.exc_info[1] if record.exc_info else None
-    if isinstance(error, StageUnavailable):
-        record.exc_info, record.exc_text = None, None
-    return not isinstance(error, KeyboardInterrupt)
 
 
 def _add_task_arguments(parser: argparse.ArgumentParser, split: str) -> None:
@@ -201,115 +53,6 @@ def _add_task_arguments(parser: argparse.ArgumentParser, split: str) -> None:
     parser.add_argument("--n-values", type=_csv(int), default=[1, 2, 4, 8], help="N to try (default 1,2,4,8)")
     parser.add_argument("--threads", type=int, default=4, help="examples evaluated at once (default 4)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def _examples(task, args) -> list:
-    if args.devset:
-        return task.read_examples(args.devset)
-    if task.load is None:
-        raise FusionDSPyError(f"The program '{task.name}' has no data of its own: pass --devset FILE.jsonl.")
-    return task.load(args.split, args.size, args.seed)
-
-
-def _eval(args: argparse.Namespace) -> int:
-    from fusion_dspy.backends import load_config
-    from fusion_dspy.workflows.evaluation import PairedEvaluation, check_earlier_results
-    from fusion_dspy.workflows.jsonl import errors_path
-    from fusion_dspy.workflows.reports import (
-        plot_summary,
-        position_bias,
-        position_table,
-        report_table,
-        summarize,
-        write_summary,  # fmt: skip
-    )
-    from fusion_dspy.workflows.task import resolve_task
-
-    workers, engine = _workers(args), _engine(args)
-    task = resolve_task(args.program)
-    backends = load_config(args.config)
-    backends.check()
-    _keep_no_history()
-    examples = _examples(task, args)
-    check_earlier_results(args.output_dir, task, examples, args.router)
-    if engine:
-        from fusion_dspy.workflows.ray_jobs import ConfigText, EvalJob, evaluate_on_ray
-
-        job = EvalJob.of(ConfigText.read(args.config), args.program, examples, args.n_values, args.output_dir,
-                         args.router)  # fmt: skip
-        records = evaluate_on_ray(job, engine, show_progress=not args.quiet)
-    elif workers > 1:
-        from fusion_dspy.workflows.ray_jobs import ConfigText, EvalJob
-        from fusion_dspy.workflows.worker_jobs import evaluate_on_workers
-
-        job = EvalJob.of(ConfigText.read(args.config), args.program, examples, args.n_values, args.output_dir,
-                         args.router)  # fmt: skip
-        records = evaluate_on_workers(job, workers, args.threads, not args.quiet, args.verbose)
-    else:
-        evaluation = PairedEvaluation(backends, task, examples, n_values=args.n_values,
-                                      output_dir=args.output_dir, num_threads=args.threads,
-                                      router=args.router)  # fmt: skip
-        records = evaluation.run(show_progress=not args.quiet)
-    errors = errors_path(Path(args.output_dir) / "results.jsonl")
-    wanted = {f"{index}:{n}" for index in range(len(examples)) for n in set(args.n_values)}
-    records = [record for record in records if str(record["id"]) in wanted]  # not an earlier run's other N
-    if not records:
-        raise FusionDSPyError(f"No example could be evaluated (see {errors}): check the backends, then rerun.")
-    missing = len(wanted) - len(records)
-    rows = summarize(records)
-    models = ", ".join(dict.fromkeys(lm.model for lm in backends.generators))
-    title = f"{task.name}: {len({r['example'] for r in records})} examples, generators {models}"
-    console = Console()
-    console.print(report_table(rows, title))
-    if positions := position_bias(records):
-        console.print(position_table(positions))
-    json_path, csv_path = write_summary(rows, args.output_dir)
-    plot = plot_summary(rows, Path(args.output_dir) / "quality.png", title)
-    console.print(f"records: {Path(args.output_dir) / 'results.jsonl'} | summary: {json_path}, {csv_path} | "
-                  f"plot: {plot}")
-    if missing > 0:  # an outage is not a score of 0: those are left out of the table and retried by a rerun
-        Console(stderr=True).print(f"incomplete: {missing} (example, N) results could not be scored because a "
-                                   f"model was unavailable (see {errors}); rerun the same command to retry them.")
-        return 1
-    return 0
-
-
-def _synth(args: argparse.Namespace) -> int:
-    from fusion_dspy.backends import load_config
-    from fusion_dspy.workflows.items import read_items
-    from fusion_dspy.workflows.synth import synthesize
-    from fusion_dspy.workflows.teachers import reachable_pool
-
-    workers, engine = _workers(args), _engine(args)
-    prompts = read_items(args.prompts)
-    configured = load_config(args.config)
-    backends = reachable_pool(configured, warn=Console(stderr=True).print)
-    _keep_no_history()
-    if engine or workers > 1:
-        from fusion_dspy.workflows.ray_jobs import ConfigText, SynthJob, synthesize_on_ray
-        from fusion_dspy.workflows.worker_jobs import synthesize_on_workers
-
-        # The workers build the pool from the file: tell them which teachers reachable_pool kept.
-        kept = None if backends is configured else tuple(t.model for t in backends.config.roles.teachers())
-        job = SynthJob(ConfigText.read(args.config), args.signature, args.n, kept)
-        counts = synthesize_on_ray(job, prompts, args.output, engine, not args.quiet) if engine else \
-            synthesize_on_workers(job, prompts, args.output, workers, args.concurrency, not args.quiet, args.verbose)
-    else:
-        program = backends.program(args.signature, method="fuse", **({"n": args.n} if args.n else {}))
-        counts = synthesize(program, prompts, args.output, concurrency=args.concurrency,
-                            show_progress=not args.quiet)  # fmt: skip
-    return _summary(args.output, counts, "written")
-
-
-def _serve(args: argparse.Namespace) -> int:
-    from fusion_dspy.serve.command import ServeOptions, serve_command
-
-    options = ServeOptions(config=str(args.config) if args.config else None, tuned=tuple(args.tuned or ()),
-                           api_key_env=args.api_key_env, max_concurrency=args.max_concurrency, timeout=args.timeout,
-                           max_n=args.max_n, max_body_bytes=args.max_body_bytes)  # fmt: skip
-    serve_command(options, host=args.host, port=args.port, workers=args.workers,
-                  log_level="info" if args.verbose else "warning")  # fmt: skip
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -327,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", type=Path, help="YAML/TOML config naming the models of each role")
     demo.add_argument("--n", type=_positive, default=3, help="candidates per prompt (default 3)")
     demo.add_argument("--prompt", action="append", help="a prompt of your own (repeatable) instead of the built-ins")
-    demo.set_defaults(handler=_demo)
+    demo.set_defaults(handler=_commands.demo)
 
     run = commands.add_parser("run", help="run FusionOfN/BestOfN over one input or a JSONL file",
                               description="Runs each input through the program of the config and appends one JSON "
@@ -343,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--concurrency", type=int, default=1, help="inputs in flight at once (default 1)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_engine_arguments(run)
-    run.set_defaults(handler=_run)
+    run.set_defaults(handler=_commands.run)
 
     optimize = commands.add_parser("optimize", help="tune N, temperature, fuse vs select, fusor prompt, teachers",
                                    description="Optuna search scored by the task's metric on a dev set. The study "
@@ -375,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="candidate store (default .fusion_dspy_cache/candidates)")
     optimize.add_argument("--output", type=Path, default=Path("tuned.json"), help="best program (default tuned.json)")
     optimize.add_argument("--plot", type=Path, default=Path("fusion_study.png"), help="PNG of score and cost vs N")
-    optimize.set_defaults(handler=_optimize)
+    optimize.set_defaults(handler=_commands.optimize)
 
     evaluate = commands.add_parser("eval", help="single sample vs Best-of-N vs Fusion-of-N vs oracle, same candidates",
                                    description="Draws the largest N's candidates once per example, scores a single "
@@ -386,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output-dir", type=Path, default=Path("eval"), help="records, summary, plot (eval/)")
     _add_engine_arguments(evaluate)
     evaluate.add_argument("--router", type=Path, help="a trained Router (JSON): also score Route (method auto)")
-    evaluate.set_defaults(handler=_eval)
+    evaluate.set_defaults(handler=_commands.evaluate)
 
     synth = commands.add_parser("synth", help="prompts -> teacher pool -> fused answers -> chat fine-tuning JSONL",
                                 description="Samples every prompt from the config's teacher pool, fuses the "
@@ -401,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="prompts in flight at once, local engine (default 4; Ray: --actors x --in-flight)")
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_engine_arguments(synth)
-    synth.set_defaults(handler=_synth)
+    synth.set_defaults(handler=_commands.synth)
 
     serve = commands.add_parser("serve", help="serve fusion programs as models over an OpenAI-compatible API",
                                 description="POST /v1/chat/completions (plain and streaming), GET /v1/models, "
@@ -421,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-body-bytes", type=int, default=1_000_000, help="largest request body; more get 413")
     serve.add_argument("--workers", type=int, default=1, help="server processes, each with its own backends and "
                        "--max-concurrency (default 1)")  # fmt: skip
-    serve.set_defaults(handler=_serve)
+    serve.set_defaults(handler=_commands.serve)
     return parser
 
 

@@ -1,0 +1,267 @@
+"""What each ``fusion-dspy`` command does, given its parsed arguments (``cli.py`` parses them): one function per
+command, plus what they share (the engine and worker options, the batch summary line). Each imports what it
+needs when it runs (optuna, Ray, the server, the batch engines), so ``fusion-dspy --help`` stays quick."""
+
+import argparse
+import hashlib
+import logging
+from pathlib import Path
+
+from rich.console import Console
+
+from fusion_dspy.errors import FusionDSPyError
+
+
+def demo(args: argparse.Namespace) -> int:
+    from fusion_dspy.backends.config import read_config
+    from fusion_dspy.workflows.demo import run_demo
+
+    rows = run_demo(read_config(args.config), n=args.n, prompts=args.prompt or None)
+    return 1 if all(row.error for row in rows) else 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from dspy.signatures.signature import ensure_signature
+
+    from fusion_dspy.backends import Backends
+    from fusion_dspy.backends.config import read_config
+    from fusion_dspy.workflows.batch import run_batch
+    from fusion_dspy.workflows.items import read_items
+
+    signature = ensure_signature(args.signature)
+    fields = list(signature.input_fields)
+    if args.input is not None:  # named by its text: another --input into the same --output is a new item
+        digest = hashlib.sha256(args.input.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        items = [{"id": f"input-{digest}", fields[0]: args.input}]
+    elif args.inputs is not None:
+        items = read_items(args.inputs)
+    else:
+        raise FusionDSPyError("Give --input TEXT (one input) or --inputs FILE.jsonl (one JSON object per line).")
+    workers, engine = worker_count(args), engine_of(args)
+    backends = Backends(read_config(args.config))
+    backends.check()
+    keep_no_history()
+    overrides = {"n": args.n} if args.n else {}
+    if engine or workers > 1:
+        from fusion_dspy.workflows.ray_jobs import ConfigText, RunJob, run_on_ray
+        from fusion_dspy.workflows.worker_jobs import run_on_workers
+
+        job = RunJob(ConfigText.read(args.config), args.signature, args.method, args.n)
+        counts = run_on_ray(job, items, args.output, fields, engine, show_progress=not args.quiet) if engine else \
+            run_on_workers(job, items, args.output, fields, workers, args.concurrency, not args.quiet, args.verbose)
+    else:
+        program = backends.program(signature, method=args.method, **overrides)
+        counts = run_batch(program, items, args.output, fields, show_progress=not args.quiet,
+                           concurrency=args.concurrency)  # fmt: skip
+    return summary(args.output, counts, "done")
+
+
+def summary(output: str, counts: dict[str, int], verb: str) -> int:
+    """The batch's last line (where its failures are, and how to retry them, only when some failed); its exit
+    code: 1 when nothing at all succeeded."""
+    from fusion_dspy.workflows.jsonl import errors_path
+
+    failed = f"{counts['failed']} failed" + (f" (in {errors_path(output)}; rerun to retry)" if counts["failed"] else "")
+    Console(stderr=True).print(f"{output}: {counts['done']} {verb}, {failed}, {counts['skipped']} already there")
+    return 1 if counts["failed"] and not counts["done"] and not counts["skipped"] else 0
+
+
+def keep_no_history() -> None:
+    from fusion_dspy.workflows.batch import keep_no_history  # imports DSPy: not for `--help`
+
+    keep_no_history()
+
+
+def engine_of(args: argparse.Namespace):
+    """The ``RayEngine`` of ``--engine ray``, or ``None`` for the local engine."""
+    if args.engine == "local":
+        if args.address:
+            raise FusionDSPyError("--address is an option of the Ray engine: add --engine ray.")
+        return None
+    from fusion_dspy.workflows.ray_engine import RayEngine, require_ray
+
+    require_ray()
+    return RayEngine(address=args.address, actors=args.actors, in_flight=args.in_flight, verbose=args.verbose)
+
+
+def worker_count(args: argparse.Namespace) -> int:
+    """The worker processes of ``--workers`` (1: the command's own process, as without the option)."""
+    if args.workers is not None and args.engine == "ray":
+        raise FusionDSPyError("--workers is an option of the local engine; with --engine ray, --actors sets the "
+                              "worker processes and --in-flight the items each runs at once.")  # fmt: skip
+    workers = args.workers or 1
+    flag, in_flight = ("--threads", args.threads) if args.command == "eval" else ("--concurrency", args.concurrency)
+    if workers > in_flight:
+        raise FusionDSPyError(f"--workers {workers} shares {flag} {in_flight} between the workers, so some would "
+                              f"idle: give {flag} {workers} or more (e.g. {flag} {16 * workers}).")  # fmt: skip
+    return workers
+
+
+def optimize(args: argparse.Namespace) -> int:
+    import optuna
+    from rich.progress import Progress
+
+    from fusion_dspy.backends import load_config
+    from fusion_dspy.core.store import CandidateStore
+    from fusion_dspy.optimizers import outages
+    from fusion_dspy.optimizers.report import plot_study, trials_table
+    from fusion_dspy.optimizers.search import FusionSearch, SearchSpace, completed_trials
+    from fusion_dspy.workflows.task import resolve_task
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and final table say it better
+    for handler in logging.getLogger("optuna").handlers:  # Ctrl-C: our one line, not optuna's trial traceback
+        handler.addFilter(quiet_trial_failures)
+    task = resolve_task(args.program)
+    devset = devset_of(task, args)
+    backends = load_config(args.config)
+    backends.check()
+    keep_no_history()
+    space = SearchSpace(n=args.n_values, temperatures=args.temperatures, methods=args.methods,
+                        teachers=args.teachers, proposed_instructions=args.propose,
+                        adaptive_thresholds=args.adaptive_thresholds or (), group_sizes=args.group_sizes,
+                        layers=args.layers, permutations=args.permutations,
+                        router=str(args.router) if args.router else None)  # fmt: skip
+    search = FusionSearch(backends, task, devset, space=space, store=CandidateStore(args.cache_dir),
+                          storage=args.storage, study_name=args.study, cost_objective=args.cost,
+                          num_threads=args.threads, sampler=args.sampler)  # fmt: skip
+    console = Console(stderr=True)
+
+    def complete() -> int:
+        return len(completed_trials(search.study))
+
+    with Progress(console=console, disable=args.quiet) as progress:
+        bar = progress.add_task(f"study {search.study.study_name}", total=args.trials, completed=complete())
+        search.optimize(args.trials, timeout=args.timeout,
+                        callbacks=[lambda study, trial: progress.update(bar, completed=complete())])  # fmt: skip
+    failing = search.outages()  # an outage is not a score of 0: those trials failed, and a rerun retries them
+    if failing and not complete():
+        raise FusionDSPyError(f"No trial could be scored. {outages.summary(failing)}")
+    best = search.best_params()
+    console.print(trials_table(search.study, search.instructions, best))
+    saved = search.save_best(args.output, program=args.program)
+    plotted = plot_study(search.study, args.plot)
+    console.print(f"best: {best} -> {saved} (load with fusion_dspy.optimizers.tuned.load_tuned); plot: {plotted}")
+    if failing:
+        console.print(f"incomplete: {outages.summary(failing)} The best above is of the trials scored.", markup=False)
+        return 1
+    return 0
+
+
+def quiet_trial_failures(record: logging.LogRecord) -> bool:
+    """Optuna's log of a failed trial, without its traceback: none after Ctrl-C (our own line says it), and one
+    line for a trial an outage stopped (``optimize`` sums those up at the end)."""
+    from fusion_dspy.workflows.scoring import StageUnavailable
+
+    error = record.exc_info[1] if record.exc_info else None
+    if isinstance(error, StageUnavailable):
+        record.exc_info, record.exc_text = None, None
+    return not isinstance(error, KeyboardInterrupt)
+
+
+def devset_of(task, args) -> list:
+    if args.devset:
+        return task.read_examples(args.devset)
+    if task.load is None:
+        raise FusionDSPyError(f"The program '{task.name}' has no data of its own: pass --devset FILE.jsonl.")
+    return task.load(args.split, args.size, args.seed)
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from fusion_dspy.backends import load_config
+    from fusion_dspy.workflows.evaluation import PairedEvaluation, check_earlier_results
+    from fusion_dspy.workflows.jsonl import errors_path
+    from fusion_dspy.workflows.reports import (
+        plot_summary,
+        position_bias,
+        position_table,
+        report_table,
+        summarize,
+        write_summary,  # fmt: skip
+    )
+    from fusion_dspy.workflows.task import resolve_task
+
+    workers, engine = worker_count(args), engine_of(args)
+    task = resolve_task(args.program)
+    backends = load_config(args.config)
+    backends.check()
+    keep_no_history()
+    examples = devset_of(task, args)
+    check_earlier_results(args.output_dir, task, examples, args.router)
+    if engine:
+        from fusion_dspy.workflows.ray_jobs import ConfigText, EvalJob, evaluate_on_ray
+
+        job = EvalJob.of(ConfigText.read(args.config), args.program, examples, args.n_values, args.output_dir,
+                         args.router)  # fmt: skip
+        records = evaluate_on_ray(job, engine, show_progress=not args.quiet)
+    elif workers > 1:
+        from fusion_dspy.workflows.ray_jobs import ConfigText, EvalJob
+        from fusion_dspy.workflows.worker_jobs import evaluate_on_workers
+
+        job = EvalJob.of(ConfigText.read(args.config), args.program, examples, args.n_values, args.output_dir,
+                         args.router)  # fmt: skip
+        records = evaluate_on_workers(job, workers, args.threads, not args.quiet, args.verbose)
+    else:
+        evaluation = PairedEvaluation(backends, task, examples, n_values=args.n_values,
+                                      output_dir=args.output_dir, num_threads=args.threads,
+                                      router=args.router)  # fmt: skip
+        records = evaluation.run(show_progress=not args.quiet)
+    errors = errors_path(Path(args.output_dir) / "results.jsonl")
+    wanted = {f"{index}:{n}" for index in range(len(examples)) for n in set(args.n_values)}
+    records = [record for record in records if str(record["id"]) in wanted]  # not an earlier run's other N
+    if not records:
+        raise FusionDSPyError(f"No example could be evaluated (see {errors}): check the backends, then rerun.")
+    missing = len(wanted) - len(records)
+    rows = summarize(records)
+    models = ", ".join(dict.fromkeys(lm.model for lm in backends.generators))
+    title = f"{task.name}: {len({r['example'] for r in records})} examples, generators {models}"
+    console = Console()
+    console.print(report_table(rows, title))
+    if positions := position_bias(records):
+        console.print(position_table(positions))
+    json_path, csv_path = write_summary(rows, args.output_dir)
+    plot = plot_summary(rows, Path(args.output_dir) / "quality.png", title)
+    console.print(f"records: {Path(args.output_dir) / 'results.jsonl'} | summary: {json_path}, {csv_path} | "
+                  f"plot: {plot}")
+    if missing > 0:  # an outage is not a score of 0: those are left out of the table and retried by a rerun
+        Console(stderr=True).print(f"incomplete: {missing} (example, N) results could not be scored because a "
+                                   f"model was unavailable (see {errors}); rerun the same command to retry them.")
+        return 1
+    return 0
+
+
+def synth(args: argparse.Namespace) -> int:
+    from fusion_dspy.backends import load_config
+    from fusion_dspy.workflows.items import read_items
+    from fusion_dspy.workflows.synth import synthesize
+    from fusion_dspy.workflows.teachers import reachable_pool
+
+    workers, engine = worker_count(args), engine_of(args)
+    prompts = read_items(args.prompts)
+    configured = load_config(args.config)
+    backends = reachable_pool(configured, warn=Console(stderr=True).print)
+    keep_no_history()
+    if engine or workers > 1:
+        from fusion_dspy.workflows.ray_jobs import ConfigText, SynthJob, synthesize_on_ray
+        from fusion_dspy.workflows.worker_jobs import synthesize_on_workers
+
+        # The workers build the pool from the file: tell them which teachers reachable_pool kept.
+        kept = None if backends is configured else tuple(t.model for t in backends.config.roles.teachers())
+        job = SynthJob(ConfigText.read(args.config), args.signature, args.n, kept)
+        counts = synthesize_on_ray(job, prompts, args.output, engine, not args.quiet) if engine else \
+            synthesize_on_workers(job, prompts, args.output, workers, args.concurrency, not args.quiet, args.verbose)
+    else:
+        program = backends.program(args.signature, method="fuse", **({"n": args.n} if args.n else {}))
+        counts = synthesize(program, prompts, args.output, concurrency=args.concurrency,
+                            show_progress=not args.quiet)  # fmt: skip
+    return summary(args.output, counts, "written")
+
+
+def serve(args: argparse.Namespace) -> int:
+    from fusion_dspy.serve.command import ServeOptions, serve_command
+
+    options = ServeOptions(config=str(args.config) if args.config else None, tuned=tuple(args.tuned or ()),
+                           api_key_env=args.api_key_env, max_concurrency=args.max_concurrency, timeout=args.timeout,
+                           max_n=args.max_n, max_body_bytes=args.max_body_bytes)  # fmt: skip
+    serve_command(options, host=args.host, port=args.port, workers=args.workers,
+                  log_level="info" if args.verbose else "warning")  # fmt: skip
+    return 0
