@@ -75,13 +75,18 @@ def keep_no_history() -> None:
 def engine_of(args: argparse.Namespace):
     """The ``RayEngine`` of ``--engine ray``, or ``None`` for the local engine."""
     if args.engine == "local":
-        if args.address:
-            raise FusionDSPyError("--address is an option of the Ray engine: add --engine ray.")
+        given = [flag for flag, value in (("--address", args.address), ("--actors", args.actors),
+                                          ("--in-flight", args.in_flight)) if value is not None]  # fmt: skip
+        if given:
+            raise FusionDSPyError(f"{' and '.join(given)}: options of the Ray engine; add --engine ray (on this "
+                                  "machine alone, --workers and --concurrency set the processes and the items in "
+                                  "flight).")  # fmt: skip
         return None
     from fusion_dspy.workflows.ray_engine import RayEngine, require_ray
 
     require_ray()
-    return RayEngine(address=args.address, actors=args.actors, in_flight=args.in_flight, verbose=args.verbose)
+    return RayEngine(address=args.address, actors=args.actors or 2, in_flight=args.in_flight or 16,
+                     verbose=args.verbose)  # fmt: skip
 
 
 def worker_count(args: argparse.Namespace) -> int:

@@ -25,8 +25,8 @@ def _add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                         "(pip install 'fusion-dspy[ray]')")  # fmt: skip
     engine.add_argument("--address", help="Ray cluster: 'auto' (the one this machine is part of) or "
                         "'ray://HEAD:10001' (default: a local Ray instance for this run)")  # fmt: skip
-    engine.add_argument("--actors", type=int, default=2, help="Ray actors, one CPU each (default 2)")
-    engine.add_argument("--in-flight", type=int, default=16, help="rows each Ray actor runs at once (default 16)")
+    engine.add_argument("--actors", type=_positive, help="Ray actors, one CPU each (default 2)")
+    engine.add_argument("--in-flight", type=_positive, help="rows each Ray actor runs at once (default 16)")
     engine.add_argument("--workers", type=_positive, help="local engine: worker processes on this machine, each "
                         "building the program once and running its share of the items in flight (default 1: "
                         "this process)")  # fmt: skip

@@ -211,3 +211,13 @@ def test_workers_options_are_checked(capsys):
         assert stop.value.code == 2 and f"must be at least 1, got {bad}" in capsys.readouterr().err
     assert main(["run", "--input", "2+2?", "--workers", "2"]) == 2  # run's --concurrency is 1 by default
     assert "give --concurrency 2 or more" in capsys.readouterr().err
+
+
+def test_ray_options_without_the_ray_engine_are_refused_not_ignored(capsys):
+    assert main(["synth", "--prompts", "p.jsonl", "--actors", "8"]) == 2
+    assert "--actors: options of the Ray engine; add --engine ray" in capsys.readouterr().err
+    assert main(["run", "--input", "q", "--in-flight", "4", "--address", "auto"]) == 2
+    assert "--address and --in-flight: options of the Ray engine" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        main(["synth", "--prompts", "p.jsonl", "--engine", "ray", "--actors", "0"])
+    assert stop.value.code == 2 and "--actors: must be at least 1, got 0" in capsys.readouterr().err
