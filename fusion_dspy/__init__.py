@@ -23,8 +23,9 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from fusion_dspy import _compat  # noqa: E402
 from fusion_dspy.backends import ConfigError, load_config  # noqa: E402
+from fusion_dspy.core.best_of_n import BestOfN  # noqa: E402
 from fusion_dspy.core.fuse import Fuse  # noqa: E402
-from fusion_dspy.core.fusion import BestOfN, FusionOfN  # noqa: E402
+from fusion_dspy.core.fusion import FusionOfN  # noqa: E402
 from fusion_dspy.core.pool import Candidate, Pool  # noqa: E402
 from fusion_dspy.core.route import Route  # noqa: E402
 from fusion_dspy.core.sample import Sample  # noqa: E402

@@ -23,7 +23,8 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
 from fusion_dspy.backends import Backends
-from fusion_dspy.core.fusion import BestOfN, FusionOfN
+from fusion_dspy.core.best_of_n import BestOfN
+from fusion_dspy.core.fusion import FusionOfN
 from fusion_dspy.core.store import CandidateStore
 from fusion_dspy.errors import FusionDSPyError
 from fusion_dspy.optimizers.context import check_context_window

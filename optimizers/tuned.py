@@ -10,7 +10,8 @@ from dspy.signatures.signature import Signature
 from fusion_dspy.backends import Backends
 from fusion_dspy.backends.config import AdaptiveSettings
 from fusion_dspy.core.adaptive import Adaptive
-from fusion_dspy.core.fusion import BestOfN, FusionOfN
+from fusion_dspy.core.best_of_n import BestOfN
+from fusion_dspy.core.fusion import FusionOfN
 from fusion_dspy.errors import FusionDSPyError
 from fusion_dspy.workflows.jsonl import write_atomically
 

@@ -22,8 +22,9 @@ from fusion_dspy.backends.plain_adapter import PlainAdapter
 from fusion_dspy.backends.retries import CappedRetryLM
 from fusion_dspy.backends.secrets import HELD, config_secrets
 from fusion_dspy.core.adaptive import Adaptive
+from fusion_dspy.core.best_of_n import BestOfN
 from fusion_dspy.core.context import known_context_window
-from fusion_dspy.core.fusion import BestOfN, FusionOfN
+from fusion_dspy.core.fusion import FusionOfN
 from fusion_dspy.core.route import Route
 
 # A self-hosted server without auth still needs *some* key: the OpenAI client refuses to send a request without

@@ -1,4 +1,4 @@
-"""FusionOfN = Sample -> Fuse and BestOfN = Sample -> Select: the two ways to spend N samples."""
+"""FusionOfN = Sample -> Fuse: N samples, then a fusor LM writes one answer that combines their strengths."""
 
 import logging
 from collections.abc import Sequence
@@ -9,95 +9,23 @@ from dspy.utils.exceptions import AdapterParseError
 
 from fusion_dspy.core.adaptive import Adaptive
 from fusion_dspy.core.batching import BatchSamples
-from fusion_dspy.core.concurrency import awithin, within
 from fusion_dspy.core.fuse import Fuse
 from fusion_dspy.core.layers import Layers
-from fusion_dspy.core.meter import StageMeter
-from fusion_dspy.core.permute import Permutations, judge_in_orders
+from fusion_dspy.core.permute import Permutations
 from fusion_dspy.core.pool import Pool
-from fusion_dspy.core.sample import Sample, as_module
-from fusion_dspy.core.select import RewardFn, Select
-from fusion_dspy.core.signatures import check_reserved_fields, task_signature
-from fusion_dspy.core.steps import Call, Steps, arun, run
+from fusion_dspy.core.sample import Sample
+from fusion_dspy.core.select import Select
+from fusion_dspy.core.steps import Steps
 from fusion_dspy.core.store import CandidateStore
 from fusion_dspy.core.structured import fuse_structured
+from fusion_dspy.core.two_stage import UNSET, SampleThenCombine, build_sample
 from fusion_dspy.core.windowed import check_group_size
 from fusion_dspy.errors import FusionError
 
 logger = logging.getLogger(__name__)
 
 
-class _Unset:
-    def __repr__(self) -> str:
-        return "<Sample's default>"
-
-
-UNSET: Any = _Unset()  # a sampling option not given: Sample's own default applies
-
-
-def build_sample(owner: str, module: Any, sample: Sample | None, **options: Any) -> Sample:
-    """The ``Sample`` a FusionOfN/BestOfN draws from: the one given, or one built from the sampling options."""
-    given = {name: value for name, value in options.items() if value is not UNSET}
-    if sample is not None:
-        if given:
-            raise ValueError(f"{owner} got sample= and also the sampling option(s) {sorted(given)}, which only a new "
-                             "Sample would use. Set them on the Sample you pass, or drop sample=.")  # fmt: skip
-        return sample
-    if module is None:
-        raise ValueError(f"{owner} needs the module (or signature) to sample from, or an existing sample=Sample(...).")
-    return Sample(as_module(module), **given)
-
-
-class _SampleThenCombine(dspy.Module):
-    """Shared by FusionOfN and BestOfN: sample N candidates (or take given ones), then one combining stage."""
-
-    stage_name = "combine"
-
-    def __init__(self, sample: Sample, signature: str | type[dspy.Signature] | None, deadline_s: float | None):
-        super().__init__()
-        if deadline_s is not None and deadline_s <= 0:
-            raise ValueError(f"deadline_s must be a positive number of seconds, got {deadline_s!r}.")
-        self.deadline_s = deadline_s
-        self.sample = sample
-        self.task_signature = task_signature(self.sample.module, signature)
-        check_reserved_fields(self.task_signature)
-
-    def _combine(self, pool: Pool, inputs: dict[str, Any]) -> Steps[dspy.Prediction]:
-        raise NotImplementedError
-
-    def _steps(self, candidates: Pool | Sequence[Any] | None, inputs: dict[str, Any]) -> Steps[dspy.Prediction]:
-        meter = StageMeter()
-        with meter.stage("sample"):
-            pool = (yield Call(self.sample, inputs)) if candidates is None else Pool.of(candidates)
-        with meter.stage(self.stage_name):
-            combined = yield from self._combine(pool.require(), inputs)
-        return self._result(combined, pool, meter)
-
-    def forward(self, candidates: Pool | Sequence[Any] | None = None, **inputs) -> dspy.Prediction:
-        if self.deadline_s is None:
-            return run(self._steps(candidates, inputs))
-        return within(lambda: run(self._steps(candidates, inputs)), self.deadline_s, type(self).__name__)
-
-    async def aforward(self, candidates: Pool | Sequence[Any] | None = None, **inputs) -> dspy.Prediction:
-        if self.deadline_s is None:
-            return await arun(self._steps(candidates, inputs))
-        return await awithin(arun(self._steps(candidates, inputs)), self.deadline_s, type(self).__name__)
-
-    def _result(self, combined: dspy.Prediction, pool: Pool, meter: StageMeter) -> dspy.Prediction:
-        fields = combined.toDict()
-        fields["candidates"] = pool.predictions
-        if any(model is not None for model in pool.models):  # drawn by a Sample: say where from
-            fields["candidate_models"], fields["sample_failures"] = pool.models, pool.failures
-            fields["truncated"] = pool.truncated  # candidates kept although their reply was cut at max_tokens
-            fields["stragglers"], fields["samples_drawn"], fields["stop_reason"] = (pool.stragglers, pool.drawn,
-                                                                                   pool.stop_reason)  # fmt: skip
-        fields["stage_usage"] = meter.usage
-        fields["stage_seconds"] = meter.seconds
-        fields["stage_tokens"] = meter.tokens()
-        return dspy.Prediction(**fields)
-
-
-class FusionOfN(_SampleThenCombine):
+class FusionOfN(SampleThenCombine):
     """Fusion-of-N: sample N candidates, then have a fusor LM write one answer that combines their strengths.
 
     Works over any module or signature and keeps the task's own output fields, so it drops into a larger
@@ -227,83 +155,3 @@ class FusionOfN(_SampleThenCombine):
         logger.warning("Fusion failed (%s); falling back to the majority-vote candidate.", reason)
         chosen = Select(self.task_signature)(candidates=pool, **inputs)
         return dspy.Prediction(**chosen.toDict(), fusion_error=reason)
-
-
-class BestOfN(_SampleThenCombine):
-    """Best-of-N: sample N candidates, then keep one, by reward function, LLM judge or majority vote.
-
-    Unlike ``dspy.BestOfN`` it samples concurrently, has ``aforward``, keeps traces on the original predictors
-    (so optimizers see them), never returns ``None`` and works in programs that use several LMs.
-
-    Args:
-        module: The generator: any DSPy module, or a signature for a ``dspy.Predict``.
-        n: Number of candidates (default 5; one per teacher when ``lms`` is given).
-        reward_fn: ``reward_fn(inputs: dict, prediction) -> float``, as in ``dspy.BestOfN``.
-        judge: ``"listwise"`` or ``"pointwise"`` to select with an LLM judge instead.
-        judge_lm: The judge's LM. Defaults to ``lm``, then the judge predictor's own LM, then the context LM.
-        vote: Without reward_fn or judge: ``"majority"`` (exact answers) or ``"consensus"`` (free text); see
-            ``Select``.
-        judge_adapter: The DSPy adapter of the judge's calls (default: the context's).
-        fallback: When the judge fails (down, timing out, unusable answer): ``"raise"`` a ``SelectionError``
-            naming the cause, or ``"select"`` by ``vote`` instead, saying why in ``selection_error``.
-        deadline_s: Seconds the whole call may take (see ``FusionOfN``).
-        permutations: With ``judge="listwise"``: judge in this many orders (shown, reversed, shuffles) and count
-            only wins that survive the swaps (``fusion_dspy.core.permute.judge_in_orders``).
-        temperature, lm, lms, signature, min_candidates, max_concurrency, adapter, store, sample, batch_samples,
-            quorum, straggler_grace_s, adaptive: as in ``FusionOfN``.
-
-    Example:
-        >>> lm = scripted_lm(lambda call: {"answer": ["Brussels", "Brussels, Belgium"][call.index % 2]})
-        >>> best = BestOfN(dspy.Predict("question -> answer"), n=2, lm=lm,
-        ...                reward_fn=lambda inputs, pred: float(len(pred.answer.split()) == 1))
-        >>> best(question="Capital of Belgium?").answer
-        'Brussels'
-    """
-
-    stage_name = "select"
-
-    def __init__(
-        self,
-        module: dspy.Module | str | type[dspy.Signature] | None = None,
-        n: int | None = UNSET,
-        reward_fn: RewardFn | None = None,
-        judge: Literal["listwise", "pointwise"] | None = None,
-        judge_lm: dspy.BaseLM | None = None,
-        vote: Literal["majority", "consensus"] = "majority",
-        temperature: float | None = UNSET,
-        lm: dspy.BaseLM | None = None,
-        lms: Sequence[dspy.BaseLM] | None = UNSET,
-        signature: str | type[dspy.Signature] | None = None,
-        min_candidates: int = UNSET,
-        max_concurrency: int | None = UNSET,
-        adapter: dspy.Adapter | None = UNSET,
-        judge_adapter: dspy.Adapter | None = None,
-        fallback: Literal["raise", "select"] = "raise",
-        deadline_s: float | None = None,
-        store: CandidateStore | None = UNSET,
-        sample: Sample | None = None,
-        batch_samples: BatchSamples = UNSET,
-        quorum: int | None = UNSET,
-        straggler_grace_s: float = UNSET,
-        adaptive: Adaptive | bool | None = UNSET,
-        permutations: int = 1,
-    ):
-        if fallback not in ("raise", "select"):
-            raise ValueError(f"fallback must be 'raise' or 'select', got {fallback!r}.")
-        if permutations != 1 and (judge != "listwise" or permutations < 2):
-            raise ValueError(f"permutations={permutations} needs judge='listwise' and at least 2 orders: votes, "
-                             "rewards and pointwise scores do not depend on the order of the candidates.")
-        generator_lm = UNSET if lm is None else lm
-        super().__init__(build_sample("BestOfN", module, sample, n=n, temperature=temperature, lm=generator_lm,
-                                      lms=lms, min_candidates=min_candidates, max_concurrency=max_concurrency,
-                                      adapter=adapter, store=store, batch_samples=batch_samples, quorum=quorum,
-                                      straggler_grace_s=straggler_grace_s, adaptive=adaptive),
-                         signature, deadline_s)  # fmt: skip
-        self.select = Select(self.task_signature, reward_fn=reward_fn, judge=judge, judge_lm=judge_lm or lm,
-                             vote=vote, adapter=judge_adapter, fallback="vote" if fallback == "select" else "raise")
-        self.permutations = permutations
-
-    def _combine(self, pool: Pool, inputs: dict[str, Any]) -> Steps[dspy.Prediction]:
-        if self.permutations > 1:
-            return (yield from judge_in_orders(self.select, pool, inputs, self.permutations))
-        return (yield Call(self.select, {"candidates": pool, **inputs}))

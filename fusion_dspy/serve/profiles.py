@@ -15,7 +15,8 @@ import dspy
 from dspy.signatures.signature import Signature
 
 from fusion_dspy.backends import Backends
-from fusion_dspy.core.fusion import BestOfN, FusionOfN
+from fusion_dspy.core.best_of_n import BestOfN
+from fusion_dspy.core.fusion import FusionOfN
 from fusion_dspy.errors import FusionDSPyError
 from fusion_dspy.serve.chat import ChatReply, reply_fields
 from fusion_dspy.serve.schema import FusionOptions, ServeError

@@ -11,7 +11,8 @@ from rich.table import Table
 from fusion_dspy.backends import Backends
 from fusion_dspy.backends.config import FusionConfig
 from fusion_dspy.backends.embedded import SMOLLM2_ALIAS
-from fusion_dspy.core.fusion import BestOfN, FusionOfN
+from fusion_dspy.core.best_of_n import BestOfN
+from fusion_dspy.core.fusion import FusionOfN
 from fusion_dspy.core.meter import StageMeter, total_tokens
 
 
