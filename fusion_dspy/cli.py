@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
 
     freeze_imports()  # this process is the command's: starts and exits ~2 s sooner
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, format="%(levelname)s %(message)s")
-    from fusion_dspy.backends.secrets import HELD, redact_logs
+    from fusion_dspy.backends.secrets import HELD, redact_logs  # after parsing: `--help` imports no model library
 
     redact_logs(HELD)  # no model's key in a log line, whatever an upstream error echoes
     if not args.verbose:
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (FusionDSPyError, ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)  # plain, unwrapped: paths and fields stay greppable
+        print(f"error: {HELD(str(error))}", file=sys.stderr)  # plain, unwrapped: paths and fields stay greppable
         return 2
     except KeyboardInterrupt as stop:
         if args.command in ("demo", "serve"):

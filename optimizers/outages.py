@@ -13,6 +13,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from fusion_dspy.backends.secrets import HELD
 from fusion_dspy.workflows.scoring import StageUnavailable
 
 OUTAGE = "outage"  # the user attribute holding the cause
@@ -41,8 +42,9 @@ def failing_on_outages(study: optuna.Study, canonical: Callable[[dict[str, Any]]
 
 
 def record_outage(trial: optuna.Trial, outage: StageUnavailable) -> None:
-    """Keep the cause on the trial (shown by ``optimize`` and in the study), before it is failed."""
-    trial.set_user_attr(OUTAGE, str(outage))
+    """Keep the cause on the trial (shown by ``optimize`` and in the study), before it is failed; no model's key
+    in it, whatever the upstream error echoed."""
+    trial.set_user_attr(OUTAGE, HELD(str(outage)))
 
 
 def summary(failing: Sequence[optuna.trial.FrozenTrial]) -> str:

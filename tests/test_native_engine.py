@@ -1,12 +1,17 @@
 """`engine: native`: DSPy's lm15 client behind the public engine contract, routed once (backends/native.py)."""
 
 import asyncio
+import copy
+import gc
 import logging
+import pickle
 
 import dspy
+import psutil
 import pytest
 import yaml
 
+import fusion_dspy as fd
 from fusion_dspy.backends import Backends
 from fusion_dspy.backends.config import read_config
 from fusion_dspy.backends.native import AsyncNativeEngine, NativeEngine
@@ -53,12 +58,18 @@ def test_the_lm_keeps_dspy_cache_rollouts_and_history(tmp_path, monkeypatch, mem
     assert lm.history[0]["model"] == "openai/gen" and lm.history[0]["usage"]["prompt_tokens"] > 0
 
 
-def test_each_event_loop_gets_its_own_client(tmp_path, monkeypatch):
+def test_each_event_loop_gets_its_own_client_and_closed_loops_leave_nothing_open(tmp_path, monkeypatch):
     with StubOpenAIServer(respond=respond) as server:
         lm = native_backends(tmp_path, server, monkeypatch, cache=False).lm("gen")
         predict = dspy.Predict("question -> answer")
-        answers = [asyncio.run(predict.acall(question="q", lm=lm)).answer for _ in range(3)]  # a new loop each
-    assert len(answers) == 3 and len(server.requests) == 3
+        asyncio.run(predict.acall(question="q", lm=lm))
+        gc.collect()
+        before = psutil.Process().num_fds()
+        answers = [asyncio.run(predict.acall(question="q", lm=lm)).answer for _ in range(6)]  # a new loop each
+        gc.collect()
+        grown = psutil.Process().num_fds() - before
+    assert len(answers) == 6 and len(server.requests) == 7
+    assert grown <= 1, f"{grown} more open files after 6 event loops: a client per closed loop was kept"
 
 
 def test_server_errors_keep_dspy_types_and_retries(tmp_path, monkeypatch):
@@ -72,7 +83,7 @@ def test_server_errors_keep_dspy_types_and_retries(tmp_path, monkeypatch):
         assert dspy.Predict("question -> answer")(question="q", lm=lm).answer == "answer 1"
     with StubOpenAIServer(respond=respond, delay=2.0) as server:
         lm = native_backends(tmp_path, server, monkeypatch, timeout=0.3, cache=False).lm("gen")
-        with pytest.raises(dspy.LMError, match="read timed out"):  # lm15 reports it as a transport error
+        with pytest.raises(dspy.LMTimeoutError, match="read timed out"):  # a timeout, as on litellm (504 served)
             dspy.Predict("question -> answer")(question="q", lm=lm)
 
 
@@ -106,17 +117,34 @@ def test_the_key_stays_out_of_reprs_saved_programs_and_history(tmp_path, monkeyp
         program(question="q")
         program.save(tmp_path / "program.json")
     assert server.authorizations[0] == f"Bearer {KEY}", "the key is sent"
-    engine = NativeEngine("openai/gen", server.api_base, KEY)
-    seen = [repr(engine), repr(lm), str(lm.dump_state()), str(lm.history), (tmp_path / "program.json").read_text()]
-    assert not [text for text in seen if KEY in text]
-    restored = NativeEngine.load_state(engine.dump_state())  # how DSPy saves an LM with a custom engine
-    assert (restored.route, restored.config.base_urls) == (engine.route, engine.config.base_urls)
+    seen = [repr(lm), str(lm.dump_state()), str(lm.history), (tmp_path / "program.json").read_text()]
+    assert not [text for text in seen if KEY in text] and KEY.encode() not in pickle.dumps(lm.engine)
+    assert lm.dump_state()["engine"]["state"]["api_key_env"] == "NATIVE_TEST_KEY"
+    restored = pickle.loads(pickle.dumps(lm.engine))  # the key is read again from its variable
+    assert (restored.route, restored.config.api_keys) == (lm.engine.route, lm.engine.config.api_keys)
+    assert copy.deepcopy(lm).engine is lm.engine, "copies of a program share the engine, as DSPy's LMs do"
+
+
+def test_a_native_program_deep_copies_without_warnings(tmp_path, monkeypatch, caplog):
+    with StubOpenAIServer(respond=respond) as server, caplog.at_level(logging.WARNING):
+        program = native_backends(tmp_path, server, monkeypatch).program("question -> answer")
+        copy.deepcopy(program)  # what Module.load_state does (load_tuned, serve --tuned) and optimizers do
+    assert "Failed to deep copy" not in caplog.text
+
+
+def test_config_errors_of_a_native_model_name_the_field(tmp_path, monkeypatch):
+    with StubOpenAIServer(respond=respond) as server:
+        with pytest.raises(fd.ConfigError, match=r"models\.gen\.model: could not read 'foo/bar'"):
+            native_backends(tmp_path, server, monkeypatch, model="foo/bar").lm("gen")
+        with pytest.raises(fd.ConfigError, match=r"models\.gen\.extra: .*extra_headers"):
+            native_backends(tmp_path, server, monkeypatch, extra={"extra_headers": {"X-Trace": "1"}}).lm("gen")
 
 
 def test_a_missing_key_is_reported_at_the_first_request_not_at_start_up(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     lm = dspy.LM("openai/gpt-4o-mini", engine=NativeEngine("openai/gpt-4o-mini"),
                  async_engine=AsyncNativeEngine("openai/gpt-4o-mini"), cache=False)  # fmt: skip
+    assert lm.engine.config.api_keys is None, "no key given: the provider's own variable is read, at the request"
     with pytest.raises(dspy.LMError, match="OPENAI_API_KEY"):
         dspy.Predict("question -> answer")(question="q", lm=lm)
 

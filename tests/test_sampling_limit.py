@@ -140,8 +140,8 @@ def test_stragglers_are_cut_off_after_the_grace(mode):
 def test_a_quorum_met_by_stored_candidates_still_waits_for_the_first_new_draw(tmp_path, mode):
     store = fd.CandidateStore(tmp_path / "candidates")
     fd.Sample("question -> answer", n=4, lm=scripted_lm(qa_responder), store=store)(question="q")
-    slow = scripted_lm(qa_responder, delay=0.5)  # the same LM, each request slower than the grace
-    sample = fd.Sample("question -> answer", n=8, lm=slow, store=store, quorum=4, straggler_grace_s=0.2)
+    slow = scripted_lm(qa_responder, delay=0.8)  # the same LM, each request slower than the grace
+    sample = fd.Sample("question -> answer", n=8, lm=slow, store=store, quorum=4, straggler_grace_s=0.4)
     pool = sample(question="q") if mode == "sync" else asyncio.run(sample.acall(question="q"))
     assert [c.cached for c in pool] == [True] * 4 + [False] * 4, "the 4 new draws must not be cut at the start"
     assert pool.stragglers == [] and pool.stop_reason == "complete" and len(slow.engine.calls) == 4

@@ -300,3 +300,26 @@ def test_a_conversation_too_long_for_every_sample_is_400_not_502():
     with pytest.raises(SamplingError) as sampled:
         fd.Sample("question -> answer", n=2, lm=lm)(question="q")
     assert upstream_error(sampled.value, Redactor()).code == "context_length_exceeded", "from Sample's own failures"
+
+
+def test_keys_a_config_names_are_held_and_masked_in_records_and_study_outages(monkeypatch, tmp_path):
+    import optuna
+
+    from fusion_dspy.backends import Backends, FusionConfig
+    from fusion_dspy.backends.secrets import HELD
+    from fusion_dspy.optimizers.outages import OUTAGE, record_outage
+    from fusion_dspy.workflows.jsonl import ResultsLog
+
+    secret = "sk-held-0123456789abcdef"
+    monkeypatch.setenv("HELD_TEST_KEY", secret)
+    Backends(FusionConfig.model_validate({"models": {"m": {"model": "openai/m", "api_key_env": "HELD_TEST_KEY"}},
+                                          "roles": {"generators": "m"}}))  # fmt: skip
+    HELD.add("EMPTY", "test")  # placeholder keys of local servers: masking them would mask ordinary words
+    assert secret in HELD.secrets and not {"EMPTY", "test"} & set(HELD.secrets)
+    with ResultsLog(tmp_path / "out.jsonl") as log:
+        log.write({"id": f"item-{secret}", "error": f"401: key {secret}", "nested": [{"why": secret}]})
+    written = (tmp_path / "out.jsonl").read_text()
+    assert written.count(secret) == 1 and f'"id": "item-{secret}"' in written, "only the id is kept (resuming)"
+    trial = optuna.create_study().ask()
+    record_outage(trial, RuntimeError(f"the fuse stage's model is unavailable: bad key {secret}"))
+    assert secret not in trial.user_attrs[OUTAGE] and "bad key ***" in trial.user_attrs[OUTAGE]

@@ -182,6 +182,7 @@ def test_a_judge_down_in_every_order_is_named_and_fallback_select_votes():
     voting = fd.BestOfN("question -> answer", judge="listwise", judge_lm=down, permutations=2, fallback="select")
     p = voting(candidates=pool, question="Capital?")
     assert p.answer == "Lyon" and "scripted failure of request" in p.selection_error  # the majority vote
+    assert p.judge_orders == [[0, 1, 2], [2, 1, 0]] and len(p.judge_failures) == 2 and not p.judge_consistent
 
 
 def test_one_order_failing_is_reported_beside_the_wins():

@@ -1,37 +1,56 @@
 """DSPy's own lm15 client, routed once: the engine of a model configured with ``engine: native``.
 
-``dspy.LM(model, engine="lm15")`` resolves the model's route, plans its capabilities and looks up its pricing
-metadata on every request, and its async path hands each request to a worker thread four times. On a loopback
-server that is 4.3 ms of client CPU per ``dspy.Predict`` call sync and 7.3 ms async (``benchmarks/sampling.py``),
-which N samples pay N times. The same lm15 provider client behind DSPy's public engine contract
-(``dspy.LM(engine=..., async_engine=...)``), with its route resolved once, costs 1.4 ms sync and 2.5 ms async:
-DSPy's cache, rollout ids, usage tracking, history and error types are kept, as for any engine. What is not
-kept is DSPy's cost estimate (``cost`` in ``lm.history``) and its per-model capability hints (native structured
-outputs for ``JSONAdapter``); the adapters fall back to prompting for the format.
+``dspy.LM(model, engine="lm15")`` resolves the model's route, plans its capabilities and prices the reply on every
+request, and its async path hands each request to a worker thread four times: on a loopback server 5.7 ms of
+client CPU per ``dspy.Predict`` call sync, 8.7 ms async (``benchmarks/sampling.py``), which N samples pay N
+times. The same lm15 provider client behind DSPy's public engine contract (``dspy.LM(engine=...,
+async_engine=...)``), with its route resolved once, costs 2.0 ms sync and 2.9 ms async. DSPy's cache, rollout
+ids, usage tracking, history and error types are kept, as for any engine. Not kept: DSPy's cost estimate
+(``cost`` in ``lm.history``) and its per-model capability hints (native structured outputs for ``JSONAdapter``,
+which then prompts for the format).
 
 Only public names of ``dspy.lm15`` are used: ``LMRouter`` / ``AsyncLMRouter`` resolve the model string (litellm
 spellings such as ``openai/...`` and ``hosted_vllm/...`` included) and build the provider client. An async
-client's connections belong to one event loop, so each loop gets its own (``asyncio.run`` per call works).
+client's connections belong to one event loop, so each running loop gets its own, and the clients of loops that
+have closed are dropped (``asyncio.run`` per call works and leaks nothing). The key is never part of the
+engine's saved state, its pickle or its copies: it is read again from ``api_key_env`` where it came from.
 """
 
 import asyncio
+import contextlib
+import os
 import threading
-import weakref
 from dataclasses import replace
 from typing import Any
 
 from dspy import lm15
 
+NO_KEY = "no-key"  # what a self-hosted server without auth is sent (``api_base`` and no key variable)
+
 
 def router_config(model: str, api_base: str | None, api_key: str | None, timeout: float | None) -> tuple[
         lm15.RouterConfig, str]:  # fmt: skip
-    """The lm15 router settings for one model, and the ``provider:model`` it routes to."""
+    """The lm15 router settings for one model, and the ``provider:model`` it routes to (``UnknownModelError``
+    for a model string lm15 cannot route)."""
     resolution = lm15.LMRouter(lm15.RouterConfig(env={})).resolve_openai_chat(model)  # offline: no key is read
-    timeouts = None if timeout is None else lm15.Timeouts(read=timeout, write=timeout, pool=timeout)
+    # Each wait (connecting, sending, the next byte, a free connection) is bounded by ``timeout``, as litellm's is.
+    timeouts = None if timeout is None else lm15.Timeouts(connect=timeout, read=timeout, write=timeout, pool=timeout)
     config = lm15.RouterConfig(api_keys={resolution.provider: api_key} if api_key else None,
                                base_urls={resolution.provider: api_base} if api_base else None,
-                               timeouts=timeouts)  # fmt: skip
+                               timeouts=timeouts, max_connections=1024)  # a server's requests x their samples
     return config, f"{resolution.provider}:{resolution.model}"
+
+
+@contextlib.contextmanager
+def _timeouts_as_timeouts():
+    """lm15 reports a read timeout as a transport error; DSPy's callers (retries, the server's 504) look for a
+    timeout, as litellm raises one."""
+    try:
+        yield
+    except lm15.TransportError as error:
+        if "timed out" not in str(error):
+            raise
+        raise lm15.TimeoutError(str(error)) from error
 
 
 class NativeEngine:
@@ -40,89 +59,102 @@ class NativeEngine:
     Args:
         model: The model string, as for ``dspy.LM`` (``openai/...``, ``hosted_vllm/...``, ``anthropic/...`` ...).
         api_base: The server's base URL; ``None`` for the provider's own.
-        api_key: The key; ``None`` reads the provider's environment variable, as lm15 does.
-        timeout: Seconds to wait for a connection, a send or the next byte of the reply.
+        api_key_env: The environment variable holding the key; ``None``: ``"no-key"`` with ``api_base`` (a
+            self-hosted server without auth), else the provider's own variable (``OPENAI_API_KEY`` ...).
+        timeout: Seconds each wait may take: connecting, sending, the next bytes of the reply, a free connection.
 
     Example:
         >>> with StubOpenAIServer(respond=lambda call: {"answer": "4"}) as server:
-        ...     lm = dspy.LM("openai/stub", engine=NativeEngine("openai/stub", server.api_base, "x"),
-        ...                  async_engine=AsyncNativeEngine("openai/stub", server.api_base, "x"), cache=False)
+        ...     lm = dspy.LM("openai/stub", engine=NativeEngine("openai/stub", server.api_base),
+        ...                  async_engine=AsyncNativeEngine("openai/stub", server.api_base), cache=False)
         ...     dspy.Predict("question -> answer")(question="2 + 2?", lm=lm).answer
         '4'
     """
 
     router_class = lm15.LMRouter
 
-    def __init__(self, model: str, api_base: str | None = None, api_key: str | None = None,
+    def __init__(self, model: str, api_base: str | None = None, api_key_env: str | None = None,
                  timeout: float | None = None):  # fmt: skip
-        self.model, self.api_base, self.timeout = model, api_base, timeout
-        self.config, self.route = router_config(model, api_base, api_key, timeout)
+        self.model, self.api_base, self.api_key_env, self.timeout = model, api_base, api_key_env, timeout
+        key = os.environ.get(api_key_env) if api_key_env else (NO_KEY if api_base else None)
+        if api_key_env and not key:
+            raise lm15.ConfigurationError(f"The environment variable {api_key_env} (the key of {model}) is not set.")
+        self.config, self.route = router_config(model, api_base, key, timeout)
         self.wire_model = self.route.split(":", 1)[1]
-        self._clients: Any = None  # (router, provider client), built at the first request
         self._lock = threading.Lock()
+        self._clients: dict[Any, tuple[Any, Any]] = {}  # event loop (None: sync) -> (router, provider client)
 
-    def _built(self) -> tuple[Any, Any]:
-        """A router and its provider client; a missing key fails here, at the first request, not at start-up."""
-        router = self.router_class(self.config)
-        return router, router.lm(self.route)
-
-    def _client(self) -> Any:
+    def _client(self, loop: Any = None) -> Any:
+        """The provider client, built at the first request (a missing provider key fails there)."""
         with self._lock:
-            if self._clients is None:
-                self._clients = self._built()
-            return self._clients[1]
+            for closed in [other for other in self._clients if other is not None and other.is_closed()]:
+                del self._clients[closed]  # its sockets close with it (they cannot be awaited any more)
+            if loop not in self._clients:
+                router = self.router_class(self.config)
+                self._clients[loop] = (router, router.lm(self.route))
+            return self._clients[loop][1]
 
     def _wire(self, request: lm15.Request) -> lm15.Request:
         return replace(request, model=self.wire_model)
 
     def complete(self, request: lm15.Request) -> lm15.Response:
-        return self._client().complete(self._wire(request))
+        with _timeouts_as_timeouts():
+            return self._client().complete(self._wire(request))
 
     def stream(self, request: lm15.Request):
-        """The reply as it is written (``dspy.streamify``)."""
-        yield from self._client().stream(self._wire(request))
+        """The reply as it is written (``dspy.streamify``); a consumer that stops early closes the request."""
+        events = self._client().stream(self._wire(request))
+        try:
+            with _timeouts_as_timeouts():
+                yield from events
+        finally:
+            if close := getattr(events, "close", None):
+                close()
+
+    def close(self) -> None:
+        with self._lock:
+            clients, self._clients = self._clients, {}
+        for loop, (router, _) in clients.items():
+            if loop is None:
+                router.close()
 
     def dump_state(self) -> dict[str, Any]:
-        """What ``dspy.LM.dump_state`` saves of this engine: never the key (loading reads the provider's
-        environment variable, as DSPy's own engines do)."""
-        return {"model": self.model, "api_base": self.api_base, "timeout": self.timeout}
+        """What ``dspy.LM.dump_state`` saves of this engine: the key's variable, never the key."""
+        return {"model": self.model, "api_base": self.api_base, "api_key_env": self.api_key_env,
+                "timeout": self.timeout}  # fmt: skip
 
     @classmethod
     def load_state(cls, state: dict[str, Any]) -> "NativeEngine":
         return cls(**state)
 
-    def close(self) -> None:
-        with self._lock:
-            clients, self._clients = self._clients, None
-        if clients is not None:
-            clients[0].close()
+    def __reduce__(self) -> tuple:  # a pickle (a process pool, cloudpickle) carries the state, not the key
+        return type(self).load_state, (self.dump_state(),)
+
+    def __deepcopy__(self, memo: dict) -> "NativeEngine":  # copies of a program share its clients, as of an LM
+        return self
 
 
 class AsyncNativeEngine(NativeEngine):
-    """The async twin of ``NativeEngine``: one client per event loop, since its connections are bound to one."""
+    """The async twin of ``NativeEngine``: one client per running event loop, since its connections belong to it."""
 
     router_class = lm15.AsyncLMRouter
 
-    def __init__(self, model: str, api_base: str | None = None, api_key: str | None = None,
-                 timeout: float | None = None):  # fmt: skip
-        super().__init__(model, api_base, api_key, timeout)
-        self._clients = weakref.WeakKeyDictionary()  # event loop -> its (router, provider client)
-
-    def _client(self) -> Any:
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            if loop not in self._clients:
-                self._clients[loop] = self._built()
-            return self._clients[loop][1]
-
     async def complete(self, request: lm15.Request) -> lm15.Response:  # type: ignore[override]
-        return await self._client().complete(self._wire(request))
+        with _timeouts_as_timeouts():
+            return await self._client(asyncio.get_running_loop()).complete(self._wire(request))
 
     async def stream(self, request: lm15.Request):  # type: ignore[override]
-        async for event in self._client().stream(self._wire(request)):
-            yield event
+        events = self._client(asyncio.get_running_loop()).stream(self._wire(request))
+        try:
+            with _timeouts_as_timeouts():
+                async for event in events:
+                    yield event
+        finally:
+            if aclose := getattr(events, "aclose", None):
+                await aclose()
 
     async def aclose(self) -> None:
-        clients = self._clients.pop(asyncio.get_running_loop(), None)
+        with self._lock:
+            clients = self._clients.pop(asyncio.get_running_loop(), None)
         if clients is not None:
             await clients[0].aclose()

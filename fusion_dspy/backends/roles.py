@@ -1,8 +1,9 @@
-"""From a config to ready ``dspy.LM`` objects per role, all routed through litellm, and to a FusionOfN/BestOfN.
+"""From a config to ready ``dspy.LM`` objects per role, and to a FusionOfN/BestOfN.
 
-Every model goes through litellm (``engine="litellm"``): a local vLLM server, an API model and the embedded
-model are the same code path. A model with several ``deployments`` or with ``fallbacks`` is served by a
-``litellm.Router`` (load balancing, retries, fallbacks) wrapped as a DSPy engine.
+A model goes through litellm by default (``engine="litellm"``): a local vLLM server, an API model and the
+embedded model are the same code path. A model with several ``deployments`` or with ``fallbacks`` is served by
+a ``litellm.Router`` (load balancing, retries, fallbacks) wrapped as a DSPy engine; ``engine: native`` sends
+with DSPy's own lm15 client instead (``fusion_dspy.backends.native``).
 """
 
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import dspy
+from dspy import lm15
 
 from fusion_dspy.backends.config import EMBEDDED, ConfigError, FusionConfig, ModelConfig, config_source, read_config
 from fusion_dspy.backends.engine import AsyncRouterEngine, RouterEngine
@@ -122,16 +124,26 @@ class Backends:
         else:  # retried by CappedRetryLM: a server's Retry-After is waited for up to max_retry_wait_s only
             retries = {"cache": cfg.cache, "num_retries": cfg.num_retries, "max_retry_wait_s": cfg.max_retry_wait_s}
             if cfg.engine == "native":  # DSPy's own client, routed once: no litellm on the request path
-                params = self._litellm_params(name, cfg)
-                route = (cfg.model, params.get("api_base"), params.get("api_key"), params.get("timeout"))
-                lm = CappedRetryLM(cfg.model, engine=NativeEngine(*route), async_engine=AsyncNativeEngine(*route),
-                                   **retries, **sampling, **cfg.extra)  # fmt: skip
+                lm = self._native_lm(name, cfg, {**retries, **sampling})
             else:
                 lean = {"no-log": True} if cfg.lean_client else {}  # litellm's documented opt-out of callbacks
                 lm = CappedRetryLM(engine="litellm", **retries, **self._litellm_params(name, cfg), **sampling,
                                    **lean, **cfg.extra)  # fmt: skip
         self._lms[name] = lm
         return lm
+
+    def _native_lm(self, name: str, cfg: ModelConfig, options: dict[str, Any]) -> dspy.LM:
+        self._key(name, cfg.api_key_env)  # a variable that is not set is a config error, here
+        route = (cfg.model, cfg.api_base, cfg.api_key_env, self.config.timeout(name))
+        try:
+            engines = NativeEngine(*route), AsyncNativeEngine(*route)
+        except lm15.LM15Error as error:
+            raise ConfigError(f"{self._where(name, 'model')}: {error} (engine: native routes with DSPy's lm15; "
+                              "use a provider/model it knows, or engine: litellm)") from None  # fmt: skip
+        try:
+            return CappedRetryLM(cfg.model, engine=engines[0], async_engine=engines[1], **options, **cfg.extra)
+        except ValueError as error:  # e.g. connection settings in extra, which an engine of its own cannot take
+            raise ConfigError(f"{self._where(name, 'extra')}: {error}") from None
 
     def adapter(self, name: str) -> dspy.Adapter | None:
         choice = self.config.model(name).adapter

@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterable
+from typing import Any
 
 from fusion_dspy.backends.config import FusionConfig
 
@@ -21,22 +22,26 @@ class Redactor:
     """Replaces every known secret value in a text with ``***``.
 
     Args:
-        secrets: The values to hide (empty and very short values are ignored: they would mask ordinary words).
+        secrets: The values to hide.
+        min_length: Shorter values are ignored: they would mask ordinary words (``"test"``, ``"EMPTY"``).
 
     Example:
         >>> Redactor(["sk-123456"])("bad key sk-123456")
         'bad key ***'
+        >>> Redactor(["sk-123456"]).within({"error": ["bad key sk-123456"], "n": 2})
+        {'error': ['bad key ***'], 'n': 2}
     """
 
-    def __init__(self, secrets: Iterable[str | None] = ()):
+    def __init__(self, secrets: Iterable[str | None] = (), min_length: int = 4):
         self.secrets: list[str] = []
+        self.min_length = min_length
         self._lock = threading.Lock()
         self.add(*secrets)
 
     def add(self, *secrets: str | None) -> None:
         """Mask these values too (the longest first, so a key that contains another is masked whole)."""
         with self._lock:
-            known = set(self.secrets) | {s for s in secrets if s and len(s) >= 4}
+            known = set(self.secrets) | {s for s in secrets if s and len(s) >= self.min_length}
             self.secrets = sorted(known, key=len, reverse=True)  # a new list: readers never see it half-built
 
     def __call__(self, text: str) -> str:
@@ -44,8 +49,20 @@ class Redactor:
             text = text.replace(secret, MASK)
         return text
 
+    def within(self, value: Any) -> Any:
+        """``value`` with every string in it masked, through dicts, lists and tuples (a record to write)."""
+        if not self.secrets:
+            return value
+        if isinstance(value, str):
+            return self(value)
+        if isinstance(value, dict):
+            return {key: self.within(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(self.within(item) for item in value)
+        return value
 
-HELD = Redactor()  # every key this process read for a model (Backends adds them)
+
+HELD = Redactor(min_length=8)  # every key a config of this process names (Backends adds them); real keys are long
 
 
 def config_secrets(config: FusionConfig) -> list[str]:
@@ -65,7 +82,10 @@ def redact_logs(redact: Redactor) -> None:
     def masked(*args, **kwargs) -> logging.LogRecord:
         record = make_record(*args, **kwargs)
         if redact.secrets:
-            text = record.getMessage()
+            try:
+                text = record.getMessage()
+            except Exception:  # noqa: BLE001 - a malformed log call: logging reports it when it formats the record
+                return record
             if any(secret in text for secret in redact.secrets):
                 record.msg, record.args = redact(text), ()
         return record

@@ -146,13 +146,14 @@ def judge_in_orders(select: Select, candidates: Sequence[Any], inputs: dict[str,
         if isinstance(label, int) and 1 <= label <= len(pool):
             wins[order[label - 1]] += 1
     failures = [f"{type(v).__name__}: {v}" for v in verdicts if isinstance(v, Exception)]
+    judged = {"judge_orders": orders, "judge_wins": [wins[i] for i in range(len(pool))], "judge_failures": failures}
     if not wins:  # the select's fallback decides: raise, or vote (a judge that is down is named, not hidden)
         failed = next((v for v in verdicts if isinstance(v, Exception)), None)
-        return select.judge_failed(pool, failed or SelectionError(
+        voted = select.judge_failed(pool, failed or SelectionError(
             f"The judge named no valid candidate in any of the {len(orders)} orders: use a stronger judge LM, or "
             "select with reward_fn= or majority vote."))  # fmt: skip
+        return dspy.Prediction(**voted.toDict(), **judged, judge_consistent=False)
     best = max(range(len(pool)), key=lambda i: (wins[i], -i))
     chosen = dict(pool[best]) if isinstance(pool[best], dict) else pool[best].toDict()
     return dspy.Prediction(**chosen, selected_index=best, scores=[float(wins[i]) for i in range(len(pool))],
-                           judge_orders=orders, judge_wins=[wins[i] for i in range(len(pool))],
-                           judge_consistent=wins[best] == len(orders), judge_failures=failures)  # fmt: skip
+                           **judged, judge_consistent=wins[best] == len(orders))  # fmt: skip

@@ -102,7 +102,8 @@ class ResultsLog:
         self._sink = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close() / __exit__
 
     def write(self, record: dict[str, Any]) -> None:
-        line = HELD(json_line(record))  # an upstream error that echoed a model's key is written with *** instead
+        # An upstream error that echoed a model's key is written with *** instead; the id stays as it is (resuming).
+        line = json_line({name: value if name == "id" else HELD.within(value) for name, value in record.items()})
         with self._lock:
             self._sink.write(line)
             self._sink.flush()
