@@ -109,7 +109,7 @@ def _run_with_quorum(call: Callable[[T], Any], items: Sequence[T], workers: int,
                 break  # the grace ran out
     finally:
         pool.shutdown(wait=False, cancel_futures=True)  # stragglers' threads finish unobserved
-    return [outcomes.get(i, Straggler(f"item {i} still running {grace_s:g} s after the quorum of {quorum}"))
+    return [outcomes.get(i, Straggler(f"item {i} still running {grace_s:g} s after enough others had succeeded"))
             for i in range(len(items))]  # fmt: skip
 
 
@@ -149,5 +149,5 @@ async def arun_concurrently(
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-    return [outcomes.get(i, Straggler(f"item {i} still running {grace_s:g} s after the quorum of {quorum}"))
+    return [outcomes.get(i, Straggler(f"item {i} still running {grace_s:g} s after enough others had succeeded"))
             for i in range(len(items))]  # fmt: skip

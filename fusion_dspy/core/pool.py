@@ -86,7 +86,8 @@ class Pool(dspy.Prediction):
         candidates: The candidates, in sample order.
         failures: One line per failed sample (``"sample 3 (openai/x): TimeoutError: ..."``), a ``SampleFailure``
             when the pool was sampled here.
-        stragglers: One line per sample not waited for: still running when the straggler grace ran out.
+        stragglers: One line per sample not waited for: still running when the straggler grace ran out (a
+            ``SampleFailure`` of kind ``"Straggler"``).
         drawn: How many samples this call took (stored ones included); fewer than asked when it stopped early.
         stop_reason: Why sampling stopped: ``"complete"`` (all N), ``"agreement"`` or ``"budget"`` (adaptive N),
             ``"quorum"`` (stragglers cut off); ``None`` for a pool given from outside.

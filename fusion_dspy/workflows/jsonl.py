@@ -10,6 +10,7 @@ writes an output: a second one is refused (an OS file lock, released when the ho
 import json
 import logging
 import os
+import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -189,13 +190,23 @@ def prune_errors(path: Path, done: set[str]) -> None:
 
 def write_atomically(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` so that a crash at any point leaves one whole file, the old or the new: beside
-    it first, fsynced, then renamed over it (``os.replace``)."""
-    fresh = path.with_name(path.name + ".tmp")
-    with open(fresh, "w", encoding="utf-8") as sink:
+    it first (a name of its own, so two writers never share it), fsynced, then renamed over it (``os.replace``),
+    and the folder fsynced so the rename itself survives a power cut."""
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
+                                     suffix=".tmp", delete=False) as sink:  # fmt: skip
         sink.write(text)
         sink.flush()
         os.fsync(sink.fileno())
-    os.replace(fresh, path)
+    try:
+        os.replace(sink.name, path)
+    except BaseException:
+        os.unlink(sink.name)  # the old file stays, and no stray copy beside it
+        raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def json_line(record: dict[str, Any]) -> str:
