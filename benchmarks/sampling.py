@@ -66,7 +66,7 @@ def make_lm(api_base: str, engine: str = "litellm", lean: bool = False):
     from fusion_dspy.backends.native import AsyncNativeEngine, NativeEngine
 
     if engine == "native":
-        route = ("openai/bench", api_base, "not-a-secret")
+        route = ("openai/bench", api_base)  # a stub without auth: "no-key"
         return dspy.LM("openai/bench", engine=NativeEngine(*route), async_engine=AsyncNativeEngine(*route),
                        num_retries=0, cache=False)  # fmt: skip
     extra = {"no-log": True} if lean else {}

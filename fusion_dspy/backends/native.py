@@ -1,10 +1,10 @@
 """DSPy's own lm15 client, routed once: the engine of a model configured with ``engine: native``.
 
 ``dspy.LM(model, engine="lm15")`` resolves the model's route, plans its capabilities and prices the reply on every
-request, and its async path hands each request to a worker thread four times: on a loopback server 5.7 ms of
-client CPU per ``dspy.Predict`` call sync, 8.7 ms async (``benchmarks/sampling.py``), which N samples pay N
+request, and its async path hands each request to a worker thread four times: on a loopback server 5.3–5.7 ms
+of client CPU per ``dspy.Predict`` call sync, 8–9 ms async (``benchmarks/sampling.py``), which N samples pay N
 times. The same lm15 provider client behind DSPy's public engine contract (``dspy.LM(engine=...,
-async_engine=...)``), with its route resolved once, costs 2.0 ms sync and 2.9 ms async. DSPy's cache, rollout
+async_engine=...)``), with its route resolved once, costs 1.9–2.0 ms sync and 2.8–2.9 ms async. DSPy's cache, rollout
 ids, usage tracking, history and error types are kept, as for any engine. Not kept: DSPy's cost estimate
 (``cost`` in ``lm.history``) and its per-model capability hints (native structured outputs for ``JSONAdapter``,
 which then prompts for the format).
