@@ -1,22 +1,28 @@
 """Offline fixtures: no DSPy cache unless a test asks for it, scripted LMs that answer like a task and a fusor."""
 
 import gc
+import logging
 
 import dspy
 import pytest
 
+from fusion_dspy.backends.secrets import HELD
 from fusion_dspy.testing import ScriptedCall, scripted_lm
 
 
 @pytest.fixture(autouse=True)
 def isolated_dspy():
     """No DSPy cache, and no global LM/adapter/history setting leaking from a test that called dspy.configure
-    (the batch commands switch the LM history off in their process, and freeze what their imports built)."""
+    (the batch commands switch the LM history off in their process, and freeze what their imports built); nor
+    the keys a test's config named (``HELD``) or the log mask a command installed, both process-wide."""
     dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
+    held, factory = list(HELD.secrets), logging.getLogRecordFactory()
     yield
     dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
     dspy.configure(lm=None, adapter=None, track_usage=False, disable_history=False, trace=[])
     gc.unfreeze()
+    HELD.secrets = held
+    logging.setLogRecordFactory(factory)
 
 
 @pytest.fixture

@@ -565,3 +565,21 @@ def test_a_key_an_upstream_echoes_reaches_neither_the_errors_file_nor_the_log(tm
     assert code == 1 and key in server.authorizations[0] and "(sent Bearer ***)" in errors
     assert key not in errors and key not in capsys.readouterr().err and key not in caplog.text
     assert "(sent Bearer ***)" in caplog.text, "the failure is logged, masked"
+
+
+def test_a_full_disk_while_rewriting_a_file_keeps_the_old_one_its_mode_and_no_stray_copy(tmp_path, monkeypatch):
+    from fusion_dspy.workflows.jsonl import write_atomically
+
+    path = tmp_path / "tuned.json"
+    path.write_text("old")
+    path.chmod(0o644)
+    write_atomically(path, "new")
+    assert path.read_text() == "new" and path.stat().st_mode & 0o777 == 0o644, "a rewrite keeps the file's mode"
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space left"):
+        write_atomically(path, "newer")
+    assert path.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["tuned.json"]

@@ -130,7 +130,10 @@ class NativeEngine:
     def __reduce__(self) -> tuple:  # a pickle (a process pool, cloudpickle) carries the state, not the key
         return type(self).load_state, (self.dump_state(),)
 
-    def __deepcopy__(self, memo: dict) -> "NativeEngine":  # copies of a program share its clients, as of an LM
+    def __copy__(self) -> "NativeEngine":  # copies of a program share its clients, as of an LM
+        return self
+
+    def __deepcopy__(self, memo: dict) -> "NativeEngine":
         return self
 
 

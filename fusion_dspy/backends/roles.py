@@ -19,7 +19,7 @@ from dspy import lm15
 
 from fusion_dspy.backends.config import EMBEDDED, ConfigError, FusionConfig, ModelConfig, config_source, read_config
 from fusion_dspy.backends.engine import AsyncRouterEngine, RouterEngine
-from fusion_dspy.backends.native import AsyncNativeEngine, NativeEngine
+from fusion_dspy.backends.native import NO_KEY, AsyncNativeEngine, NativeEngine
 from fusion_dspy.backends.plain_adapter import PlainAdapter
 from fusion_dspy.backends.retries import CappedRetryLM
 from fusion_dspy.backends.secrets import HELD, config_secrets
@@ -31,7 +31,6 @@ from fusion_dspy.core.route import Route
 
 # A self-hosted server without auth still needs *some* key: the OpenAI client refuses to send a request without
 # one (vLLM's docs use "EMPTY"). Without api_base, litellm finds the provider's usual variable by itself.
-NO_KEY = "no-key"
 
 ADAPTERS = {"chat": dspy.ChatAdapter, "json": dspy.JSONAdapter, "xml": dspy.XMLAdapter, "plain": PlainAdapter}
 

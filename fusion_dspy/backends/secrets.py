@@ -58,7 +58,7 @@ class Redactor:
         if isinstance(value, dict):
             return {key: self.within(item) for key, item in value.items()}
         if isinstance(value, (list, tuple)):
-            return type(value)(self.within(item) for item in value)
+            return [self.within(item) for item in value]  # as JSON writes it
         return value
 
 

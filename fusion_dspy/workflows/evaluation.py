@@ -15,6 +15,7 @@ from typing import Any
 import dspy
 
 from fusion_dspy.backends import Backends
+from fusion_dspy.backends.secrets import HELD
 from fusion_dspy.core.pool import Pool
 from fusion_dspy.core.router import Router, agreement
 from fusion_dspy.core.steps import Call, Steps, arun, run
@@ -65,7 +66,7 @@ def check_earlier_results(output_dir: str | Path, task: Task, examples: Sequence
         if record.get("task", task.name) != task.name:
             raise FusionDSPyError(f"{where} scored the task {record['task']!r}, not {task.name!r}: {fix}.")
         if isinstance(index, int) and index < len(examples) and "inputs" in record \
-                and record["inputs"] != _recorded(dict(examples[index].inputs().toDict())):  # fmt: skip
+                and record["inputs"] != HELD.within(_recorded(dict(examples[index].inputs().toDict()))):  # as written
             raise FusionDSPyError(f"{where} scored other inputs as example {index}: the dev set (or --split, "
                                   f"--size, --seed) changed since; {fix}.")  # fmt: skip
         if router is not None and ROUTE not in record.get("scores", {}):

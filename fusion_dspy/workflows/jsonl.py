@@ -7,9 +7,11 @@ a run that file is rewritten to hold only the items still failing (``prune_error
 writes an output: a second one is refused (an OS file lock, released when the holder exits or is killed).
 """
 
+import contextlib
 import json
 import logging
 import os
+import stat
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
@@ -192,21 +194,31 @@ def write_atomically(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` so that a crash at any point leaves one whole file, the old or the new: beside
     it first (a name of its own, so two writers never share it), fsynced, then renamed over it (``os.replace``),
     and the folder fsynced so the rename itself survives a power cut."""
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
-                                     suffix=".tmp", delete=False) as sink:  # fmt: skip
-        sink.write(text)
-        sink.flush()
-        os.fsync(sink.fileno())
+    mode = stat.S_IMODE(os.stat(path).st_mode) if path.exists() else 0o666 & ~_umask()
+    sink = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",  # noqa: SIM115
+                                       suffix=".tmp", delete=False)  # fmt: skip
     try:
+        with sink:
+            sink.write(text)
+            sink.flush()
+            os.fsync(sink.fileno())
+        os.chmod(sink.name, mode)  # the file keeps its permissions (a temporary file is the owner's only)
         os.replace(sink.name, path)
     except BaseException:
-        os.unlink(sink.name)  # the old file stays, and no stray copy beside it
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(sink.name)  # the old file stays, and no stray copy beside it
         raise
     folder = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(folder)
     finally:
         os.close(folder)
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def json_line(record: dict[str, Any]) -> str:
