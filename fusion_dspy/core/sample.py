@@ -17,7 +17,7 @@ from fusion_dspy.core.concurrency import Straggler
 from fusion_dspy.core.meter import total_tokens
 from fusion_dspy.core.pool import Candidate, Pool, SampleFailure, truncation_note
 from fusion_dspy.core.steps import Call, Gather, Steps, adapter_override, arun, run
-from fusion_dspy.core.store import NOT_SETTINGS, CandidateStore
+from fusion_dspy.core.store import CandidateStore
 from fusion_dspy.errors import SamplingError
 
 logger = logging.getLogger(__name__)
@@ -148,11 +148,9 @@ class Sample(dspy.Module):
         for i in range(self.n):
             lm = pool[i % len(pool)]
             # Settings as the store keys them: replicas of one model on two servers are one model, whose
-            # samples need distinct rollout ids (else the store and DSPy's cache give one answer for both).
-            settings = {k: v for k, v in (getattr(lm, "kwargs", {}) or {}).items() if k not in NOT_SETTINGS}
-            if self.temperature is not None:  # what is sent: two LMs that differ only in temperature are one here
-                settings["temperature"] = self.temperature
-            identity = (lm.model, repr(sorted(settings.items())))
+            # samples need distinct rollout ids (else the store and DSPy's cache give one answer for both), and
+            # two LMs that differ only in a temperature overridden here are one too.
+            identity = (lm.model, repr(sorted(CandidateStore.settings(lm, self.temperature).items())))
             draws.append(Draw(i, lm, drawn[identity]))
             drawn[identity] += 1
         return draws

@@ -20,7 +20,7 @@ import dspy
 # rotation must not throw away the pool. Nor is a request's time limit (it follows the model's roles: making
 # another model the fusor changes it). Models are told apart by their model names: replicas of one model on
 # several servers are one model (``Sample.plan`` gives their samples distinct rollout ids).
-NOT_SETTINGS = frozenset({"api_base", "base_url", "api_key", "rollout_id", "headers", "extra_headers", "no-log",
+_NOT_SETTINGS = frozenset({"api_base", "base_url", "api_key", "rollout_id", "headers", "extra_headers", "no-log",
                           "timeout"})  # fmt: skip
 
 
@@ -67,14 +67,20 @@ class CandidateStore:
         return _digest({"state": state, "predictors": extra} if extra else state)  # str-only keys stay as they were
 
     @staticmethod
-    def key(lm: Any, temperature: float | None, generator_state: str, adapter: Any, inputs: dict, index: int) -> str:
-        """The key of one sample: everything that changes what the generator would write, nothing else."""
-        settings = {k: v for k, v in (getattr(lm, "kwargs", {}) or {}).items() if k not in NOT_SETTINGS}
+    def settings(lm: Any, temperature: float | None) -> dict[str, Any]:
+        """The LM's sampling settings as a sample is keyed by them: its kwargs without connection details, and
+        ``temperature`` (when given) as what is sent."""
+        settings = {k: v for k, v in (getattr(lm, "kwargs", {}) or {}).items() if k not in _NOT_SETTINGS}
         if temperature is not None:
             settings["temperature"] = temperature
+        return settings
+
+    @staticmethod
+    def key(lm: Any, temperature: float | None, generator_state: str, adapter: Any, inputs: dict, index: int) -> str:
+        """The key of one sample: everything that changes what the generator would write, nothing else."""
         return _digest({
             "model": lm.model,
-            "settings": settings,
+            "settings": CandidateStore.settings(lm, temperature),
             "generator": generator_state,
             "adapter": type(adapter or dspy.settings.adapter).__name__,
             "inputs": inputs,
