@@ -29,9 +29,8 @@ from fusion_dspy.core.context import known_context_window
 from fusion_dspy.core.fusion import FusionOfN
 from fusion_dspy.core.route import Route
 
-# A self-hosted server without auth still needs *some* key: the OpenAI client refuses to send a request without
-# one (vLLM's docs use "EMPTY"). Without api_base, litellm finds the provider's usual variable by itself.
-
+# NO_KEY: a self-hosted server without auth still needs *some* key (the OpenAI client refuses to send a request
+# without one; vLLM's docs use "EMPTY"). Without api_base, litellm finds the provider's usual variable by itself.
 ADAPTERS = {"chat": dspy.ChatAdapter, "json": dspy.JSONAdapter, "xml": dspy.XMLAdapter, "plain": PlainAdapter}
 
 
