@@ -12,8 +12,8 @@ import json
 import logging
 import os
 import stat
-import tempfile
 import threading
+import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -194,31 +194,25 @@ def write_atomically(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` so that a crash at any point leaves one whole file, the old or the new: beside
     it first (a name of its own, so two writers never share it), fsynced, then renamed over it (``os.replace``),
     and the folder fsynced so the rename itself survives a power cut."""
-    mode = stat.S_IMODE(os.stat(path).st_mode) if path.exists() else 0o666 & ~_umask()
-    sink = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",  # noqa: SIM115
-                                       suffix=".tmp", delete=False)  # fmt: skip
+    fresh = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with sink:
+        # Made as open() makes files (0o666 less the umask); a file rewritten keeps its own mode.
+        with open(os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "w", encoding="utf-8") as sink:
             sink.write(text)
             sink.flush()
             os.fsync(sink.fileno())
-        os.chmod(sink.name, mode)  # the file keeps its permissions (a temporary file is the owner's only)
-        os.replace(sink.name, path)
+        if path.exists():
+            os.chmod(fresh, stat.S_IMODE(os.stat(path).st_mode))
+        os.replace(fresh, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(sink.name)  # the old file stays, and no stray copy beside it
+            os.unlink(fresh)  # the old file stays, and no stray copy beside it
         raise
     folder = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(folder)
     finally:
         os.close(folder)
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
 
 
 def json_line(record: dict[str, Any]) -> str:

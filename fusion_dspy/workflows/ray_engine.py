@@ -79,7 +79,6 @@ class JobActor:
         from fusion_dspy.workflows.batch import freeze_imports, keep_no_history, quiet_dspy_logs
 
         redact_logs(HELD)  # the keys the job's Backends hold, once it builds them
-
         freeze_imports()  # the actor's process is the job's
         if not verbose:
             quiet_dspy_logs()  # the records are still made: replies cut short are still marked
