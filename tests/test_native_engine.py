@@ -9,13 +9,12 @@ import pickle
 import dspy
 import psutil
 import pytest
-import yaml
 
 import fusion_dspy as fd
 from fusion_dspy.backends import Backends
-from fusion_dspy.backends.config import read_config
 from fusion_dspy.backends.native import AsyncNativeEngine, NativeEngine
 from fusion_dspy.testing import StubOpenAIServer
+from tests.test_sampling_config import backends_for
 
 KEY = "sk-native-test-0123456789"
 
@@ -28,12 +27,10 @@ def respond(call):
 
 def native_backends(tmp_path, server, monkeypatch, **model) -> Backends:
     monkeypatch.setenv("NATIVE_TEST_KEY", KEY)
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump({"models": {"gen": {"model": "openai/gen", "api_base": server.api_base,
-                                                       "api_key_env": "NATIVE_TEST_KEY", "engine": "native",
-                                                       "num_retries": 0, **model}},
-                                    "roles": {"generators": "gen"}, "fusion": {"n": 3}}))  # fmt: skip
-    return Backends(read_config(path))
+    return backends_for(tmp_path, {"models": {"gen": {"model": "openai/gen", "api_base": server.api_base,
+                                                      "api_key_env": "NATIVE_TEST_KEY", "engine": "native",
+                                                      "num_retries": 0, **model}},
+                                   "roles": {"generators": "gen"}, "fusion": {"n": 3}})  # fmt: skip
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
