@@ -7,6 +7,7 @@ flight, and rerunning the same command skips the items already written (by ``id`
 
 import gc
 import logging
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ def freeze_imports() -> None:
         >>> gc.isenabled(), gc.get_freeze_count() > 0
         (True, True)
     """
+    if gc.get_freeze_count() and "litellm" in sys.modules:
+        return  # done already in this process (``serve`` calls it from the command and from the app)
     enabled = gc.isenabled()
     gc.disable()
     try:
