@@ -157,7 +157,7 @@ class FusionProvider(CustomLLM):
 def _by_model(result: Any, run: FusionRun) -> dict[str, dict[str, Any]]:
     from fusion_dspy.core.meter import merge_usage
 
-    return merge_usage(run.meter.usage.get("sample"), result.stage_usage.get(run.stage))
+    return merge_usage(*(stage.usage for stage in run.report(result, labeled=False).stages.values()))
 
 
 def register(config: str | Path | None = None, tuned: Sequence[str] = (), limits: Limits | None = None

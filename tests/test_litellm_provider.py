@@ -30,7 +30,7 @@ def test_completion(stub):
     assert "Be brief." in stub.requests[0]["messages"][-1]["content"]
     assert response.usage.total_tokens == stub_usage_total(stub)["total_tokens"]
     fusion = response._hidden_params["fusion"]
-    assert fusion["candidates"] == ["sample q-3"] * 3 and fusion["failed_models"] == []
+    assert [c["text"] for c in fusion["candidates"]] == ["sample q-3"] * 3 and fusion["failures"] == []
     assert response._hidden_params["response_cost"] == 0.0  # a self-hosted stub has no price
 
 

@@ -6,6 +6,7 @@ import dspy
 import pytest
 
 import fusion_dspy as fd
+from fusion_dspy.core.options import SampleOptions
 from fusion_dspy.testing import scripted_lm
 from tests.conftest import qa_responder
 
@@ -73,15 +74,16 @@ def test_uses_the_context_lm(lm):
 def test_failed_samples_are_dropped_with_a_warning(caplog):
     lm = scripted_lm(qa_responder, fail=lambda call: call.index in (1, 3))
     with caplog.at_level(logging.WARNING):
-        pool = fd.Sample("question -> answer", n=5, lm=lm, max_concurrency=1, min_candidates=3)(question="q")
+        pool = fd.Sample("question -> answer", n=5, lm=lm,
+                         options=SampleOptions(max_concurrency=1, min_candidates=3))(question="q")
     assert len(pool.candidates) == 3
     assert len(pool.failures) == 2
     assert "Dropping a failed candidate" in caplog.text
-    first = pool.failures[0]  # a line that keeps its parts (what the server reports per model), even pickled
-    assert first.startswith("sample 1 (scripted/lm): LMUnexpectedError: ") and first.index == 1
-    assert (first.model, first.kind) == ("scripted/lm", "LMUnexpectedError")
+    first = pool.failures[0]  # a typed failure that keeps its parts (what the server reports per model), even pickled
+    assert str(first).startswith("sample 1 (scripted/lm): LMUnexpectedError: ") and first.index == 1
+    assert (first.stage, first.model, first.error_type) == ("sample", "scripted/lm", "LMUnexpectedError")
     again = pickle.loads(pickle.dumps(first))
-    assert again == first and (again.index, again.model, again.kind) == (1, "scripted/lm", "LMUnexpectedError")
+    assert again == first and (again.index, again.model, again.kind) == (1, "scripted/lm", first.kind)
 
 
 def test_too_few_survivors_raise_a_clear_error():

@@ -128,7 +128,7 @@ def test_the_new_fusion_knobs_are_searched_and_saved(tmp_path):
     fused = found.build({**params, "method": "fuse"})
     assert fused.group_size == 2 and fused.layers.count == 2 and fused.permute.k == 3
     routed = found.build({**params, "method": "auto"})
-    assert isinstance(routed, fd.Route) and routed.router.arms and routed.group_size == 2
+    assert isinstance(routed, fd.Route) and routed.router.arms and routed.fusion.group_size == 2
     assert canonical({**params, "method": "select"}) == canonical({**params, "method": "select", "layers": 1})
     found.optimize(n_trials=12)
     tried = completed_trials(found.study)

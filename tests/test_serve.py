@@ -54,8 +54,8 @@ def test_openai_client_gets_one_fused_reply_over_the_whole_conversation(config, 
     for message in CONVERSATION:  # the whole conversation reached the generators, not just the last line
         assert message["content"] in sample_prompt
     fusion = reply.model_extra["fusion"]
-    assert fusion["candidates"] == ["sample q-7"] * 3
-    assert fusion["candidate_models"] == ["stub"] * 3 and fusion["failed_models"] == []
+    assert [c["text"] for c in fusion["candidates"]] == ["sample q-7"] * 3
+    assert [c["model"] for c in fusion["candidates"]] == ["stub"] * 3 and fusion["failures"] == []
     totals = stub_usage_total(stub)
     assert reply.usage.prompt_tokens == totals["prompt_tokens"]
     assert reply.usage.completion_tokens == totals["completion_tokens"]
@@ -108,7 +108,7 @@ def test_streaming_sends_the_fusors_words_while_it_is_still_writing(tmp_path):
     assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 10, "token by token, not one chunk"
     assert stub.requests[-1]["stream"] is True and not any(body.get("stream") for body in stub.requests[:2])
     finish = [c for c in chunks if c.choices and c.choices[0].finish_reason == "stop"]
-    assert len(finish) == 1 and finish[0].model_extra["fusion"]["candidate_models"] == ["stub", "stub"]
+    assert len(finish) == 1 and [c["model"] for c in finish[0].model_extra["fusion"]["candidates"]] == ["stub", "stub"]
     assert chunks[-1].usage.total_tokens == stub_usage_total(stub)["total_tokens"]
 
 
@@ -129,7 +129,7 @@ def test_fusion_object_chooses_method_panel_and_fusor(tmp_path):
             picked = _client(server).chat.completions.create(
                 model="fusion", messages=CONVERSATION, extra_body={"fusion": {"method": "select"}})
     fusion = reply.model_extra["fusion"]
-    assert fusion["candidate_models"] == ["a", "b", "a", "b"]
+    assert [c["model"] for c in fusion["candidates"]] == ["a", "b", "a", "b"]
     assert len(a.requests) == 2 + 3 and len(b.requests) == 2 + 1  # b also fused; the select call sampled a only
     assert picked.model_extra["fusion"]["method"] == "select" and picked.choices[0].message.content == "sample q-7"
 
@@ -141,8 +141,9 @@ def test_a_failed_panel_member_is_dropped_and_named(tmp_path):
         with fusion_server(config) as server:
             reply = _client(server).chat.completions.create(model="fusion", messages=CONVERSATION)
     fusion = reply.model_extra["fusion"]
-    assert fusion["candidate_models"] == ["good", "good"] and fusion["failed_models"] == ["bad", "bad"]
-    assert len(fusion["failures"]) == 2
+    assert [c["model"] for c in fusion["candidates"]] == ["good", "good"]
+    assert [f["model"] for f in fusion["failures"]] == ["bad", "bad"] and {f["stage"] for f in fusion["failures"]} == {
+        "sample"}
     assert reply.usage.total_tokens == stub_usage_total(good)["total_tokens"]
 
 
@@ -162,7 +163,7 @@ def test_fifty_concurrent_clients_each_get_their_own_answer(config, stub):
         replies = asyncio.run(main(server))
     for k, reply in enumerate(replies):
         assert reply.choices[0].message.content == f"fused q-{k} {FUSED_WORDS}"
-        assert reply.model_extra["fusion"]["candidate_models"] == ["stub"] * 3
+        assert [c["model"] for c in reply.model_extra["fusion"]["candidates"]] == ["stub"] * 3
     assert len(stub.requests) == 50 * 4
     assert stub.peak_in_flight > 3, "requests of different clients must overlap"
     assert sum(r.usage.total_tokens for r in replies) == stub_usage_total(stub)["total_tokens"]
@@ -282,7 +283,7 @@ def test_without_a_config_it_serves_the_embedded_model_offline():
     pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
     finish = next(c for c in chunks if c.choices and c.choices[0].finish_reason == "stop")
     assert "".join(pieces).strip() and len(pieces) > 1, "the embedded fusor's reply streams in pieces"
-    assert finish.model_extra["fusion"]["candidate_models"] == ["embedded", "embedded"]
+    assert [c["model"] for c in finish.model_extra["fusion"]["candidates"]] == ["embedded", "embedded"]
     stages = finish.model_extra["fusion"]["stages"]
     assert chunks[-1].usage.total_tokens == sum(stage["total_tokens"] for stage in stages.values()) > 0
 
@@ -294,6 +295,6 @@ def test_adaptive_n_reports_what_it_drew_and_no_undrawn_sample_as_failed(tmp_pat
     with fusion_server(config) as server:
         reply = _client(server).chat.completions.create(model="fusion", messages=CONVERSATION)
     fusion = reply.model_extra["fusion"]
-    assert fusion["samples_drawn"] == 2 and fusion["candidate_models"] == ["stub"] * 2
-    assert fusion["failed_models"] == [] and fusion["straggler_models"] == []
+    assert fusion["samples_drawn"] == 2 and [c["model"] for c in fusion["candidates"]] == ["stub"] * 2
+    assert fusion["failures"] == [] and fusion["stragglers"] == []
     assert len(stub.requests) == 2 + 1

@@ -280,16 +280,16 @@ def test_a_conversation_too_long_for_every_sample_is_400_not_502():
     import dspy
 
     import fusion_dspy as fd
-    from fusion_dspy.core.pool import SampleFailure
+    from fusion_dspy.core.report import Failure
     from fusion_dspy.errors import SamplingError
     from fusion_dspy.serve.run import upstream_error
 
-    failures = [SampleFailure(i, "openai/m", "ContextWindowExceededError",
-                              "ContextWindowExceededError: the prompt is 9000 tokens") for i in range(2)]  # fmt: skip
+    failures = [Failure("sample", "context_window", "ContextWindowExceededError", "the prompt is 9000 tokens",
+                        "openai/m", i) for i in range(2)]  # fmt: skip
     error = upstream_error(SamplingError("Only 0 of 2 samples succeeded", failures), Redactor())
     assert (error.status, error.code, error.param) == (400, "context_length_exceeded", "messages")
     mixed = upstream_error(SamplingError("Only 0 of 2 samples succeeded", failures[:1] + [
-        SampleFailure(1, "openai/m", "APIConnectionError", "APIConnectionError: refused")]), Redactor())  # fmt: skip
+        Failure("sample", "transport", "APIConnectionError", "refused", "openai/m", 1)]), Redactor())  # fmt: skip
     assert mixed.status == 502
 
     class TooLong:  # what a backend over its context window answers every sample

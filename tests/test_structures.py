@@ -7,6 +7,7 @@ import dspy
 import pytest
 
 import fusion_dspy as fd
+from fusion_dspy.core.options import FuseOptions
 from fusion_dspy.core.permute import permutation_orders
 from fusion_dspy.core.windowed import CHARS_PER_TOKEN
 from fusion_dspy.errors import FusionError
@@ -76,11 +77,13 @@ def test_a_candidate_too_long_for_the_window_is_a_clear_error_not_a_truncation()
     one = fd.FusionOfN("question -> answer", n=1, lm=generator, fusor_lm=fusor, context_window=700)
     assert one(question="Say it long.").answer.startswith("fused 1"), "one candidate that fits is fused as usual"
     with pytest.raises(ValueError, match="context_window"):
-        fd.FusionOfN("question -> answer", group_size="auto")
+        FuseOptions(group_size="auto")
     with pytest.raises(ValueError, match="at least 2"):
-        fd.FusionOfN("question -> answer", group_size=1)
+        FuseOptions(group_size=1)
+    with pytest.raises(ValueError, match="FuseOptions: layers: Input should be greater than or equal to 1"):
+        FuseOptions(layers=0)
     with pytest.raises(ValueError, match="at least 2 layers"):
-        fd.FusionOfN("question -> answer", layers=0)
+        fd.core.layers.Layers(fd.Sample("question -> answer"), dspy.Signature("question -> answer"), 1)
 
 
 @pytest.mark.parametrize("use_async", [False, True])
@@ -154,8 +157,10 @@ def test_permutation_orders_are_distinct_seeded_and_bounded():
     assert orders == permutation_orders(5, 6, {"q": "a"}) != permutation_orders(5, 6, {"q": "b"})
     assert permutation_orders(3, 10, {}) and len(permutation_orders(3, 10, {})) == 6
     assert len(permutation_orders(9, 4, {})) == 4
+    with pytest.raises(ValueError, match="permutations: Input should be greater than or equal to 1"):
+        FuseOptions(permutations=0)
     with pytest.raises(ValueError, match="at least 2"):
-        fd.FusionOfN("question -> answer", permutations=0)
+        fd.core.permute.Permutations("question -> answer", k=1)
 
 
 def test_a_listwise_judge_must_win_under_swapped_orders():

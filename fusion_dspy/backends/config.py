@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from fusion_dspy.backends.retries import MAX_RETRY_WAIT_S
+from fusion_dspy.core.options import FuseSettings, SampleSettings
 from fusion_dspy.errors import FusionDSPyError
 
 if sys.version_info >= (3, 11):
@@ -160,30 +161,28 @@ class AdaptiveSettings(_Strict):
     max_tokens: int | None = Field(None, ge=1, description="token budget of one call's samples")
 
 
-class FusionSettings(_Strict):
-    """How candidates are drawn and combined."""
+class FusionSettings(_Strict, SampleSettings, FuseSettings):
+    """How candidates are drawn and combined.
+
+    The sampling and fusion knobs are inherited from the stages' own option objects
+    (``fusion_dspy.core.options.SampleSettings`` / ``FuseSettings``: quorum, straggler_grace_s, min_candidates,
+    max_concurrency, shuffle, retries, group_size, layers, permutations, permutation_pick): defined once there,
+    they reach the modules, ``Layers``, ``Route`` and the server unchanged.
+    """
 
     n: int | None = Field(None, ge=1, description="candidates per input (default 5, or the pool's total count)")
     temperature: float | None = Field(0.7, ge=0, le=2)
     method: Literal["fuse", "select", "auto"] = Field("fuse", description="auto: a trained router picks per input "
                                                       "(fusion.router)")  # fmt: skip
     select: Literal["consensus", "majority", "listwise", "pointwise"] = Field(
-        "consensus", description="how Best-of-N picks: vote (consensus for free text, majority for short answers) "
-        "or an LLM judge")  # fmt: skip
-    min_candidates: int = Field(1, ge=1)
-    fallback: Literal["raise", "select"] = "raise"
-    shuffle: bool = False
+        "consensus", description="how Best-of-N picks, and how a fallback selects: vote (consensus for free text, "
+        "majority for short answers) or an LLM judge")  # fmt: skip
+    fallback: Literal["raise", "select"] = Field("raise", description="when fusion (or the judge) fails: raise, or "
+                                                 "select a candidate as `select` says")  # fmt: skip
     compare: bool | None = Field(None, description="fusor writes a comparison first (default: unless its adapter "
                                  "is 'plain')")  # fmt: skip
-    max_concurrency: int | None = Field(None, ge=1)
     deadline_s: float | None = Field(None, gt=0, description="seconds one call may take in all (default: none)")
-    quorum: int | None = Field(None, ge=1, description="go on once this many candidates are in (after the grace)")
-    straggler_grace_s: float = Field(0.0, ge=0, description="seconds to wait for the rest once the quorum is in")
     adaptive: AdaptiveSettings | None = Field(None, description="stop sampling early when candidates agree")
-    group_size: int | Literal["auto"] | None = Field(None, description="fuse in groups of this many, then the fused "
-                                                     "(default: only when the fusor's context_window overflows)")
-    layers: int = Field(1, ge=1, description="Mixture-of-Agents proposer layers (1: plain Fusion-of-N)")
-    permutations: int = Field(1, ge=1, description="fuse in this many candidate orders and keep the consensus")
     router: str | None = Field(None, description="a trained Router's JSON, for method: auto")
 
 

@@ -21,13 +21,10 @@ from fusion_dspy.backends.config import EMBEDDED, ConfigError, FusionConfig, Mod
 from fusion_dspy.backends.engine import AsyncRouterEngine, RouterEngine
 from fusion_dspy.backends.native import NO_KEY, AsyncNativeEngine, NativeEngine
 from fusion_dspy.backends.plain_adapter import PlainAdapter
+from fusion_dspy.backends.programs import Programs
 from fusion_dspy.backends.retries import CappedRetryLM
 from fusion_dspy.backends.secrets import HELD, config_secrets
-from fusion_dspy.core.adaptive import Adaptive
-from fusion_dspy.core.best_of_n import BestOfN
 from fusion_dspy.core.context import known_context_window
-from fusion_dspy.core.fusion import FusionOfN
-from fusion_dspy.core.route import Route
 
 # NO_KEY: a self-hosted server without auth still needs *some* key (the OpenAI client refuses to send a request
 # without one; vLLM's docs use "EMPTY"). Without api_base, litellm finds the provider's usual variable by itself.
@@ -35,7 +32,7 @@ ADAPTERS = {"chat": dspy.ChatAdapter, "json": dspy.JSONAdapter, "xml": dspy.XMLA
 
 
 @dataclass
-class Backends:
+class Backends(Programs):
     """The LMs of one config, built once per model name and shared by the roles that use it.
 
     Args:
@@ -156,14 +153,6 @@ class Backends:
         pool = [self.lm(name) for name in names] if names else self.generators
         return {"lm": pool[0], "lms": None} if len(pool) == 1 else {"lm": None, "lms": pool}
 
-    def sampling_options(self) -> dict[str, Any]:
-        """``Sample``'s batching, straggler and adaptive-N options from the config."""
-        settings = self.config.fusion
-        batch = {self.lm(t.model).model: self.config.model(t.model).batch_samples for t in self.config.roles.teachers()}
-        adaptive = Adaptive(**settings.adaptive.model_dump()) if settings.adaptive else None
-        return {"batch_samples": batch, "quorum": settings.quorum, "straggler_grace_s": settings.straggler_grace_s,
-                "adaptive": adaptive}  # fmt: skip
-
     def context_window(self, name: str) -> int | None:
         """The model's context window: from the config, else from litellm's model info, else unknown (None)."""
         return self.config.model(name).context_window or known_context_window(self.config.model(name).model)
@@ -195,51 +184,6 @@ class Backends:
             for field, base in bases:
                 if base and not cfg.fallbacks and not len(cfg.deployments) > 1:
                     _probe(base, timeout, self._where(name, field))
-
-    def program(
-        self, module: dspy.Module | str | type[dspy.Signature], method: str | None = None, **overrides: Any
-    ) -> FusionOfN | BestOfN:
-        """A FusionOfN (``fusion.method: fuse``), BestOfN (``select``) or Route (``auto``) over ``module``.
-
-        ``method`` overrides the config's; other keyword arguments override the constructor's (e.g. ``n=3``,
-        ``instructions=...``, ``reward_fn=...``, ``router=...``). With ``sample=`` the program draws from that
-        Sample, and the config's sampling settings are not applied. The fusor's context window (config, else
-        litellm's model info) is passed on, so a pool that overflows it is fused in groups.
-        """
-        settings = self.config.fusion
-        if "sample" in overrides:
-            common: dict[str, Any] = {}
-        else:
-            teachers = self.generators
-            common = {
-                "n": settings.n or (len(teachers) if len(teachers) > 1 else 5),
-                "temperature": settings.temperature,
-                **self.generator_options(),
-                "min_candidates": settings.min_candidates,
-                "max_concurrency": settings.max_concurrency,
-                "adapter": self.adapter(self.config.roles.teachers()[0].model),
-                **self.sampling_options(),
-            }
-        common["deadline_s"] = settings.deadline_s
-        judge = settings.select if settings.select in ("listwise", "pointwise") else None
-        options = {"judge": judge, "judge_lm": self.judge if judge else None, "vote": "majority" if judge else
-                   settings.select, "judge_adapter": self.adapter(self.config.judge) if judge else None,
-                   "fallback": settings.fallback}  # fmt: skip
-        if overrides.get("reward_fn") is not None:
-            options.update(judge=None, judge_lm=None, judge_adapter=None)
-        chosen = method or settings.method
-        if chosen in ("fuse", "auto"):
-            fusor_adapter = self.adapter(self.config.fusor)
-            compare = settings.compare if settings.compare is not None else not isinstance(fusor_adapter, PlainAdapter)
-            fusing = {"fusor_lm": self.fusor, "fusor_adapter": fusor_adapter, "fallback": settings.fallback,
-                      "shuffle": settings.shuffle, "compare": compare, "group_size": settings.group_size,
-                      "context_window": self.context_window(self.config.fusor), "layers": settings.layers,
-                      "permutations": settings.permutations}  # fmt: skip
-            if chosen == "fuse":
-                return FusionOfN(module, **{**fusing, **common, **overrides})
-            return Route(module, **{"router": settings.router, **fusing, **options, **common, **overrides})
-        return BestOfN(module, **{**common, **options, **overrides})
-
 
 def load_config(path: str | Path | None = None) -> Backends:
     """Read and validate a config file (``None``: the embedded model for every role) into its ``Backends``.

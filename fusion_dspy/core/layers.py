@@ -4,9 +4,10 @@ In Mixture-of-Agents (arXiv 2406.04692) layer 1's proposers answer the task; eve
 the task *and* all answers of the layer before, and each writes an improved answer of its own; the last
 layer's answers are aggregated, here by the fusor. ``layers=L`` in ``FusionOfN`` means L proposer layers (L=1
 is plain Fusion-of-N). Layers 2..L are ``Sample``s with the first layer's settings (same LMs or teacher pool,
-N, temperature, adapter, store) over a ``dspy.Predict`` whose signature is the task's plus ``candidates``. Each
-layer has its own predictor, under the stable name ``layers.layer_<i>.module`` (i = 2..L), so DSPy's
-optimizers tune and save each layer's instruction and demos apart from the generator's and the fusor's.
+N, temperature, and the same ``SampleOptions``: quorum, batching, adaptive N, store ...) over a
+``dspy.Predict`` whose signature is the task's plus ``candidates``. Each layer has its own predictor, under the
+stable name ``layers.layer_<i>.module`` (i = 2..L), so DSPy's optimizers tune and save each layer's instruction
+and demos apart from the generator's and the fusor's.
 """
 
 import dspy
@@ -43,7 +44,7 @@ class Layers(dspy.Module):
     its stable name is ``layers.layer_<i>.module``.
 
     Args:
-        first: Layer 1's Sample: its LMs or teacher pool, N, temperature, adapter and store are every layer's.
+        first: Layer 1's Sample: its LMs or teacher pool, N, temperature and options are every layer's.
         task: The task signature.
         count: L, the number of proposer layers, first included (at least 2).
 
@@ -63,10 +64,9 @@ class Layers(dspy.Module):
             raise ValueError(f"Layers needs at least 2 layers (1 is plain Fusion-of-N), got {count}.")
         self.count, self.outputs = count, list(task.output_fields)
         for number in range(2, count + 1):
-            setattr(self, f"layer_{number}", Sample(
-                dspy.Predict(layer_signature(task)), n=first.n, temperature=first.temperature, lm=first.generator_lm,
-                lms=first.teacher_lms or None, max_concurrency=first.max_concurrency,
-                min_candidates=first.min_candidates, adapter=first.adapter, store=first.store))  # fmt: skip
+            setattr(self, f"layer_{number}", Sample(dspy.Predict(layer_signature(task)), n=first.n,
+                                                    temperature=first.temperature, lm=first.generator_lm,
+                                                    lms=first.teacher_lms or None, options=first.options))
 
     @property
     def samples(self) -> list[Sample]:

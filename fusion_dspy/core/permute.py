@@ -4,13 +4,14 @@ LLM fusors and judges favour candidates by where they are shown (arXiv 2305.1792
 fusions of the same candidates in k different orders, concurrently, then keeps one of the k fused answers: the
 one closest to all the others (``pick="consensus"``, a minimum-Bayes-risk choice over the fusions, as in
 permutation self-consistency, arXiv 2310.07712), the most frequent one (``"majority"``), or the one a listwise
-judge picks (``"listwise"``; if that judge fails, the consensus, with ``permutation_pick_error`` saying why).
+judge picks (``"listwise"``; if that judge fails, the consensus, the judge's failure among the failures).
 For a listwise judge selecting among candidates, ``judge_in_orders`` counts only wins that survive the swapped
 orders (arXiv 2406.07791). The orders are the shown order, its reverse (so the candidate shown first is also
 shown last), then distinct shuffles seeded by the inputs (so a rerun sends the same prompts and hits the
 cache). The prediction records the orders used, as indices into the candidates.
 """
 
+import dataclasses
 import itertools
 import json
 import math
@@ -22,6 +23,7 @@ from typing import Any, Literal
 import dspy
 
 from fusion_dspy.core.pool import predictions
+from fusion_dspy.core.report import Failure
 from fusion_dspy.core.select import Select
 from fusion_dspy.core.signatures import presentation_order, render_candidates
 from fusion_dspy.core.steps import Call, Gather, Steps, adapter_override
@@ -84,7 +86,7 @@ class Permutations(dspy.Module):
         self.k, self.seed = k, seed
         judged = pick == "listwise"  # a judge that fails falls back to the consensus of the fusions, saying why
         self.pick = Select(signature, judge="listwise" if judged else None, judge_lm=judge_lm,
-                           vote="consensus" if judged else pick, fallback="vote")  # fmt: skip
+                           vote="consensus" if judged else pick, fallback="select")  # fmt: skip
 
     def steps(self, fuse: Any, candidates: Sequence[Any], inputs: dict[str, Any]) -> Steps[dspy.Prediction]:
         """Fuse ``candidates`` in k orders with ``fuse`` (a ``Fuse``), then keep one fusion."""
@@ -97,19 +99,19 @@ class Permutations(dspy.Module):
             raise fused[0]
         # What the fusor saw: Fuse may shuffle again (shuffle=True), deterministically, on top of our order.
         shown = [[order[j] for j in presentation_order(len(order), fuse.shuffle, task_inputs)] for order in orders]
-        pick_error = None
+        failures = [Failure.of(fused[i], "permutation", index=i) for i in range(len(fused)) if i not in usable]
         if len(usable) == 1:
             chosen, scores = fused[usable[0]], [1.0]
             index = usable[0]
         else:
             picked = yield Call(self.pick, {**inputs, "candidates": [fused[i] for i in usable]})
             index, scores = usable[picked.selected_index], picked.scores
-            chosen, pick_error = fused[index], picked.get("selection_error")
+            chosen = fused[index]
+            if picked.get("fallback") is not None:  # the listwise judge failed: the consensus kept instead
+                failures.append(dataclasses.replace(picked.fallback.cause, stage="judge"))
         fields = {name: value for name, value in chosen.items() if name != "candidate_order"}
         return dspy.Prediction(**fields, fusion_orders=shown, permutation_index=index, permutation_scores=scores,
-                               permutation_failures=[f"{type(fused[i]).__name__}: {fused[i]}" for i in
-                                                     range(len(fused)) if i not in usable],
-                               permutation_pick_error=pick_error)  # fmt: skip
+                               permutation_failures=failures)  # fmt: skip
 
 
 def judge_in_orders(select: Select, candidates: Sequence[Any], inputs: dict[str, Any], k: int = 2,
@@ -118,8 +120,8 @@ def judge_in_orders(select: Select, candidates: Sequence[Any], inputs: dict[str,
 
     Each order is judged concurrently. The winner is the candidate picked under every order; when no candidate
     is, the one picked most often (then the earliest), and ``judge_consistent`` is False. The prediction keeps
-    ``judge_orders`` (the orders shown), ``judge_wins`` (wins per candidate) and ``judge_failures`` (the orders
-    whose judge call failed). When no order gave a valid pick, ``select``'s ``fallback`` applies: a
+    ``judge_orders`` (the orders shown), ``judge_wins`` (wins per candidate) and ``judge_failures`` (a ``Failure`` per
+    order whose judge call failed). When no order gave a valid pick, ``select``'s ``fallback`` applies: a
     ``SelectionError`` naming the judge's failure, or its vote.
 
     Example:
@@ -145,7 +147,7 @@ def judge_in_orders(select: Select, candidates: Sequence[Any], inputs: dict[str,
         label = getattr(verdict, "best_candidate", None)
         if isinstance(label, int) and 1 <= label <= len(pool):
             wins[order[label - 1]] += 1
-    failures = [f"{type(v).__name__}: {v}" for v in verdicts if isinstance(v, Exception)]
+    failures = [Failure.of(v, "judge", index=i) for i, v in enumerate(verdicts) if isinstance(v, Exception)]
     judged = {"judge_orders": orders, "judge_wins": [wins[i] for i in range(len(pool))], "judge_failures": failures}
     if not wins:  # the select's fallback decides: raise, or vote (a judge that is down is named, not hidden)
         failed = next((v for v in verdicts if isinstance(v, Exception)), None)

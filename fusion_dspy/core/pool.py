@@ -1,10 +1,11 @@
 """Pool and Candidate: the typed result of sampling, accepted wherever candidates are.
 
 A ``Sample`` returns a ``Pool``: its ``Candidate``s (each a prediction with the model that wrote it, the tokens it
-cost, whether it came from the store, and its sample index) and one line per failed sample. ``Fuse``,
+cost, whether it came from the store, and its sample index) and a ``Failure`` per failed sample. ``Fuse``,
 ``Select``, ``FusionOfN`` and ``BestOfN`` take a ``Pool``, a list of ``Candidate``s, or plain predictions/dicts.
 """
 
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
@@ -12,6 +13,7 @@ from typing import Any, overload
 import dspy
 
 from fusion_dspy.core.meter import Usage, total_tokens
+from fusion_dspy.core.report import Failure
 from fusion_dspy.errors import FusionDSPyError
 
 
@@ -41,28 +43,13 @@ class Candidate:
         return total_tokens(self.usage)
 
 
-class SampleFailure(str):
-    """One sample that failed or was not waited for: its line (``"sample 3 (openai/x): TimeoutError: ..."``), which
-    keeps its parts, so nobody has to parse it: ``index``, ``model`` and ``kind`` (the error's type name, or
-    ``"Straggler"`` for a sample still running when the straggler grace ran out).
-
-    Example:
-        >>> failure = SampleFailure(3, "openai/x", "TimeoutError", "TimeoutError: no reply in 30 s")
-        >>> failure, failure.index, failure.model, failure.kind
-        ('sample 3 (openai/x): TimeoutError: no reply in 30 s', 3, 'openai/x', 'TimeoutError')
-    """
-
-    index: int
-    model: str
-    kind: str
-
-    def __new__(cls, index: int, model: str, kind: str, text: str) -> "SampleFailure":
-        line = super().__new__(cls, f"sample {index} ({model}): {text}")
-        line.index, line.model, line.kind, line._text = index, model, kind, text
-        return line
-
-    def __getnewargs__(self) -> tuple[int, str, str, str]:  # pickled (a process pool, Ray) as its parts
-        return self.index, self.model, self.kind, self._text
+def SampleFailure(index: int, model: str, kind: str, text: str) -> Failure:  # noqa: N802 - the 0.2 class's name
+    """Deprecated (0.3): a failed sample is a ``Failure`` (``fusion_dspy.core.report``), whose ``error_type`` is
+    what ``kind`` was here; its ``kind`` is now the classified kind."""
+    warnings.warn("SampleFailure is deprecated: failures are fusion_dspy.core.report.Failure objects.",
+                  DeprecationWarning, stacklevel=2)  # fmt: skip
+    message = text.removeprefix(f"{kind}: ")
+    return Failure("sample", "straggler" if kind == "Straggler" else "other", kind, message, model, index)
 
 
 def _as_prediction(value: Any) -> dspy.Prediction:
@@ -84,10 +71,9 @@ class Pool(dspy.Prediction):
 
     Args:
         candidates: The candidates, in sample order.
-        failures: One line per failed sample (``"sample 3 (openai/x): TimeoutError: ..."``), a ``SampleFailure``
-            when the pool was sampled here.
-        stragglers: One line per sample not waited for: still running when the straggler grace ran out (a
-            ``SampleFailure`` of kind ``"Straggler"``).
+        failures: One ``Failure`` per failed sample (its ``str`` is ``"sample 3 (openai/x): TimeoutError: ..."``).
+        stragglers: One ``Failure`` of kind ``"straggler"`` per sample not waited for: still running when the
+            straggler grace ran out.
         drawn: How many samples this call took (stored ones included); fewer than asked when it stopped early.
         stop_reason: Why sampling stopped: ``"complete"`` (all N), ``"agreement"`` or ``"budget"`` (adaptive N),
             ``"quorum"`` (stragglers cut off); ``None`` for a pool given from outside.
@@ -98,15 +84,15 @@ class Pool(dspy.Prediction):
         (2, 'Lyon', [0])
     """
 
-    def __init__(self, candidates: Iterable[Candidate] = (), failures: Iterable[str] = (),
-                 stragglers: Iterable[str] = (), drawn: int | None = None, stop_reason: str | None = None):
+    def __init__(self, candidates: Iterable[Candidate] = (), failures: Iterable[Failure] = (),
+                 stragglers: Iterable[Failure] = (), drawn: int | None = None, stop_reason: str | None = None):
         candidates = list(candidates)
         super().__init__(candidates=candidates, failures=list(failures), stragglers=list(stragglers),
                          drawn=len(candidates) if drawn is None else drawn, stop_reason=stop_reason)  # fmt: skip
 
     candidates: list[Candidate]
-    failures: list[str]
-    stragglers: list[str]
+    failures: list[Failure]
+    stragglers: list[Failure]
     drawn: int
     stop_reason: str | None
 

@@ -1,5 +1,6 @@
 """Sample: N candidate predictions from one module, drawn concurrently from one LM or a pool of teacher LMs."""
 
+import copy
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -11,11 +12,11 @@ from dspy.clients.base_lm import BaseLM
 from dspy.signatures.signature import Signature
 
 from fusion_dspy.core import batching, truncation
-from fusion_dspy.core.adaptive import Adaptive, as_adaptive
-from fusion_dspy.core.batching import BatchSamples
 from fusion_dspy.core.concurrency import Straggler
 from fusion_dspy.core.meter import total_tokens
-from fusion_dspy.core.pool import Candidate, Pool, SampleFailure, truncation_note
+from fusion_dspy.core.options import DEFAULT_N, DEFAULT_TEMPERATURE, SampleOptions, legacy_options, merged
+from fusion_dspy.core.pool import Candidate, Pool, truncation_note
+from fusion_dspy.core.report import Failure
 from fusion_dspy.core.steps import Call, Gather, Steps, adapter_override, arun, run
 from fusion_dspy.core.store import CandidateStore
 from fusion_dspy.errors import SamplingError
@@ -52,22 +53,9 @@ class Sample(dspy.Module):
         temperature: Sampling temperature for every candidate; ``None`` keeps the LM's own.
         lm: The generator LM. Defaults to the context LM (``dspy.configure(lm=...)``).
         lms: A pool of teacher LMs; sample ``i`` uses ``lms[i % len(lms)]``. Repeat an LM to weight it.
-        max_concurrency: Most samples in flight at once. Defaults to ``n`` (in ``forward``, at most 64 threads).
-        min_candidates: Fewest successful samples to go on with; fewer raise ``SamplingError``.
-        adapter: The DSPy adapter for the generator's calls (default: the context's), e.g. for a small model.
-        store: A ``CandidateStore`` to reuse candidates from and save new ones to, across calls, trials and runs.
-            Stored candidates leave no trace, so bootstrap demos without a store.
-        batch_samples: Draw an LM's samples of a wave in ONE request with the OpenAI ``n`` parameter: ``True``,
-            ``False`` (default: one request per sample), ``"auto"`` (on for ``openai/`` and ``hosted_vllm/``
-            models on DSPy's litellm engine), or ``{model: setting}`` per teacher. Only a ``dspy.Predict`` or
-            ``dspy.ChainOfThought`` module is batched; see ``fusion_dspy.core.batching``.
-        quorum: Once this many candidates are in, wait at most ``straggler_grace_s`` for the rest, then go on
-            without them (listed in ``pool.stragglers``). ``None`` (default) waits for every sample.
-            Stored candidates and earlier adaptive waves count toward it; new draws are still waited for until
-            the first of them is in.
-        straggler_grace_s: Seconds to wait for the rest once the quorum is in (default 0).
-        adaptive: Draw in waves and stop once the candidates agree or a token budget is spent: an
-            ``Adaptive(...)`` or ``True`` for its defaults. ``pool.drawn`` and ``pool.stop_reason`` say what happened.
+        options: How to draw (``SampleOptions``): concurrency, min_candidates, quorum and straggler grace,
+            adaptive N, batching with ``n``, the adapter and the candidate store. The 0.2 keyword arguments
+            (``quorum=3`` ...) still work for one release, with a ``DeprecationWarning``.
 
     Example:
         >>> lm = scripted_lm(lambda call: {"answer": f"draft {call.index}"})
@@ -81,41 +69,52 @@ class Sample(dspy.Module):
         self,
         module: dspy.Module | str | type[Signature],
         n: int | None = None,
-        temperature: float | None = 0.7,
+        temperature: float | None = DEFAULT_TEMPERATURE,
         lm: BaseLM | None = None,
         lms: Sequence[BaseLM] | None = None,
-        max_concurrency: int | None = None,
-        min_candidates: int = 1,
-        adapter: dspy.Adapter | None = None,
-        store: CandidateStore | None = None,
-        batch_samples: BatchSamples = False,
-        quorum: int | None = None,
-        straggler_grace_s: float = 0.0,
-        adaptive: Adaptive | bool | None = None,
+        options: SampleOptions | None = None,
+        **deprecated: Any,
     ):
         super().__init__()
         if lm is not None and lms:
             raise ValueError("Pass either lm= (one generator) or lms= (a teacher pool), not both.")
         self.module = as_module(module)
-        self.n = n if n is not None else (len(lms) if lms else 5)
+        self.n = n if n is not None else (len(lms) if lms else DEFAULT_N)
         if self.n < 1:
             raise ValueError(f"n must be at least 1, got {self.n}.")
-        if not 1 <= min_candidates <= self.n:
-            raise ValueError(f"min_candidates must be between 1 and n={self.n}, got {min_candidates}.")
+        moved = legacy_options("Sample", deprecated, ("sampling",), "options")
+        self.options = merged(options, SampleOptions, moved.get("sampling"))
+        if self.options.min_candidates > self.n:
+            raise ValueError(f"min_candidates must be between 1 and n={self.n}, got {self.options.min_candidates}.")
+        quorum = self.options.quorum
+        if quorum is not None and not self.options.min_candidates <= quorum <= self.n:
+            raise ValueError(f"quorum must be between min_candidates={self.options.min_candidates} and n={self.n}, "
+                             f"got {quorum}.")  # fmt: skip
         self.temperature = temperature
         self.generator_lm = lm
         self.teacher_lms = list(lms or [])
-        self.max_concurrency = max_concurrency
-        self.min_candidates = min_candidates
-        self.adapter = adapter
-        self.store = store
-        if quorum is not None and not min_candidates <= quorum <= self.n:
-            raise ValueError(f"quorum must be between min_candidates={min_candidates} and n={self.n}, got {quorum}.")
-        if straggler_grace_s < 0:
-            raise ValueError(f"straggler_grace_s must be 0 or more seconds, got {straggler_grace_s}.")
-        self.batch_samples = batch_samples
-        self.quorum, self.straggler_grace_s = quorum, straggler_grace_s
-        self.adaptive = as_adaptive(adaptive)
+
+    def resized(self, n: int) -> "Sample":
+        """The same Sample drawing only its first ``n`` candidates: the same module (same predictors, so traces and
+        tuning are shared) and options, min_candidates capped at ``n``."""
+        if n == self.n:
+            return self
+        smaller = copy.copy(self)
+        smaller.n = n
+        smaller.options = self.options.replace(min_candidates=min(self.options.min_candidates, n),
+                                               quorum=None if self.options.quorum is None else min(self.options.quorum,
+                                                                                                   n))  # fmt: skip
+        return smaller
+
+    # The options, readable where they were in 0.2 (Sample.quorum ...).
+    min_candidates = property(lambda self: self.options.min_candidates)
+    max_concurrency = property(lambda self: self.options.max_concurrency)
+    adapter = property(lambda self: self.options.adapter)
+    store = property(lambda self: self.options.store)
+    batch_samples = property(lambda self: self.options.batch_samples)
+    quorum = property(lambda self: self.options.quorum)
+    straggler_grace_s = property(lambda self: self.options.straggler_grace_s)
+    adaptive = property(lambda self: self.options.adaptive)
 
     def plan(self) -> list[Draw]:
         """The N draws of one call: LM and rollout id per sample."""
@@ -265,11 +264,11 @@ class Sample(dspy.Module):
         for draw in draws:
             outcome = outcomes[draw.index]
             if isinstance(outcome, Straggler):
-                stragglers.append(SampleFailure(draw.index, draw.lm.model, "Straggler", f"not waited for: {outcome}"))
+                stragglers.append(Failure("sample", "straggler", "Straggler", f"not waited for: {outcome}",
+                                          draw.lm.model, draw.index))  # fmt: skip
                 continue
             if isinstance(outcome, Exception):
-                kind = type(outcome).__name__
-                failure = SampleFailure(draw.index, draw.lm.model, kind, f"{kind}: {outcome}")
+                failure = Failure.of(outcome, "sample", draw.lm.model, draw.index)
                 logger.warning("Dropping a failed candidate: %s", failure)
                 failures.append(failure)
                 continue

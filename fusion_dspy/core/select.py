@@ -2,12 +2,15 @@
 
 import logging
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import dspy
 
+from fusion_dspy.core.options import SelectOptions
 from fusion_dspy.core.pool import Pool, predictions
+from fusion_dspy.core.report import Failure, FallbackReport
 from fusion_dspy.core.signatures import (
     listwise_judge_signature,
     pointwise_judge_signature,
@@ -22,6 +25,12 @@ from fusion_dspy.errors import SelectionError
 logger = logging.getLogger(__name__)
 
 RewardFn = Callable[[dict[str, Any], dspy.Prediction], float]
+
+
+def select_arguments(options: SelectOptions) -> dict[str, Any]:
+    """``Select``'s keyword arguments for a ``SelectOptions`` (all but ``permutations``, which ``BestOfN`` runs)."""
+    return {"reward_fn": options.reward_fn, "judge": options.judge, "judge_lm": options.judge_lm, "vote": options.vote,
+            "adapter": options.adapter}  # fmt: skip
 
 
 class Select(dspy.Module):
@@ -45,8 +54,8 @@ class Select(dspy.Module):
         vote_fields: Output fields compared by the vote (default: all outputs but ``reasoning``).
         adapter: The DSPy adapter for the judge's calls (default: the context's).
         fallback: When the judge fails (unreachable, timing out, or answering something unusable):
-            ``"raise"`` a ``SelectionError`` naming the cause, or ``"vote"``: pick by ``vote`` instead and say why
-            in ``selection_error``.
+            ``"raise"`` a ``SelectionError`` naming the cause, or ``"select"``: pick by ``vote`` instead; the
+            prediction's ``fallback`` (a ``FallbackReport``) says why. (``"vote"``, the 0.2 spelling, still works.)
 
     Example:
         >>> select = Select("question -> answer", reward_fn=lambda inputs, pred: -len(pred.answer))
@@ -65,7 +74,7 @@ class Select(dspy.Module):
         vote: Literal["majority", "consensus"] = "majority",
         vote_fields: Sequence[str] | None = None,
         adapter: dspy.Adapter | None = None,
-        fallback: Literal["raise", "vote"] = "raise",
+        fallback: Literal["raise", "select"] = "raise",
     ):
         super().__init__()
         if reward_fn is not None and judge is not None:
@@ -74,8 +83,12 @@ class Select(dspy.Module):
             raise ValueError(f"judge must be 'listwise' or 'pointwise', got {judge!r}.")
         if vote not in ("majority", "consensus"):
             raise ValueError(f"vote must be 'majority' or 'consensus', got {vote!r}.")
-        if fallback not in ("raise", "vote"):
-            raise ValueError(f"fallback must be 'raise' or 'vote', got {fallback!r}.")
+        if fallback == "vote":
+            warnings.warn("Select(fallback='vote') is deprecated: the word is 'select' everywhere (FusionOfN, "
+                          "BestOfN, Select).", DeprecationWarning, stacklevel=2)  # fmt: skip
+            fallback = "select"
+        if fallback not in ("raise", "select"):
+            raise ValueError(f"fallback must be 'raise' or 'select', got {fallback!r}.")
         self.task_signature = dspy.ensure_signature(signature)
         self.method = "reward" if reward_fn else (judge or vote)
         # Held behind a lambda so a reward_fn that is itself a dspy.Module is not mistaken for a parameter.
@@ -115,7 +128,7 @@ class Select(dspy.Module):
 
     def judge_failed(self, pool: list[Any], error: Exception) -> dspy.Prediction:
         """What a failed judge call leads to, by ``fallback``: a ``SelectionError`` naming ``error``, or the pick of
-        the vote, with ``selection_error`` saying why."""
+        the vote, with ``fallback`` (a ``FallbackReport``) saying why."""
         reason = f"{type(error).__name__}: {error}"
         if self.fallback == "raise":
             if isinstance(error, SelectionError):
@@ -123,7 +136,10 @@ class Select(dspy.Module):
             raise SelectionError(f"The {self.method} judge failed ({reason}). Check the judge LM, or pass "
                                  f"fallback='vote' to pick by {self.vote} vote instead.") from error  # fmt: skip
         logger.warning("The %s judge failed (%s); selecting by %s vote instead.", self.method, reason, self.vote)
-        return self._pick(pool, self._votes(pool), selection_error=reason)
+        voted = self._pick(pool, self._votes(pool))
+        voted["fallback"] = FallbackReport(Failure.of(error, "select"), self.vote, voted.selected_index)
+        voted["selection_error"] = reason  # for people; the fallback above is the data
+        return voted
 
     def forward(self, candidates: Pool | Sequence[Any], **inputs) -> dspy.Prediction:
         return run(self._select(candidates, inputs))

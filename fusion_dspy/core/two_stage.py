@@ -1,5 +1,5 @@
 """What FusionOfN and BestOfN share: build their ``Sample`` (or take one), then draw and combine in two metered
-stages, within an optional deadline, with the same result fields (candidates, where they came from, usage)."""
+stages, within an optional deadline, into the same prediction (the task's fields, ``candidates``, ``report``)."""
 
 from collections.abc import Sequence
 from typing import Any
@@ -8,57 +8,41 @@ import dspy
 
 from fusion_dspy.core.concurrency import awithin, within
 from fusion_dspy.core.meter import StageMeter
+from fusion_dspy.core.options import DEFAULT_TEMPERATURE, SampleOptions
 from fusion_dspy.core.pool import Pool
+from fusion_dspy.core.prediction import fused_prediction
 from fusion_dspy.core.sample import Sample, as_module
 from fusion_dspy.core.signatures import check_reserved_fields, task_signature
 from fusion_dspy.core.steps import Call, Steps, arun, run
 
 
-class _Unset:
-    def __repr__(self) -> str:
-        return "<Sample's default>"
-
-
-UNSET: Any = _Unset()  # a sampling option not given: Sample's own default applies
-
-
-def build_sample(owner: str, module: Any, sample: Sample | None, **options: Any) -> Sample:
-    """The ``Sample`` a FusionOfN/BestOfN draws from: the one given, or one built from the sampling options."""
-    given = {name: value for name, value in options.items() if value is not UNSET}
+def build_sample(owner: str, module: Any, sample: Sample | None, n: int | None, temperature: float | None,
+                 lm: dspy.BaseLM | None, lms: Sequence[dspy.BaseLM] | None, options: SampleOptions | None) -> Sample:
+    """The ``Sample`` a FusionOfN/BestOfN draws from: the one given, or one built from the sampling arguments."""
     if sample is not None:
+        given = [name for name, value, default in (("n", n, None), ("temperature", temperature, DEFAULT_TEMPERATURE),
+                                                   ("lm", lm, None), ("lms", lms, None), ("sampling", options, None))
+                 if value is not default and value != default]  # fmt: skip
         if given:
-            raise ValueError(f"{owner} got sample= and also the sampling option(s) {sorted(given)}, which only a new "
-                             "Sample would use. Set them on the Sample you pass, or drop sample=.")  # fmt: skip
+            raise ValueError(f"{owner} got sample= and also the sampling option(s) {given}, which only a new Sample "
+                             "would use. Set them on the Sample you pass, or drop sample=.")  # fmt: skip
         return sample
     if module is None:
         raise ValueError(f"{owner} needs the module (or signature) to sample from, or an existing sample=Sample(...).")
-    return Sample(as_module(module), **given)
+    return Sample(as_module(module), n=n, temperature=temperature, lm=lm, lms=lms, options=options)
 
 
-class SampleThenCombine(dspy.Module):
-    """Shared by FusionOfN and BestOfN: sample N candidates (or take given ones), then one combining stage."""
+class Deadlined(dspy.Module):
+    """A module written as one step generator (``_steps``), run sync or async within an optional deadline."""
 
-    stage_name = "combine"
-
-    def __init__(self, sample: Sample, signature: str | type[dspy.Signature] | None, deadline_s: float | None):
+    def __init__(self, deadline_s: float | None):
         super().__init__()
         if deadline_s is not None and deadline_s <= 0:
             raise ValueError(f"deadline_s must be a positive number of seconds, got {deadline_s!r}.")
         self.deadline_s = deadline_s
-        self.sample = sample
-        self.task_signature = task_signature(self.sample.module, signature)
-        check_reserved_fields(self.task_signature)
-
-    def _combine(self, pool: Pool, inputs: dict[str, Any]) -> Steps[dspy.Prediction]:
-        raise NotImplementedError
 
     def _steps(self, candidates: Pool | Sequence[Any] | None, inputs: dict[str, Any]) -> Steps[dspy.Prediction]:
-        meter = StageMeter()
-        with meter.stage("sample"):
-            pool = (yield Call(self.sample, inputs)) if candidates is None else Pool.of(candidates)
-        with meter.stage(self.stage_name):
-            combined = yield from self._combine(pool.require(), inputs)
-        return self._result(combined, pool, meter)
+        raise NotImplementedError
 
     def forward(self, candidates: Pool | Sequence[Any] | None = None, **inputs) -> dspy.Prediction:
         if self.deadline_s is None:
@@ -70,15 +54,26 @@ class SampleThenCombine(dspy.Module):
             return await arun(self._steps(candidates, inputs))
         return await awithin(arun(self._steps(candidates, inputs)), self.deadline_s, type(self).__name__)
 
-    def _result(self, combined: dspy.Prediction, pool: Pool, meter: StageMeter) -> dspy.Prediction:
-        fields = combined.toDict()
-        fields["candidates"] = pool.predictions
-        if any(model is not None for model in pool.models):  # drawn by a Sample: say where from
-            fields["candidate_models"], fields["sample_failures"] = pool.models, pool.failures
-            fields["truncated"] = pool.truncated  # candidates kept although their reply was cut at max_tokens
-            fields["stragglers"], fields["samples_drawn"], fields["stop_reason"] = (pool.stragglers, pool.drawn,
-                                                                                   pool.stop_reason)  # fmt: skip
-        fields["stage_usage"] = meter.usage
-        fields["stage_seconds"] = meter.seconds
-        fields["stage_tokens"] = meter.tokens()
-        return dspy.Prediction(**fields)
+
+class SampleThenCombine(Deadlined):
+    """Shared by FusionOfN and BestOfN: sample N candidates (or take given ones), then one combining stage."""
+
+    stage_name = "combine"
+
+    def __init__(self, sample: Sample, signature: str | type[dspy.Signature] | None, deadline_s: float | None):
+        super().__init__(deadline_s)
+        self.sample = sample
+        self.task_signature = task_signature(self.sample.module, signature)
+        check_reserved_fields(self.task_signature)
+
+    def combine(self, pool: Pool, inputs: dict[str, Any]) -> Steps[dspy.Prediction]:
+        """The combining stage on a pool, as steps (``fusion_dspy.core.steps``): what a ``Route`` composes."""
+        raise NotImplementedError
+
+    def _steps(self, candidates: Pool | Sequence[Any] | None, inputs: dict[str, Any]) -> Steps[dspy.Prediction]:
+        meter = StageMeter()
+        with meter.stage("sample"):
+            pool = (yield Call(self.sample, inputs)) if candidates is None else Pool.of(candidates)
+        with meter.stage(self.stage_name):
+            combined = yield from self.combine(pool.require(), inputs)
+        return fused_prediction(self.stage_name, combined, pool, meter)

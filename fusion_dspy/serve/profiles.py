@@ -114,36 +114,40 @@ class Profile:
 
     def _variant(self, method: str, n: int | None, temperature: float | None, max_tokens: int | None,
                  models: tuple[str, ...], fusor: str | None) -> FusionOfN | BestOfN:  # fmt: skip
+        """The profile's program with this request's settings: its own options (derived, never changed) with the
+        request's N, temperature, panel, candidate max_tokens and fusor, and its tuned state."""
         base = self.programs[method]
-        batching: dict[str, Any] = {}
+        sampling = base.sample.options
         if models:
             panel = self.backends.generator_options(list(models))
-            lm, lms, adapter = panel["lm"], list(panel["lms"] or []), self.backends.adapter(models[0])
-            # each panel model batches its samples as its own config says
-            batching["batch_samples"] = {self.backends.lm(m).model: self.backends.config.model(m).batch_samples
-                                         for m in models}  # fmt: skip
+            lm, lms = panel["lm"], list(panel["lms"] or [])
+            panel_options = self.backends.sample_options(list(models))  # each panel model batches as configured
+            sampling = sampling.replace(batch_samples=panel_options.batch_samples, adapter=panel_options.adapter)
         else:
-            lm, lms, adapter = base.sample.generator_lm, base.sample.teacher_lms, base.sample.adapter
+            lm, lms = base.sample.generator_lm, base.sample.teacher_lms
         if max_tokens is not None:
             lm, lms = lm and lm.copy(max_tokens=max_tokens), [teacher.copy(max_tokens=max_tokens) for teacher in lms]
         count = n or (len(models) if models else base.sample.n)
-        overrides: dict[str, Any] = {
-            "n": count, "temperature": base.sample.temperature if temperature is None else temperature,
-            "lm": lm, "lms": lms or None, "adapter": adapter, "min_candidates": min(base.sample.min_candidates, count),
-            **batching,
-        }  # fmt: skip
+        sampling = sampling.replace(min_candidates=min(sampling.min_candidates, count),
+                                    quorum=None if sampling.quorum is None else min(sampling.quorum, count))
+        arguments: dict[str, Any] = {"n": count, "temperature": base.sample.temperature if temperature is None else
+                                     temperature, "lm": lm, "lms": lms or None, "sampling": sampling}  # fmt: skip
+        if isinstance(base, FusionOfN):
+            arguments.update(fusing=base.fusing, fallback=base.fallback, fusor_lm=base.fuse.fusor_lm)
+        else:
+            arguments.update(selection=base.selection, fallback=base.fallback)
         if fusor:
-            overrides.update(self._combiner(base, fusor))
-        program = self.backends.program(base.sample.module, method=method, **overrides)
+            arguments.update(self._combiner(base, fusor))
+        program = self.backends.program(base.sample.module, method=method, **arguments)
         program.load_state(base.dump_state())  # the profile's tuned instructions and demos
         return program
 
     def _combiner(self, base: FusionOfN | BestOfN, name: str) -> dict[str, Any]:
         lm, adapter = self.backends.lm(name), self.backends.adapter(name)
         if isinstance(base, FusionOfN):
-            return {"fusor_lm": lm, "fusor_adapter": adapter}
+            return {"fusor_lm": lm, "fusing": base.fusing.replace(adapter=adapter)}
         if base.select.method in ("listwise", "pointwise"):
-            return {"judge_lm": lm, "judge_adapter": adapter}
+            return {"selection": base.selection.replace(judge_lm=lm, adapter=adapter)}
         raise ServeError(400, f"fusion.fusor: this profile selects by {base.select.method}, which uses no model; "
                          "drop fusion.fusor or use method 'fuse'.", param="fusion.fusor")  # fmt: skip
 

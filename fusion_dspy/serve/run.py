@@ -17,20 +17,16 @@ from dspy.utils.exceptions import ContextWindowExceededError, LMError, LMTimeout
 
 from fusion_dspy.backends.secrets import Redactor
 from fusion_dspy.core.fusion import FusionOfN
-from fusion_dspy.core.meter import StageMeter, merge_usage
-from fusion_dspy.core.pool import Pool, SampleFailure
+from fusion_dspy.core.meter import StageMeter
+from fusion_dspy.core.pool import Pool
+from fusion_dspy.core.report import FusionReport, StageReport
 from fusion_dspy.errors import FusionDSPyError, SamplingError
+from fusion_dspy.failures import FailureKind
 from fusion_dspy.serve.chat import render_conversation, reply_text
 from fusion_dspy.serve.profiles import Limits, Profile
 from fusion_dspy.serve.schema import ChatCompletionRequest, FusionOptions, ServeError
 
 STREAMABLE_ADAPTERS = ("ChatAdapter", "JSONAdapter", "XMLAdapter")  # what dspy's StreamListener can read
-
-
-def _counts(usage: dict[str, dict[str, Any]]) -> dict[str, int]:
-    prompt = sum(int(c.get("prompt_tokens") or 0) for c in usage.values())
-    completion = sum(int(c.get("completion_tokens") or 0) for c in usage.values())
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 def upstream_error(error: BaseException, redact: Redactor) -> ServeError:
@@ -42,10 +38,10 @@ def upstream_error(error: BaseException, redact: Redactor) -> ServeError:
         return ServeError(504, "The fusion did not finish within the server's time limit (--timeout).",
                           type="timeout_error", code="timeout")  # fmt: skip
     if isinstance(error, SamplingError):
-        kinds = [getattr(line, "kind", "") for line in error.failures]  # SampleFailure lines, from Sample
-        if kinds and all("ContextWindowExceeded" in kind for kind in kinds):  # retrying cannot help
+        kinds = [getattr(failure, "kind", None) for failure in error.failures]  # Failures, from Sample
+        if kinds and all(kind == FailureKind.CONTEXT_WINDOW for kind in kinds):  # retrying cannot help
             return ServeError(400, text, param="messages", code="context_length_exceeded")
-        timed_out = kinds and all("Timeout" in kind for kind in kinds)
+        timed_out = kinds and all(kind == FailureKind.TIMEOUT for kind in kinds)
         status, code = (504, "upstream_timeout") if timed_out else (502, "upstream_failed")
         return ServeError(status, text, type="upstream_error", code=code)
     if isinstance(error, LMTimeoutError):
@@ -73,8 +69,8 @@ class FusionRun:
         >>> run = FusionRun(profiles["fusion"], request, Limits())
         >>> pool = run.sample()                         # or await run.asample() in async code
         >>> body = run.response(pool, run.combine(pool))
-        >>> body["choices"][0]["message"]["content"], body["fusion"]["n"]
-        ('Hello!', 2)
+        >>> body["choices"][0]["message"]["content"], body["fusion"]["n"], body["fusion"]["method"]
+        ('Hello!', 2, 'fuse')
     """
 
     def __init__(self, profile: Profile, request: ChatCompletionRequest, limits: Limits | None = None,
@@ -162,30 +158,22 @@ class FusionRun:
     def reply(self, result: dspy.Prediction) -> str:
         return reply_text(result, self.profile.reply_fields)
 
+    def report(self, result: dspy.Prediction, labeled: bool = True) -> FusionReport:
+        """The call's report, its sample stage measured here (the server draws before it combines), its models
+        named as the config names them (``labeled``) or by their model strings."""
+        sample = StageReport(self.meter.seconds.get("sample", 0.0), self.meter.usage.get("sample", {}))
+        report = result.report.replace(stages={**result.report.stages, "sample": sample})
+        return report.relabeled(self.names) if labeled else report
+
     def usage_and_fusion(self, pool: Pool, result: dspy.Prediction) -> tuple[dict, dict]:
-        """OpenAI's ``usage`` (every call summed) and the ``fusion`` object (panel, failures, stages)."""
-        stages = {"sample": self.meter.usage.get("sample", {}), self.stage: result.stage_usage.get(self.stage, {})}
-        seconds = {"sample": self.meter.seconds.get("sample", 0.0), self.stage: result.stage_seconds.get(self.stage)}
-        failed, late = ([line.model for line in lines if isinstance(line, SampleFailure)]
-                        for lines in (pool.failures, pool.stragglers))  # fmt: skip
-        fusion: dict[str, Any] = {
-            "profile": self.profile.name,
-            "method": self.method,
-            "n": self.program.sample.n,
-            "candidate_models": [self.names.get(model, model) for model in pool.models],
-            "failed_models": [self.names.get(model, model) for model in failed],
-            "failures": [self.redact(line) for line in pool.failures],
-            "straggler_models": [self.names.get(model, model) for model in late],
-            "samples_drawn": pool.drawn,
-            "stages": {name: {**_counts(stages[name]), "seconds": round(seconds[name] or 0.0, 4)} for name in stages},
-        }
-        if "selected_index" in result:
-            fusion["selected_index"] = result.selected_index
-        if "fusion_error" in result:
-            fusion["fusion_error"] = self.redact(result.fusion_error)
+        """OpenAI's ``usage`` (every call summed) and the ``fusion`` object: the report (``FusionReport.to_dict``)
+        with the profile and N, keys masked; with ``return_candidates``, each candidate's reply text."""
+        report = self.report(result)
+        fusion = {"profile": self.profile.name, "n": self.program.sample.n, **self.redact.within(report.to_dict())}
         if self.request.fusion and self.request.fusion.return_candidates:
-            fusion["candidates"] = [self.reply(c) for c in pool.predictions]
-        return _counts(merge_usage(*stages.values())), fusion
+            for entry, prediction in zip(fusion["candidates"], pool.predictions, strict=True):
+                entry["text"] = self.reply(prediction)
+        return report.usage(), fusion
 
     def response(self, pool: Pool, result: dspy.Prediction) -> dict[str, Any]:
         """The ``chat.completion`` body."""

@@ -1,0 +1,194 @@
+"""The fusion report: what one FusionOfN / BestOfN / Route call did, as data.
+
+A call's prediction carries the task's output fields, ``candidates`` and ``report``, a ``FusionReport``: the
+candidates' provenance, each stage's tokens and seconds, the samples that failed or were not waited for, how
+many samples were drawn and why sampling stopped, the fallback taken and its cause, the route chosen, the orders
+used. ``report.to_dict()`` is the one serialized form: serve's ``fusion`` object and the records of ``run``,
+``eval`` and ``synth`` are that dict, so one schema describes them all.
+
+A ``Failure`` keeps what went wrong as data — the stage, the model, the sample index, the kind
+(``fusion_dspy.failures.kind_of``, by exception type) and the exception's type name — and its message for
+people only: nothing downstream parses it.
+
+Example:
+    >>> fused = fd.FusionOfN("question -> answer", n=3, lm=lm)
+    >>> report = fused(question="2 + 2?").report
+    >>> report.method, report.samples_drawn, sorted(report.tokens), report.fallback is None
+    ('fuse', 3, ['fuse', 'sample'], True)
+"""
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from fusion_dspy.core.meter import Usage, total_tokens
+from fusion_dspy.failures import kind_of
+
+
+def _lists(value: Any) -> Any:
+    """Tuples as lists, through dicts and lists: what JSON makes of them, so a record equals its round trip."""
+    if isinstance(value, dict):
+        return {key: _lists(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_lists(item) for item in value]
+    return value
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One thing that failed in a call, kept as data.
+
+    Args:
+        stage: Where: ``"sample"``, ``"fuse"``, ``"select"``, ``"permutation"``, ``"judge"``.
+        kind: What kind of failure, from the exception's type (``fusion_dspy.failures.FailureKind`` values:
+            ``"timeout"``, ``"rate_limit"``, ``"context_window"``, ... and ``"straggler"`` for a sample not waited
+            for).
+        error_type: The exception's type name, for people and logs.
+        message: The exception's message, for people: never parse it.
+        model: The model string of the LM that failed, when known.
+        index: The sample (or order) index, when the failure is one of several.
+
+    Example:
+        >>> failure = Failure.of(TimeoutError("no reply in 30 s"), "sample", model="openai/x", index=3)
+        >>> failure.kind, str(failure)
+        ('timeout', 'sample 3 (openai/x): TimeoutError: no reply in 30 s')
+    """
+
+    stage: str
+    kind: str
+    error_type: str
+    message: str
+    model: str | None = None
+    index: int | None = None
+
+    @classmethod
+    def of(cls, error: BaseException, stage: str, model: str | None = None, index: int | None = None) -> "Failure":
+        """The failure an exception stands for (its kind read from its type and its causes)."""
+        return cls(stage, str(kind_of(error).value), type(error).__name__, str(error), model, index)
+
+    def __str__(self) -> str:
+        where = self.stage if self.index is None else f"{self.stage} {self.index}"
+        where += f" ({self.model})" if self.model else ""
+        return f"{where}: {self.error_type}: {self.message}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class StageReport:
+    """One stage's cost: wall seconds and token usage per model (cache hits cost nothing, as in DSPy)."""
+
+    seconds: float
+    usage: Usage = field(default_factory=dict)
+
+    @property
+    def tokens(self) -> int:
+        return total_tokens(self.usage)
+
+    def counts(self) -> dict[str, int]:
+        """OpenAI's ``prompt_tokens``, ``completion_tokens`` and ``total_tokens`` of the stage, models summed."""
+        prompt = sum(int(c.get("prompt_tokens") or 0) for c in self.usage.values())
+        completion = sum(int(c.get("completion_tokens") or 0) for c in self.usage.values())
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": self.tokens}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seconds": round(self.seconds, 4), **self.counts(), "usage": self.usage}
+
+
+@dataclass(frozen=True)
+class CandidateReport:
+    """Where one candidate came from: its sample index, model, tokens, whether stored, whether cut short."""
+
+    index: int
+    model: str | None
+    tokens: int
+    cached: bool = False
+    truncated: bool = False
+
+
+@dataclass(frozen=True)
+class FallbackReport:
+    """A fallback taken: the combining stage failed (``cause``) and a selection (``method``) kept a candidate."""
+
+    cause: Failure
+    method: str
+    selected_index: int | None = None
+
+
+@dataclass(frozen=True)
+class FusionReport:
+    """What one call did (see the module doc). Every field is data; ``to_dict()`` is its JSON form.
+
+    Args:
+        method: The combining stage that ran: ``"fuse"``, ``"select"`` or ``"single"`` (a Route's one sample).
+        candidates: Each candidate's provenance, in the order of the prediction's ``candidates``.
+        stages: ``{stage: StageReport}``: ``"sample"`` and the combining stage.
+        failures: Samples that failed (dropped), then failures inside the combining stage that it survived
+            (a fusion order or a judge order that failed).
+        stragglers: Samples not waited for once the quorum was in (kind ``"straggler"``).
+        samples_drawn: Samples taken, stored ones included (fewer than N when sampling stopped early).
+        stop_reason: ``"complete"``, ``"quorum"``, ``"agreement"`` or ``"budget"``; ``None`` for a given pool.
+        selected_index: The candidate kept, when one was selected (``select``, a fallback, a single route).
+        scores: The selection's score per candidate.
+        fallback: The fallback taken, with its cause; ``None`` when the stage did its work.
+        route: ``{"method": ..., "n": ...}``, chosen by a ``Route``'s router.
+        orders: The candidate orders the fusor or judge saw (indices into the candidates).
+        details: What a structure did, by name: ``fusion_groups``, ``layer_candidates``, ``permutation_index``,
+            ``judge_wins``, ``judge_comparison`` ... (JSON values).
+    """
+
+    method: str
+    candidates: tuple[CandidateReport, ...] = ()
+    stages: dict[str, StageReport] = field(default_factory=dict)
+    failures: tuple[Failure, ...] = ()
+    stragglers: tuple[Failure, ...] = ()
+    samples_drawn: int | None = None
+    stop_reason: str | None = None
+    selected_index: int | None = None
+    scores: list[float] | None = None
+    fallback: FallbackReport | None = None
+    route: dict[str, Any] | None = None
+    orders: list[list[int]] | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokens(self) -> dict[str, int]:
+        """Total tokens per stage, e.g. ``{"sample": 812, "fuse": 430}``."""
+        return {name: stage.tokens for name, stage in self.stages.items()}
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(self.tokens.values())
+
+    def replace(self, **changes: Any) -> "FusionReport":
+        return dataclasses.replace(self, **changes)
+
+    def usage(self) -> dict[str, int]:
+        """OpenAI's ``usage`` of the whole call: every stage's tokens summed."""
+        counts = [stage.counts() for stage in self.stages.values()]
+        return {key: sum(c[key] for c in counts) for key in ("prompt_tokens", "completion_tokens", "total_tokens")}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data (the schema of serve's ``fusion`` object and of batch records).
+
+        Example:
+            >>> report = FusionReport("select", stages={"sample": StageReport(0.5, {"m": {"total_tokens": 7}})})
+            >>> report.to_dict()["stages"]["sample"]["total_tokens"], report.to_dict()["tokens"]
+            (7, {'sample': 7})
+        """
+        data = _lists(dataclasses.asdict(self))
+        data["stages"] = {name: stage.to_dict() for name, stage in self.stages.items()}
+        data["tokens"] = self.tokens
+        return data
+
+    def relabeled(self, names: dict[str, str]) -> "FusionReport":
+        """The same report with model strings shown as ``names`` says (e.g. the config's model names)."""
+        label = lambda model: names.get(model, model) if model else model  # noqa: E731
+        return self.replace(
+            candidates=tuple(dataclasses.replace(c, model=label(c.model)) for c in self.candidates),
+            failures=tuple(dataclasses.replace(f, model=label(f.model)) for f in self.failures),
+            stragglers=tuple(dataclasses.replace(f, model=label(f.model)) for f in self.stragglers),
+            stages={name: StageReport(s.seconds, {label(m): u for m, u in s.usage.items()})
+                    for name, s in self.stages.items()},
+        )  # fmt: skip
