@@ -14,6 +14,8 @@ from dspy import lm15
 from litellm.exceptions import MidStreamFallbackError
 from litellm.types.router import RouterRateLimitError
 
+from fusion_dspy.backends.engine import lm15_errors
+from fusion_dspy.backends.native import _timeouts_as_timeouts
 from fusion_dspy.core.concurrency import Straggler
 from fusion_dspy.core.context import ContextOverflowError
 from fusion_dspy.errors import DeadlineExceeded, FusionError, SamplingError, SelectionError
@@ -162,6 +164,35 @@ def test_kind_of_does_not_import_litellm():
             "assert kind_of(TimeoutError()) is FailureKind.TIMEOUT and kind_of(ValueError()) is FailureKind.OTHER; "
             "assert 'litellm' not in sys.modules and 'openai' not in sys.modules, 'imported an SDK'")  # fmt: skip
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize(("raised", "expected"), [
+    (litellm.Timeout(message="the model said hello", **SDK), lm15.TimeoutError),
+    (litellm.APIConnectionError(message="refused", **SDK), lm15.TransportError),
+    (litellm.ContextWindowExceededError(message="too long", **SDK), lm15.ContextLengthError),
+    (litellm.RateLimitError(message="", **SDK), lm15.RateLimitError),
+    (litellm.NotFoundError(message="no such model", **SDK), lm15.UnsupportedModelError),
+    (litellm.ServiceUnavailableError(message="down", **SDK), lm15.ServerError),
+    (type("PromptTooLong", (litellm.ContextWindowExceededError,), {})(message="x", **SDK), lm15.ContextLengthError),
+    (type("Unreachable", (litellm.APIConnectionError,), {})(message="x", **SDK), lm15.TransportError),
+])  # fmt: skip
+def test_the_router_engine_raises_litellms_errors_as_lm15_errors_by_type(raised, expected):
+    with pytest.raises(lm15.LM15Error) as mapped, lm15_errors("router/m"):
+        raise raised
+    assert type(mapped.value) is expected and mapped.value.__cause__ is raised
+
+
+def test_the_router_engine_lets_an_error_without_kind_or_status_through():
+    with pytest.raises(ValueError, match="not an SDK error"), lm15_errors("router/m"):
+        raise ValueError("not an SDK error, timed out")
+
+
+def test_the_native_engine_turns_lm15_transport_errors_into_timeouts_by_their_cause():
+    with pytest.raises(lm15.TimeoutError), _timeouts_as_timeouts():
+        raise lm15.TransportError("no bytes for 0.3s") from TimeoutError("the socket read")
+    with pytest.raises(lm15.TransportError) as kept, _timeouts_as_timeouts():
+        raise lm15.TransportError("timed out, says the text") from ConnectionResetError()
+    assert not isinstance(kept.value, lm15.TimeoutError)
 
 
 def dspy_warnings(lm: dspy.LM) -> list[logging.LogRecord]:
