@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Lower numbers sit lower. A module may import its own layer and the ones below it, never one above.
 LAYERS = {
     "fusion_dspy.errors": 0,
-    "fusion_dspy.failures": 0,  # classifies errors by type: beside the errors, below everything that raises them
+    "fusion_dspy.failures": 0,  # classifies every error by its type; fusion_dspy.core asks it
     "fusion_dspy.core": 1,
     "fusion_dspy.testing": 1,
     "fusion_dspy.backends": 2,

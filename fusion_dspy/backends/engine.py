@@ -13,12 +13,17 @@ from typing import Any
 
 from dspy import lm15
 
+from fusion_dspy.failures import FailureKind, kind_of
+
 # Request.config fields sent as OpenAI chat parameters of the same name (the rest are DSPy's own controls).
 _CHAT_PARAMETERS = ("max_tokens", "temperature", "top_p", "stop", "seed", "frequency_penalty", "presence_penalty",
                     "response_format", "logprobs", "user_id")  # fmt: skip
 _ERRORS_BY_STATUS = {400: lm15.InvalidRequestError, 401: lm15.AuthError, 403: lm15.AuthError,
                      404: lm15.UnsupportedModelError, 408: lm15.TimeoutError, 413: lm15.ContextLengthError,
                      429: lm15.RateLimitError}  # fmt: skip
+# The kinds litellm's classes say more exactly than their status (a timeout, a refused connection: often none).
+_ERRORS_BY_KIND = {FailureKind.CONTEXT_WINDOW: lm15.ContextLengthError, FailureKind.TIMEOUT: lm15.TimeoutError,
+                   FailureKind.TRANSPORT: lm15.TransportError}  # fmt: skip
 
 
 def chat_body(request: lm15.Request) -> dict[str, Any]:
@@ -58,18 +63,13 @@ def lm15_errors(model: str):
         raise
     except Exception as error:
         status = getattr(error, "status_code", None)
-        name = type(error).__name__
-        if "ContextWindow" in name:
-            kind = lm15.ContextLengthError
-        elif "Timeout" in name:
-            kind = lm15.TimeoutError
-        elif "Connection" in name:
-            kind = lm15.TransportError
-        elif isinstance(status, int):
-            kind = _ERRORS_BY_STATUS.get(status, lm15.ServerError if status >= 500 else lm15.ProviderError)
-        else:
+        status = status if isinstance(status, int) else None
+        raised = _ERRORS_BY_KIND.get(kind_of(error))
+        if raised is None and status is None:
             raise
-        raise kind(f"{model}: {name}: {error}", status=status if isinstance(status, int) else None) from error
+        if raised is None:
+            raised = _ERRORS_BY_STATUS.get(status, lm15.ServerError if status >= 500 else lm15.ProviderError)
+        raise raised(f"{model}: {type(error).__name__}: {error}", status=status) from error
 
 
 def _arguments(model_group: str, request: lm15.Request) -> dict[str, Any]:

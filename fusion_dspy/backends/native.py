@@ -25,6 +25,8 @@ from typing import Any
 
 from dspy import lm15
 
+from fusion_dspy.failures import FailureKind, kind_of
+
 NO_KEY = "no-key"  # what a self-hosted server without auth is sent (``api_base`` and no key variable)
 
 
@@ -43,12 +45,12 @@ def router_config(model: str, api_base: str | None, api_key: str | None, timeout
 
 @contextlib.contextmanager
 def _timeouts_as_timeouts():
-    """lm15 reports a read timeout as a transport error; DSPy's callers (retries, the server's 504) look for a
-    timeout, as litellm raises one."""
+    """lm15 reports a timeout (connecting, sending, reading) as a transport error raised from the socket's
+    ``TimeoutError``; DSPy's callers (retries, the server's 504) look for a timeout, as litellm raises one."""
     try:
         yield
     except lm15.TransportError as error:
-        if "timed out" not in str(error):
+        if kind_of(error) is not FailureKind.TIMEOUT:
             raise
         raise lm15.TimeoutError(str(error)) from error
 

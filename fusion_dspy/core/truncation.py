@@ -4,7 +4,8 @@ DSPy 3.4 reads every reply's finish_reason but hands it to no prediction, adapte
 ``"length"`` it only logs a warning on the ``dspy.clients.lm`` logger (its LM history has the reason too, but
 the batch commands switch history off). So ``watch()`` collects those warnings for the calls made inside it,
 with a logging filter keyed by a context variable: each sample runs in its own thread or task, and sees its
-own replies only. The filter never drops a record; DSPy's warning is still logged as before.
+own replies only. Which records say so is ``fusion_dspy.failures.says_truncated``'s to tell (the one place that
+reads DSPy's text). The filter never drops a record; DSPy's warning is still logged as before.
 
 Limits: a reply served again from DSPy's request cache is not re-read (DSPy logs nothing then; a
 ``CandidateStore`` keeps the mark), and a ``dspy`` logger set above WARNING makes no record to read: to quiet
@@ -16,6 +17,8 @@ import contextvars
 import logging
 from collections.abc import Iterator
 
+from fusion_dspy.failures import says_truncated
+
 DSPY_LM_LOGGER = "dspy.clients.lm"  # where DSPy 3.4 reports a reply cut short (tests/test_dspy_contract.py)
 
 _collector: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("fusion_dspy_truncated", default=None)
@@ -24,7 +27,7 @@ _collector: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("f
 class _Collect(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         seen = _collector.get()
-        if seen is not None and record.levelno >= logging.WARNING and "truncated" in record.getMessage():
+        if seen is not None and says_truncated(record):
             seen.append(record.getMessage())
         return True
 

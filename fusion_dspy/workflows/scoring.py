@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import dspy
-from dspy.utils.exceptions import LMAuthError, LMBillingError, is_retryable_lm_error
 
 from fusion_dspy.core.pool import Pool
 from fusion_dspy.core.steps import Call, Steps, run
 from fusion_dspy.errors import FusionDSPyError
+from fusion_dspy.failures import is_outage  # importable from here too for one release: import it from failures
 from fusion_dspy.workflows.interrupt import run_until_interrupted
 from fusion_dspy.workflows.task import MetricError, Task
 
@@ -97,25 +97,9 @@ class StageUnavailable(FusionDSPyError):
     """A combining stage (fusor, judge) could not run because its model was unavailable: nothing to score."""
 
 
-# Failures of the service, not of the answer: they end in a score of nothing, never of 0.
-OUTAGE_TYPES = (LMAuthError, LMBillingError, ConnectionError, TimeoutError)
+# The type names of outages, for the text of a fallback's ``fusion_error`` / ``selection_error`` only (score_stage);
+# exceptions are classified by their type (``fusion_dspy.failures.is_outage``).
 OUTAGE_NAMES = {"LMServerError", "LMTimeoutError", "LMRateLimitError", "LMTransportError", "LMLockTimeoutError",
                 "LMAuthError", "LMBillingError", "APIConnectionError", "Timeout", "ServiceUnavailableError",
                 "InternalServerError", "RateLimitError", "AuthenticationError", "BadGatewayError",
                 "ConnectionError", "TimeoutError", "DeadlineExceeded", "StageUnavailable"}  # fmt: skip
-
-
-def is_outage(error: BaseException) -> bool:
-    """Whether ``error`` (or an error it was raised from) says a model was unavailable, not that it answered badly.
-
-    Example:
-        >>> is_outage(TimeoutError("read timed out")), is_outage(ValueError("unparsable"))
-        (True, False)
-    """
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if is_retryable_lm_error(error) or isinstance(error, OUTAGE_TYPES) or type(error).__name__ in OUTAGE_NAMES:
-            return True
-        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
-    return False
