@@ -168,9 +168,9 @@ def run(setups: list[Setup], seeds: int, n: int, threads: int, show: bool) -> di
                 pool = fused_program.sample(question=prompt.text)
                 fused = fused_program(question=prompt.text, candidates=pool)
                 best = best_program(question=prompt.text, candidates=pool)
-                answer = str(fused.answer)
-                row = {"prompt": prompt.text, "seed": seed, "answer": answer, "fell_back": "fusion_error" in fused,
-                       "reads": reads_as_answer(answer) and "fusion_error" not in fused, "loops": loops(answer),
+                answer, fell_back = str(fused.answer), fused.report.fallback is not None
+                row = {"prompt": prompt.text, "seed": seed, "answer": answer, "fell_back": fell_back,
+                       "reads": reads_as_answer(answer) and not fell_back, "loops": loops(answer),
                        "right": prompt.right(answer), "best_right": prompt.right(str(best.answer)),
                        "candidates_right": [prompt.right(str(c.answer)) for c in pool.candidates],
                        "seconds": time.monotonic() - started}  # fmt: skip

@@ -66,6 +66,8 @@ def keep_no_history() -> None:
 
 
 def _jsonable(value: Any) -> Any:
+    if hasattr(value, "to_dict") and not isinstance(value, type):  # a FusionReport: its one serialized form
+        return value.to_dict()
     if isinstance(value, dspy.Prediction):
         return {key: _jsonable(item) for key, item in value.items()}
     if hasattr(value, "model_dump"):
@@ -78,7 +80,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def result_record(item_id: str, inputs: dict[str, Any], prediction: dspy.Prediction) -> dict[str, Any]:
-    """One JSONL line: the id, the inputs, every field of the prediction (candidates and stage stats included)."""
+    """One JSONL line: the id, the inputs, every field of the prediction: the task's, ``candidates`` and the
+    ``report`` (``FusionReport.to_dict()``, the schema serve's ``fusion`` object has too)."""
     return {"id": item_id, "inputs": inputs, **_jsonable(prediction), "error": None}
 
 

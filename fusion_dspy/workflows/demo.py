@@ -79,7 +79,7 @@ def _stage_table(meter: StageMeter, best: dspy.Prediction | None, fused: dspy.Pr
     rows = [("sample", meter.usage.get("sample"), meter.seconds.get("sample"))]
     for label, result, stage in (("select (BoN)", best, "select"), ("fuse (FusioN)", fused, "fuse")):
         if result is not None:
-            rows.append((label, result.stage_usage[stage], result.stage_seconds[stage]))
+            rows.append((label, result.report.stages[stage].usage, result.report.stages[stage].seconds))
     for label, usage, seconds in rows:
         table.add_row(label, str(total_tokens(usage)), f"{seconds or 0:.1f}")
     return table
@@ -113,7 +113,7 @@ def _one_prompt(prompt: DemoPrompt, fused_program: FusionOfN, best_program: Best
         candidates.add_row(str(i), shown + _mark(prompt, text, right, "one candidate"))
     parts: list = [candidates]
     for failure in pool.failures:
-        parts.append(f"[yellow]dropped a failed sample:[/yellow] {failure.splitlines()[0][:160]}")
+        parts.append(f"[yellow]dropped a failed sample:[/yellow] {str(failure).splitlines()[0][:160]}")
 
     best = fused = None
     with console.status("Best-of-N: selecting one candidate..."):
@@ -128,7 +128,8 @@ def _one_prompt(prompt: DemoPrompt, fused_program: FusionOfN, best_program: Best
     with console.status("Fusion-of-N: the fusor writes a new answer from all candidates..."):
         try:
             fused = fused_program(question=prompt.text, candidates=pool)
-            note = " [yellow](fusor output unusable: fell back to the vote)[/yellow]" if "fusion_error" in fused else ""
+            fell_back = fused.report.fallback is not None
+            note = " [yellow](fusor output unusable: fell back to the vote)[/yellow]" if fell_back else ""
             parts.append(f"[bold green]Fusion-of-N[/bold green] writes a new answer from all of them:{note}"
                          f"{_mark(prompt, str(fused.answer), right, 'Fusion-of-N')}\n{fused.answer}\n")  # fmt: skip
         except Exception as error:  # noqa: BLE001
@@ -140,7 +141,7 @@ def _one_prompt(prompt: DemoPrompt, fused_program: FusionOfN, best_program: Best
     seconds = {"sample": meter.seconds["sample"]}
     for result, stage in ((best, "select"), (fused, "fuse")):
         if result is not None:
-            tokens[stage], seconds[stage] = result.stage_tokens[stage], result.stage_seconds[stage]
+            tokens[stage], seconds[stage] = result.report.tokens[stage], result.report.stages[stage].seconds
     return DemoRow(prompt.text, tokens, seconds, right=right)
 
 

@@ -168,17 +168,21 @@ class PairedEvaluation:
                             "oracle": len(candidates)},  # fewer than n where adaptive N stopped early
                 "stop_reason": pool.stop_reason,
                 "errors": {name: step.error for name, step in (("bon", bon), ("fusion", fusion)) if step.error},
+                "reports": {name: step.prediction.report.to_dict() for name, step in (("bon", bon), ("fusion", fusion))
+                            if step.prediction is not None},
                 "inputs": _recorded(inputs),
                 "task": self.task.name, "agreement": agreement(candidates, vote_fields),
                 "position": _position(fusion.prediction, candidates, vote_fields),
             }  # fmt: skip
             if self.route is not None:
                 routed = yield from scored_stage(self.task, self.route, example, candidates, where)
-                used = routed.prediction.route["n"] if routed.prediction is not None else n
+                used = routed.prediction.report.route["n"] if routed.prediction is not None else n
                 record["scores"][ROUTE] = routed.score
                 drawn = candidates if self.route.router.use_agreement else candidates[:used]
                 record["tokens"][ROUTE] = drawn.tokens + routed.tokens
-                record["route"] = routed.prediction.route if routed.prediction is not None else None
+                record["route"] = routed.prediction.report.route if routed.prediction is not None else None
+                if routed.prediction is not None:
+                    record["reports"][ROUTE] = routed.prediction.report.to_dict()
                 if routed.error:
                     record["errors"][ROUTE] = routed.error
             log.write(record)

@@ -19,7 +19,7 @@ import dspy
 from fusion_dspy.core.pool import Pool
 from fusion_dspy.core.steps import Call, Steps, run
 from fusion_dspy.errors import FusionDSPyError
-from fusion_dspy.failures import is_outage  # importable from here too for one release: import it from failures
+from fusion_dspy.failures import OUTAGES, is_outage  # is_outage importable from here for one release
 from fusion_dspy.workflows.interrupt import run_until_interrupted
 from fusion_dspy.workflows.task import MetricError, Task
 
@@ -61,12 +61,12 @@ def scored_stage(task: Task, program: dspy.Module, example: dspy.Example, pool: 
                                    f"({type(error).__name__}: {error}); not scored, a rerun tries again.") from error
         return Scored(0.0, 0, f"{type(error).__name__}: {error}")
     # A fallback's pick after an outage (fusor or judge down, fallback="select"/"vote") is not this method's answer.
-    fell_back = prediction.get("fusion_error") or prediction.get("selection_error")
-    if fell_back and str(fell_back).split(":", 1)[0] in OUTAGE_NAMES:
-        raise StageUnavailable(f"{where}: the {program.stage_name} stage's model is unavailable ({fell_back}); "
+    fallback = prediction.report.fallback
+    if fallback is not None and fallback.cause.kind in OUTAGES:
+        raise StageUnavailable(f"{where}: the {program.stage_name} stage's model is unavailable ({fallback.cause}); "
                                "the fallback's pick is not scored as this method, a rerun tries again.")  # fmt: skip
     # Every stage but sampling: the fusor's or judge's, and a Route's or a layered fusion's whatever they chose.
-    tokens = sum(count for stage, count in prediction.stage_tokens.items() if stage != "sample")
+    tokens = sum(count for stage, count in prediction.report.tokens.items() if stage != "sample")
     return Scored(task.score(example, prediction, where), tokens, prediction=prediction)
 
 
@@ -95,11 +95,3 @@ def score_examples(work: Callable[[int], T], examples: Sequence[Any], num_thread
 
 class StageUnavailable(FusionDSPyError):
     """A combining stage (fusor, judge) could not run because its model was unavailable: nothing to score."""
-
-
-# The type names of outages, for the text of a fallback's ``fusion_error`` / ``selection_error`` only (score_stage);
-# exceptions are classified by their type (``fusion_dspy.failures.is_outage``).
-OUTAGE_NAMES = {"LMServerError", "LMTimeoutError", "LMRateLimitError", "LMTransportError", "LMLockTimeoutError",
-                "LMAuthError", "LMBillingError", "APIConnectionError", "Timeout", "ServiceUnavailableError",
-                "InternalServerError", "RateLimitError", "AuthenticationError", "BadGatewayError",
-                "ConnectionError", "TimeoutError", "DeadlineExceeded", "StageUnavailable"}  # fmt: skip

@@ -18,7 +18,8 @@ from fusion_dspy.workflows.runner import run_items
 
 
 def training_record(item_id: str, inputs: dict[str, Any], fused: dspy.Prediction, program: FusionOfN) -> dict:
-    """One chat-format training example with where it came from: teachers, N, fusor and tokens per stage."""
+    """One chat-format training example with where it came from: the fusor and the call's report (teachers,
+    failures, tokens per stage, a fallback: ``FusionReport.to_dict()``)."""
     output_field = next(name for name in program.task_signature.output_fields if name != "reasoning")
     fusor = program.fuse.fusor_lm or program.fuse.predict.lm or dspy.settings.lm
     return {
@@ -27,15 +28,7 @@ def training_record(item_id: str, inputs: dict[str, Any], fused: dspy.Prediction
             {"role": "user", "content": render_inputs(inputs)},
             {"role": "assistant", "content": str(fused[output_field])},
         ],
-        "provenance": {
-            "teachers": sorted(set(fused.get("candidate_models") or [])),
-            "n": len(fused.candidates),
-            "failed_samples": fused.get("sample_failures") or [],
-            "truncated_samples": fused.get("truncated") or [],
-            "fusor": getattr(fusor, "model", None),
-            "tokens": fused.stage_tokens,
-            "fell_back_to_selection": "fusion_error" in fused,
-        },
+        "provenance": {"fusor": getattr(fusor, "model", None), "report": fused.report.to_dict()},
     }
 
 
