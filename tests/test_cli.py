@@ -46,7 +46,7 @@ def test_run_writes_one_line_per_input_and_resumes(tmp_path, config_file):
     records = {r["id"]: r for r in lines(output)}
     assert set(records) == {"0", "2"}
     assert records["0"]["answer"] == "fused answer" and len(records["0"]["candidates"]) == 2
-    assert records["0"]["stage_tokens"]["sample"] > 0 and records["0"]["error"] is None
+    assert records["0"]["report"]["tokens"]["sample"] > 0 and records["0"]["error"] is None
     [failed] = lines(tmp_path / "out.errors.jsonl")  # a broken item is recorded, the batch goes on
     assert failed["id"] == "b" and failed["error"].startswith("SamplingError")
     (tmp_path / "out.errors.jsonl").write_text(json.dumps({**failed, "error": "an earlier failure"}) + "\n")

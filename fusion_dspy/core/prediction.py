@@ -16,15 +16,16 @@ import dspy
 from fusion_dspy.core.meter import StageMeter
 from fusion_dspy.core.pool import Pool, truncation_note
 from fusion_dspy.core.report import CandidateReport, FusionReport, StageReport
+from fusion_dspy.failures import FailureKind
 
 # What a combining stage may return beside the task's fields, and where it goes in the report.
 _TOP = ("selected_index", "scores", "route")
 _ORDERS = ("fusion_orders", "judge_orders")
-_DETAILS = ("candidate_order", "fusion_groups", "layer_candidates", "permutation_index", "permutation_scores",
-            "judge_wins", "judge_consistent", "judge_comparison")  # fmt: skip
-_FAILURES = {"permutation_failures": "permutation", "judge_failures": "judge"}
+_DETAILS = ("comparison", "candidate_order", "fusion_groups", "layer_candidates", "permutation_index",
+            "permutation_scores", "judge_wins", "judge_consistent", "judge_comparison")  # fmt: skip
+_FAILURES = ("permutation_failures", "judge_failures")
 _TEXT = ("fusion_error", "selection_error", "permutation_pick_error")  # messages for people: the data is typed
-STAGE_KEYS = frozenset((*_TOP, *_ORDERS, *_DETAILS, *_FAILURES, *_TEXT, "fallback", "permutation_pick_fallback"))
+STAGE_KEYS = frozenset((*_TOP, *_ORDERS, *_DETAILS, *_FAILURES, *_TEXT, "fallback", "layer_failures"))
 
 
 def _jsonable(value: Any) -> Any:
@@ -43,13 +44,13 @@ def fused_prediction(method: str, combined: dspy.Prediction, pool: Pool, meter: 
     orders = next((extra[name] for name in _ORDERS if name in extra), None)
     if orders is None and "candidate_order" in extra:
         orders = [extra["candidate_order"]]
-    inner = tuple(failure for name, stage in _FAILURES.items() for failure in extra.get(name) or ())
+    inner = [failure for name in (*_FAILURES, "layer_failures") for failure in extra.get(name) or ()]
     report = FusionReport(
         method=method,
         candidates=tuple(CandidateReport(c.index, c.model, c.tokens, c.cached, c.truncated) for c in pool),
         stages={name: StageReport(meter.seconds.get(name, 0.0), meter.usage.get(name, {})) for name in meter.seconds},
-        failures=(*pool.failures, *inner),
-        stragglers=tuple(pool.stragglers),
+        failures=(*pool.failures, *(f for f in inner if f.kind != FailureKind.STRAGGLER)),
+        stragglers=(*pool.stragglers, *(f for f in inner if f.kind == FailureKind.STRAGGLER)),
         samples_drawn=pool.drawn if any(model is not None for model in pool.models) else None,
         stop_reason=pool.stop_reason,
         selected_index=extra.get("selected_index"),

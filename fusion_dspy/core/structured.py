@@ -10,10 +10,12 @@
    ``fusion_dspy.core.permute``).
 
 With none of them set this is exactly one ``Fuse`` call. The prediction gains what was done:
-``layer_candidates`` (every layer's answers), ``fusion_groups`` (the groups fused at each level) and
+``layer_candidates`` (every layer's answers), ``layer_failures`` (the failed and straggling samples of layers
+2..L, as ``Failure``s of stage ``layer_<i>``), ``fusion_groups`` (the groups fused at each level) and
 ``fusion_orders`` (the orders of the final fusion), each only when that structure was used.
 """
 
+import dataclasses
 from typing import Any
 
 import dspy
@@ -42,6 +44,8 @@ def fuse_structured(fuse: Any, pool: Pool, inputs: dict[str, Any], layers: Layer
     if layers is not None:
         pools = yield from layers.steps(pool, inputs)
         extra["layer_candidates"] = [p.predictions for p in pools]
+        extra["layer_failures"] = [dataclasses.replace(failure, stage=f"layer_{number}") for number, drawn in
+                                   enumerate(pools[1:], 2) for failure in (*drawn.failures, *drawn.stragglers)]
         pool = pools[-1].require()
     finalists, levels = yield from reduce_in_groups(fuse, pool, inputs, group_size, context_window, limit)
     if levels:
