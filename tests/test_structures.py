@@ -4,17 +4,17 @@ import json
 import re
 
 import dspy
+import litellm
 import pytest
 
 import fusion_dspy as fd
 from fusion_dspy.core.options import FuseOptions
 from fusion_dspy.core.permute import permutation_orders
-from fusion_dspy.core.windowed import CHARS_PER_TOKEN
 from fusion_dspy.errors import FusionError
 from fusion_dspy.testing import StubOpenAIServer, scripted_lm
 
 SHOWN = re.compile(r'<candidate id="\d+">\n(.*?)\n</candidate>', re.DOTALL)
-LONG = " ".join(["word"] * 80)  # ~400 characters: ~100 tokens per candidate
+LONG = " ".join(["word"] * 80)  # ~400 characters: ~93 tokens per candidate, tags included
 
 
 def shown(call) -> list[str]:
@@ -30,24 +30,25 @@ def long_answers(call):
 
 
 def prompt_tokens(call) -> int:
-    return (len(call.system) + len(call.user)) // CHARS_PER_TOKEN
+    return litellm.token_counter(model="scripted/fusor", text=call.system + call.user)
 
 
 @pytest.mark.parametrize("use_async", [False, True])
 async def test_a_pool_larger_than_the_context_window_is_fused_in_groups(use_async):
     generator = scripted_lm(long_answers, model="scripted/generator")
     fusor = scripted_lm(long_answers, model="scripted/fusor", max_tokens=150)
-    # The window holds about three 100-token candidates next to the instruction and a 150-token answer.
-    fused = fd.FusionOfN("question -> answer", n=9, lm=generator, fusor_lm=fusor, context_window=1000)
+    # The window holds three ~93-token candidates (not four) next to the ~360-token rest of the prompt and a
+    # 150-token answer.
+    fused = fd.FusionOfN("question -> answer", n=9, lm=generator, fusor_lm=fusor, context_window=850)
     p = await fused.acall(question="Say it long.") if use_async else fused(question="Say it long.")
     calls = fusor.engine.calls
     assert p.fusion_groups == [[[0, 1, 2], [3, 4, 5], [6, 7, 8]]]
     assert len(calls) == 3 + 1, "three group fusions, then one fusion of the three fused answers"
     assert sorted(len(shown(call)) for call in calls) == [3, 3, 3, 3]
-    assert max(prompt_tokens(call) for call in calls) + 150 <= 1000, "every request fits the stated window"
+    assert max(prompt_tokens(call) for call in calls) + 150 <= 850, "every request fits the stated window"
     assert p.answer.startswith("fused 3") and len(p.candidates) == 9
     one_call = fd.FusionOfN("question -> answer", n=9, lm=generator, fusor_lm=fusor)(question="Say it long.")
-    assert prompt_tokens(fusor.engine.calls[-1]) + 150 > 1000, "the same pool in one call would not have fit"
+    assert prompt_tokens(fusor.engine.calls[-1]) + 150 > 850, "the same pool in one call would not have fit"
     assert "fusion_groups" not in one_call
 
 
@@ -69,12 +70,12 @@ def test_an_explicit_group_size_makes_a_tree_over_http():
 def test_a_candidate_too_long_for_the_window_is_a_clear_error_not_a_truncation():
     generator = scripted_lm(long_answers, model="scripted/generator")
     fusor = scripted_lm(long_answers, model="scripted/fusor", max_tokens=150)
-    # 700 tokens leave ~200 for candidates: one ~110-token candidate fits, two do not.
-    fused = fd.FusionOfN("question -> answer", n=4, lm=generator, fusor_lm=fusor, context_window=700)
+    # 650 tokens leave ~140 for candidates: one ~93-token candidate fits, two do not.
+    fused = fd.FusionOfN("question -> answer", n=4, lm=generator, fusor_lm=fusor, context_window=650)
     with pytest.raises(FusionError, match="cannot hold two of these candidates.*longer context_window"):
         fused(question="Say it long.")
     assert fusor.engine.calls == [], "nothing is fused in part"
-    one = fd.FusionOfN("question -> answer", n=1, lm=generator, fusor_lm=fusor, context_window=700)
+    one = fd.FusionOfN("question -> answer", n=1, lm=generator, fusor_lm=fusor, context_window=650)
     assert one(question="Say it long.").answer.startswith("fused 1"), "one candidate that fits is fused as usual"
     with pytest.raises(ValueError, match="context_window"):
         FuseOptions(group_size="auto")

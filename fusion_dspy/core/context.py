@@ -1,8 +1,10 @@
 """Will the fusor's prompt fit? Count it before sending, instead of learning it from whatever the server says.
 
-The prompt is formatted exactly as DSPy will send it (the fusor's adapter, signature and demos) and counted with
-litellm's token counter (the model's own tokenizer where litellm has it, else a GPT tokenizer: an estimate). The
-window is the one given (the config's ``context_window``), else litellm's model info, else unknown: no check.
+The prompt is formatted exactly as DSPy will send it (the fusor's adapter, signature and demos) and counted by
+``count_tokens``: litellm's token counter, with the model's own tokenizer where litellm has it, else a GPT tokenizer
+(an estimate, e.g. for a local server's model). It is the one counter of the library: group fusion sizes its
+groups with it too (``fusion_dspy.core.windowed``), so a group it forms passes this check. The window is the one
+given (the config's ``context_window``), else litellm's model info, else unknown: no check.
 """
 
 from typing import Any
@@ -25,13 +27,31 @@ def known_context_window(model: str) -> int | None:
     return info.get("max_input_tokens")
 
 
-def prompt_tokens(lm: Any, predict: dspy.Predict, inputs: dict[str, Any], adapter: Any = None) -> int:
-    """Tokens of the prompt ``predict`` would send ``lm`` for ``inputs``."""
+def count_tokens(lm: Any, text: str | None = None, messages: list[dict[str, Any]] | None = None) -> int:
+    """Tokens ``lm``'s model reads for a prompt's ``messages`` (with the chat format's own), or for a ``text`` in one.
+
+    Counted by litellm with the model's tokenizer where it has one, else with a GPT tokenizer (an estimate), for
+    a model it does not know or no ``lm`` at all. The GPT tokenizers ship with litellm and count offline; for a
+    few families (Llama, Cohere) litellm fetches the model's tokenizer, falling back to a GPT one if it cannot.
+
+    Args:
+        lm: The LM whose model's tokenizer counts (its ``model`` name), or ``None``.
+        text: A piece of a prompt, such as one candidate.
+        messages: A whole prompt, as the adapter formats it.
+
+    Example:
+        >>> count_tokens(dspy.LM("openai/gpt-4o"), text="four score and seven"), count_tokens(None, text="八十七年前")
+        (4, 7)
+    """
     import litellm
 
+    return litellm.token_counter(model=getattr(lm, "model", None) or "", text=text, messages=messages)
+
+
+def prompt_tokens(lm: Any, predict: dspy.Predict, inputs: dict[str, Any], adapter: Any = None) -> int:
+    """Tokens of the prompt ``predict`` would send ``lm`` for ``inputs``."""
     adapter = adapter or dspy.settings.adapter or dspy.ChatAdapter()
-    messages = adapter.format(predict.signature, predict.demos, inputs)
-    return litellm.token_counter(model=getattr(lm, "model", None) or "", messages=messages)
+    return count_tokens(lm, messages=adapter.format(predict.signature, predict.demos, inputs))
 
 
 def check_fits(lm: Any, predict: dspy.Predict, inputs: dict[str, Any], candidates: int, window: int | None,

@@ -12,9 +12,11 @@ which folds a few new candidates at a time into one running synthesis. The tree 
   whatever the pool size, and the cache reuses every group's fusion across reruns.
 
 Group sizes are either given (``group_size=k``) or computed from the fusor's context window: the largest k such
-that the k longest candidates of a level, the task inputs, the instruction and the fusor's answer fit. Tokens
-are estimated at ``CHARS_PER_TOKEN`` characters each (deliberately generous for English). A pool whose largest
-candidate alone cannot fit with a second one is an error that says so, never a silent truncation.
+that the k longest candidates of a level, the rest of the fusor's prompt (instruction, task inputs, demos, the
+adapter's own words) and its answer fit. Tokens are counted by the counter that checks every fusor call
+(``fusion_dspy.core.context.count_tokens``: the fusor model's tokenizer, else a GPT tokenizer), so a group sized
+here passes that check, in any language. A pool whose largest candidate alone cannot fit with a second one is an
+error that says so, never a silent truncation.
 """
 
 import math
@@ -23,38 +25,28 @@ from typing import Any
 
 import dspy
 
-from fusion_dspy.core.context import ContextOverflowError
+from fusion_dspy.core.context import ContextOverflowError, count_tokens, prompt_tokens
 from fusion_dspy.core.pool import predictions
-from fusion_dspy.core.signatures import render_candidate
+from fusion_dspy.core.signatures import presentation_order, render_candidate, render_candidates
 from fusion_dspy.core.steps import Call, Gather, Steps
 
-CHARS_PER_TOKEN = 4  # a rough, deliberately generous rule for English text
-PROMPT_OVERHEAD = 150  # field markers, tags and the adapter's own words, in tokens
 DEFAULT_ANSWER_TOKENS = 1000  # the fusor's answer, when its LM sets no max_tokens and no candidate is longer
+# Rough rules read only by optimizers/context.py's config-time guess of N_max; groups are sized by real counts.
+CHARS_PER_TOKEN = 4
+PROMPT_OVERHEAD = 150
 
 
-def estimate_tokens(text: str) -> int:
-    """Tokens a text is taken to need in a prompt (``CHARS_PER_TOKEN`` characters each, rounded up).
-
-    Example:
-        >>> estimate_tokens("four score and seven")
-        5
-    """
-    return math.ceil(len(text) / CHARS_PER_TOKEN)
+def _candidate_tokens(lm: Any, candidates: Sequence[Any], output_fields: Sequence[str]) -> list[int]:
+    """The prompt tokens of each candidate as the fusor sees it: its tags and the blank line after it included."""
+    return [count_tokens(lm, text=render_candidate(c, output_fields, i + 1) + "\n\n") for i, c in enumerate(candidates)]
 
 
-def _candidate_tokens(candidates: Sequence[Any], output_fields: Sequence[str]) -> list[int]:
-    """The estimated prompt tokens of each candidate as the fusor sees it (tags included)."""
-    return [estimate_tokens(render_candidate(c, output_fields, i + 1)) for i, c in enumerate(candidates)]
-
-
-def _fusor_budget(fuse: Any, inputs: dict[str, Any], context_window: int, longest: int) -> int:
-    """Tokens left for candidates in one fusor call: the window minus instruction, inputs, overhead and answer."""
-    lm = fuse.fusor_lm or fuse.predict.lm or dspy.settings.lm
-    answer = (getattr(lm, "kwargs", None) or {}).get("max_tokens") or max(longest, DEFAULT_ANSWER_TOKENS)
-    task_inputs = sum(estimate_tokens(str(inputs[name])) for name in fuse.task_signature.input_fields if name in inputs)
-    instructions = estimate_tokens(fuse.predict.signature.instructions)
-    return context_window - instructions - task_inputs - PROMPT_OVERHEAD - answer
+def _prompt_tokens(fuse: Any, lm: Any, candidates: Sequence[Any], inputs: dict[str, Any]) -> int:
+    """The fusor's prompt for these candidates, rendered as ``Fuse`` renders it and counted as its check counts."""
+    task_inputs = {name: inputs[name] for name in fuse.task_signature.input_fields if name in inputs}
+    order = presentation_order(len(candidates), fuse.shuffle, task_inputs)
+    shown = render_candidates(candidates, list(fuse.task_signature.output_fields), order)
+    return prompt_tokens(lm, fuse.predict, {**task_inputs, "candidates": shown}, fuse.adapter)
 
 
 def fitting_group_size(sizes: Sequence[int], budget: int, context_window: int) -> int:
@@ -70,14 +62,50 @@ def fitting_group_size(sizes: Sequence[int], budget: int, context_window: int) -
             break
         total, k = total + size, k + 1
     if k < min(2, len(sizes)) or k == 0:
-        wanted = "two" if len(sizes) > 1 else "one"
-        raise ContextOverflowError(
-            f"The fusor's context window of {context_window} tokens cannot hold {wanted} of these candidates (the "
-            f"longest are about {longest_first[:2]} tokens, and {max(budget, 0)} tokens are left for candidates after "
-            "the instruction, inputs and answer): nothing is fused in part. Use a fusor with a longer context_window, "
-            "lower the generators' max_tokens, or select instead of fusing (BestOfN, or fallback='select')."
-        )
+        raise _cannot_hold(sizes, budget, context_window)
     return k
+
+
+def _cannot_hold(sizes: Sequence[int], budget: int, context_window: int) -> ContextOverflowError:
+    wanted = "two" if len(sizes) > 1 else "one"
+    return ContextOverflowError(
+        f"The fusor's context window of {context_window} tokens cannot hold {wanted} of these candidates (the "
+        f"longest are about {sorted(sizes, reverse=True)[:2]} tokens, and {max(budget, 0)} tokens are left for "
+        "candidates after the instruction, inputs and answer): nothing is fused in part. Use a fusor with a longer "
+        "context_window, lower the generators' max_tokens, or select instead of fusing (BestOfN, or "
+        "fallback='select')."
+    )
+
+
+def auto_group_size(fuse: Any, candidates: Sequence[Any], inputs: dict[str, Any], context_window: int) -> int:
+    """The largest k whose groups of ``candidates`` each fit ``fuse``'s window with its answer, as its check counts.
+
+    k comes from each candidate's tokens and the rest of the prompt's (``fitting_group_size``). Counts of pieces
+    do not quite add up to the count of their whole (a tokenizer merges across the joins, litellm counts long
+    text in slices), so the groups are then counted as they will be sent, and k lowered until each one fits.
+
+    Example:
+        >>> fuse = fd.Fuse("question -> answer", lm=dspy.LM("openai/gpt-4o", max_tokens=100))
+        >>> pool = [{"answer": "巴黎" * 40}] * 5  # 50 tokens each; the rest of the prompt is 357
+        >>> auto_group_size(fuse, pool, {"question": "Capital?"}, context_window=600)
+        2
+        >>> auto_group_size(fuse, pool, {"question": "Capital?"}, context_window=700)
+        4
+    """
+    lm = fuse.fusor_lm or fuse.predict.lm or dspy.settings.lm
+    sizes = _candidate_tokens(lm, candidates, list(fuse.task_signature.output_fields))
+    answer = (getattr(lm, "kwargs", None) or {}).get("max_tokens") or max(max(sizes), DEFAULT_ANSWER_TOKENS)
+    room = context_window - answer
+    budget = room - _prompt_tokens(fuse, lm, [], inputs)
+    k = fitting_group_size(sizes, budget, context_window)
+    while True:
+        groups = split_groups(len(candidates), k)
+        sent = [g for g in groups if len(g) > 1 or len(groups) == 1]  # a group of one is passed on, not fused
+        if all(_prompt_tokens(fuse, lm, [candidates[i] for i in g], inputs) <= room for g in sent):
+            return k
+        k -= 1
+        if k < min(2, len(candidates)):
+            raise _cannot_hold(sizes, budget, context_window)
 
 
 def split_groups(count: int, group_size: int) -> list[list[int]]:
@@ -128,13 +156,11 @@ def reduce_in_groups(fuse: Any, candidates: Sequence[Any], inputs: dict[str, Any
         (['f', 'f'], [[[0, 1, 2], [3, 4, 5]]])
     """
     current, levels = list(predictions(candidates)), []
-    outputs = list(fuse.task_signature.output_fields)
     while True:
         if isinstance(group_size, int):
             k = group_size
         elif context_window:
-            sizes = _candidate_tokens(current, outputs)
-            k = fitting_group_size(sizes, _fusor_budget(fuse, inputs, context_window, max(sizes)), context_window)
+            k = auto_group_size(fuse, current, inputs, context_window)
         else:
             k = len(current)
         if len(current) <= k:
