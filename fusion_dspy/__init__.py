@@ -1,6 +1,7 @@
 """fusion-dspy: Fusion-of-N and Best-of-N as composable, optimizable DSPy modules.
 
-The top level holds the modules, the candidate pool, the store, the errors and ``load_config``; the rest lives
+The top level holds the modules, their option objects (``SampleOptions``, ``FuseOptions``, ``SelectOptions``), the
+candidate pool, the call's ``FusionReport``, the store, the errors and ``load_config``; the rest lives
 in namespaced subpackages, as in optuna: ``fusion_dspy.backends`` (config, LMs, embedded model),
 ``fusion_dspy.workflows`` (tasks, batch runs, evaluation, synthetic data), ``fusion_dspy.optimizers`` and
 ``fusion_dspy.testing``.
@@ -26,7 +27,9 @@ from fusion_dspy.backends import ConfigError, load_config  # noqa: E402
 from fusion_dspy.core.best_of_n import BestOfN  # noqa: E402
 from fusion_dspy.core.fuse import Fuse  # noqa: E402
 from fusion_dspy.core.fusion import FusionOfN  # noqa: E402
+from fusion_dspy.core.options import FuseOptions, SampleOptions, SelectOptions  # noqa: E402
 from fusion_dspy.core.pool import Candidate, Pool  # noqa: E402
+from fusion_dspy.core.report import Failure, FusionReport  # noqa: E402
 from fusion_dspy.core.route import Route  # noqa: E402
 from fusion_dspy.core.sample import Sample  # noqa: E402
 from fusion_dspy.core.select import Select  # noqa: E402
@@ -49,15 +52,20 @@ __all__ = [
     "CandidateStore",
     "ConfigError",
     "DeadlineExceeded",
+    "Failure",
     "Fuse",
+    "FuseOptions",
     "FusionDSPyError",
     "FusionError",
     "FusionOfN",
+    "FusionReport",
     "Pool",
     "Route",
     "Sample",
+    "SampleOptions",
     "SamplingError",
     "Select",
+    "SelectOptions",
     "SelectionError",
     "backends",
     "load_config",

@@ -71,6 +71,12 @@ _TYPES: tuple[tuple[type[BaseException], FailureKind], ...] = (
     (dspy.AdapterParseError, _K.UNPARSABLE),
 )  # fmt: skip
 
+# The OpenAI SDK's error classes, which litellm re-exports under the same names (its own derive from them).
+_OPENAI_STATUS = (("AuthenticationError", _K.AUTH), ("PermissionDeniedError", _K.AUTH),
+                  ("RateLimitError", _K.RATE_LIMIT), ("InternalServerError", _K.SERVER), ("APIConnectionError", _K.TRANSPORT),
+                  ("BadRequestError", _K.BAD_REQUEST), ("NotFoundError", _K.BAD_REQUEST),
+                  ("UnprocessableEntityError", _K.BAD_REQUEST))  # fmt: skip
+
 # Classes of modules this one does not import, by (module, class): an instance means its module is loaded.
 _LOADED: tuple[tuple[str, str, FailureKind], ...] = (
     ("fusion_dspy.core.context", "ContextOverflowError", _K.CONTEXT_WINDOW),  # a FusionError, refused before sending
@@ -78,28 +84,14 @@ _LOADED: tuple[tuple[str, str, FailureKind], ...] = (
     ("fusion_dspy.workflows.scoring", "StageUnavailable", _K.UNAVAILABLE),
     ("litellm", "ContextWindowExceededError", _K.CONTEXT_WINDOW),  # a BadRequestError
     ("litellm", "BudgetExceededError", _K.BILLING),
-    ("litellm", "AuthenticationError", _K.AUTH),
-    ("litellm", "PermissionDeniedError", _K.AUTH),
     ("litellm", "Timeout", _K.TIMEOUT),  # an APIConnectionError
     ("litellm", "RouterRateLimitError", _K.RATE_LIMIT),  # every deployment of a Router group cooling down
-    ("litellm", "RateLimitError", _K.RATE_LIMIT),
-    ("litellm", "InternalServerError", _K.SERVER),
     ("litellm", "ServiceUnavailableError", _K.SERVER),
     ("litellm", "BadGatewayError", _K.SERVER),
-    ("litellm", "APIConnectionError", _K.TRANSPORT),
-    ("litellm", "BadRequestError", _K.BAD_REQUEST),
-    ("litellm", "NotFoundError", _K.BAD_REQUEST),
-    ("litellm", "UnprocessableEntityError", _K.BAD_REQUEST),
+    *(("litellm", name, kind) for name, kind in _OPENAI_STATUS),
     # litellm's classes derive from openai's; these are for openai's own, where one gets through unmapped.
     ("openai", "APITimeoutError", _K.TIMEOUT),  # an APIConnectionError
-    ("openai", "AuthenticationError", _K.AUTH),
-    ("openai", "PermissionDeniedError", _K.AUTH),
-    ("openai", "RateLimitError", _K.RATE_LIMIT),
-    ("openai", "InternalServerError", _K.SERVER),
-    ("openai", "APIConnectionError", _K.TRANSPORT),
-    ("openai", "BadRequestError", _K.BAD_REQUEST),
-    ("openai", "NotFoundError", _K.BAD_REQUEST),
-    ("openai", "UnprocessableEntityError", _K.BAD_REQUEST),
+    *(("openai", name, kind) for name, kind in _OPENAI_STATUS),
 )
 
 # Python's own, last: lm15.TimeoutError and DeadlineExceeded are TimeoutErrors with a meaning of their own.
