@@ -73,7 +73,8 @@ _TYPES: tuple[tuple[type[BaseException], FailureKind], ...] = (
 
 # The OpenAI SDK's error classes, which litellm re-exports under the same names (its own derive from them).
 _OPENAI_STATUS = (("AuthenticationError", _K.AUTH), ("PermissionDeniedError", _K.AUTH),
-                  ("RateLimitError", _K.RATE_LIMIT), ("InternalServerError", _K.SERVER), ("APIConnectionError", _K.TRANSPORT),
+                  ("RateLimitError", _K.RATE_LIMIT), ("InternalServerError", _K.SERVER),
+                  ("APIConnectionError", _K.TRANSPORT),
                   ("BadRequestError", _K.BAD_REQUEST), ("NotFoundError", _K.BAD_REQUEST),
                   ("UnprocessableEntityError", _K.BAD_REQUEST))  # fmt: skip
 
