@@ -7,13 +7,11 @@ default, any RDB URL for many workers, or a journal file: ``optimizers/storage.p
 command, and it goes on where it stopped.
 """
 
-import itertools
 import logging
 import os
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,56 +28,13 @@ from fusion_dspy.errors import FusionDSPyError
 from fusion_dspy.optimizers.context import check_context_window
 from fusion_dspy.optimizers.instructions import builtin_instructions, propose_instructions
 from fusion_dspy.optimizers.outages import failing_on_outages, record_outage
+from fusion_dspy.optimizers.space import DEFAULTS, STRUCTURES, SearchSpace, teacher_subsets
 from fusion_dspy.optimizers.storage import open_storage
 from fusion_dspy.optimizers.tuned import save_tuned, tuned_adaptive
 from fusion_dspy.workflows.scoring import StageUnavailable, score_examples, score_stage
 from fusion_dspy.workflows.task import Task
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class SearchSpace:
-    """The values each trial chooses from. Categorical on purpose: shared values mean shared candidates.
-
-    Args:
-        n: Candidate counts to try.
-        temperatures: Sampling temperatures to try.
-        methods: ``"fuse"`` and/or ``"select"``.
-        teachers: Model names of the config's teacher pool whose subsets to try (``None``: always the whole pool).
-        proposed_instructions: How many extra fusor instructions to ask the config's judge model for.
-        adaptive_thresholds: Agreement thresholds of adaptive N to try (see ``Adaptive``), next to fixed N
-            (``0.0``); empty (default): N is fixed. Its trials stop sampling early where candidates agree.
-        group_sizes: Group fusion to try: ``None`` (one call, or groups when the fusor's context overflows),
-            ``"auto"`` or a group size k >= 2. With anything but ``None`` an N the fusor cannot read in one call
-            is searched too (fused in groups) instead of refused.
-        layers: Mixture-of-Agents proposer layers to try (1: plain Fusion-of-N).
-        permutations: Candidate orders to fuse in (1: one order).
-        router: A trained ``Router`` (its JSON path) for the method ``"auto"`` (a ``Route``).
-
-    The fusion structures (``group_sizes``, ``layers``, ``permutations``) apply to ``fuse`` and ``auto``; a
-    parameter with only its default value is left out of the study.
-    """
-
-    n: Sequence[int] = (1, 2, 4, 8)
-    temperatures: Sequence[float] = (0.7,)
-    methods: Sequence[str] = ("fuse", "select")
-    teachers: Sequence[str] | None = None
-    proposed_instructions: int = 0
-    adaptive_thresholds: Sequence[float] = ()
-    group_sizes: Sequence[int | str | None] = (None,)
-    layers: Sequence[int] = (1,)
-    permutations: Sequence[int] = (1,)
-    router: str | None = None
-
-
-STRUCTURES = {"group_size": "group_sizes", "layers": "layers", "permutations": "permutations"}  # param: field
-DEFAULTS = {"group_size": None, "layers": 1, "permutations": 1}
-
-
-def teacher_subsets(names: Sequence[str]) -> list[str]:
-    """Every non-empty subset of the teachers, as ``"a+b"`` strings (categorical values optuna can store)."""
-    return ["+".join(combo) for size in range(1, len(names) + 1) for combo in itertools.combinations(names, size)]
 
 
 class FusionSearch:

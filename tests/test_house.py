@@ -105,6 +105,8 @@ def test_public_surface_is_small():
         "BestOfN", "Candidate", "CandidateStore", "ConfigError", "DeadlineExceeded", "Fuse", "FusionDSPyError",
         "FusionError", "FusionOfN", "Pool", "Route", "Sample", "SamplingError", "Select", "SelectionError",
         "backends", "load_config", "optimizers", "testing", "workflows",
+        # the typed vocabulary: the stages' options, what a call did, what failed
+        "SampleOptions", "FuseOptions", "SelectOptions", "FusionReport", "Failure",
     }  # fmt: skip
     for name in fd.__all__:
         assert getattr(fd, name) is not None
