@@ -67,9 +67,9 @@ def summary(output: str, counts: dict[str, int], verb: str) -> int:
 
 
 def keep_no_history() -> None:
-    from fusion_dspy.workflows.batch import keep_no_history  # imports DSPy: not for `--help`
+    from fusion_dspy.process import CommandProcess  # imports DSPy: not for `--help`
 
-    keep_no_history()
+    CommandProcess.current().keep_no_history()  # until the command's process is left
 
 
 def engine_of(args: argparse.Namespace):

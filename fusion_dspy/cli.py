@@ -2,7 +2,6 @@
 ``optimize``, ``eval``, ``synth`` and ``serve`` (fusion programs as OpenAI-compatible models)."""
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
@@ -168,34 +167,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, ends_process: bool = False) -> int:
+    """Run one ``fusion-dspy`` command; its exit code. Its process is set up for it (``CommandProcess``) until it
+    returns: called in-process, it leaves nothing changed behind. ``ends_process``: the process ends with it."""
     args = build_parser().parse_args(argv)
-    from fusion_dspy.workflows.batch import freeze_imports
+    from fusion_dspy.process import CommandProcess  # after parsing: `--help` imports no model library
 
-    freeze_imports()  # this process is the command's: starts and exits ~2 s sooner
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, format="%(levelname)s %(message)s")
-    from fusion_dspy.backends.secrets import HELD, redact_logs  # after parsing: `--help` imports no model library
-
-    redact_logs(HELD)  # no model's key in a log line, whatever an upstream error echoes
-    if not args.verbose:
-        from fusion_dspy.workflows.batch import quiet_dspy_logs
-
-        quiet_dspy_logs()
-    try:
-        return args.handler(args)
-    except (FusionDSPyError, ValueError, FileNotFoundError) as error:
-        print(f"error: {HELD(str(error))}", file=sys.stderr)  # plain, unwrapped: paths and fields stay greppable
-        return 2
-    except KeyboardInterrupt as stop:
-        if args.command in ("demo", "serve"):
-            print("\nInterrupted.", file=sys.stderr)
+    with CommandProcess(verbose=args.verbose, ends_process=ends_process) as process:
+        try:
+            return args.handler(args)
+        except (FusionDSPyError, ValueError, FileNotFoundError) as error:
+            print(f"error: {process.mask(str(error))}", file=sys.stderr)  # plain, unwrapped: paths stay greppable
+            return 2
+        except KeyboardInterrupt as stop:
+            if args.command in ("demo", "serve"):
+                print("\nInterrupted.", file=sys.stderr)
+                return INTERRUPTED
+            print(f"\nInterrupted: everything finished so far is saved in {_saved_in(args)}. Run the same command "
+                  "again to continue; it skips what is done.", file=sys.stderr, flush=True)  # fmt: skip
+            if getattr(stop, "abandoned", 0):  # worker threads still wait on their requests: do not wait for them
+                sys.stdout.flush()
+                os._exit(INTERRUPTED)
             return INTERRUPTED
-        print(f"\nInterrupted: everything finished so far is saved in {_saved_in(args)}. Run the same command "
-              "again to continue; it skips what is done.", file=sys.stderr, flush=True)  # fmt: skip
-        if getattr(stop, "abandoned", 0):  # worker threads still wait on their requests: do not wait for them
-            sys.stdout.flush()
-            os._exit(INTERRUPTED)
-        return INTERRUPTED
+
+
+def program() -> None:
+    """The ``fusion-dspy`` program (and ``python -m fusion_dspy.cli``): ``main`` in a process that ends with it."""
+    sys.exit(main(ends_process=True))
 
 
 INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C (128 + SIGINT)
@@ -210,4 +208,4 @@ def _saved_in(args: argparse.Namespace) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    program()

@@ -1,28 +1,23 @@
 """Offline fixtures: no DSPy cache unless a test asks for it, scripted LMs that answer like a task and a fusor."""
 
-import gc
-import logging
-
 import dspy
 import pytest
 
-from fusion_dspy.backends.secrets import HELD
+from fusion_dspy.process import ProcessState
 from fusion_dspy.testing import ScriptedCall, scripted_lm
 
 
 @pytest.fixture(autouse=True)
 def isolated_dspy():
-    """No DSPy cache, and no global LM/adapter/history setting leaking from a test that called dspy.configure
-    (the batch commands switch the LM history off in their process, and freeze what their imports built); nor
-    the keys a test's config named (``HELD``) or the log mask a command installed, both process-wide."""
+    """No DSPy cache, and no global LM/adapter/trace leaking from a test that called dspy.configure or predicted;
+    what a command's set-up changed process-wide and never put back (a worker's or a server's, entered for the rest
+    of the process) is put back too, as are keys held outside any command."""
     dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
-    held, factory = list(HELD.secrets), logging.getLogRecordFactory()
+    found = ProcessState.now()
     yield
+    found.restore()
     dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
-    dspy.configure(lm=None, adapter=None, track_usage=False, disable_history=False, trace=[])
-    gc.unfreeze()
-    HELD.secrets = held
-    logging.setLogRecordFactory(factory)
+    dspy.configure(lm=None, adapter=None, track_usage=False, trace=[])
 
 
 @pytest.fixture

@@ -430,24 +430,38 @@ def test_optimize_fails_a_trial_on_a_fusor_outage_instead_of_scoring_it_0_and_a_
     capsys.readouterr()
 
 
-def test_batch_commands_keep_no_lm_history(tmp_path):
-    """DSPy keeps every request and response by default: a long batch grew without bound (benchmarks/soak.py)."""
+def test_batch_commands_keep_no_lm_history(tmp_path, monkeypatch):
+    """DSPy keeps every request and response by default: a long batch grew without bound (benchmarks/soak.py).
+    The command's process keeps none while the command runs; back in the caller, DSPy's settings are as they were."""
     import gc
 
     import dspy
 
+    from fusion_dspy.workflows import batch
+
+    seen = {}
+    run_batch = batch.run_batch
+
+    def watched(*args, **kwargs):  # inside the command, before its items run
+        lm = dspy.LM("openai/stub", api_base=server.api_base, api_key="x", engine="litellm", cache=False)
+        dspy.Predict("question -> answer")(question="q", lm=lm)
+        seen.update(history=dspy.settings.disable_history, trace=dspy.settings.trace, gc=gc.isenabled(),
+                    frozen=gc.get_freeze_count() > 0, recorded=list(lm.history))  # fmt: skip
+        return run_batch(*args, **kwargs)
+
+    monkeypatch.setattr(batch, "run_batch", watched)
     with StubOpenAIServer(respond=respond) as server:
         config = write_config(tmp_path / "config.yaml", stub=server.api_base)
         inputs = write_inputs(tmp_path / "in.jsonl", [{"question": f"q{i}"} for i in range(3)])
         assert not dspy.settings.disable_history and dspy.settings.trace == [] and not gc.get_freeze_count()
         assert main(["run", "--config", str(config), "--inputs", str(inputs), "--output", str(tmp_path / "o.jsonl"),
                      "--quiet"]) == 0  # fmt: skip
-        assert dspy.settings.disable_history
-        assert dspy.settings.trace is None, "no trace either: it held every prediction (benchmarks/soak.py)"
-        assert gc.isenabled() and gc.get_freeze_count() > 0, "imports frozen, the collector on again"
-        lm = dspy.LM("openai/stub", api_base=server.api_base, api_key="x", engine="litellm", cache=False)
-        dspy.Predict("question -> answer")(question="q", lm=lm)
-        assert lm.history == [], "nothing recorded"
+    assert seen["history"]
+    assert seen["trace"] is None, "no trace either: it held every prediction (benchmarks/soak.py)"
+    assert seen["gc"] and seen["frozen"], "imports frozen, the collector on again"
+    assert seen["recorded"] == [], "nothing recorded"
+    assert not dspy.settings.disable_history and dspy.settings.trace == [] and not gc.get_freeze_count(), \
+        "all put back when the command returns"
 
 
 def test_a_fallback_pick_after_a_fusor_outage_is_not_scored_as_fusion():

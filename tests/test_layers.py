@@ -14,6 +14,7 @@ LAYERS = {
     "fusion_dspy.core": 1,
     "fusion_dspy.testing": 1,
     "fusion_dspy.backends": 2,
+    "fusion_dspy.process": 2,  # what a command changes process-wide: the backends hold their keys through it
     "fusion_dspy.workflows": 3,
     "fusion_dspy.programs": 4,
     "fusion_dspy.optimizers": 4,

@@ -23,8 +23,9 @@ from fusion_dspy.backends.native import NO_KEY, AsyncNativeEngine, NativeEngine
 from fusion_dspy.backends.plain_adapter import PlainAdapter
 from fusion_dspy.backends.programs import Programs
 from fusion_dspy.backends.retries import CappedRetryLM
-from fusion_dspy.backends.secrets import HELD, config_secrets
+from fusion_dspy.backends.secrets import config_secrets
 from fusion_dspy.core.context import known_context_window
+from fusion_dspy.process import hold
 
 # NO_KEY: a self-hosted server without auth still needs *some* key (the OpenAI client refuses to send a request
 # without one; vLLM's docs use "EMPTY"). Without api_base, litellm finds the provider's usual variable by itself.
@@ -52,7 +53,7 @@ class Backends(Programs):
 
     def __post_init__(self):
         self._lms: dict[str, dspy.BaseLM] = dict(self.lms or {})
-        HELD.add(*config_secrets(self.config))  # masked in this process's logs and output files from now on
+        hold(*config_secrets(self.config))  # masked in output files and a command's logs (fusion_dspy.process)
 
     def _where(self, name: str, field: str) -> str:
         return f"{config_source(self.config)}: models.{name}.{field}"

@@ -1,16 +1,18 @@
 """Keys never leave the process: every text that reaches a response, a log or an output file can pass through a
 ``Redactor``, which masks the key values it knows.
 
-``HELD`` knows every key this process has read from the environment for a model (``Backends`` adds each one as it
-reads it), so a batch command's results and errors files and its logs mask them without being told which keys
-there are: an upstream error that echoes the key it was sent ("invalid key sk-..."), or a URL with a key in its
-query string, is written with ``***`` instead. The server masks its own key and the config's the same way.
+``HELD`` knows every key a config of this process names (``Backends`` holds them through
+``fusion_dspy.process.hold``), so a batch's results and errors files and a command's logs mask them without being
+told which keys there are: an upstream error that echoes the key it was sent ("invalid key sk-..."), or a URL with
+a key in its query string, is written with ``***`` instead. Keys held while a command runs are released when it
+ends (``fusion_dspy.process.CommandProcess``); the server masks its own key and the config's the same way.
 """
 
 import logging
 import os
 import threading
-from collections.abc import Iterable
+import warnings
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from fusion_dspy.backends.config import FusionConfig
@@ -44,6 +46,11 @@ class Redactor:
             known = set(self.secrets) | {s for s in secrets if s and len(s) >= self.min_length}
             self.secrets = sorted(known, key=len, reverse=True)  # a new list: readers never see it half-built
 
+    def reset(self, secrets: list[str]) -> None:
+        """Mask exactly ``secrets`` again, an earlier ``self.secrets``: the values added since are forgotten."""
+        with self._lock:
+            self.secrets = list(secrets)
+
     def __call__(self, text: str) -> str:
         for secret in self.secrets:
             text = text.replace(secret, MASK)
@@ -62,7 +69,7 @@ class Redactor:
         return value
 
 
-HELD = Redactor(min_length=8)  # every key a config of this process names (Backends adds them); real keys are long
+HELD = Redactor(min_length=8)  # every key a config names (fusion_dspy.process.hold holds them); real keys are long
 
 
 def config_secrets(config: FusionConfig) -> list[str]:
@@ -72,12 +79,9 @@ def config_secrets(config: FusionConfig) -> list[str]:
     return [os.environ[name] for name in names if name and os.environ.get(name)]
 
 
-def redact_logs(redact: Redactor) -> None:
-    """Mask the secrets in every log record this process creates from now on, including secrets ``redact``
-    learns later (``HELD`` grows as models are built)."""
-    make_record = logging.getLogRecordFactory()
-    if getattr(make_record, "masks", None) is redact:
-        return  # already in place (a second command in the same process)
+def masked_records(redact: Redactor, make_record: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
+    """A log record factory: ``make_record``'s records, with the secrets ``redact`` knows when each is made masked
+    in its message (``logging.setLogRecordFactory`` installs it; ``CommandProcess`` does, for a command)."""
 
     def masked(*args, **kwargs) -> logging.LogRecord:
         record = make_record(*args, **kwargs)
@@ -91,4 +95,16 @@ def redact_logs(redact: Redactor) -> None:
         return record
 
     masked.masks = redact  # type: ignore[attr-defined]
-    logging.setLogRecordFactory(masked)
+    return masked
+
+
+def redact_logs(redact: Redactor) -> None:
+    """Deprecated: mask the secrets in every log record this process creates from now on, never undone. A command
+    masks its logs by entering ``fusion_dspy.process.CommandProcess`` (``mask_logs`` adds a redactor), which puts
+    logging's record factory back when it is left."""
+    warnings.warn("fusion_dspy.backends.secrets.redact_logs is deprecated: a command's process masks its logs "
+                  "while it is in a fusion_dspy.process.CommandProcess (CommandProcess.mask_logs adds a Redactor), "
+                  "which puts logging back when left; the old name goes away in 0.3.", DeprecationWarning,
+                  stacklevel=2)  # fmt: skip
+    if getattr(logging.getLogRecordFactory(), "masks", None) is not redact:  # else in place already
+        logging.setLogRecordFactory(masked_records(redact, logging.getLogRecordFactory()))

@@ -44,16 +44,17 @@ class ServeOptions:
         return key
 
     def app(self) -> Any:
-        """Backends checked, profiles built, the ASGI app; this process keeps no DSPy history or trace (a
-        server runs for days: see ``keep_no_history``)."""
+        """Backends checked, profiles built, the ASGI app. This process is the server's from now on (a
+        ``CommandProcess`` never left): it keeps no DSPy history or trace (a server runs for days: see
+        ``CommandProcess.keep_no_history``) and its logs mask the keys."""
         from fusion_dspy.backends import load_config
-        from fusion_dspy.backends.secrets import Redactor, config_secrets, redact_logs
+        from fusion_dspy.backends.secrets import Redactor, config_secrets
+        from fusion_dspy.process import CommandProcess
         from fusion_dspy.serve.app import ServeSettings, create_app
         from fusion_dspy.serve.profiles import Limits, build_profiles
-        from fusion_dspy.workflows.batch import freeze_imports, keep_no_history
 
-        freeze_imports()
-        keep_no_history()
+        server = CommandProcess(verbose=None).enter()  # uvicorn sets up its logs
+        server.keep_no_history()
         key = self.api_key()
         backends = load_config(self.config)
         backends.check()
@@ -61,7 +62,7 @@ class ServeOptions:
         settings = ServeSettings(api_key=key, max_concurrency=self.max_concurrency, timeout=self.timeout,
                                  max_body_bytes=self.max_body_bytes, limits=Limits(max_n=self.max_n))  # fmt: skip
         redact = Redactor([key, *config_secrets(backends.config)])
-        redact_logs(redact)
+        server.mask_logs(redact)
         app = create_app(profiles, settings, redact)
         app.state.profile_names = list(profiles)
         return app

@@ -5,9 +5,7 @@ flight, and rerunning the same command skips the items already written (by ``id`
 ``<output>.errors.jsonl`` and are tried again by the next run (``fusion_dspy.workflows.runner``).
 """
 
-import gc
-import logging
-import sys
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -18,51 +16,33 @@ from fusion_dspy.workflows.runner import run_items
 
 
 def freeze_imports() -> None:
-    """For a process that runs one job (a command, a worker, a server): import litellm with the garbage collector
-    off, then freeze every object alive (``gc.freeze``) so that no later collection walks them again.
+    """Deprecated: ``fusion_dspy.process.CommandProcess`` freezes a command's imports on entering and unfreezes
+    them when left; this froze them for good."""
+    from fusion_dspy.process import _freeze_imports
 
-    litellm's import builds some 400,000 objects. Measured on 2 cores, the collections during that import took
-    ~0.9 s of a command's start, and the full collection at the interpreter's exit ~1.2 s more
-    (``benchmarks/workers.py``). Objects made afterwards are collected as usual; the frozen ones are modules,
-    classes and tables that live as long as the process anyway. Not for a library call: it changes the process.
-
-    Example:
-        >>> freeze_imports()
-        >>> gc.isenabled(), gc.get_freeze_count() > 0
-        (True, True)
-    """
-    if gc.get_freeze_count() and "litellm" in sys.modules:
-        return  # done already in this process (``serve`` calls it from the command and from the app)
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        import litellm  # noqa: F401 - imported now, under gc.disable, rather than on the first request
-    finally:
-        gc.freeze()
-        if enabled:
-            gc.enable()
+    _deprecated("freeze_imports", "a CommandProcess freezes the imports on entering")
+    _freeze_imports()
 
 
 def quiet_dspy_logs() -> None:
-    """DSPy's warnings (e.g. one per reply cut short, many with a small model) off the console: the results say
-    enough. Its handlers are quieted, not its logger, so the records are still made and
-    ``fusion_dspy.core.truncation`` still marks the cut replies."""
-    for handler in logging.getLogger("dspy").handlers:
-        handler.setLevel(logging.ERROR)
+    """Deprecated: ``fusion_dspy.process.CommandProcess(verbose=False)`` quiets DSPy's log handlers on entering
+    and puts their levels back when left; this quieted them for good."""
+    from fusion_dspy.process import _quiet_dspy_logs
+
+    _deprecated("quiet_dspy_logs", "a CommandProcess(verbose=False) quiets DSPy's log handlers on entering")
+    _quiet_dspy_logs()
 
 
 def keep_no_history() -> None:
-    """Keep no LM call history and no trace in this process, for a batch: by default DSPy keeps every request and
-    response (up to 10,000 per LM and module) and every prediction with its inputs (``settings.trace``, up to
-    10,000), which grew the memory of a long batch by ~7 MB per 1,000 prompts (benchmarks/soak.py). Nothing in a
-    batch reads them; DSPy's optimizers open their own ``dspy.context(trace=[])`` where they record one.
-
-    Example:
-        >>> keep_no_history()
-        >>> dspy.settings.disable_history, dspy.settings.trace
-        (True, None)
-    """
+    """Deprecated: ``fusion_dspy.process.CommandProcess.keep_no_history`` keeps no DSPy history or trace until the
+    command's process is left; this switched them off for good."""
+    _deprecated("keep_no_history", "CommandProcess.keep_no_history() switches DSPy's history and trace off")
     dspy.configure(disable_history=True, trace=None)
+
+
+def _deprecated(name: str, instead: str) -> None:
+    warnings.warn(f"fusion_dspy.workflows.batch.{name} is deprecated: {instead} (fusion_dspy.process) and puts it "
+                  "back when left; the old name goes away in 0.3.", DeprecationWarning, stacklevel=3)  # fmt: skip
 
 
 def _jsonable(value: Any) -> Any:

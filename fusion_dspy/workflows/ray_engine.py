@@ -74,15 +74,11 @@ class JobActor:
     """One actor of the pool: builds the job's program once, then runs rows through it, ``in_flight`` at once."""
 
     def __init__(self, job: Job, in_flight: int, verbose: bool):
-        logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, format="%(levelname)s %(message)s")
-        from fusion_dspy.backends.secrets import HELD, redact_logs
-        from fusion_dspy.workflows.batch import freeze_imports, keep_no_history, quiet_dspy_logs
+        from fusion_dspy.process import CommandProcess
 
-        redact_logs(HELD)  # the keys the job's Backends hold, once it builds them
-        freeze_imports()  # the actor's process is the job's
-        if not verbose:
-            quiet_dspy_logs()  # the records are still made: replies cut short are still marked
-        keep_no_history()  # a long batch's memory stays flat
+        # The actor's process is the job's: logs masking the keys the job's Backends hold, DSPy's warnings off the
+        # console unless verbose (the records are still made: replies cut short are still marked), imports frozen.
+        CommandProcess(verbose=verbose).enter().keep_no_history()  # a long batch's memory stays flat
         self.call = job.build()
         self.limit = asyncio.Semaphore(in_flight)
 
