@@ -73,7 +73,7 @@ __all__ = [
     "testing",
     "workflows",
 ]
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 
 def __getattr__(name: str):

@@ -104,7 +104,7 @@ def redact_logs(redact: Redactor) -> None:
     logging's record factory back when it is left."""
     warnings.warn("fusion_dspy.backends.secrets.redact_logs is deprecated: a command's process masks its logs "
                   "while it is in a fusion_dspy.process.CommandProcess (CommandProcess.mask_logs adds a Redactor), "
-                  "which puts logging back when left; the old name goes away in 0.3.", DeprecationWarning,
+                  "which puts logging back when left; the old name goes away in 0.4.", DeprecationWarning,
                   stacklevel=2)  # fmt: skip
     if getattr(logging.getLogRecordFactory(), "masks", None) is not redact:  # else in place already
         logging.setLogRecordFactory(masked_records(redact, logging.getLogRecordFactory()))

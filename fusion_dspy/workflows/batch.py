@@ -42,7 +42,7 @@ def keep_no_history() -> None:
 
 def _deprecated(name: str, instead: str) -> None:
     warnings.warn(f"fusion_dspy.workflows.batch.{name} is deprecated: {instead} (fusion_dspy.process) and puts it "
-                  "back when left; the old name goes away in 0.3.", DeprecationWarning, stacklevel=3)  # fmt: skip
+                  "back when left; the old name goes away in 0.4.", DeprecationWarning, stacklevel=3)  # fmt: skip
 
 
 def _jsonable(value: Any) -> Any:
