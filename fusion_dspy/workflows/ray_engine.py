@@ -16,47 +16,23 @@ Exactly once: a row is finished when the driver has written and fsynced it, and 
   reached it twice is written once.
 """
 
-import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from fusion_dspy.errors import FusionDSPyError
+from fusion_dspy.workflows.engine import Job, JobActor, Outcome, Row
 
 # Ray Data runs up to 16 rows of one block at once through an async UDF
 # (RAY_DATA_DEFAULT_ASYNC_ROW_UDF_MAX_CONCURRENCY), so a block holds min(16, in_flight) rows and an actor runs
 # as many blocks at once as it takes to reach in_flight. A block is also what a dead worker's retry redoes and
 # how often results reach the driver: small on purpose.
 ROWS_PER_BLOCK = 16
-
-
-@dataclass
-class Outcome:
-    """What one row produced: records for the results file and the errors file, a warning, or a fatal error."""
-
-    results: list[dict[str, Any]] = field(default_factory=list)
-    errors: list[dict[str, Any]] = field(default_factory=list)
-    warning: str = ""
-    fatal: str = ""  # the run must stop (e.g. a broken metric); raised by the driver once the rows are written
-
-    def to_row(self, item_id: str) -> dict[str, str]:
-        # One JSON string per column: records of any shape travel through Arrow unchanged.
-        return {"id": item_id, "results": json.dumps(self.results, ensure_ascii=False),
-                "errors": json.dumps(self.errors, ensure_ascii=False), "warning": self.warning, "fatal": self.fatal}
-
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> "Outcome":
-        return cls(json.loads(row["results"]), json.loads(row["errors"]), row["warning"], row["fatal"])
-
-
-class Job(Protocol):
-    """A picklable description of the work; ``build()`` runs once per actor and returns the per-row call."""
-
-    def build(self) -> Callable[[str, Any], Awaitable[Outcome]]: ...
 
 
 def require_ray() -> Any:
@@ -68,28 +44,6 @@ def require_ray() -> Any:
         raise FusionDSPyError(f"--engine ray needs Ray Data, which is not installed ({error}). Install the extra: "
                               "pip install 'fusion-dspy[ray]'") from None  # fmt: skip
     return ray
-
-
-class JobActor:
-    """One actor of the pool: builds the job's program once, then runs rows through it, ``in_flight`` at once."""
-
-    def __init__(self, job: Job, in_flight: int, verbose: bool):
-        logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, format="%(levelname)s %(message)s")
-        from fusion_dspy.backends.secrets import HELD, redact_logs
-        from fusion_dspy.workflows.batch import freeze_imports, keep_no_history, quiet_dspy_logs
-
-        redact_logs(HELD)  # the keys the job's Backends hold, once it builds them
-        freeze_imports()  # the actor's process is the job's
-        if not verbose:
-            quiet_dspy_logs()  # the records are still made: replies cut short are still marked
-        keep_no_history()  # a long batch's memory stays flat
-        self.call = job.build()
-        self.limit = asyncio.Semaphore(in_flight)
-
-    async def __call__(self, row: dict[str, Any]) -> dict[str, str]:
-        async with self.limit:
-            outcome = await self.call(row["id"], json.loads(row["data"]))
-        return outcome.to_row(row["id"])
 
 
 @dataclass(frozen=True)
@@ -114,6 +68,7 @@ class RayEngine:
     actors: int = 2
     in_flight: int = 16
     verbose: bool = False
+    name: ClassVar[str] = "ray"
 
     def __post_init__(self):
         if self.actors < 1 or self.in_flight < 1:
@@ -122,27 +77,25 @@ class RayEngine:
     @contextlib.contextmanager
     def _session(self) -> Iterator[Any]:
         ray = require_ray()
-        started = not ray.is_initialized()
-        if started:
-            options = {"include_dashboard": False} if self.address is None else {}
-            try:
-                ray.init(address=self.address, logging_level=logging.WARNING, **options)
-            except (ImportError, ValueError, ConnectionError) as error:  # no cluster there, or no Ray Client
-                client = str(self.address).startswith("ray://")  # needs grpcio, which ray[data] does not bring
-                hint = "; connecting through Ray Client needs pip install 'ray[client]'" if client else ""
-                fix = "Check the address, or drop --address to start a local Ray instance."
-                message = f"--address {self.address}: Ray could not connect ({error}){hint}. {fix}"
-                raise FusionDSPyError(message) from None
-        if not self.verbose:  # Ray Data's execution notes; errors still show
-            logging.getLogger("ray.data").setLevel(logging.ERROR)
-        try:
+        with contextlib.ExitStack() as stack:
+            if not ray.is_initialized():
+                options = {"include_dashboard": False} if self.address is None else {}
+                start = functools.partial(ray.init, address=self.address, logging_level=logging.WARNING, **options)
+                try:
+                    start()
+                except (ImportError, ValueError, ConnectionError) as error:  # no cluster there, or no Ray Client
+                    client = str(self.address).startswith("ray://")  # needs grpcio, which ray[data] does not bring
+                    hint = "; connecting through Ray Client needs pip install 'ray[client]'" if client else ""
+                    fix = "Check the address, or drop --address to start a local Ray instance."
+                    message = f"--address {self.address}: Ray could not connect ({error}){hint}. {fix}"
+                    raise FusionDSPyError(message) from None
+                stack.callback(ray.shutdown)
+            if not self.verbose:  # Ray Data's execution notes; errors still show
+                logging.getLogger("ray.data").setLevel(logging.ERROR)
             yield ray
-        finally:
-            if started:
-                ray.shutdown()
 
-    def map(self, job: Job, rows: list[dict[str, str]]) -> Iterator[Outcome]:
-        """Run ``job`` on every ``{"id", "data": JSON}`` row over the actor pool; yields outcomes as they arrive."""
+    def map(self, job: Job, rows: Sequence[Row], finished: Callable[[Outcome], None]) -> None:
+        """Run ``job`` on every row over the actor pool; ``finished(outcome)`` as each arrives (once per row)."""
         if not rows:
             return
         with self._session() as ray:
@@ -150,16 +103,25 @@ class RayEngine:
             context.enable_progress_bars = False  # the driver shows its own bar, counting written rows
             context.print_on_execution_start = False
             block_rows = min(ROWS_PER_BLOCK, self.in_flight)
-            dataset = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / block_rows))
+            dataset = ray.data.from_items([{"id": item_id, "data": json.dumps(data, ensure_ascii=False)}
+                                           for item_id, data in rows],
+                                          override_num_blocks=math.ceil(len(rows) / block_rows))  # fmt: skip
             # One block more than in_flight needs: its rows wait on the actor's semaphore and take the slots of
             # a block's finished rows, so an actor does not idle while a block is reported and the next starts.
             blocks_at_once = math.ceil(self.in_flight / block_rows) + 1
             pool = ray.data.ActorPoolStrategy(size=self.actors, max_concurrent_calls_per_actor=blocks_at_once)
             outcomes = dataset.map(JobActor, compute=pool, num_cpus=1, fn_constructor_kwargs={
                 "job": job, "in_flight": self.in_flight, "verbose": self.verbose})  # fmt: skip
+            seen = set()
             try:
                 for row in outcomes.iter_rows():
-                    yield Outcome.from_row(row)
+                    if row["id"] in seen:  # a retried block's row that reached us twice
+                        continue
+                    seen.add(row["id"])
+                    outcome = Outcome.from_row(row)
+                    finished(outcome)
+                    if outcome.fatal:
+                        break
             except ray.exceptions.ActorDiedError as error:  # e.g. __init__ raised: a key variable is missing there
                 cause = str(error).strip().splitlines()[-1]
                 raise FusionDSPyError(f"A Ray worker could not run the job: {cause}\nEvery worker builds the program "
