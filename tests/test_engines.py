@@ -161,3 +161,56 @@ def test_a_row_that_raises_becomes_its_jobs_failed_record(tmp_path, engine):
     assert counts == {"done": 0, "failed": 3, "skipped": 0}
     errors = by_id(tmp_path / "out.errors.jsonl")
     assert sorted(errors) == ["0", "1", "2"] and errors["2"]["error"].endswith("row 2 lost")
+
+
+def test_a_killed_driver_takes_its_own_local_ray_down_with_it(tmp_path):
+    """``--engine ray`` without ``--address`` starts a Ray instance of its own: killed (``kill -9``), the driver
+    takes every process of it along (the raylet's agents and the actors too), and no actor sends another request.
+    A driver joined to a cluster with ``--address`` leaves it up (tests/test_ray_engine.py reruns on it)."""
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    import psutil
+
+    from tests.engine_support import lines
+
+    release = threading.Event()
+    release.set()
+
+    def held(call) -> float:  # answered 0.3 s after it arrives, once released
+        release.wait(timeout=120)
+        return 0.3
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": i, "prompt": f"prompt {i}"}) + "\n" for i in range(200)))
+    output = tmp_path / "train.jsonl"
+    with StubOpenAIServer(reply, delay=held) as server:
+        config = write_config(tmp_path / "c.yaml", {"a": model("a", server.api_base)}, [{"model": "a", "count": 2}])
+        environment = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+        driver = subprocess.Popen([sys.executable, "-m", "fusion_dspy.cli", "synth", "--config", str(config),
+                                   "--prompts", str(prompts), "--output", str(output), "--engine", "ray", "--actors",
+                                   "1", "--in-flight", "4", "--quiet"], cwd=tmp_path,
+                                  env={**environment, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT)  # fmt: skip
+        deadline = time.monotonic() + 300
+        while len(lines(output)) < 4:
+            assert driver.poll() is None, driver.communicate()[0]
+            assert time.monotonic() < deadline, "no line written in time"
+            time.sleep(0.05)
+        instance = psutil.Process(driver.pid).children(recursive=True)  # its Ray: GCS, raylet, agents, the actor
+        names = [process.name() for process in instance]
+        assert "raylet" in names and any("JobActor" in name for name in names), names
+        release.clear()  # from now on requests are held: the ones in flight finish, what follows them waits
+        time.sleep(1.0)
+        asked = len(server.requests)
+        driver.kill()
+        driver.wait()
+        time.sleep(0.5)
+        release.set()  # an actor still alive now would get its answers and go on asking
+        _, alive = psutil.wait_procs(instance, timeout=20)
+        alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert not alive, [(p.pid, p.name()) for p in alive]
+        time.sleep(2)
+        assert len(server.requests) == asked, "no request after the driver's death"

@@ -11,13 +11,14 @@ engine, so the files are the same: same records, same provenance, same error rec
 Exactly once: a row is finished when the driver has written and fsynced it, and only the driver writes.
 
 - A killed driver loses only rows it had not written yet; the rerun skips every id on disk and does the rest.
+  A driver that started its own local Ray instance (no ``--address``) takes it down with it, even when killed
+  (``ray_cluster.dies_with_this_process``): no actor goes on sending requests whose answers nobody would write.
 - A killed worker loses nothing written: Ray restarts the actor and retries the block it was running (whose
   rows the driver never received); the driver also drops any id it already wrote this run, so a row that
   reached it twice is written once.
 """
 
 import contextlib
-import functools
 import json
 import logging
 import math
@@ -27,6 +28,7 @@ from typing import Any, ClassVar
 
 from fusion_dspy.errors import FusionDSPyError
 from fusion_dspy.workflows.engine import Job, JobActor, Outcome, Row
+from fusion_dspy.workflows.ray_cluster import dies_with_this_process
 
 # Ray Data runs up to 16 rows of one block at once through an async UDF
 # (RAY_DATA_DEFAULT_ASYNC_ROW_UDF_MAX_CONCURRENCY), so a block holds min(16, in_flight) rows and an actor runs
@@ -51,9 +53,9 @@ class RayEngine:
     """Where and how wide a job runs: the Ray cluster, the actor pool and the rows each actor runs at once.
 
     Args:
-        address: ``None`` starts a local Ray instance for the run (and stops it after); ``"auto"`` joins the
-            cluster this machine belongs to; ``"ray://HEAD:10001"`` connects through Ray Client. Ignored when
-            Ray is already initialized in this process.
+        address: ``None`` starts a local Ray instance for the run (stopped after it, or with this process if it
+            is killed: ``ray_cluster``); ``"auto"`` joins the cluster this machine belongs to (and leaves it up);
+            ``"ray://HEAD:10001"`` connects through Ray Client. Ignored when Ray is already initialized here.
         actors: Actors in the pool; each takes one CPU of the cluster and builds the program once.
         in_flight: Rows each actor runs at once (their ``acall``s share the actor's event loop).
         verbose: Workers log warnings and info, as the CLI does with ``-v``.
@@ -80,9 +82,16 @@ class RayEngine:
         with contextlib.ExitStack() as stack:
             if not ray.is_initialized():
                 options = {"include_dashboard": False} if self.address is None else {}
-                start = functools.partial(ray.init, address=self.address, logging_level=logging.WARNING, **options)
+
+                def start() -> Any:
+                    return ray.init(address=self.address, logging_level=logging.WARNING, **options)
+
                 try:
-                    start()
+                    if self.address is None:  # our own local instance: it ends with this process, however it ends
+                        # (the watchdog finds its processes by its session directory, where they keep their logs)
+                        stack.enter_context(dies_with_this_process(lambda: start().address_info["session_dir"]))
+                    else:  # a cluster of its own: joined and left, never taken down
+                        start()
                 except (ImportError, ValueError, ConnectionError) as error:  # no cluster there, or no Ray Client
                     client = str(self.address).startswith("ray://")  # needs grpcio, which ray[data] does not bring
                     hint = "; connecting through Ray Client needs pip install 'ray[client]'" if client else ""
