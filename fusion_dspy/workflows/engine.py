@@ -64,7 +64,8 @@ class Engine(Protocol):
 
     ``map(job, rows, finished)`` runs every row and calls ``finished(outcome)`` once per row as it ends (from any
     of its threads; ``finished`` writes the records). Once an outcome is ``fatal`` no new row starts. Ctrl-C
-    stops new rows (``interrupt.BatchInterrupted``); an exception ``finished`` raises ends the map with it.
+    stops new rows (``interrupt.BatchInterrupted``); an exception ``finished`` raises (a file cannot be written)
+    is raised by ``map``.
     """
 
     name: str
