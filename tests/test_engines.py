@@ -214,3 +214,29 @@ def test_a_killed_driver_takes_its_own_local_ray_down_with_it(tmp_path):
         assert not alive, [(p.pid, p.name()) for p in alive]
         time.sleep(2)
         assert len(server.requests) == asked, "no request after the driver's death"
+
+
+def test_a_driver_that_joins_a_running_instance_leaves_it_up(ray_instance):
+    """Without ``--address``, ``ray.init`` joins the instance ``RAY_ADDRESS`` names (``ray job submit`` sets it):
+    this driver did not start it, so its end takes nothing down."""
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+    import ray
+
+    agents = [p for p in psutil.Process().children(recursive=True) if p.name().endswith("Agent")]
+    address = ray.get_runtime_context().gcs_address
+    script = "from fusion_dspy.workflows.ray_engine import RayEngine\nwith RayEngine()._session() as ray:\n" \
+             "    print(ray.get_runtime_context().gcs_address)"  # fmt: skip
+    joined = subprocess.run([sys.executable, "-c", script], env={**os.environ, "RAY_ADDRESS": address},
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert joined.returncode == 0 and address in joined.stdout, joined.stdout + joined.stderr
+    time.sleep(1)  # what a watchdog would take to act
+    assert agents and all(agent.is_running() for agent in agents), "the instance's agents are still there"
+    assert ray.get(ray.remote(worker_pid).remote()) > 0, "and it still runs tasks"
+
+
+def worker_pid() -> int:
+    return os.getpid()

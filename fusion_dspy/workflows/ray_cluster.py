@@ -12,7 +12,8 @@ instance's session directory (every process of the instance keeps its log files 
 the driver starts meanwhile carries one environment variable with a value of its own (``FUSION_DSPY_RAY_INSTANCE``,
 set only while ``ray.init`` runs, for a start that fails half-way). When the pipe closes (the driver ended,
 however it ended), the watchdog SIGKILLs those processes, and only those: never another driver's Ray, never a
-cluster joined with ``--address``. Linux only (``/proc``); elsewhere a no-op.
+cluster joined with ``--address``, ``RAY_ADDRESS`` or ``ray start`` (then nothing carries the mark, and the
+watchdog is not told the session). Linux only (``/proc``); elsewhere a no-op.
 """
 
 import contextlib
@@ -50,7 +51,8 @@ def dies_with_this_process(start: Callable[[], str | None]) -> Iterator[None]:
             session = start()
         finally:
             os.environ.pop(MARK, None)
-        if watchdog is not None and session:
+        # Only an instance started here: ray.init joins the one RAY_ADDRESS or `ray start` names instead, if any.
+        if watchdog is not None and session and instance_processes(mark, [], {os.getpid()}):
             watchdog.stdin.write(f"{session}\n".encode())
             watchdog.stdin.flush()
         yield
