@@ -25,9 +25,10 @@ from pathlib import Path
 import yaml
 
 from fusion_dspy.backends import load_config
+from fusion_dspy.workflows.jobs import ConfigText, SynthJob
 from fusion_dspy.workflows.jsonl import read_jsonl
 from fusion_dspy.workflows.ray_engine import RayEngine, require_ray
-from fusion_dspy.workflows.ray_jobs import ConfigText, SynthJob, synthesize_on_ray
+from fusion_dspy.workflows.runner import run_items
 from fusion_dspy.workflows.synth import synthesize
 
 
@@ -138,8 +139,8 @@ def main() -> None:
             local.append(timed(lambda out=out: synthesize(program, read_jsonl(prompts), out, args.concurrency,
                                                           show_progress=False), out, args.prompts))  # fmt: skip
             out = folder / f"ray{repeat}.jsonl"
-            remote.append(timed(lambda out=out: synthesize_on_ray(job, read_jsonl(prompts), out, engine,
-                                                                  show_progress=False), out, args.prompts))  # fmt: skip
+            remote.append(timed(lambda out=out: run_items(job, read_jsonl(prompts), ["prompt"], out, engine,
+                                                          show_progress=False), out, args.prompts))  # fmt: skip
             print(f"repeat {repeat}: local {local[-1][0]:.1f}/s, ray {remote[-1][0]:.1f}/s end to end; steady "
                   f"{local[-1][1]:.1f}/s, {remote[-1][1]:.1f}/s; first row after {local[-1][2]:.1f} s, "
                   f"{remote[-1][2]:.1f} s; limit {limit:.1f}/s", flush=True)

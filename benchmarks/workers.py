@@ -22,12 +22,28 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from ray_engine import synth_setup  # benchmarks/ray_engine.py: the same stub server (its --serve) and files
 
+from fusion_dspy.core.steps import Call
+from fusion_dspy.workflows.engine import Outcome
 from fusion_dspy.workflows.jsonl import read_jsonl
-from fusion_dspy.workflows.ray_engine import Outcome
-from fusion_dspy.workflows.worker_jobs import run_on_workers
+from fusion_dspy.workflows.runner import run_items
+from fusion_dspy.workflows.worker_engine import WorkerEngine
+
+
+class Sleep:
+    """A stand-in for a program: ``seconds`` of waiting, sync or async."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def __call__(self) -> None:
+        time.sleep(self.seconds)
+
+    async def acall(self) -> None:
+        await asyncio.sleep(self.seconds)
 
 
 @dataclass(frozen=True)
@@ -35,13 +51,19 @@ class Wait:
     """A job without a model: each row waits ``seconds`` and writes its id."""
 
     seconds: float
+    label: ClassVar[str] = "wait"
 
     def build(self):
-        async def one(item_id: str, inputs: dict) -> Outcome:
-            await asyncio.sleep(self.seconds)
+        sleep = Sleep(self.seconds)
+
+        def one(item_id: str, inputs: dict):
+            yield Call(sleep)
             return Outcome(results=[{"id": item_id}])
 
         return one
+
+    def failed(self, item_id: str, inputs: dict, error: Exception) -> Outcome:
+        return Outcome(errors=[{"id": item_id, "error": f"{type(error).__name__}: {error}"}])
 
 
 def timed(run, output: Path, prompts: int) -> tuple[float, float]:
@@ -102,9 +124,9 @@ def main() -> None:
                     results.setdefault((concurrency, f"{label}, steady state"), []).append(steady / limit)
                     line.append(f"{label} {end:.1f}/s end to end, {steady:.1f}/s steady")
                 out = folder / f"pool-{concurrency}-{repeat}.jsonl"
-                _, pool = timed(lambda o=out, c=concurrency: run_on_workers(
-                    Wait(2 * args.delay), read_jsonl(prompts), o, ["prompt"], args.workers, c, show_progress=False),
-                    out, args.prompts)  # fmt: skip
+                _, pool = timed(lambda o=out, c=concurrency: run_items(
+                    Wait(2 * args.delay), read_jsonl(prompts), ["prompt"], o, WorkerEngine(args.workers, c),
+                    show_progress=False), out, args.prompts)  # fmt: skip
                 results.setdefault((concurrency, f"{args.workers} workers, no model"), []).append(pool / limit)
                 print(f"concurrency {concurrency}, repeat {repeat}: {'; '.join(line)}; no model {pool:.1f}/s; "
                       f"limit {limit:.1f}/s; load average {os.getloadavg()[0]:.1f}", flush=True)

@@ -25,8 +25,9 @@ def run(args: argparse.Namespace) -> int:
 
     from fusion_dspy.backends import Backends
     from fusion_dspy.backends.config import read_config
-    from fusion_dspy.workflows.batch import run_batch
     from fusion_dspy.workflows.items import read_items
+    from fusion_dspy.workflows.jobs import ConfigText, RunJob
+    from fusion_dspy.workflows.runner import run_items
 
     signature = ensure_signature(args.signature)
     fields = list(signature.input_fields)
@@ -37,22 +38,12 @@ def run(args: argparse.Namespace) -> int:
         items = read_items(args.inputs)
     else:
         raise FusionDSPyError("Give --input TEXT (one input) or --inputs FILE.jsonl (one JSON object per line).")
-    workers, engine = worker_count(args), engine_of(args)
+    engine = engine_of(args)
     backends = Backends(read_config(args.config))
     backends.check()
     keep_no_history()
-    overrides = {"n": args.n} if args.n else {}
-    if engine or workers > 1:
-        from fusion_dspy.workflows.ray_jobs import ConfigText, RunJob, run_on_ray
-        from fusion_dspy.workflows.worker_jobs import run_on_workers
-
-        job = RunJob(ConfigText.read(args.config), args.signature, args.method, args.n)
-        counts = run_on_ray(job, items, args.output, fields, engine, show_progress=not args.quiet) if engine else \
-            run_on_workers(job, items, args.output, fields, workers, args.concurrency, not args.quiet, args.verbose)
-    else:
-        program = backends.program(signature, method=args.method, **overrides)
-        counts = run_batch(program, items, args.output, fields, show_progress=not args.quiet,
-                           concurrency=args.concurrency)  # fmt: skip
+    job = RunJob(ConfigText.read(args.config), args.signature, args.method, args.n)
+    counts = run_items(job, items, fields, args.output, engine, show_progress=not args.quiet)
     return summary(args.output, counts, "done")
 
 
@@ -73,24 +64,8 @@ def keep_no_history() -> None:
 
 
 def engine_of(args: argparse.Namespace):
-    """The ``RayEngine`` of ``--engine ray``, or ``None`` for the local engine."""
-    if args.engine == "local":
-        given = [flag for flag, value in (("--address", args.address), ("--actors", args.actors),
-                                          ("--in-flight", args.in_flight)) if value is not None]  # fmt: skip
-        if given:
-            raise FusionDSPyError(f"{' and '.join(given)}: options of the Ray engine; add --engine ray (on this "
-                                  "machine alone, --workers and --concurrency set the processes and the items in "
-                                  "flight).")  # fmt: skip
-        return None
-    from fusion_dspy.workflows.ray_engine import RayEngine, require_ray
-
-    require_ray()
-    return RayEngine(address=args.address, actors=args.actors or 2, in_flight=args.in_flight or 16,
-                     verbose=args.verbose)  # fmt: skip
-
-
-def worker_count(args: argparse.Namespace) -> int:
-    """The worker processes of ``--workers`` (1: the command's own process, as without the option)."""
+    """The one place a batch command's engine is chosen from its flags: ``RayEngine`` (``--engine ray``),
+    ``WorkerEngine`` (``--workers K``, K > 1) or ``LocalEngine`` (this process), each as wide as the flags say."""
     if args.workers is not None and args.engine == "ray":
         raise FusionDSPyError("--workers is an option of the local engine; with --engine ray, --actors sets the "
                               "worker processes and --in-flight the items each runs at once.")  # fmt: skip
@@ -99,7 +74,25 @@ def worker_count(args: argparse.Namespace) -> int:
     if workers > in_flight:
         raise FusionDSPyError(f"--workers {workers} shares {flag} {in_flight} between the workers, so some would "
                               f"idle: give {flag} {workers} or more (e.g. {flag} {16 * workers}).")  # fmt: skip
-    return workers
+    if args.engine == "local":
+        given = [flag for flag, value in (("--address", args.address), ("--actors", args.actors),
+                                          ("--in-flight", args.in_flight)) if value is not None]  # fmt: skip
+        if given:
+            raise FusionDSPyError(f"{' and '.join(given)}: options of the Ray engine; add --engine ray (on this "
+                                  "machine alone, --workers and --concurrency set the processes and the items in "
+                                  "flight).")  # fmt: skip
+        if workers > 1:
+            from fusion_dspy.workflows.worker_engine import WorkerEngine
+
+            return WorkerEngine(workers, in_flight, verbose=args.verbose)
+        from fusion_dspy.workflows.local_engine import LocalEngine
+
+        return LocalEngine(in_flight)
+    from fusion_dspy.workflows.ray_engine import RayEngine, require_ray
+
+    require_ray()
+    return RayEngine(address=args.address, actors=args.actors or 2, in_flight=args.in_flight or 16,
+                     verbose=args.verbose)  # fmt: skip
 
 
 def optimize(args: argparse.Namespace) -> int:
@@ -173,7 +166,8 @@ def devset_of(task, args) -> list:
 
 def evaluate(args: argparse.Namespace) -> int:
     from fusion_dspy.backends import load_config
-    from fusion_dspy.workflows.evaluation import PairedEvaluation, check_earlier_results
+    from fusion_dspy.workflows.evaluation import check_earlier_results
+    from fusion_dspy.workflows.jobs import ConfigText, EvalJob
     from fusion_dspy.workflows.jsonl import errors_path
     from fusion_dspy.workflows.reports import (
         plot_summary,
@@ -183,33 +177,19 @@ def evaluate(args: argparse.Namespace) -> int:
         summarize,
         write_summary,  # fmt: skip
     )
+    from fusion_dspy.workflows.runner import run_examples
     from fusion_dspy.workflows.task import resolve_task
 
-    workers, engine = worker_count(args), engine_of(args)
+    engine = engine_of(args)
     task = resolve_task(args.program)
     backends = load_config(args.config)
     backends.check()
     keep_no_history()
     examples = devset_of(task, args)
     check_earlier_results(args.output_dir, task, examples, args.router)
-    if engine:
-        from fusion_dspy.workflows.ray_jobs import ConfigText, EvalJob, evaluate_on_ray
-
-        job = EvalJob.of(ConfigText.read(args.config), args.program, examples, args.n_values, args.output_dir,
-                         args.router)  # fmt: skip
-        records = evaluate_on_ray(job, engine, show_progress=not args.quiet)
-    elif workers > 1:
-        from fusion_dspy.workflows.ray_jobs import ConfigText, EvalJob
-        from fusion_dspy.workflows.worker_jobs import evaluate_on_workers
-
-        job = EvalJob.of(ConfigText.read(args.config), args.program, examples, args.n_values, args.output_dir,
-                         args.router)  # fmt: skip
-        records = evaluate_on_workers(job, workers, args.threads, not args.quiet, args.verbose)
-    else:
-        evaluation = PairedEvaluation(backends, task, examples, n_values=args.n_values,
-                                      output_dir=args.output_dir, num_threads=args.threads,
-                                      router=args.router)  # fmt: skip
-        records = evaluation.run(show_progress=not args.quiet)
+    job = EvalJob.of(ConfigText.read(args.config), args.program, examples, args.n_values, args.output_dir,
+                     args.router)  # fmt: skip
+    records = run_examples(job, job.todo, job.output_dir, engine, show_progress=not args.quiet)
     errors = errors_path(Path(args.output_dir) / "results.jsonl")
     wanted = {f"{index}:{n}" for index in range(len(examples)) for n in set(args.n_values)}
     records = [record for record in records if str(record["id"]) in wanted]  # not an earlier run's other N
@@ -235,29 +215,24 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def synth(args: argparse.Namespace) -> int:
+    from dspy.signatures.signature import ensure_signature
+
     from fusion_dspy.backends import load_config
     from fusion_dspy.workflows.items import read_items
-    from fusion_dspy.workflows.synth import synthesize
+    from fusion_dspy.workflows.jobs import ConfigText, SynthJob
+    from fusion_dspy.workflows.runner import run_items
     from fusion_dspy.workflows.teachers import reachable_pool
 
-    workers, engine = worker_count(args), engine_of(args)
+    engine = engine_of(args)
     prompts = read_items(args.prompts)
     configured = load_config(args.config)
     backends = reachable_pool(configured, warn=Console(stderr=True).print)
     keep_no_history()
-    if engine or workers > 1:
-        from fusion_dspy.workflows.ray_jobs import ConfigText, SynthJob, synthesize_on_ray
-        from fusion_dspy.workflows.worker_jobs import synthesize_on_workers
-
-        # The workers build the pool from the file: tell them which teachers reachable_pool kept.
-        kept = None if backends is configured else tuple(t.model for t in backends.config.roles.teachers())
-        job = SynthJob(ConfigText.read(args.config), args.signature, args.n, kept)
-        counts = synthesize_on_ray(job, prompts, args.output, engine, not args.quiet) if engine else \
-            synthesize_on_workers(job, prompts, args.output, workers, args.concurrency, not args.quiet, args.verbose)
-    else:
-        program = backends.program(args.signature, method="fuse", **({"n": args.n} if args.n else {}))
-        counts = synthesize(program, prompts, args.output, concurrency=args.concurrency,
-                            show_progress=not args.quiet)  # fmt: skip
+    # The job builds the pool from the file (in each worker): tell it which teachers reachable_pool kept.
+    kept = None if backends is configured else tuple(t.model for t in backends.config.roles.teachers())
+    job = SynthJob(ConfigText.read(args.config), args.signature, args.n, kept)
+    fields = list(ensure_signature(args.signature).input_fields)
+    counts = run_items(job, prompts, fields, args.output, engine, show_progress=not args.quiet)
     return summary(args.output, counts, "written")
 
 

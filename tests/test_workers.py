@@ -27,7 +27,7 @@ def test_a_worker_process_keeps_no_history_and_freezes_its_imports():
 
     import dspy
 
-    from fusion_dspy.workflows.ray_engine import JobActor
+    from fusion_dspy.workflows.engine import JobActor
 
     class Nothing:
         def build(self):

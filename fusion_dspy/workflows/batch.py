@@ -12,6 +12,9 @@ from typing import Any
 
 import dspy
 
+from fusion_dspy.core.steps import Call, Steps
+from fusion_dspy.workflows.engine import Built, Outcome, RowSteps
+from fusion_dspy.workflows.local_engine import LocalEngine
 from fusion_dspy.workflows.runner import run_items
 
 
@@ -83,11 +86,27 @@ def run_batch(
     Items are dicts of input fields, with an optional ``id`` (default: the item's position). A failing item goes
     to ``<output>.errors.jsonl`` with its ``error`` and the batch goes on; the next run tries it again.
     ``concurrency`` items are in flight at once (each also samples concurrently); lines are written as items
-    finish, so their order may differ from the input's.
+    finish, so their order may differ from the input's. ``fusion-dspy run`` does the same on any engine
+    (``runner.run_items`` with a ``jobs.RunJob``).
     """
+    job = Built(run_steps(program), item_failed, label=type(program).__name__)
+    return run_items(job, items, input_fields, output, LocalEngine(concurrency), show_progress=show_progress)
 
-    def one(item_id: str, inputs: dict[str, Any]) -> dict[str, Any]:
-        return result_record(item_id, inputs, program(**inputs))
 
-    return run_items(one, items, input_fields, output, concurrency=concurrency, description=type(program).__name__,
-                     show_progress=show_progress)  # fmt: skip
+def run_steps(program: dspy.Module) -> RowSteps:
+    """One item of ``run``: ``program`` on its inputs, into its ``result_record`` (or its ``error_record``)."""
+
+    def row(item_id: str, inputs: dict[str, Any]) -> Steps[Outcome]:
+        try:
+            prediction = yield Call(program, inputs)
+            return Outcome(results=[result_record(item_id, inputs, prediction)])
+        except Exception as error:  # noqa: BLE001 - one bad item must not end the batch; a rerun retries it
+            return item_failed(item_id, inputs, error)
+
+    return row
+
+
+def item_failed(item_id: str, inputs: dict[str, Any], error: Exception) -> Outcome:
+    """The outcome of an item of ``run`` or ``synth`` that failed: its ``error_record``, and a warning."""
+    return Outcome(errors=[error_record(item_id, inputs, error)],
+                   warning=f"Item {item_id} failed: {type(error).__name__}: {error}")  # fmt: skip

@@ -18,13 +18,15 @@ from fusion_dspy.backends import Backends
 from fusion_dspy.backends.secrets import HELD
 from fusion_dspy.core.pool import Pool
 from fusion_dspy.core.router import Router, agreement
-from fusion_dspy.core.steps import Call, Steps, arun, run
+from fusion_dspy.core.steps import Call, Steps
 from fusion_dspy.core.store import CandidateStore
 from fusion_dspy.core.votes import normalized, token_f1
 from fusion_dspy.errors import FusionDSPyError
-from fusion_dspy.workflows.jsonl import ResultsLog, errors_path, read_numbered_jsonl
-from fusion_dspy.workflows.progress import progress_bar
-from fusion_dspy.workflows.scoring import StageUnavailable, score_examples, scored_stage
+from fusion_dspy.workflows.engine import Built, Outcome
+from fusion_dspy.workflows.jsonl import ResultsLog, read_numbered_jsonl
+from fusion_dspy.workflows.local_engine import LocalEngine
+from fusion_dspy.workflows.runner import run_examples
+from fusion_dspy.workflows.scoring import StageUnavailable, scored_stage
 from fusion_dspy.workflows.task import MetricError, Task
 
 METHODS = ("single", "bon", "fusion", "oracle")
@@ -188,38 +190,57 @@ class PairedEvaluation:
             log.write(record)
         return len(todo)
 
-    def _evaluate_example(self, index: int, log: ResultsLog, errors: ResultsLog | None = None) -> int:
-        return run(self._example(index, log, errors))
+    def todo(self, done: set[str]) -> list[tuple[str, list[int]]]:
+        """The rows left to do: ``(example index, the N it lacks)`` for every example with an N not in ``done``."""
+        return missing_rows(len(self.examples), self.n_values, done)
 
-    async def aevaluate_example(self, index: int, log: ResultsLog, errors: ResultsLog | None = None) -> int:
-        """The async twin of the per-example step of ``run`` (the unit of work of the Ray engine and of worker
-        processes): the same records, and the same error records in ``errors``."""
-        return await arun(self._example(index, log, errors))
+    def row(self, item_id: str, todo: list[int]) -> Steps[Outcome]:
+        """One example, for the N it lacks (``todo``), as steps: the unit of work of every engine. Its outcome holds
+        its records and an error record per N whose fusor or judge was unavailable; one per N it lacks if it failed
+        outright (e.g. every sample failed); ``fatal`` if the metric broke."""
+        index = int(item_id)
+        records = _Collected({f"{index}:{n}" for n in self.n_values if n not in todo})
+        failures = _Collected(set())
+        try:
+            yield from self._example(index, records, failures)
+        except MetricError as error:
+            return Outcome(results=records.records, errors=failures.records, fatal=str(error))
+        except Exception as error:  # noqa: BLE001 - e.g. every sample failed: left for a rerun
+            missing = unscored_records(index, [n for n in todo if f"{index}:{n}" not in records.done], error)
+            return Outcome(results=records.records, errors=[*failures.records, *missing],
+                           warning=f"Example {index} could not be scored: {type(error).__name__}: {error}")  # fmt: skip
+        return Outcome(results=records.records, errors=failures.records)
 
     def run(self, show_progress: bool = True) -> list[dict[str, Any]]:
-        """Evaluate what ``results.jsonl`` lacks; returns every record (earlier runs' included).
+        """Evaluate what ``results.jsonl`` lacks, ``num_threads`` examples at once in this process; returns every
+        record (earlier runs' included). ``fusion-dspy eval`` does the same on any engine (``jobs.EvalJob``).
 
         An example that could not be evaluated (e.g. every sample failed) or an N whose fusor or judge was
         unavailable is left for a rerun, with its error in ``results.errors.jsonl``: one line per (example, N),
         its id the one its record will have, so the file holds only what is still missing after each run.
         """
-        results = self.output_dir / "results.jsonl"
-        with ResultsLog(results) as log, ResultsLog(errors_path(results), exclusive=False) as errors, \
-                progress_bar(not show_progress) as progress:  # fmt: skip
-            bar = progress.add_task("paired evaluation", total=len(self.examples))
+        job = Built(self.row, example_failed, label="paired evaluation")
+        return run_examples(job, self.todo, self.output_dir, LocalEngine(self.num_threads), show_progress)
 
-            def evaluate(index: int) -> int:
-                try:
-                    return self._evaluate_example(index, log, errors)
-                except MetricError:
-                    raise
-                except Exception as error:  # e.g. every sample failed: one line per (example, N) left to do
-                    for record in unscored_records(index, [n for n in self.n_values if f"{index}:{n}" not in log.done],
-                                                   error):  # fmt: skip
-                        errors.write(record)
-                    raise
-                finally:
-                    progress.advance(bar)
 
-            score_examples(evaluate, self.examples, self.num_threads)
-            return log.records()
+def missing_rows(count: int, n_values: Sequence[int], done: set[str]) -> list[tuple[str, list[int]]]:
+    """``(example index, the N it lacks)`` for each of ``count`` examples with an N not in ``done``."""
+    return [(str(index), missing) for index in range(count)
+            if (missing := [n for n in n_values if f"{index}:{n}" not in done])]  # fmt: skip
+
+
+def example_failed(item_id: str, todo: list[int], error: Exception) -> Outcome:
+    """The outcome of an example the engine lost (e.g. its worker process died): an error record per N it lacks."""
+    return Outcome(errors=unscored_records(int(item_id), todo, error),
+                   warning=f"Example {item_id} could not be scored: {type(error).__name__}: {error}")  # fmt: skip
+
+
+class _Collected:
+    """Stands in for the results log while an example runs: which records exist, and the new ones."""
+
+    def __init__(self, done: set[str]):
+        self.done, self.records = done, []
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.done.add(str(record["id"]))
+        self.records.append(record)

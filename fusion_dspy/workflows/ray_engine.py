@@ -11,52 +11,30 @@ engine, so the files are the same: same records, same provenance, same error rec
 Exactly once: a row is finished when the driver has written and fsynced it, and only the driver writes.
 
 - A killed driver loses only rows it had not written yet; the rerun skips every id on disk and does the rest.
+  A driver that started its own local Ray instance (no ``--address``) takes it down with it, even when killed
+  (``ray_cluster.dies_with_this_process``): no actor goes on sending requests whose answers nobody would write.
 - A killed worker loses nothing written: Ray restarts the actor and retries the block it was running (whose
   rows the driver never received); the driver also drops any id it already wrote this run, so a row that
   reached it twice is written once.
 """
 
-import asyncio
 import contextlib
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from fusion_dspy.errors import FusionDSPyError
+from fusion_dspy.workflows.engine import Job, JobActor, Outcome, Row
+from fusion_dspy.workflows.ray_cluster import dies_with_this_process
 
 # Ray Data runs up to 16 rows of one block at once through an async UDF
 # (RAY_DATA_DEFAULT_ASYNC_ROW_UDF_MAX_CONCURRENCY), so a block holds min(16, in_flight) rows and an actor runs
 # as many blocks at once as it takes to reach in_flight. A block is also what a dead worker's retry redoes and
 # how often results reach the driver: small on purpose.
 ROWS_PER_BLOCK = 16
-
-
-@dataclass
-class Outcome:
-    """What one row produced: records for the results file and the errors file, a warning, or a fatal error."""
-
-    results: list[dict[str, Any]] = field(default_factory=list)
-    errors: list[dict[str, Any]] = field(default_factory=list)
-    warning: str = ""
-    fatal: str = ""  # the run must stop (e.g. a broken metric); raised by the driver once the rows are written
-
-    def to_row(self, item_id: str) -> dict[str, str]:
-        # One JSON string per column: records of any shape travel through Arrow unchanged.
-        return {"id": item_id, "results": json.dumps(self.results, ensure_ascii=False),
-                "errors": json.dumps(self.errors, ensure_ascii=False), "warning": self.warning, "fatal": self.fatal}
-
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> "Outcome":
-        return cls(json.loads(row["results"]), json.loads(row["errors"]), row["warning"], row["fatal"])
-
-
-class Job(Protocol):
-    """A picklable description of the work; ``build()`` runs once per actor and returns the per-row call."""
-
-    def build(self) -> Callable[[str, Any], Awaitable[Outcome]]: ...
 
 
 def require_ray() -> Any:
@@ -70,32 +48,14 @@ def require_ray() -> Any:
     return ray
 
 
-class JobActor:
-    """One actor of the pool: builds the job's program once, then runs rows through it, ``in_flight`` at once."""
-
-    def __init__(self, job: Job, in_flight: int, verbose: bool):
-        from fusion_dspy.process import CommandProcess
-
-        # The actor's process is the job's: logs masking the keys the job's Backends hold, DSPy's warnings off the
-        # console unless verbose (the records are still made: replies cut short are still marked), imports frozen.
-        CommandProcess(verbose=verbose).enter().keep_no_history()  # a long batch's memory stays flat
-        self.call = job.build()
-        self.limit = asyncio.Semaphore(in_flight)
-
-    async def __call__(self, row: dict[str, Any]) -> dict[str, str]:
-        async with self.limit:
-            outcome = await self.call(row["id"], json.loads(row["data"]))
-        return outcome.to_row(row["id"])
-
-
 @dataclass(frozen=True)
 class RayEngine:
     """Where and how wide a job runs: the Ray cluster, the actor pool and the rows each actor runs at once.
 
     Args:
-        address: ``None`` starts a local Ray instance for the run (and stops it after); ``"auto"`` joins the
-            cluster this machine belongs to; ``"ray://HEAD:10001"`` connects through Ray Client. Ignored when
-            Ray is already initialized in this process.
+        address: ``None`` starts a local Ray instance for the run (stopped after it, or with this process if it
+            is killed: ``ray_cluster``); ``"auto"`` joins the cluster this machine belongs to (and leaves it up);
+            ``"ray://HEAD:10001"`` connects through Ray Client. Ignored when Ray is already initialized here.
         actors: Actors in the pool; each takes one CPU of the cluster and builds the program once.
         in_flight: Rows each actor runs at once (their ``acall``s share the actor's event loop).
         verbose: Workers log warnings and info, as the CLI does with ``-v``.
@@ -110,6 +70,7 @@ class RayEngine:
     actors: int = 2
     in_flight: int = 16
     verbose: bool = False
+    name: ClassVar[str] = "ray"
 
     def __post_init__(self):
         if self.actors < 1 or self.in_flight < 1:
@@ -118,27 +79,32 @@ class RayEngine:
     @contextlib.contextmanager
     def _session(self) -> Iterator[Any]:
         ray = require_ray()
-        started = not ray.is_initialized()
-        if started:
-            options = {"include_dashboard": False} if self.address is None else {}
-            try:
-                ray.init(address=self.address, logging_level=logging.WARNING, **options)
-            except (ImportError, ValueError, ConnectionError) as error:  # no cluster there, or no Ray Client
-                client = str(self.address).startswith("ray://")  # needs grpcio, which ray[data] does not bring
-                hint = "; connecting through Ray Client needs pip install 'ray[client]'" if client else ""
-                fix = "Check the address, or drop --address to start a local Ray instance."
-                message = f"--address {self.address}: Ray could not connect ({error}){hint}. {fix}"
-                raise FusionDSPyError(message) from None
-        if not self.verbose:  # Ray Data's execution notes; errors still show
-            logging.getLogger("ray.data").setLevel(logging.ERROR)
-        try:
-            yield ray
-        finally:
-            if started:
-                ray.shutdown()
+        with contextlib.ExitStack() as stack:
+            if not ray.is_initialized():
+                options = {"include_dashboard": False} if self.address is None else {}
 
-    def map(self, job: Job, rows: list[dict[str, str]]) -> Iterator[Outcome]:
-        """Run ``job`` on every ``{"id", "data": JSON}`` row over the actor pool; yields outcomes as they arrive."""
+                def start() -> Any:
+                    return ray.init(address=self.address, logging_level=logging.WARNING, **options)
+
+                try:
+                    if self.address is None:  # our own local instance: it ends with this process, however it ends
+                        # (the watchdog finds its processes by its session directory, where they keep their logs)
+                        stack.enter_context(dies_with_this_process(lambda: start().address_info["session_dir"]))
+                    else:  # a cluster of its own: joined and left, never taken down
+                        start()
+                except (ImportError, ValueError, ConnectionError) as error:  # no cluster there, or no Ray Client
+                    client = str(self.address).startswith("ray://")  # needs grpcio, which ray[data] does not bring
+                    hint = "; connecting through Ray Client needs pip install 'ray[client]'" if client else ""
+                    fix = "Check the address, or drop --address to start a local Ray instance."
+                    message = f"--address {self.address}: Ray could not connect ({error}){hint}. {fix}"
+                    raise FusionDSPyError(message) from None
+                stack.callback(ray.shutdown)
+            if not self.verbose:  # Ray Data's execution notes; errors still show
+                logging.getLogger("ray.data").setLevel(logging.ERROR)
+            yield ray
+
+    def map(self, job: Job, rows: Sequence[Row], finished: Callable[[Outcome], None]) -> None:
+        """Run ``job`` on every row over the actor pool; ``finished(outcome)`` as each arrives (once per row)."""
         if not rows:
             return
         with self._session() as ray:
@@ -146,16 +112,25 @@ class RayEngine:
             context.enable_progress_bars = False  # the driver shows its own bar, counting written rows
             context.print_on_execution_start = False
             block_rows = min(ROWS_PER_BLOCK, self.in_flight)
-            dataset = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / block_rows))
+            dataset = ray.data.from_items([{"id": item_id, "data": json.dumps(data, ensure_ascii=False)}
+                                           for item_id, data in rows],
+                                          override_num_blocks=math.ceil(len(rows) / block_rows))  # fmt: skip
             # One block more than in_flight needs: its rows wait on the actor's semaphore and take the slots of
             # a block's finished rows, so an actor does not idle while a block is reported and the next starts.
             blocks_at_once = math.ceil(self.in_flight / block_rows) + 1
             pool = ray.data.ActorPoolStrategy(size=self.actors, max_concurrent_calls_per_actor=blocks_at_once)
             outcomes = dataset.map(JobActor, compute=pool, num_cpus=1, fn_constructor_kwargs={
                 "job": job, "in_flight": self.in_flight, "verbose": self.verbose})  # fmt: skip
+            seen = set()
             try:
                 for row in outcomes.iter_rows():
-                    yield Outcome.from_row(row)
+                    if row["id"] in seen:  # a retried block's row that reached us twice
+                        continue
+                    seen.add(row["id"])
+                    outcome = Outcome.from_row(row)
+                    finished(outcome)
+                    if outcome.fatal:
+                        break
             except ray.exceptions.ActorDiedError as error:  # e.g. __init__ raised: a key variable is missing there
                 cause = str(error).strip().splitlines()[-1]
                 raise FusionDSPyError(f"A Ray worker could not run the job: {cause}\nEvery worker builds the program "

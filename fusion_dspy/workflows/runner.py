@@ -1,78 +1,112 @@
-"""The loop of ``run`` and ``synth``: items -> one record each in the output, or one line in the errors file.
+"""The driver of ``run``, ``synth`` and ``eval``, whatever the engine: rows out, one record each back into the files.
 
-Shared so both commands behave alike under faults: ids are checked first (``items.prepare``); an item whose
-inputs cannot be sent fails before any request; a failed item goes to ``<output>.errors.jsonl`` and is tried
-again by the next run (the output holds successes only); the output is locked against a second process;
-Ctrl-C stops taking new items (``interrupt.run_until_interrupted``) and keeps every finished record.
+Shared so every command behaves alike under faults, on every engine (``fusion_dspy.workflows.engine``): ids are
+checked first (``items.prepare``); an item whose inputs cannot be sent fails before any request; a failed item
+goes to ``<output>.errors.jsonl`` and is tried again by the next run (the output holds successes only); the
+output is locked against a second process; only the driver writes, one fsynced line per record, as the rows
+finish; Ctrl-C stops taking new rows (``interrupt.run_until_interrupted``) and keeps every finished record.
 """
 
 import logging
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fusion_dspy.workflows.interrupt import run_until_interrupted
+from fusion_dspy.workflows.engine import Engine, Job, Outcome, Row
 from fusion_dspy.workflows.items import Item, prepare
 from fusion_dspy.workflows.jsonl import ResultsLog, errors_path
 from fusion_dspy.workflows.progress import progress_bar
+from fusion_dspy.workflows.task import MetricError
 
 logger = logging.getLogger(__name__)
 
-Work = Callable[[str, dict[str, Any]], dict[str, Any]]  # (id, inputs) -> the record to write
 
-
-def run_items(
-    work: Work,
-    items: Iterable[dict[str, Any]],
-    fields: list[str],
-    output: str | Path,
-    concurrency: int = 1,
-    description: str = "batch",
-    show_progress: bool = True,
-) -> dict[str, int]:
-    """Write ``work(id, inputs)`` for each item not yet in ``output``; counts of ``done``, ``failed``, ``skipped``.
+def run_items(job: Job, items: Iterable[dict[str, Any]], fields: list[str], output: str | Path, engine: Engine,
+              show_progress: bool = True) -> dict[str, int]:  # fmt: skip
+    """Run ``job`` on each item not yet in ``output``, on ``engine``; counts of ``done``, ``failed``, ``skipped``.
 
     Args:
-        work: Does one item and returns its record (with ``"id"``); what it raises is that item's error.
+        job: What one item does (``jobs.RunJob``, ``SynthJob``, or a ``Built`` one): one record, or an error.
         items: Dicts of input fields, each with an optional ``id`` (default: the item's position).
         fields: The input fields every item must have.
         output: The JSONL output, resumed by ``id``; failures go to ``errors_path(output)``.
-        concurrency: Items in flight at once.
-        description: The progress bar's label.
+        engine: Where the items run (``LocalEngine``, ``WorkerEngine``, ``RayEngine``).
         show_progress: Show a progress bar with rate and ETA.
 
     Example:
-        >>> def double(item_id, inputs):
-        ...     return {"id": item_id, "double": 2 * inputs["x"]}
-        >>> run_items(double, [{"x": 1}, {"x": None}], ["x"], tmp_path / "out.jsonl", show_progress=False)
+        >>> from fusion_dspy.workflows.batch import item_failed, run_steps
+        >>> from fusion_dspy.workflows.engine import Built
+        >>> from fusion_dspy.workflows.local_engine import LocalEngine
+        >>> job = Built(run_steps(lambda x: dspy.Prediction(double=2 * x)), item_failed, "double")
+        >>> run_items(job, [{"x": 1}, {"x": None}], ["x"], tmp_path / "out.jsonl", LocalEngine(), show_progress=False)
         {'done': 1, 'failed': 1, 'skipped': 0}
-        >>> run_items(double, [{"x": 1}, {"x": 3}], ["x"], tmp_path / "out.jsonl", show_progress=False)
+        >>> run_items(job, [{"x": 1}, {"x": 3}], ["x"], tmp_path / "out.jsonl", LocalEngine(), show_progress=False)
         {'done': 1, 'failed': 0, 'skipped': 1}
     """
     prepared = prepare(items, fields)
     with ResultsLog(output) as log, ResultsLog(errors_path(output), exclusive=False) as errors:
         todo = [item for item in prepared if item.id not in log.done]
-        counts = {"done": 0, "failed": 0, "skipped": len(prepared) - len(todo)}
-        with progress_bar(disable=not show_progress) as progress:
-            bar = progress.add_task(f"{description} -> {log.path.name}", total=len(todo))
-
-            def one(item: Item) -> str:
+        with _Writer(log, errors, f"{_label(job, engine)} -> {log.path.name}", len(todo), show_progress) as writer:
+            rows = []
+            for item in todo:
                 try:
                     check_sendable(item)
-                    log.write(work(item.id, item.inputs))
-                    return "done"
-                except Exception as error:  # noqa: BLE001 - recorded; the next run tries this item again
-                    logger.warning("Item %s failed: %s: %s", item.id, type(error).__name__, error)
-                    errors.write({"id": item.id, "inputs": item.inputs, "error": f"{type(error).__name__}: {error}"})
-                    return "failed"
-                finally:
-                    progress.advance(bar)
+                    rows.append((item.id, item.inputs))
+                except InputProblem as error:  # refused here, before any engine or request, the same everywhere
+                    writer(job.failed(item.id, item.inputs, error))
+            engine.map(job, rows, writer)
+    return {"done": writer.done, "failed": writer.failed, "skipped": len(prepared) - len(todo)}
 
-            for outcome in run_until_interrupted(one, todo, max_workers=concurrency):
-                if isinstance(outcome, Exception):  # the errors file itself could not be written
-                    raise outcome
-                counts[outcome] += 1
-    return counts
+
+def run_examples(job: Job, todo: Callable[[set[str]], Sequence[Row]], output_dir: str | Path, engine: Engine,
+                 show_progress: bool = True) -> list[dict[str, Any]]:  # fmt: skip
+    """Run ``job`` (the paired evaluation's) on the rows ``todo(done)`` names, into ``<output_dir>/results.jsonl``
+    and ``results.errors.jsonl``; returns every record (earlier runs' included). ``MetricError`` if a row's
+    metric broke (no new row starts then; the finished ones are written)."""
+    results = Path(output_dir) / "results.jsonl"
+    with ResultsLog(results) as log, ResultsLog(errors_path(results), exclusive=False) as errors:
+        rows = todo(log.done)
+        with _Writer(log, errors, _label(job, engine), len(rows), show_progress) as writer:
+            engine.map(job, rows, writer)
+        if writer.fatal:
+            raise MetricError(writer.fatal)
+        return log.records()
+
+
+class _Writer:
+    """The ``finished`` of an engine's map: writes an outcome's records, logs its warning, counts it, advances the
+    progress bar (shown while the engine starts: worker processes and Ray actors take seconds)."""
+
+    def __init__(self, log: ResultsLog, errors: ResultsLog, label: str, total: int, show_progress: bool):
+        self.log, self.errors = log, errors
+        self.progress = progress_bar(disable=not show_progress)
+        self.bar = self.progress.add_task(label, total=total)
+        self.lock = threading.Lock()
+        self.done, self.failed, self.fatal = 0, 0, ""
+
+    def __call__(self, outcome: Outcome) -> None:
+        for record in outcome.results:
+            self.log.write(record)
+        for record in outcome.errors:
+            self.errors.write(record)
+        if outcome.warning:
+            logger.warning(outcome.warning)
+        with self.lock:
+            self.done, self.failed = self.done + bool(outcome.results), self.failed + (not outcome.results)
+            self.fatal = self.fatal or outcome.fatal
+        self.progress.advance(self.bar)
+
+    def __enter__(self) -> "_Writer":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+
+def _label(job: Job, engine: Engine) -> str:
+    return job.label if engine.name == "local" else f"{job.label} ({engine.name})"
 
 
 class InputProblem(ValueError):

@@ -14,6 +14,10 @@ import dspy
 
 from fusion_dspy.backends.plain_adapter import render_inputs
 from fusion_dspy.core.fusion import FusionOfN
+from fusion_dspy.core.steps import Call, Steps
+from fusion_dspy.workflows.batch import item_failed
+from fusion_dspy.workflows.engine import Built, Outcome, RowSteps
+from fusion_dspy.workflows.local_engine import LocalEngine
 from fusion_dspy.workflows.runner import run_items
 
 
@@ -53,9 +57,19 @@ def synthesize(
         >>> synthesize(program, [{"id": "p1", "prompt": "Say hi."}], tmp_path / "train.jsonl", show_progress=False)
         {'done': 1, 'failed': 0, 'skipped': 0}
     """
+    job = Built(synth_steps(program), item_failed, label="synthesizing")
+    return run_items(job, prompts, list(program.task_signature.input_fields), output, LocalEngine(concurrency),
+                     show_progress=show_progress)  # fmt: skip
 
-    def fuse_one(item_id: str, inputs: dict[str, Any]) -> dict[str, Any]:
-        return training_record(item_id, inputs, program(**inputs), program)
 
-    return run_items(fuse_one, prompts, list(program.task_signature.input_fields), output, concurrency=concurrency,
-                     description="synthesizing", show_progress=show_progress)  # fmt: skip
+def synth_steps(program: FusionOfN) -> RowSteps:
+    """One prompt of ``synth``: ``program`` on it, into its ``training_record`` (or its ``error_record``)."""
+
+    def row(item_id: str, inputs: dict[str, Any]) -> Steps[Outcome]:
+        try:
+            fused = yield Call(program, inputs)
+            return Outcome(results=[training_record(item_id, inputs, fused, program)])
+        except Exception as error:  # noqa: BLE001 - recorded; the next run tries this prompt again
+            return item_failed(item_id, inputs, error)
+
+    return row

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fusion_dspy.errors import FusionDSPyError
-from fusion_dspy.workflows.ray_engine import Job, JobActor, Outcome
+from fusion_dspy.workflows.engine import Job, JobActor, Outcome
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -56,13 +56,13 @@ class WorkerPool:
     """K worker processes that build ``job`` once each and run rows with ``acall``; ``call`` runs one row.
 
     Args:
-        job: A picklable job (``ray_jobs.RunJob``, ``SynthJob``, ``EvalJob``); each worker calls ``build()`` once.
+        job: A picklable job (``jobs.RunJob``, ``SynthJob``, ``EvalJob``); each worker calls ``build()`` once.
         workers: Processes to start.
         in_flight: Rows each worker runs at once (its share of the batch's concurrency).
         verbose: Workers log warnings and info, as the CLI does with ``-v``.
 
     Example:
-        >>> from fusion_dspy.workflows.ray_jobs import ConfigText, SynthJob
+        >>> from fusion_dspy.workflows.jobs import ConfigText, SynthJob
         >>> with WorkerPool(SynthJob(ConfigText.read(stub_config)), workers=1, in_flight=4) as pool:
         ...     outcome = pool.call("p1", {"prompt": "Say hi."})        # blocks; thread-safe
         >>> outcome.results[0]["id"], outcome.results[0]["messages"][1]["content"]
