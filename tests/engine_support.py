@@ -4,6 +4,7 @@ record views, so the Ray actors and the worker processes are held to the same re
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -37,13 +38,22 @@ def by_id(path: Path) -> dict[str, dict]:
     return {str(r["id"]): r for r in records}
 
 
+def untimed(value: Any) -> Any:
+    """Records without the wall seconds of their reports' stages: two runs never take the same time."""
+    if isinstance(value, dict):
+        return {key: untimed(item) for key, item in value.items() if key != "seconds"}
+    if isinstance(value, list):
+        return [untimed(item) for item in value]
+    return value
+
+
 def same_failures(records: dict[str, dict]) -> dict[str, dict]:
-    """The records with DSPy's name of the failing model taken out of sample errors: its sync path says
+    """The records, untimed, with DSPy's name of the failing model taken out of sample errors: its sync path says
     '[down]', its async path (acall, the Ray engine's) '[openai/down]' for the same failure."""
-    records = json.loads(json.dumps(records))
+    records = untimed(json.loads(json.dumps(records)))
     for record in records.values():
-        failed = record["provenance"]["failed_samples"]
-        failed[:] = [re.sub(r"LMServerError: \[[^]]*\] ", "LMServerError: ", text) for text in failed]
+        for failure in record["provenance"]["report"]["failures"]:
+            failure["message"] = re.sub(r"^\[[^]]*\] ", "", failure["message"])
     return records
 
 

@@ -61,7 +61,8 @@ def test_run_one_input_and_select_method(tmp_path, config_file):
     assert main(["run", "--config", str(config_file), "--input", "hi", "--method", "select", "--n", "3",
                  "--output", str(output), "--quiet"]) == 0  # fmt: skip
     [record] = lines(output)
-    assert record["answer"] == "a candidate" and record["selected_index"] == 0 and len(record["candidates"]) == 3
+    assert record["answer"] == "a candidate" and record["report"]["selected_index"] == 0
+    assert len(record["candidates"]) == 3
 
 
 def test_an_interrupted_last_line_is_repaired(tmp_path):

@@ -22,7 +22,7 @@ from fusion_dspy.workflows.runner import run_examples, run_items
 from fusion_dspy.workflows.synth import synthesize
 from fusion_dspy.workflows.task import MetricError, Task
 from fusion_dspy.workflows.worker_engine import WorkerEngine
-from tests.engine_support import by_id, model, qa_reply, reply, write_config
+from tests.engine_support import by_id, model, qa_reply, reply, untimed, write_config
 from tests.scripted_search import TASK
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,8 +55,8 @@ def engine(request):
     return {"local": LocalEngine(4), "workers": WorkerEngine(workers=2, concurrency=4)}[request.param]
 
 
-def untimed(path: Path) -> dict[str, dict]:
-    return {i: {k: v for k, v in r.items() if k != "stage_seconds"} for i, r in by_id(path).items()}
+def untimed_records(path: Path) -> dict[str, dict]:
+    return untimed(by_id(path))
 
 
 def asked(server: StubOpenAIServer, text: str) -> int:
@@ -79,9 +79,9 @@ def test_run_writes_the_records_errors_and_counts_of_the_library_and_resumes(tmp
         again = run_items(job, items, ["prompt"], output, engine, show_progress=False)
     assert reference == {"done": 4, "failed": 2, "skipped": 0} and counts == {"done": 3, "failed": 2, "skipped": 1}
     assert again == {"done": 0, "failed": 2, "skipped": 4}, "a rerun skips the done ids and retries the failed"
-    records = untimed(output)
+    records = untimed_records(output)
     assert sorted(records) == ["5", "7", "a", "done"], "ids: the item's own, else its position"
-    reference_records = untimed(tmp_path / "reference.jsonl")
+    reference_records = untimed_records(tmp_path / "reference.jsonl")
     assert {i: records[i] for i in ("5", "7", "a")} == {i: reference_records[i] for i in ("5", "7", "a")}
     errors = by_id(tmp_path / "out.errors.jsonl")
     assert errors == by_id(tmp_path / "reference.errors.jsonl") and sorted(errors) == ["1", "null"]
@@ -99,7 +99,7 @@ def test_synth_writes_the_training_records_of_the_library(tmp_path, engine):
         job = SynthJob(ConfigText.read(config), n=4)
         counts = run_items(job, prompts, ["prompt"], tmp_path / "train.jsonl", engine, show_progress=False)
     assert counts == reference == {"done": 6, "failed": 1, "skipped": 0}
-    assert by_id(tmp_path / "train.jsonl") == by_id(tmp_path / "reference.jsonl")
+    assert untimed_records(tmp_path / "train.jsonl") == untimed_records(tmp_path / "reference.jsonl")
     assert by_id(tmp_path / "train.jsonl")["p0"]["provenance"]["teachers"] == ["openai/a", "openai/b"]
     assert list(by_id(tmp_path / "train.errors.jsonl")) == ["bad"]
 
@@ -121,7 +121,8 @@ def test_eval_writes_the_records_of_the_library_and_resumes(tmp_path, engine):
         assert run_examples(job, job.todo, job.output_dir, engine, show_progress=False) == records
         assert len(server.requests) == asked_for, "a rerun finds every (example, N) done"
     assert sorted(r["id"] for r in records) == sorted(f"{i}:{n}" for i in range(4) for n in (1, 2))
-    assert by_id(tmp_path / "e" / "results.jsonl") == by_id(tmp_path / "reference" / "results.jsonl")
+    reference = untimed_records(tmp_path / "reference" / "results.jsonl")
+    assert untimed_records(tmp_path / "e" / "results.jsonl") == reference
 
 
 def broken_metric(example, prediction, trace=None):

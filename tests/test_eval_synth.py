@@ -85,8 +85,9 @@ def test_synth_writes_chat_examples_with_provenance_and_survives_a_failing_teach
     first = records[0]
     assert first["messages"][0]["role"] == "user" and first["messages"][1] == {"role": "assistant",
                                                                                "content": "fused response"}
-    assert first["provenance"]["teachers"] == ["scripted/good"] and first["provenance"]["n"] == 2
-    assert len(first["provenance"]["failed_samples"]) == 2 and first["provenance"]["fusor"] == "scripted/fusor"
+    assert first["provenance"]["teachers"] == ["scripted/good"]
+    assert len(first["provenance"]["report"]["candidates"]) == 2
+    assert len(first["provenance"]["report"]["failures"]) == 2 and first["provenance"]["fusor"] == "scripted/fusor"
     again = synthesize(program, prompts, tmp_path / "train.jsonl", show_progress=False)
     assert again == {"done": 0, "failed": 0, "skipped": 5}
 

@@ -241,10 +241,9 @@ def test_a_reply_cut_short_is_marked_in_the_batch_records(tmp_path, capsys):
         assert main(["synth", "--config", str(config), "--prompts", str(prompts), "--output",
                      str(tmp_path / "t.jsonl"), "--quiet"]) == 0  # fmt: skip
     [record] = lines(tmp_path / "o.jsonl")
-    assert record["answer"] == "fused" and len(record["truncated"]) == 2
-    assert all("cut short at max_tokens" in line for line in record["truncated"])
+    assert record["answer"] == "fused" and sum(c["truncated"] for c in record["report"]["candidates"]) == 2
     [example] = lines(tmp_path / "t.jsonl")
-    assert len(example["provenance"]["truncated_samples"]) == 2
+    assert sum(c["truncated"] for c in example["provenance"]["report"]["candidates"]) == 2
     assert "LM response was truncated" not in capsys.readouterr().err, "DSPy's own warning stays quiet"
 
 
@@ -437,19 +436,19 @@ def test_batch_commands_keep_no_lm_history(tmp_path, monkeypatch):
 
     import dspy
 
-    from fusion_dspy.workflows import batch
+    from fusion_dspy.workflows import runner
 
     seen = {}
-    run_batch = batch.run_batch
+    run_items = runner.run_items
 
     def watched(*args, **kwargs):  # inside the command, before its items run
         lm = dspy.LM("openai/stub", api_base=server.api_base, api_key="x", engine="litellm", cache=False)
         dspy.Predict("question -> answer")(question="q", lm=lm)
         seen.update(history=dspy.settings.disable_history, trace=dspy.settings.trace, gc=gc.isenabled(),
                     frozen=gc.get_freeze_count() > 0, recorded=list(lm.history))  # fmt: skip
-        return run_batch(*args, **kwargs)
+        return run_items(*args, **kwargs)
 
-    monkeypatch.setattr(batch, "run_batch", watched)
+    monkeypatch.setattr(runner, "run_items", watched)
     with StubOpenAIServer(respond=respond) as server:
         config = write_config(tmp_path / "config.yaml", stub=server.api_base)
         inputs = write_inputs(tmp_path / "in.jsonl", [{"question": f"q{i}"} for i in range(3)])
@@ -465,26 +464,30 @@ def test_batch_commands_keep_no_lm_history(tmp_path, monkeypatch):
 
 
 def test_a_fallback_pick_after_a_fusor_outage_is_not_scored_as_fusion():
-    """With fallback="select", a fusor outage returns the vote's pick with `fusion_error`: not fusion's score."""
+    """With fallback="select", a fusor outage returns the vote's pick with its cause: not fusion's score."""
     import dspy
 
+    from fusion_dspy.core.prediction import FusionPrediction
+    from fusion_dspy.core.report import Failure, FallbackReport, FusionReport
     from fusion_dspy.workflows.scoring import StageUnavailable, score_stage
     from tests.scripted_search import TASK
 
     class FellBack(dspy.Module):
         stage_name = "fuse"
 
-        def __init__(self, reason):
+        def __init__(self, cause):
             super().__init__()
-            self.reason = reason
+            self.cause = cause
 
         def forward(self, candidates, **inputs):
-            return dspy.Prediction(answer="42", fusion_error=self.reason, stage_tokens={"fuse": 0})
+            report = FusionReport("fuse", fallback=FallbackReport(Failure.of(self.cause, "fuse"), "majority", 0))
+            return FusionPrediction(answer="42", candidates=[], report=report)
 
     example = dspy.Example(question="q", answer="42").with_inputs("question")
     with pytest.raises(StageUnavailable, match="unavailable"):
-        score_stage(TASK, FellBack("LMServerError: 503 from the fusor"), example, [], "example 0, N=2")
-    scored = score_stage(TASK, FellBack("AdapterParseError: no answer field"), example, [], "example 0, N=2")
+        score_stage(TASK, FellBack(dspy.LMServerError("503 from the fusor")), example, [], "example 0, N=2")
+    unparsable = dspy.AdapterParseError("ChatAdapter", dspy.Signature("q -> a"), "garbage", "no answer field")
+    scored = score_stage(TASK, FellBack(unparsable), example, [], "example 0, N=2")
     assert scored.score == 1.0, "a fallback after bad output is what the user gets: scored"
 
 

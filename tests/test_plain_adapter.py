@@ -39,10 +39,10 @@ def test_unusable_replies_raise_adapter_parse_errors():
 
 def test_a_plain_fusor_without_comparison():
     lm = scripted_lm(lambda call: "fused" if "<candidate" in call.user else f"draft {call.index}")
-    fused = fd.FusionOfN("question -> answer", n=3, lm=lm, compare=False)
-    fused.sample.adapter = fused.fuse.adapter = PlainAdapter()
+    fused = fd.FusionOfN("question -> answer", n=3, lm=lm, sampling=fd.SampleOptions(adapter=PlainAdapter()),
+                         fusing=fd.FuseOptions(compare=False, adapter=PlainAdapter()))  # fmt: skip
     result = fused(question="Why?")
-    assert result.answer == "fused" and "comparison" not in result
+    assert result.answer == "fused" and "comparison" not in result.report.details
     fusor_call = lm.engine.calls[-1]
     assert "Reply with that response only" in fusor_call.system
     assert 'Candidates:\n<candidate id="1">' in fusor_call.user

@@ -22,8 +22,9 @@ from fusion_dspy.workflows.runner import run_items
 
 
 def training_record(item_id: str, inputs: dict[str, Any], fused: dspy.Prediction, program: FusionOfN) -> dict:
-    """One chat-format training example with where it came from: the fusor and the call's report (teachers,
-    failures, tokens per stage, a fallback: ``FusionReport.to_dict()``)."""
+    """One chat-format training example with where it came from: the teachers whose candidates it drew on, the
+    fusor, and the call's report (failures, truncated candidates, tokens per stage, a fallback:
+    ``FusionReport.to_dict()``)."""
     output_field = next(name for name in program.task_signature.output_fields if name != "reasoning")
     fusor = program.fuse.fusor_lm or program.fuse.predict.lm or dspy.settings.lm
     return {
@@ -32,7 +33,8 @@ def training_record(item_id: str, inputs: dict[str, Any], fused: dspy.Prediction
             {"role": "user", "content": render_inputs(inputs)},
             {"role": "assistant", "content": str(fused[output_field])},
         ],
-        "provenance": {"fusor": getattr(fusor, "model", None), "report": fused.report.to_dict()},
+        "provenance": {"teachers": sorted({c.model for c in fused.report.candidates if c.model}),
+                       "fusor": getattr(fusor, "model", None), "report": fused.report.to_dict()},
     }
 
 
