@@ -51,3 +51,14 @@ def qa_responder(call: ScriptedCall) -> dict:
 @pytest.fixture
 def lm():
     return scripted_lm(qa_responder, model="scripted/generator")
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that share a resource run on one xdist worker (``--dist loadgroup``, pyproject's addopts): those of a
+    Ray cluster (one local instance per module: two at once would share 2 CPUs) and those of the embedded model,
+    whose llama.cpp threads take every core (two workers generating at once would slow both)."""
+    for item in items:
+        if "ray" in item.path.stem.split("_") or "ray_address" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("ray"))
+        elif item.get_closest_marker("embedded"):
+            item.add_marker(pytest.mark.xdist_group("embedded"))
