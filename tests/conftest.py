@@ -2,6 +2,7 @@
 
 import gc
 import logging
+import os
 
 import dspy
 import pytest
@@ -53,12 +54,20 @@ def lm():
     return scripted_lm(qa_responder, model="scripted/generator")
 
 
-def pytest_collection_modifyitems(items):
-    """Tests that share a resource run on one xdist worker (``--dist loadgroup``, pyproject's addopts): those of a
-    Ray cluster (one local instance per module: two at once would share 2 CPUs) and those of the embedded model,
-    whose llama.cpp threads take every core (two workers generating at once would slow both)."""
-    for item in items:
-        if "ray" in item.path.stem.split("_") or "ray_address" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("ray"))
-        elif item.get_closest_marker("embedded"):
-            item.add_marker(pytest.mark.xdist_group("embedded"))
+@pytest.fixture(autouse=True)
+def one_core_for_the_embedded_model(request):
+    """Under xdist, an embedded test runs on its worker's own core, and so its model (one llama.cpp thread:
+    EmbeddedServer's default is the cores it may run on), a notebook kernel's, a subprocess's. llama.cpp's threads
+    wait on each other at every token: two per worker on 2 cores, the other worker busy too, timed a notebook
+    cell out at 300 s that one thread on its own core runs in about a minute."""
+    parallel = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1
+    if not (parallel and request.node.get_closest_marker("embedded") and hasattr(os, "sched_setaffinity")):
+        yield
+        return
+    cores = os.sched_getaffinity(0)
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    os.sched_setaffinity(0, {sorted(cores)[worker % len(cores)]})  # one core per worker; what this thread starts
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, cores)
