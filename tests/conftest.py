@@ -1,5 +1,7 @@
 """Offline fixtures: no DSPy cache unless a test asks for it, scripted LMs that answer like a task and a fusor."""
 
+import os
+
 import dspy
 import pytest
 
@@ -46,3 +48,22 @@ def qa_responder(call: ScriptedCall) -> dict:
 @pytest.fixture
 def lm():
     return scripted_lm(qa_responder, model="scripted/generator")
+
+
+@pytest.fixture(autouse=True)
+def one_core_for_the_embedded_model(request):
+    """Under xdist, an embedded test runs on its worker's own core, and so its model (one llama.cpp thread:
+    EmbeddedServer's default is the cores it may run on), a notebook kernel's, a subprocess's. llama.cpp's threads
+    wait on each other at every token: two per worker on 2 cores, the other worker busy too, timed a notebook
+    cell out at 300 s that one thread on its own core runs in about a minute."""
+    parallel = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1
+    if not (parallel and request.node.get_closest_marker("embedded") and hasattr(os, "sched_setaffinity")):
+        yield
+        return
+    cores = os.sched_getaffinity(0)
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    os.sched_setaffinity(0, {sorted(cores)[worker % len(cores)]})  # one core per worker; what this thread starts
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, cores)

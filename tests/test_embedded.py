@@ -137,3 +137,15 @@ def test_interpreter_exits_promptly_with_the_server_running():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("http://127.0.0.1:")
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this platform")
+def test_the_server_runs_a_thread_per_core_this_process_may_use(tmp_path):
+    """More llama.cpp threads than usable cores (taskset, a container's cpuset) only wait on each other."""
+    cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {max(cores)})
+    try:
+        assert EmbeddedServer(tmp_path / "model.gguf").n_threads == 1
+    finally:
+        os.sched_setaffinity(0, cores)
+    assert EmbeddedServer(tmp_path / "model.gguf").n_threads == len(cores)

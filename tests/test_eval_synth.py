@@ -19,6 +19,7 @@ from fusion_dspy.testing import StubOpenAIServer, scripted_lm
 from fusion_dspy.workflows.evaluation import PairedEvaluation
 from fusion_dspy.workflows.reports import bootstrap_ci, plot_summary, summarize, write_summary
 from fusion_dspy.workflows.synth import synthesize
+from tests.cli_support import run_cli
 from tests.conftest import qa_responder
 from tests.scripted_search import DEVSET, TASK, generator_calls, make_backends
 
@@ -128,7 +129,8 @@ def test_synth_killed_with_sigkill_resumes_and_writes_every_prompt_exactly_once(
         assert 5 <= written_before < 30, "the kill must land mid-run"
         with open(output, "a") as file:  # the worst case: a line cut in the middle by the kill
             file.write('{"id": "29", "messages": [{"role": "us')
-        second = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        server.delay = 0.0  # slow only so the kill lands mid-run; nothing interrupts the rerun
+        second = run_cli(args[3:])  # the resume is the subject here, not the process: in this one
         assert second.returncode == 0, second.stdout + second.stderr
     records = [json.loads(line) for line in output.read_text().splitlines()]  # every line is valid JSON
     assert sorted(int(r["id"]) for r in records) == list(range(30)), "every prompt exactly once"

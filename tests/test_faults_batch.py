@@ -18,6 +18,7 @@ import yaml
 
 from fusion_dspy.cli import main
 from fusion_dspy.testing import StubOpenAIServer
+from tests.cli_support import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,12 +59,6 @@ def spawn(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "fusion_dspy.cli", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
-
-
-def run_cli(args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "fusion_dspy.cli", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
 
 
 def wait_for(condition, process: subprocess.Popen, limit: float = 180) -> None:
@@ -123,6 +118,7 @@ def test_a_signal_mid_batch_keeps_finished_work_and_a_rerun_completes_it(name, s
             assert first.returncode == -signal.SIGKILL
         if name != "optimize":
             assert 0 < len(lines(records)) < total, "the signal must land mid-batch, after some records"
+        server.delay = 0.0  # the stub was slow so the signal lands mid-batch; nothing interrupts the rerun
         rerun = run_cli(args)
         assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     if name != "optimize":

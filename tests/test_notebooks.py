@@ -82,8 +82,10 @@ def run_notebook(path: Path, tmp_path: Path) -> dict:
 
     notebook = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(notebook, km=manager, timeout=CELL_TIMEOUT, allow_errors=False,
-                                     resources={"metadata": {"path": str(workdir)}})  # fmt: skip
-    client.execute(env=env)  # raises CellExecutionError, naming the cell, if any cell raised
+                                     shutdown_kernel="immediate", resources={"metadata": {"path": str(workdir)}})
+    # Raises CellExecutionError, naming the cell, if any cell raised. cleanup_kc: nbclient keeps a kernel it was
+    # handed (km=) alive until the interpreter exits; this one, with its model server, ends with its notebook.
+    client.execute(env=env, cleanup_kc=True)
 
     outputs = {}
     for cell in notebook.cells:
@@ -129,7 +131,7 @@ def test_optimize_notebook_runs(tmp_path):
     out = run_notebook(REPO / "notebooks" / "02_optimize.ipynb", tmp_path)
     assert "18 trials" in out["search"]
     assert "18 complete trials" in out["table"]
-    examples = 5
+    examples = 3  # the notebook's dev set (rows)
     assert number(r"candidates in the store: (\d+)", out["count"]) == examples * 3, "examples x max N, no more"
     assert number(r"would have drawn (\d+) samples", out["count"]) > examples * 3
     assert "image/png" in out["plot:mime"]
@@ -141,7 +143,7 @@ def test_optimize_notebook_runs(tmp_path):
 def test_synthetic_data_notebook_runs(tmp_path):
     out = run_notebook(REPO / "notebooks" / "03_synthetic_data.ipynb", tmp_path)
     first = re.search(r"first run: \{'done': (\d+), 'failed': (\d+), 'skipped': (\d+)\}", out["synth"])
-    assert first and int(first[1]) + int(first[2]) == 4 and first[3] == "0", out["synth"]
+    assert first and int(first[1]) + int(first[2]) == 2 and first[3] == "0", out["synth"]  # the notebook's prompts
     again = re.search(r"second run: \{'done': (\d+), 'failed': (\d+), 'skipped': (\d+)\}", out["rerun"])
     assert again and int(again[3]) == int(first[1]), "a rerun skips every prompt already written"
     assert '"provenance"' in out["records"] and '"role": "assistant"' in out["records"]

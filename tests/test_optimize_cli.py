@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 from fusion_dspy.cli import main
 from fusion_dspy.core.store import CandidateStore
 from fusion_dspy.testing import StubOpenAIServer
+from tests.cli_support import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,9 +93,8 @@ def test_killed_study_resumes_without_losing_work(workdir):
         assert len(before) >= 2, "the first run should have finished some trials before the kill"
         drawn_before, stored_before = generator_requests(server), len(CandidateStore(workdir / "store"))
         server.delay = 0.0
-        rerun = spawn(args, workdir)
-        output, _ = rerun.communicate(timeout=300)
-        assert rerun.returncode == 0, output
+        rerun = run_cli(args)  # the resume is the subject here, not the process: in this one
+        assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     after = {t.number: t.values for t in complete_trials(workdir)}
     assert len(after) >= 10
     assert all(after[number] == values for number, values in before.items()), "finished trials are kept"

@@ -120,6 +120,7 @@ def test_a_killed_ray_driver_resumes_and_writes_every_prompt_exactly_once(tmp_pa
         assert 4 <= written_before < 40, "the kill must land mid-run"
         with open(output, "a") as file:  # the worst case: a line cut in the middle by the kill
             file.write('{"id": "39", "messages": [{"role": "us')
+        server.delay = 0.0  # slow only so the kill lands mid-run; nothing interrupts the rerun
         assert main([*args, *RAY]) == 0
     assert sorted(int(i) for i in by_id(output)) == list(range(40)), "every prompt exactly once"
 

@@ -158,6 +158,7 @@ def test_a_killed_worker_loses_no_finished_prompt_and_a_rerun_does_each_once(tmp
         failed = lines(tmp_path / "train.errors.jsonl")
         assert failed and all("WorkerDied" in e["error"] and "SIGKILL" in e["error"] for e in failed), failed
         assert len(lines(output)) + len(failed) == 40, "every prompt is either written or failed"
+        server.delay = 0.0  # slow only so the kill lands mid-run; nothing interrupts the rerun
         assert main(args) == 0
     assert sorted(int(i) for i in by_id(output)) == list(range(40)), "every prompt exactly once"
 
@@ -180,6 +181,7 @@ def test_ctrl_c_finishes_the_prompts_in_flight_exits_130_and_a_rerun_completes(t
         assert "Traceback" not in text and "Run the same command again to continue" in text, text
         assert len(server.requests) - at_signal <= 4 * 3, "no new prompt started: only the 4 in flight finished"
         assert 0 < len(lines(output)) < 40 and not lines(tmp_path / "train.errors.jsonl"), "in flight: written"
+        server.delay = 0.0  # slow only so Ctrl-C lands mid-run; nothing interrupts the rerun
         assert main(args) == 0
     assert sorted(int(i) for i in by_id(output)) == list(range(40)), "every prompt exactly once"
 

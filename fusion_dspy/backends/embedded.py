@@ -72,7 +72,8 @@ class EmbeddedServer:
             five 126-token candidates measured 900 tokens, ~1.4k with its answer, so four fit at once.
         default_max_tokens: Generation cap for requests that send no ``max_tokens`` (``dspy.LM``'s default):
             without it a looping small model would fill the whole shared context.
-        n_threads: CPU threads for generation; defaults to all cores.
+        n_threads: CPU threads for generation; defaults to the cores this process may run on (its CPU affinity:
+            ``taskset``, a container's cpuset).
         startup_timeout: Seconds to wait for the loaded server to report healthy.
         verbose: Let llama.cpp log to stderr (it is silenced by default).
 
@@ -102,7 +103,7 @@ class EmbeddedServer:
         self.n_parallel = n_parallel
         self.n_ctx = n_ctx
         self.default_max_tokens = default_max_tokens
-        self.n_threads = n_threads or os.cpu_count() or 2
+        self.n_threads = n_threads or _usable_cores()
         self.startup_timeout = startup_timeout
         self.verbose = verbose
         self._server: Any = None  # the xllamacpp.Server; its C++ destructor stops and joins the threads
@@ -189,6 +190,14 @@ class EmbeddedServer:
     def __repr__(self) -> str:
         where = self._address or "not running"
         return f"EmbeddedServer({self.model_alias!r}, {where}, n_parallel={self.n_parallel})"
+
+
+def _usable_cores() -> int:
+    """The cores this process may run on: more threads than that only wait on each other at every step."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # no CPU affinity (macOS, Windows)
+        return os.cpu_count() or 2
 
 
 def _wait_healthy(address: str, timeout: float) -> None:

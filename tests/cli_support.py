@@ -1,0 +1,43 @@
+"""The ``fusion-dspy`` command run in this process, for tests of what a command does rather than of its process.
+
+A fresh interpreter costs ~4 s (it imports litellm); a test whose subject is the command's result (the records it
+wrote, its exit code, what it printed) runs it here instead. Tests of the process itself (a signal, a kill, two
+processes at once, a fresh interpreter's imports) keep ``subprocess``. The process-wide state a command changes
+(log record factory, frozen imports, DSPy settings, held keys) is undone by ``tests/conftest.py``'s ``isolated_dspy``.
+"""
+
+import contextlib
+import io
+from typing import NamedTuple
+
+from fusion_dspy.cli import main
+
+
+class CliResult(NamedTuple):
+    """What a command left: named as ``subprocess.CompletedProcess`` names it, so a converted test reads the same."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(argv: list[str]) -> CliResult:
+    """Run ``fusion-dspy *argv`` in this process; its exit code (``SystemExit``'s too, as from ``--help``) and output.
+
+    Args:
+        argv: The command's arguments, without the program name (``["run", "--config", ...]``).
+
+    Example:
+        >>> code, out, err = run_cli(["--help"])
+        >>> code, "usage: fusion-dspy" in out
+        (0, True)
+    """
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exit_:  # argparse's --help and usage errors; sys.exit("message") as the shell sees it
+            code = exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 1
+            if not isinstance(exit_.code, int | None):
+                print(exit_.code, file=err)
+    return CliResult(code, out.getvalue(), err.getvalue())
