@@ -7,9 +7,9 @@ makes those changes and leaving it puts back what it found (a ``ProcessState``),
 test calling ``fusion_dspy.cli.main``) leaves nothing behind. A library user who never runs a command gets none
 of it.
 
-Keys: ``hold`` adds keys to ``HELD``, the mask of every results and errors file (``ResultsLog``) and of a command's
-log lines and error line. Inside a command they are held until it is left; outside one, for the life of the
-process, so a library's own batch files are masked too.
+Keys: ``fusion_dspy.backends.secrets.hold`` adds keys to ``HELD``, the mask of every results and errors file
+(``ResultsLog``) and of a command's log lines and error line. Inside a command they are held until it is left;
+outside one, for the life of the process, so a library's own batch files are masked too.
 """
 
 import gc
@@ -22,25 +22,6 @@ import dspy
 
 from fusion_dspy.backends.secrets import HELD, Redactor, masked_records
 from fusion_dspy.errors import FusionDSPyError
-
-
-def hold(*keys: str | None) -> None:
-    """Mask these keys in results and errors files and in a command's logs: until the command this runs in is left,
-    or for the life of the process outside one. ``Backends`` holds every key its config names.
-
-    Args:
-        keys: Key values; ``None``, empty and short ones (under 8 characters: placeholders such as ``"EMPTY"``)
-            are ignored.
-
-    Example:
-        >>> with CommandProcess():
-        ...     hold("sk-0123456789abcdef")
-        ...     HELD("bad key sk-0123456789abcdef")
-        'bad key ***'
-        >>> HELD("bad key sk-0123456789abcdef")      # released with the command
-        'bad key sk-0123456789abcdef'
-    """
-    HELD.add(*keys)
 
 
 @dataclass(frozen=True)

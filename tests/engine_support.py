@@ -1,8 +1,11 @@
 """What the engine tests share (tests/test_ray_engine.py, tests/test_workers.py): stub replies, config files and
 record views, so the Ray actors and the worker processes are held to the same records as one process."""
 
+import contextlib
 import json
+import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,9 @@ def qa_reply(body: dict) -> str:
     return f"[[ ## answer ## ]]\n{42 if number % 2 == 0 else 41}\n\n[[ ## completed ## ]]"
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
 def lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
@@ -36,6 +42,25 @@ def by_id(path: Path) -> dict[str, dict]:
     records = lines(path)
     assert len({str(r["id"]) for r in records}) == len(records), "no id is written twice"
     return {str(r["id"]): r for r in records}
+
+
+@contextlib.contextmanager
+def local_ray() -> Iterator[Any]:
+    """One local Ray instance (2 CPUs, no dashboard) for a module's Ray cases. Its workers inherit PYTHONPATH: they
+    import the test task (tests.scripted_search) as a user's workers import theirs."""
+    import ray
+
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), before]))
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        if before is None:
+            os.environ.pop("PYTHONPATH")
+        else:
+            os.environ["PYTHONPATH"] = before
 
 
 def untimed(value: Any) -> Any:

@@ -9,10 +9,10 @@ import dspy
 import pytest
 import yaml
 
-from fusion_dspy.backends.secrets import HELD, Redactor
+from fusion_dspy.backends.secrets import HELD, Redactor, hold
 from fusion_dspy.cli import main
 from fusion_dspy.errors import FusionDSPyError
-from fusion_dspy.process import CommandProcess, ProcessState, hold
+from fusion_dspy.process import CommandProcess, ProcessState
 from fusion_dspy.testing import StubOpenAIServer
 
 KEY = "sk-process-0123456789abcdef"

@@ -17,29 +17,16 @@ from fusion_dspy.cli import main
 from fusion_dspy.core.router import Router
 from fusion_dspy.core.store import CandidateStore
 from fusion_dspy.testing import StubOpenAIServer
-from tests.engine_support import by_id, lines, qa_reply, reply, same_failures, untimed, write_config
+from tests.engine_support import by_id, lines, local_ray, qa_reply, reply, same_failures, untimed, write_config
 
-REPO = Path(__file__).resolve().parents[1]
 RAY = ["--engine", "ray", "--actors", "1", "--in-flight", "4", "--quiet"]
 
 
 @pytest.fixture(scope="module")
 def ray_address():
-    import ray
-
-    # Workers inherit this environment: they import the test task (tests.scripted_search) as a user's
-    # workers import theirs.
-    before = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), before]))
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    try:
+    """One local Ray instance for the module (``tests.engine_support.local_ray``), by its address."""
+    with local_ray() as ray:
         yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
-        if before is None:
-            os.environ.pop("PYTHONPATH")
-        else:
-            os.environ["PYTHONPATH"] = before
 
 
 

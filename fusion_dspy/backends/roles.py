@@ -23,9 +23,8 @@ from fusion_dspy.backends.native import NO_KEY, AsyncNativeEngine, NativeEngine
 from fusion_dspy.backends.plain_adapter import PlainAdapter
 from fusion_dspy.backends.programs import Programs
 from fusion_dspy.backends.retries import CappedRetryLM
-from fusion_dspy.backends.secrets import config_secrets
+from fusion_dspy.backends.secrets import config_secrets, hold
 from fusion_dspy.core.context import known_context_window
-from fusion_dspy.process import hold
 
 # NO_KEY: a self-hosted server without auth still needs *some* key (the OpenAI client refuses to send a request
 # without one; vLLM's docs use "EMPTY"). Without api_base, litellm finds the provider's usual variable by itself.

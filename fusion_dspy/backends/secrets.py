@@ -2,7 +2,7 @@
 ``Redactor``, which masks the key values it knows.
 
 ``HELD`` knows every key a config of this process names (``Backends`` holds them through
-``fusion_dspy.process.hold``), so a batch's results and errors files and a command's logs mask them without being
+``hold``), so a batch's results and errors files and a command's logs mask them without being
 told which keys there are: an upstream error that echoes the key it was sent ("invalid key sk-..."), or a URL with
 a key in its query string, is written with ``***`` instead. Keys held while a command runs are released when it
 ends (``fusion_dspy.process.CommandProcess``); the server masks its own key and the config's the same way.
@@ -69,7 +69,28 @@ class Redactor:
         return value
 
 
-HELD = Redactor(min_length=8)  # every key a config names (fusion_dspy.process.hold holds them); real keys are long
+HELD = Redactor(min_length=8)  # every key a config names (hold() holds them); real keys are long
+
+
+def hold(*keys: str | None) -> None:
+    """Mask these keys in results and errors files and in a command's logs: until the command this runs in is left
+    (``fusion_dspy.process.CommandProcess`` puts the held keys back as it found them), or for the life of the
+    process outside one. ``Backends`` holds every key its config names.
+
+    Args:
+        keys: Key values; ``None``, empty and short ones (under 8 characters: placeholders such as ``"EMPTY"``)
+            are ignored.
+
+    Example:
+        >>> from fusion_dspy.process import CommandProcess
+        >>> with CommandProcess():
+        ...     hold("sk-0123456789abcdef")
+        ...     HELD("bad key sk-0123456789abcdef")
+        'bad key ***'
+        >>> HELD("bad key sk-0123456789abcdef")      # released with the command
+        'bad key sk-0123456789abcdef'
+    """
+    HELD.add(*keys)
 
 
 def config_secrets(config: FusionConfig) -> list[str]:
