@@ -68,10 +68,11 @@ def test_a_server_refusing_or_ignoring_n_gets_separate_requests_once_and_it_is_l
     assert not batching.batches(True, lm, dspy.Predict("question -> answer"))
 
 
-def test_auto_batches_native_openai_and_vllm_models_only():
+def test_auto_batches_native_openai_and_vllm_models_only(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # deciding reads no key: a missing one fails at the request
     predict = dspy.Predict("q -> a")
-    for model in ("openai/x", "hosted_vllm/x"):
-        assert batching.batches("auto", dspy.LM(model, engine=NativeEngine(model, "http://127.0.0.1:9/v1")), predict)
+    for model, api_base in (("openai/x", None), ("hosted_vllm/x", "http://127.0.0.1:9/v1")):
+        assert batching.batches("auto", dspy.LM(model, engine=NativeEngine(model, api_base)), predict)
     anthropic = dspy.LM("anthropic/x", engine=NativeEngine("anthropic/x", "http://127.0.0.1:9"))
     assert not batching.batches("auto", anthropic, predict)  # its wire has no `n`: N requests
     with pytest.raises(ValueError, match="native engine"):

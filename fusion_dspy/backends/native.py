@@ -89,6 +89,9 @@ class NativeEngine:
             raise lm15.ConfigurationError(f"The environment variable {api_key_env} (the key of {model}) is not set.")
         self.config, self.route = router_config(model, api_base, key, timeout)
         self.wire_model = self.route.split(":", 1)[1]
+        # The route speaks OpenAI's chat dialect, whose `n` asks for several choices in one request (offline).
+        resolution = lm15.LMRouter(lm15.RouterConfig(env={})).resolve_openai_chat(model)
+        self.sends_n = resolution.adapter == lm15.OpenAIChatLM.__name__
         self._lock = threading.Lock()
         self._clients: dict[Any, tuple[Any, Any]] = {}  # event loop (None: sync) -> (router, provider client)
         self._dialect_client: Any = None
@@ -110,11 +113,6 @@ class NativeEngine:
     def complete(self, request: lm15.Request) -> lm15.Response:
         with _timeouts_as_timeouts():
             return self._client().complete(self._wire(request))
-
-    @property
-    def sends_n(self) -> bool:
-        """The route speaks OpenAI's chat dialect, whose ``n`` asks for several choices in one request."""
-        return isinstance(self._dialect(), lm15.OpenAIChatLM)
 
     def _dialect(self) -> Any:
         """A sync client of the route, for its wire format only (an async client reads and writes the same)."""
@@ -156,8 +154,9 @@ class NativeEngine:
     def close(self) -> None:
         with self._lock:
             clients, self._clients, dialect, self._dialect_client = self._clients, {}, self._dialect_client, None
-        if dialect is not None:
-            dialect.close()
+        for other in (dialect, self._twin):
+            if other is not None:
+                other.close()
         for loop, (router, _) in clients.items():
             if loop is None:
                 router.close()

@@ -99,9 +99,10 @@ def mark_rejected(lm: BaseLM, error: BaseException) -> None:
         first = _identity(lm) not in _rejected
         _rejected.add(_identity(lm))
     if first:
+        shown = error.__cause__ if isinstance(error.__cause__, IgnoredN) else error  # the native engine's finding
         logger.warning("%s rejected a request for n choices (%s: %s); its samples are sent as separate requests "
                        "from now on. Set batch_samples: false for this model to skip the attempt.", lm.model,
-                       type(error).__name__, str(error)[:200])  # fmt: skip
+                       type(shown).__name__, str(shown)[:200])  # fmt: skip
 
 
 def split_usage(usage: Usage, k: int) -> list[Usage]:
