@@ -88,3 +88,16 @@ def test_the_key_stays_out_of_a_batched_request_s_reprs_and_logs(tmp_path, monke
     assert len(pool) == 2 and "ignores `n`" in caplog.text
     seen = [caplog.text, repr(engines), repr(vars(engines[0])), repr(vars(engines[1])), repr(pool.failures)]
     assert not [text for text in seen if KEY in text] and KEY.encode() not in pickle.dumps(lm.engine)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_batched_request_keeps_the_native_timeout_and_dspy_s_error_type(mode):
+    with StubOpenAIServer(respond=respond, delay=lambda call: 1.0) as server:
+        route = ("openai/slow", server.api_base, None, 0.2)
+        lm = dspy.LM("openai/slow", engine=NativeEngine(*route), async_engine=AsyncNativeEngine(*route), cache=False,
+                     num_retries=0)  # fmt: skip
+        engine, async_engine = lm.engine.for_n(2)
+        batched = lm.copy(engine=engine, async_engine=async_engine, n=2)
+        with pytest.raises(dspy.LMTimeoutError):
+            run(dspy.Predict("question -> answer"), mode, question="q", lm=batched)
+    assert server.requests[0]["n"] == 2
