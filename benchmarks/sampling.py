@@ -4,10 +4,10 @@ Run by hand: `python benchmarks/sampling.py [--delay 0.2] [--runs 3] [--ns 1,8,1
 in ITS OWN PROCESS (this file with `--serve`), so the client's numbers are the client's. Each cell prints the
 min / median of `--runs` runs of wall time divided by the critical path: one sample + one fusion (2 x delay)
 for FusionOfN, one sample for BestOfN (a reward function selects, no LM call); `n=`: the N samples in one
-request (litellm engine), `native`/`nat.`: `engine: native` (DSPy's lm15 client behind fusion-dspy's engine,
-backends/native.py), else litellm, one request per sample. dspy.BestOfN is shown next to it (it draws one sample
-after another). The async calls all run on one event loop, as in an async application or a server
-(``asyncio.run`` per call would add a new loop, its executor threads and new HTTP connections to every call,
+request (the OpenAI `n` parameter), `native`/`nat.`: `engine: native` (DSPy's lm15 client behind fusion-dspy's
+engine, backends/native.py), else litellm; without `n=`, one request per sample. dspy.BestOfN is shown next to
+it (it draws one sample after another). The async calls all run on one event loop, as in an async application or
+a server (``asyncio.run`` per call would add a new loop, its executor threads and new HTTP connections to every call,
 which sync calls do not pay). Then: CPU ms per sample of the client (process time), adaptive N on agreeing and
 disagreeing questions, one straggler at 10x latency cut off by a quorum, and the share of CPU time the hypervisor
 stole during the run (a noisy host inflates every ratio).
@@ -130,7 +130,7 @@ def sweep(api_base: str, ns: list[int], runs: int, delay: float, run_async) -> N
         fusion(2, warm)(**question)
         run_async(fusion(2, warm).acall(**question))
     columns = ["sync", "async", "sync n=", "async n=", "lean sync", "lean async", "native", "nat. async",
-               "BestOfN", "BoN n=", "BoN nat.", "dspy.BoN"]  # fmt: skip
+               "nat. n=", "nat. a. n=", "BestOfN", "BoN n=", "BoN nat.", "dspy.BoN"]  # fmt: skip
     print(f"\nwall / critical path, min/median of {runs} (delay {delay} s; FusionOfN unless named)")
     print(f"{'N':>3} " + " ".join(f"{c:>10}" for c in columns))
     def row(n: int) -> list[str]:
@@ -143,6 +143,8 @@ def sweep(api_base: str, ns: list[int], runs: int, delay: float, run_async) -> N
             ratio(timed(lambda: run_async(fusion(n, lean).acall(**question)), runs)[0], 2 * delay),
             ratio(timed(lambda: fusion(n, native)(**question), runs)[0], 2 * delay),
             ratio(timed(lambda: run_async(fusion(n, native).acall(**question)), runs)[0], 2 * delay),
+            ratio(timed(lambda: fusion(n, native, batch=True)(**question), runs)[0], 2 * delay),
+            ratio(timed(lambda: run_async(fusion(n, native, batch=True).acall(**question)), runs)[0], 2 * delay),
             ratio(timed(lambda: best(n)(**question), runs)[0], delay),
             ratio(timed(lambda: best(n, batch=True)(**question), runs)[0], delay),
             ratio(timed(lambda: best(n, native)(**question), runs)[0], delay),
@@ -177,7 +179,8 @@ def cpu_per_sample(api_base: str, runs: int, run_async, n: int = 32) -> None:
 
     for label, lm_kwargs, batch in [("litellm", {}, False), ("litellm lean (no-log)", {"lean": True}, False),
                                     ("dspy.LM(engine='lm15')", {"engine": "lm15"}, False),
-                                    ("native", {"engine": "native"}, False), ("litellm n=", {}, True)]:
+                                    ("native", {"engine": "native"}, False), ("litellm n=", {}, True),
+                                    ("native n=", {"engine": "native"}, True)]:
         measure(label, lm_kwargs, batch)
 
 

@@ -14,6 +14,11 @@ spellings such as ``openai/...`` and ``hosted_vllm/...`` included) and build the
 client's connections belong to one event loop, so each running loop gets its own, and the clients of loops that
 have closed are dropped (``asyncio.run`` per call works and leaks nothing). The key is never part of the
 engine's saved state, its pickle or its copies: it is read again from ``api_key_env`` where it came from.
+
+The OpenAI ``n`` parameter: DSPy's engine contract is one request, one ``Response`` (one message), and ``dspy.LM``
+asks a custom engine ``n`` times for ``n`` completions. ``NativeEngine.for_n(n)`` is the engine of one such call
+on a route that speaks OpenAI's chat dialect (``openai/``, ``hosted_vllm/``): its first request goes out once with
+``n``, and DSPy's other ``n - 1`` requests get the reply's other choices (``fusion_dspy.core.batching``).
 """
 
 import asyncio
@@ -25,6 +30,7 @@ from typing import Any
 
 from dspy import lm15
 
+from fusion_dspy.backends.native_choices import AsyncNChoices, NChoices, read_choices, transport_errors
 from fusion_dspy.failures import FailureKind, kind_of
 
 NO_KEY = "no-key"  # what a self-hosted server without auth is sent (``api_base`` and no key variable)
@@ -83,8 +89,13 @@ class NativeEngine:
             raise lm15.ConfigurationError(f"The environment variable {api_key_env} (the key of {model}) is not set.")
         self.config, self.route = router_config(model, api_base, key, timeout)
         self.wire_model = self.route.split(":", 1)[1]
+        # The route speaks OpenAI's chat dialect, whose `n` asks for several choices in one request (offline).
+        resolution = lm15.LMRouter(lm15.RouterConfig(env={})).resolve_openai_chat(model)
+        self.sends_n = resolution.adapter == lm15.OpenAIChatLM.__name__
         self._lock = threading.Lock()
         self._clients: dict[Any, tuple[Any, Any]] = {}  # event loop (None: sync) -> (router, provider client)
+        self._dialect_client: Any = None
+        self._twin: AsyncNativeEngine | None = None  # the async engine of this one's calls for n completions
 
     def _client(self, loop: Any = None) -> Any:
         """The provider client, built at the first request (a missing provider key fails there)."""
@@ -103,6 +114,33 @@ class NativeEngine:
         with _timeouts_as_timeouts():
             return self._client().complete(self._wire(request))
 
+    def _dialect(self) -> Any:
+        """A sync client of the route, for its wire format only (an async client reads and writes the same)."""
+        with self._lock:
+            if self._dialect_client is None:
+                self._dialect_client = lm15.LMRouter(self.config).lm(self.route)
+            return self._dialect_client
+
+    def _n_request(self, request: lm15.Request, n: int) -> Any:
+        wire = self._wire(request)
+        extensions = {**(wire.config.extensions or {}), "n": n}
+        return self._dialect().build_request(replace(wire, config=replace(wire.config, extensions=extensions)),
+                                             stream=False)  # fmt: skip
+
+    def choices(self, request: lm15.Request, n: int) -> list[lm15.Response]:
+        """``n`` completions of ``request`` from one request with the OpenAI ``n`` parameter."""
+        transport_request = self._n_request(request, n)
+        with _timeouts_as_timeouts(), transport_errors(), self._client().transport.stream(transport_request) as reply:
+            status, body = reply.status, reply.read()
+        return read_choices(self._dialect(), status, body, n, self.wire_model)
+
+    def for_n(self, n: int) -> tuple[NChoices, AsyncNChoices]:
+        """The engine pair of one ``dspy.LM`` call for ``n`` completions: one request with ``n``."""
+        with self._lock:
+            if self._twin is None:
+                self._twin = AsyncNativeEngine(**self.dump_state())
+        return NChoices(self, n), AsyncNChoices(self._twin, n)
+
     def stream(self, request: lm15.Request):
         """The reply as it is written (``dspy.streamify``); a consumer that stops early closes the request."""
         events = self._client().stream(self._wire(request))
@@ -115,7 +153,10 @@ class NativeEngine:
 
     def close(self) -> None:
         with self._lock:
-            clients, self._clients = self._clients, {}
+            clients, self._clients, dialect, self._dialect_client = self._clients, {}, self._dialect_client, None
+        for other in (dialect, self._twin):
+            if other is not None:
+                other.close()
         for loop, (router, _) in clients.items():
             if loop is None:
                 router.close()
@@ -157,6 +198,13 @@ class AsyncNativeEngine(NativeEngine):
         finally:
             if aclose := getattr(events, "aclose", None):
                 await aclose()
+
+    async def choices(self, request: lm15.Request, n: int) -> list[lm15.Response]:  # type: ignore[override]
+        transport_request = self._n_request(request, n)
+        with _timeouts_as_timeouts(), transport_errors():
+            async with self._client(asyncio.get_running_loop()).transport.stream(transport_request) as reply:
+                status, body = reply.status, await reply.read()
+        return read_choices(self._dialect(), status, body, n, self.wire_model)
 
     async def aclose(self) -> None:
         with self._lock:

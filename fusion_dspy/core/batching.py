@@ -2,12 +2,15 @@
 
 One request for N choices sends, prefills and bills the prompt once and costs the client one request's CPU.
 DSPy 3.4 passes ``n`` to the provider natively only on its litellm engine (``dspy.LM(..., engine="litellm")``);
-its other engines answer ``n`` with N requests one after another, so batching is used only there. A module is
+its engine contract is one request, one response, so a custom engine is asked N times. fusion-dspy's native
+engine (``engine: native``) sends ``n`` itself: a batched call gets an engine of its own (``lm.engine.for_n(k)``)
+whose first request carries ``n`` and whose other ``k - 1`` are answered with the reply's other choices. Any other
+engine answers ``n`` with N requests one after another, so batching is used only on those two. A module is
 batched when it is a ``dspy.Predict`` or a ``dspy.ChainOfThought`` (one predictor whose prediction the module
 returns as is, with its ``completions``); any other module draws N requests, as before.
 
 ``batch_samples`` is ``True``, ``False`` or ``"auto"`` (on for ``openai/`` and ``hosted_vllm/`` models on the
-litellm engine: OpenAI and vLLM accept ``n``), or a mapping of model string to one of those (a teacher pool).
+litellm or the native engine: OpenAI and vLLM accept ``n``), or a mapping of model string to one of those.
 A backend that rejects ``n`` (HTTP 400/422) or ignores it (fewer choices) is asked again with N
 requests; when those succeed it is marked as not batching for the rest of the process, with one log line.
 """
@@ -36,12 +39,18 @@ _lock = threading.Lock()
 
 
 def _identity(lm: BaseLM) -> tuple[str, str | None]:
-    return lm.model, (getattr(lm, "kwargs", {}) or {}).get("api_base")
+    api_base = (getattr(lm, "kwargs", {}) or {}).get("api_base") or getattr(_engine(lm), "api_base", None)
+    return lm.model, api_base
+
+
+def _engine(lm: BaseLM) -> Any:
+    return lm.engine if isinstance(lm, dspy.LM) else None
 
 
 def sends_n_natively(lm: BaseLM) -> bool:
-    """The LM passes ``n`` to its provider in one request (DSPy's litellm engine)."""
-    return isinstance(lm, dspy.LM) and lm.engine == "litellm"
+    """The LM passes ``n`` to its provider in one request: DSPy's litellm engine, or fusion-dspy's native engine on
+    a route whose wire has ``n`` (its ``sends_n``)."""
+    return _engine(lm) == "litellm" or getattr(_engine(lm), "sends_n", False) is True
 
 
 def batchable_module(module: dspy.Module) -> bool:
@@ -64,9 +73,10 @@ def batches(setting: BatchSamples, lm: BaseLM, module: dspy.Module) -> bool:
     if not sends_n_natively(lm):
         if setting is True:
             raise ValueError(f"batch_samples=True, but the LM {lm.model!r} does not send `n` in one request: DSPy "
-                             "3.4 does that only on its litellm engine (dspy.LM(..., engine='litellm')); other "
-                             "engines would send the N requests one after another. Use batch_samples='auto' or "
-                             "False for this LM.")  # fmt: skip
+                             "3.4 does that only on its litellm engine (dspy.LM(..., engine='litellm')), fusion-dspy "
+                             "on its native engine (engine: native) for OpenAI-compatible models; other engines "
+                             "would send the N requests one after another. Use batch_samples='auto' or False for "
+                             "this LM.")  # fmt: skip
         return False
     return setting is True or lm.model.startswith(N_PROVIDERS)
 
@@ -77,9 +87,10 @@ class IgnoredN(RuntimeError):  # noqa: N818 - what the backend did
 
 def rejects_n(error: BaseException) -> bool:
     """The backend refused the request as invalid (how servers without ``n`` answer a request that uses it), or
-    ignored ``n``."""
+    ignored ``n`` (found by the native engine, under the error DSPy raises for it: its cause)."""
     status = getattr(error, "status", None) or getattr(error, "status_code", None)
-    return isinstance(error, (LMInvalidRequestError, IgnoredN)) or status in (400, 422)
+    ignored = isinstance(error, IgnoredN) or isinstance(error.__cause__, IgnoredN)
+    return ignored or isinstance(error, LMInvalidRequestError) or status in (400, 422)
 
 
 def mark_rejected(lm: BaseLM, error: BaseException) -> None:
@@ -88,9 +99,10 @@ def mark_rejected(lm: BaseLM, error: BaseException) -> None:
         first = _identity(lm) not in _rejected
         _rejected.add(_identity(lm))
     if first:
+        shown = error.__cause__ if isinstance(error.__cause__, IgnoredN) else error  # the native engine's finding
         logger.warning("%s rejected a request for n choices (%s: %s); its samples are sent as separate requests "
                        "from now on. Set batch_samples: false for this model to skip the attempt.", lm.model,
-                       type(error).__name__, str(error)[:200])  # fmt: skip
+                       type(shown).__name__, str(shown)[:200])  # fmt: skip
 
 
 def split_usage(usage: Usage, k: int) -> list[Usage]:
@@ -127,8 +139,11 @@ def completions(prediction: dspy.Prediction, k: int) -> list[dspy.Prediction]:
 
 
 def batch_lm(lm: BaseLM, rollout_id: int, temperature: float | None, k: int) -> Any:
-    """The LM copy of one batched request: ``n=k`` choices, under the first sample's rollout id."""
+    """The LM copy of one batched request: ``n=k`` choices, under the first sample's rollout id (on the native
+    engine, with the engines of one request for ``k`` choices)."""
     overrides: dict[str, Any] = {"rollout_id": rollout_id, "n": k}
     if temperature is not None:
         overrides["temperature"] = temperature
+    if callable(for_n := getattr(_engine(lm), "for_n", None)):
+        overrides["engine"], overrides["async_engine"] = for_n(k)
     return lm.copy(**overrides)
