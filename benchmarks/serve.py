@@ -65,8 +65,8 @@ def _start(command: list[str]) -> subprocess.Popen:
 
 
 def _config(api_base: str, folder: Path, engine: str = "litellm") -> Path:
-    """The served model: on litellm its N samples go in one request (`n`); `engine: native` sends N requests
-    with DSPy's lm15 client (a quarter of litellm's CPU per request)."""
+    """The served model: its N samples go in one request (`n`) on either engine; `engine: native` sends it with
+    DSPy's lm15 client (a quarter of litellm's CPU per request)."""
     path = folder / "bench.yaml"
     path.write_text(yaml.safe_dump({
         "models": {"bench": {"model": "openai/bench", "api_base": api_base, "num_retries": 0, "cache": False,

@@ -99,8 +99,8 @@ class ModelConfig(_Strict):
         "openai/ and hosted_vllm/ models (see fusion_dspy.core.batching)")  # fmt: skip
     engine: Literal["litellm", "native"] = Field(
         "litellm", description="litellm (routing, every provider) or native: DSPy's own lm15 client, routed once "
-        "(fusion_dspy.backends.native): a quarter of litellm's client CPU per request; no `n` batching, no "
-        "deployments/fallbacks, no DSPy cost estimate")  # fmt: skip
+        "(fusion_dspy.backends.native): a quarter of litellm's client CPU per request, `n` batching for "
+        "OpenAI-compatible models; no deployments/fallbacks, no DSPy cost estimate")  # fmt: skip
     lean_client: bool = Field(False, description="litellm: skip its per-call logging callbacks (`no-log`), and "
                               "so any litellm callbacks you set up; DSPy still counts tokens")  # fmt: skip
 
