@@ -59,7 +59,7 @@ def propose_instructions(prompt_lm: BaseLM, task: type[Signature], count: int, c
 
     Example:
         >>> proposer = scripted_lm(lambda call: {"proposed_instruction": f"Fuse draft set {call.index}."})
-        >>> propose_instructions(proposer, dspy.Signature("question -> answer"), count=2)
+        >>> sorted(propose_instructions(proposer, dspy.Signature("question -> answer"), count=2))  # drawn concurrently
         ['Fuse draft set 0.', 'Fuse draft set 1.']
     """
     proposer = dspy.Predict(ProposeFusorInstruction)
