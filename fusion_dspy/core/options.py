@@ -92,6 +92,16 @@ class SampleOptions(SampleSettings, _Options):
     adapter: dspy.Adapter | None = None
     store: CandidateStore | None = None
 
+    def capped(self, n: int) -> "SampleOptions":
+        """These options for a draw of ``n`` candidates: ``min_candidates`` and ``quorum`` at most ``n``.
+
+        Example:
+            >>> SampleOptions(min_candidates=3, quorum=4).capped(2).quorum
+            2
+        """
+        quorum = None if self.quorum is None else min(self.quorum, n)
+        return self.replace(min_candidates=min(self.min_candidates, n), quorum=quorum)
+
     @model_validator(mode="before")
     @classmethod
     def _adaptive(cls, values: Any) -> Any:

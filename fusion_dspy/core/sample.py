@@ -101,9 +101,7 @@ class Sample(dspy.Module):
             return self
         smaller = copy.copy(self)
         smaller.n = n
-        smaller.options = self.options.replace(min_candidates=min(self.options.min_candidates, n),
-                                               quorum=None if self.options.quorum is None else min(self.options.quorum,
-                                                                                                   n))  # fmt: skip
+        smaller.options = self.options.capped(n)
         return smaller
 
     # The options, readable where they were in 0.2 (Sample.quorum ...).

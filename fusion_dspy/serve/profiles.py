@@ -128,8 +128,7 @@ class Profile:
         if max_tokens is not None:
             lm, lms = lm and lm.copy(max_tokens=max_tokens), [teacher.copy(max_tokens=max_tokens) for teacher in lms]
         count = n or (len(models) if models else base.sample.n)
-        sampling = sampling.replace(min_candidates=min(sampling.min_candidates, count),
-                                    quorum=None if sampling.quorum is None else min(sampling.quorum, count))
+        sampling = sampling.capped(count)
         arguments: dict[str, Any] = {"n": count, "temperature": base.sample.temperature if temperature is None else
                                      temperature, "lm": lm, "lms": lms or None, "sampling": sampling}  # fmt: skip
         if isinstance(base, FusionOfN):

@@ -81,7 +81,6 @@ class FusionRun:
         self.program = profile.program_for(options, request.candidates, request.temperature,
                                            request.candidate_max_tokens, limits)  # fmt: skip
         self.method = "fuse" if isinstance(self.program, FusionOfN) else "select"
-        self.stage = self.method
         self.inputs = {profile.input_field: render_conversation(request.plain_messages())}
         self.names = profile.model_labels([*(options.models or []), *([options.fusor] if options.fusor else [])])
         self.meter = StageMeter()
