@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fusion_dspy.core.steps import Steps, arun
+from fusion_dspy.workflows.interrupt import run_until_interrupted
 
 Row = tuple[str, Any]  # (id, data): an item's id and inputs (run, synth), or an example's index and missing N (eval)
 
@@ -92,6 +93,16 @@ class Built:
 
     def build(self) -> RowSteps:
         return self.row
+
+
+def dispatch(one: Callable[[Row], Any], rows: Sequence[Row], concurrency: int, **options: Any) -> None:
+    """``one(row)`` for every row, ``concurrency`` at once, until all are done or Ctrl-C (``interrupt``); a fatal
+    outcome (a broken metric) starts no new row; an exception ``one`` raised (no worker left, the files could not be
+    written) is raised here once the rows in flight are done. The local and worker engines' loop."""
+    outcomes = run_until_interrupted(one, rows, max_workers=concurrency, **options,
+                                     stop=lambda outcome: isinstance(outcome, Outcome) and bool(outcome.fatal))
+    if problem := next((outcome for outcome in outcomes if isinstance(outcome, Exception)), None):
+        raise problem
 
 
 class JobActor:

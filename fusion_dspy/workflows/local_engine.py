@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from fusion_dspy.core.steps import run
-from fusion_dspy.workflows.engine import Job, Outcome, Row
-from fusion_dspy.workflows.interrupt import run_until_interrupted
+from fusion_dspy.workflows.engine import Job, Outcome, Row, dispatch
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,4 @@ class LocalEngine:
             finished(outcome)
             return outcome
 
-        outcomes = run_until_interrupted(one, rows, max_workers=self.concurrency,
-                                         stop=lambda outcome: isinstance(outcome, Outcome) and bool(outcome.fatal))
-        if problem := next((outcome for outcome in outcomes if isinstance(outcome, Exception)), None):
-            raise problem  # the files themselves could not be written
+        dispatch(one, rows, self.concurrency)

@@ -13,8 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from fusion_dspy.workflows.engine import Job, Outcome, Row
-from fusion_dspy.workflows.interrupt import run_until_interrupted
+from fusion_dspy.workflows.engine import Job, Outcome, Row, dispatch
 from fusion_dspy.workflows.workers import PoolClosed, WorkerPool, WorkersGone
 
 
@@ -62,7 +61,4 @@ class WorkerEngine:
             return outcome
 
         with pool:
-            outcomes = run_until_interrupted(one, rows, max_workers=self.concurrency, name="fusion-dspy-dispatch",
-                                             stop=lambda outcome: isinstance(outcome, Outcome) and bool(outcome.fatal))
-        if problem := next((outcome for outcome in outcomes if isinstance(outcome, Exception)), None):
-            raise problem  # no worker left, or the files themselves could not be written
+            dispatch(one, rows, self.concurrency, name="fusion-dspy-dispatch")
