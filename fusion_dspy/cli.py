@@ -18,7 +18,7 @@ def _positive(text: str) -> int:
 
 
 def _add_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    engine = parser.add_argument_group("engine", "where the work runs (README, 'The Ray engine')")
+    engine = parser.add_argument_group("engine", "where the work runs (docs: Batch and Ray)")
     engine.add_argument("--engine", choices=["local", "ray"], default="local",
                         help="local: this process (default); ray: a Ray Data pipeline over an actor pool "
                         "(pip install 'fusion-dspy[ray]')")  # fmt: skip

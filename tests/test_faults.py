@@ -1,4 +1,4 @@
-"""The library's rows of the fault table (README, "When things fail"), through a config, against loopback servers.
+"""The library's rows of the fault table (docs/operations/faults.md), through a config, against loopback servers.
 
 Every server is a StubOpenAIServer on 127.0.0.1; every wait is bounded by the config's timeout and retries.
 Batch-command rows (Ctrl-C, SIGKILL, two processes on one file) live in tests/test_faults_batch.py; every row

@@ -1,4 +1,4 @@
-"""The batch commands' rows of the fault table (README, "When things fail"), each named in its test column.
+"""The batch commands' rows of the fault table (docs/operations/faults.md), each named in its test column.
 
 Everything runs against loopback stub servers; each subprocess is bounded by a deadline; nothing is timed.
 """

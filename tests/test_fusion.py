@@ -114,7 +114,7 @@ def test_bootstrap_few_shot_collects_demos_for_generator_and_fusor(lm):
 
 
 def test_dspy_best_of_n_collects_no_demos_where_ours_does(lm):
-    """The reason not to build on dspy.BestOfN (README, "Design notes"): its deep copies hide the calls."""
+    """The reason not to build on dspy.BestOfN (docs/design.md): its deep copies hide the calls."""
     metric = lambda example, pred, trace=None: True  # noqa: E731
     trainset = [dspy.Example(question=f"q{i}", answer="x").with_inputs("question") for i in range(3)]
     theirs = dspy.BestOfN(dspy.Predict("question -> answer"), N=2, reward_fn=lambda i, p: 1.0, threshold=2.0)

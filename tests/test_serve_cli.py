@@ -67,8 +67,7 @@ def test_readme_serve_examples_are_valid():
 
     from fusion_dspy.serve.schema import ChatCompletionRequest
 
-    section = Path(__file__).resolve().parents[1].joinpath("README.md").read_text().split("## Serve it")[1]
-    section = section.split("\n## ")[0]
+    section = Path(__file__).resolve().parents[1].joinpath("docs", "serving", "index.md").read_text()
     curl = re.search(r"-d '(\{.*?\})'", section, re.DOTALL).group(1)
     request = ChatCompletionRequest.model_validate(json.loads(curl))
     assert request.candidates == 4 and request.fusion.return_candidates

@@ -1,4 +1,4 @@
-"""The README's fault table ("When things fail") names, on every row, tests that exist."""
+"""The docs' fault table (docs/operations/faults.md, "When things fail") names, on every row, tests that exist."""
 
 import ast
 import re
@@ -9,11 +9,11 @@ NAMED = re.compile(r"`(test_\w+)(?:\[[^\]`]*\])?`")
 
 
 def fault_rows() -> list[list[str]]:
-    """The cells of each row of the one table in the README's "When things fail" section."""
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    sections = re.findall(r"^## When things fail.*$", readme, re.MULTILINE)
-    assert sections == ["## When things fail"], f"one fault section, not {sections}"
-    section = readme.split("\n## When things fail\n", 1)[1].split("\n## ", 1)[0]
+    """The cells of each row of the one table of the "When things fail" page."""
+    page = (REPO / "docs" / "operations" / "faults.md").read_text(encoding="utf-8")
+    titles = re.findall(r"^#{1,2} .*$", page, re.MULTILINE)
+    assert titles == ["# When things fail"], f"one fault page title and no sections, not {titles}"
+    section = page.split("# When things fail\n", 1)[1]
     rows = [line for line in section.splitlines() if line.startswith("|")]
     header, rule, *body = rows
     assert header.split("|")[1:-1] == [" fault ", " what the library does ", " what you see ", " test "], header
