@@ -155,9 +155,8 @@ def _wait_healthy(port: int, process: subprocess.Popen, log: Path) -> None:
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"the background command exited with {process.returncode}:\n{log.read_text()}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                return
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+            return
         time.sleep(0.3)
     raise AssertionError(f"nothing answered on port {port} within 180 s:\n{log.read_text()}")
 

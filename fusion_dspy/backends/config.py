@@ -123,7 +123,7 @@ class ModelConfig(_Strict):
         return extra
 
 
-# The built-in `embedded` model's settings, chosen by measurement on SmolLM2-135M (docs/benchmarks.md, "The embedded model's defaults"):
+# The built-in `embedded` model's settings, chosen by measurement on SmolLM2-135M (docs/benchmarks.md):
 # plain chat (it cannot keep DSPy's field markers), 200 tokens (64 cut a quarter of the answers), and 0.3 for
 # its own calls, i.e. the fusor's (fusion got worse with heat: 94% -> 72% from 0.3 to 0.8); candidates are
 # sampled at fusion.temperature. Define a model named `embedded` to change them.
