@@ -15,5 +15,5 @@ def test_the_docs_site_builds_strict_with_its_generated_references(tmp_path):
     reference = (site / "configuration" / "reference" / "index.html").read_text(encoding="utf-8")
     assert "max_retry_wait_s" in reference and "permutation_pick" in reference
     assert "--in-flight" in (site / "cli" / "index.html").read_text(encoding="utf-8")
-    assert "class FusionOfN" in (site / "api" / "modules" / "index.html").read_text(encoding="utf-8")
+    assert "fusion_dspy.core.fusion.FusionOfN" in (site / "api" / "modules" / "index.html").read_text(encoding="utf-8")
     assert "fonts.googleapis" not in (site / "index.html").read_text(encoding="utf-8")

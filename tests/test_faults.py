@@ -2,7 +2,7 @@
 
 Every server is a StubOpenAIServer on 127.0.0.1; every wait is bounded by the config's timeout and retries.
 Batch-command rows (Ctrl-C, SIGKILL, two processes on one file) live in tests/test_faults_batch.py; every row
-names its tests (tests/test_readme_faults.py checks they exist).
+names its tests (tests/test_docs_faults.py checks they exist).
 """
 
 import asyncio
