@@ -29,7 +29,7 @@ test: $(BIN)/.installed
 
 # The documentation site, offline, into site/ (tests/test_docs_build.py builds it in the suite too).
 docs: $(BIN)/.installed
-	$(BIN)/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(BIN)/mkdocs build --strict
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
