@@ -63,8 +63,8 @@ def _variable_name(value: str | None) -> str | None:
 class Deployment(_Strict):
     """One replica of a model (e.g. one vLLM server); a model with several is load-balanced by litellm's Router."""
 
-    api_base: str
-    api_key_env: str | None = None
+    api_base: str = Field(description="the replica's OpenAI-compatible endpoint, e.g. http://10.0.0.5:8000/v1")
+    api_key_env: str | None = Field(None, description="name of the environment variable holding its key")
     model: str | None = Field(None, description="litellm model string of this replica, if not the model's")
 
     _key_variable = field_validator("api_key_env")(lambda cls, value: _variable_name(value))
@@ -74,15 +74,16 @@ class ModelConfig(_Strict):
     """A model as litellm reaches it, with its sampling defaults."""
 
     model: str = Field(description="litellm model string (openai/..., hosted_vllm/...), or 'embedded'")
-    api_base: str | None = None
+    api_base: str | None = Field(None, description="the server's OpenAI-compatible endpoint (default: the provider's)")
     api_key_env: str | None = Field(None, description="name of the environment variable holding the key")
-    temperature: float | None = Field(None, ge=0, le=2)
-    max_tokens: int | None = Field(None, gt=0)
+    temperature: float | None = Field(None, ge=0, le=2, description="this model's own calls (fusor, judge); "
+                                      "candidates use fusion.temperature")  # fmt: skip
+    max_tokens: int | None = Field(None, gt=0, description="longest reply (default: DSPy's)")
     timeout: float | None = Field(None, gt=0, description="seconds per request (default: by role, see "
                                   "ROLE_TIMEOUTS)")  # fmt: skip
     context_window: int | None = Field(None, gt=0, description="tokens the model reads at once (default: litellm's "
                                        "model info, when it knows the model)")  # fmt: skip
-    num_retries: int = Field(2, ge=0, le=10)
+    num_retries: int = Field(2, ge=0, le=10, description="retries of a failed request, with backoff (DSPy's rules)")
     max_retry_wait_s: float = Field(
         MAX_RETRY_WAIT_S, ge=0, description="longest wait for a server's Retry-After before a retry; one asking "
         "for longer ends the request at once (60: the OpenAI SDK's and litellm's own limit). Models with "
@@ -90,8 +91,9 @@ class ModelConfig(_Strict):
     adapter: Literal["chat", "json", "xml", "plain"] | None = Field(
         None, description="DSPy adapter for this model's calls; 'plain' for small models (see PlainAdapter)"
     )
-    cache: bool = True
-    deployments: list[Deployment] = Field(default_factory=list)
+    cache: bool = Field(True, description="DSPy's cache of identical requests (reruns cost nothing)")
+    deployments: list[Deployment] = Field(default_factory=list, description="replicas, load-balanced by litellm's "
+                                          "Router")  # fmt: skip
     fallbacks: list[str] = Field(default_factory=list, description="names of models to try when this one fails")
     extra: dict[str, Any] = Field(default_factory=dict, description="more dspy.LM / litellm arguments (top_p ...)")
     batch_samples: Literal["auto"] | bool = Field(
@@ -135,16 +137,18 @@ EMBEDDED_DEFAULTS = ModelConfig(model=EMBEDDED, temperature=0.3, max_tokens=200,
 class Teacher(_Strict):
     """One member of a teacher pool; ``count`` samples per call weight it against the others."""
 
-    model: str
-    count: int = Field(1, ge=1)
+    model: str = Field(description="a model name of `models` (or 'embedded')")
+    count: int = Field(1, ge=1, description="samples drawn from it per call")
 
 
 class Roles(_Strict):
     """Which model plays each role. The fusor and judge default to the first generator."""
 
-    generators: str | list[Teacher | str] = Field(EMBEDDED, min_length=1)
-    fusor: str | None = None
-    judge: str | None = None
+    generators: str | list[Teacher | str] = Field(EMBEDDED, min_length=1, description="the model that writes the "
+                                                  "candidates, or a teacher pool")  # fmt: skip
+    fusor: str | None = Field(None, description="the model that fuses (default: the first generator)")
+    judge: str | None = Field(None, description="the model that judges, for select: listwise/pointwise (default: "
+                              "the first generator)")  # fmt: skip
 
     def teachers(self) -> list[Teacher]:
         pool = [self.generators] if isinstance(self.generators, str) else self.generators
@@ -155,7 +159,8 @@ class AdaptiveSettings(_Strict):
     """Adaptive N: draw in waves and stop once the candidates agree (see ``fusion_dspy.core.adaptive``)."""
 
     wave: int = Field(4, ge=1, description="samples per wave; agreement is checked after each")
-    rule: Literal["auto", "majority", "overlap"] = "auto"
+    rule: Literal["auto", "majority", "overlap"] = Field(
+        "auto", description="majority (short answers), overlap (free text), or auto: majority when all are short")
     threshold: float = Field(0.95, gt=0, le=1, description="majority: posterior probability the leader stays")
     overlap_threshold: float = Field(0.6, gt=0, le=1, description="free text: mean pairwise word-overlap F1")
     max_tokens: int | None = Field(None, ge=1, description="token budget of one call's samples")
@@ -171,7 +176,7 @@ class FusionSettings(_Strict, SampleSettings, FuseSettings):
     """
 
     n: int | None = Field(None, ge=1, description="candidates per input (default 5, or the pool's total count)")
-    temperature: float | None = Field(0.7, ge=0, le=2)
+    temperature: float | None = Field(0.7, ge=0, le=2, description="of the candidates")
     method: Literal["fuse", "select", "auto"] = Field("fuse", description="auto: a trained router picks per input "
                                                       "(fusion.router)")  # fmt: skip
     select: Literal["consensus", "majority", "listwise", "pointwise"] = Field(
@@ -189,9 +194,10 @@ class FusionSettings(_Strict, SampleSettings, FuseSettings):
 class FusionConfig(_Strict):
     """A whole config file. Build LMs and programs from it with ``fusion_dspy.backends``."""
 
-    models: dict[str, ModelConfig] = Field(default_factory=dict)
-    roles: Roles = Field(default_factory=Roles)
-    fusion: FusionSettings = Field(default_factory=FusionSettings)
+    models: dict[str, ModelConfig] = Field(default_factory=dict, description="the models, by the name roles use")
+    roles: Roles = Field(default_factory=Roles, description="which model plays each role")
+    fusion: FusionSettings = Field(default_factory=FusionSettings, description="how candidates are drawn and "
+                                   "combined")  # fmt: skip
     _source: Path | None = PrivateAttr(None)
 
     @model_validator(mode="after")
