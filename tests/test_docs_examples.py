@@ -86,3 +86,28 @@ def test_the_generated_references_hold_every_config_field_and_cli_option():
     cli = generator.cli_reference()
     for option in ("--in-flight", "--tuned", "--api-key-env", "--n-values", "--signature"):
         assert f"`{option}`" in cli, option
+
+
+SERVED_CONFIG = ("configs/vllm.yaml", "configs/api.yaml", "configs/teacher_pool.yaml")
+
+
+def blocks_needing_a_server(text: str) -> list[tuple[str, str]]:
+    """(the text of its section before it, the block) for each run block that uses a config naming real servers."""
+    found, section, block, inside = [], [], [], False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            if inside and any(config in "\n".join(block) for config in SERVED_CONFIG):
+                found.append(("\n".join(section), "\n".join(block)))
+            inside, block = not inside and line[3:].strip() in RUN, []
+            continue
+        if inside:
+            block.append(line)
+        else:
+            section = [] if line.startswith("#") else [*section, line]
+    return found
+
+
+@pytest.mark.parametrize("page", PAGES[1:], ids=lambda page: str(page.relative_to(REPO)))
+def test_an_example_that_needs_a_server_says_so_above_it(page):
+    for before, block in blocks_needing_a_server(page.read_text(encoding="utf-8")):
+        assert '!!! note "Needs' in before, f"{page.name}: no 'Needs ...' admonition in its section above:\n{block}"
