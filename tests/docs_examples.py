@@ -19,6 +19,7 @@ import io
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -164,6 +165,8 @@ def _wait_healthy(port: int, process: subprocess.Popen, log: Path) -> None:
 def _background(page: Page, argv: list[str]) -> None:
     assert argv[0] == "fusion-dspy", f"only fusion-dspy runs in the background here, not {argv[0]}"
     port = int(argv[argv.index("--port") + 1]) if "--port" in argv else 8000
+    with socket.socket() as probe:  # something else answering there would pass for this server
+        assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} is in use: the page's server cannot start"
     log = page.dir / f"background-{len(page.background)}.log"
     with log.open("w") as sink:
         process = subprocess.Popen([sys.executable, "-m", "fusion_dspy.cli", *argv[1:]], cwd=page.dir,
