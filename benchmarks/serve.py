@@ -12,7 +12,8 @@ Run by hand: `python benchmarks/serve.py`. The backend (an OpenAI-compatible stu
    server's, the backend's, this client's) and the requests per second that total allows on this machine's
    cores, the ceiling any server would meet here.
 3. `--otel`: the same with the server tracing (`serve --otel`), exporting every span over OTLP/HTTP to a stand-in
-   collector in its own process: the server's CPU per request against a run without it is tracing's cost.
+   collector in its own process: the server's CPU per request (printed by both) against a run without it is
+   tracing's cost.
 
 Each is measured in 3 rounds; min and median are printed. The machine is shared: numbers are noisy.
 """
@@ -235,14 +236,17 @@ def main() -> None:
                 _wait_healthy(port)
                 if label == "overhead":
                     overhead(config, port, 5)  # warm-up of litellm's clients, both sides
+                    cpu = _cpu_seconds(psutil.Process(server.pid))
                     rounds = [overhead(config, port, args.requests) for _ in range(3)]
+                    cpu = (_cpu_seconds(psutil.Process(server.pid)) - cpu) / (3 * args.requests)
                     extra = [(served - local) * 1000 for served, local, _ in rounds]
                     print(f"overhead per request, N={N}, instant backend, {args.requests} sequential requests:\n"
                           f"  p50 through the server - p50 in-process: {_summary(extra)} ms  "
                           f"[server p50 {_summary([r[0] * 1000 for r in rounds])} ms, in-process p50 "
                           f"{_summary([r[1] * 1000 for r in rounds])} ms]\n"
                           f"  p50 of client latency - the server's own sample + fuse time: "
-                          f"{_summary([r[2] * 1000 for r in rounds])} ms")  # fmt: skip
+                          f"{_summary([r[2] * 1000 for r in rounds])} ms\n"
+                          f"  the server's CPU per request: {1000 * cpu:.2f} ms")  # fmt: skip
                 else:
                     ideal = CONCURRENCY / (2 * DELAY)
                     watched = {"server": psutil.Process(server.pid), "backend": psutil.Process(backend.pid),
