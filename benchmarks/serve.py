@@ -11,6 +11,9 @@ Run by hand: `python benchmarks/serve.py`. The backend (an OpenAI-compatible stu
    `--workers K` runs the server with K processes. Also printed: the CPU each process spent per request (the
    server's, the backend's, this client's) and the requests per second that total allows on this machine's
    cores, the ceiling any server would meet here.
+3. `--otel`: the same with the server tracing (`serve --otel`), exporting every span over OTLP/HTTP to a stand-in
+   collector in its own process: the server's CPU per request (printed by both) against a run without it is
+   tracing's cost.
 
 Each is measured in 3 rounds; min and median are printed. The machine is shared: numbers are noisy.
 """
@@ -52,6 +55,25 @@ def run_backend(delay: float) -> None:
     print(server.api_base, flush=True)
     while True:  # until terminated
         time.sleep(3600)
+
+
+def run_collector() -> None:
+    """A stand-in OTLP/HTTP collector for `--otel`: accepts every export, keeps nothing."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Sink(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    print(f"http://127.0.0.1:{server.server_port}/v1/traces", flush=True)
+    server.serve_forever()
 
 
 def _free_port() -> int:
@@ -184,16 +206,23 @@ def _summary(values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backend", type=float, help=argparse.SUPPRESS)  # run as the backend process
+    parser.add_argument("--collector", action="store_true", help=argparse.SUPPRESS)  # run as the OTLP collector
     parser.add_argument("--requests", type=int, default=60, help="sequential requests per overhead round")
     parser.add_argument("--total", type=int, default=4 * CONCURRENCY, help="requests per throughput round")
     parser.add_argument("--workers", type=int, default=1, help="fusion server processes for the throughput run")
     parser.add_argument("--engine", choices=["litellm", "native"], default="litellm", help="the served model's engine")
+    parser.add_argument("--otel", action="store_true", help="the server traces every request (serve --otel)")
     args = parser.parse_args()
     if args.backend is not None:
         return run_backend(args.backend)
+    if args.collector:
+        return run_collector()
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     processes = []
     try:
+        if args.otel:  # the server's spans go to a collector of their own (its CPU is not counted)
+            processes.append(_start([sys.executable, __file__, "--collector"]))
+            os.environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = processes[-1].stdout.readline().strip()
         with tempfile.TemporaryDirectory() as folder:
             for delay, label in ((0.0, "overhead"), (DELAY, "throughput")):
                 backend = _start([sys.executable, __file__, "--backend", str(delay)])
@@ -202,19 +231,22 @@ def main() -> None:
                 workers = args.workers if label == "throughput" else 1
                 server = _start([sys.executable, "-m", "fusion_dspy.cli", "serve", "--config", str(config),
                                  "--port", str(port), "--max-concurrency", str(4 * CONCURRENCY),
-                                 "--workers", str(workers)])  # fmt: skip
+                                 "--workers", str(workers), *(["--otel"] if args.otel else [])])  # fmt: skip
                 processes.append(server)
                 _wait_healthy(port)
                 if label == "overhead":
                     overhead(config, port, 5)  # warm-up of litellm's clients, both sides
+                    cpu = _cpu_seconds(psutil.Process(server.pid))
                     rounds = [overhead(config, port, args.requests) for _ in range(3)]
+                    cpu = (_cpu_seconds(psutil.Process(server.pid)) - cpu) / (3 * args.requests)
                     extra = [(served - local) * 1000 for served, local, _ in rounds]
                     print(f"overhead per request, N={N}, instant backend, {args.requests} sequential requests:\n"
                           f"  p50 through the server - p50 in-process: {_summary(extra)} ms  "
                           f"[server p50 {_summary([r[0] * 1000 for r in rounds])} ms, in-process p50 "
                           f"{_summary([r[1] * 1000 for r in rounds])} ms]\n"
                           f"  p50 of client latency - the server's own sample + fuse time: "
-                          f"{_summary([r[2] * 1000 for r in rounds])} ms")  # fmt: skip
+                          f"{_summary([r[2] * 1000 for r in rounds])} ms\n"
+                          f"  the server's CPU per request: {1000 * cpu:.2f} ms")  # fmt: skip
                 else:
                     ideal = CONCURRENCY / (2 * DELAY)
                     watched = {"server": psutil.Process(server.pid), "backend": psutil.Process(backend.pid),
@@ -225,7 +257,8 @@ def main() -> None:
                     spent = {name: _cpu_seconds(one, own[name]) - before[name] for name, one in watched.items()}
                     requests = 3 * (args.total + CONCURRENCY)  # the warm-up rounds included
                     local = [throughput_in_process(config, args.total) for _ in range(3)]
-                    print(f"throughput, {CONCURRENCY} in flight, {DELAY} s backend, N={N}, {workers} worker(s):\n"
+                    print(f"throughput, {CONCURRENCY} in flight, {DELAY} s backend, N={N}, {workers} worker(s)"
+                          f"{', tracing every request' if args.otel else ''}:\n"
                           f"  through the server: {_summary(rates)} requests/s = "
                           f"{_summary([100 * r / ideal for r in rates])} % of the ideal {ideal:.0f}/s\n"
                           f"  the same FusionOfN in-process: {_summary(local)} requests/s = "

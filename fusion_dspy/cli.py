@@ -163,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-body-bytes", type=int, default=1_000_000, help="largest request body; more get 413")
     serve.add_argument("--workers", type=int, default=1, help="server processes, each with its own backends and "
                        "--max-concurrency (default 1)")  # fmt: skip
+    serve.add_argument("--otel", action="store_true", help="OpenTelemetry tracing of each request, its stages and "
+                       "candidates, exported as the OTEL_* variables say (needs the otel extra)")  # fmt: skip
     serve.set_defaults(handler=_commands.serve)
     return parser
 

@@ -11,6 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 LAYERS = {
     "fusion_dspy.errors": 0,
     "fusion_dspy.failures": 0,  # classifies every error by its type; fusion_dspy.core asks it
+    "fusion_dspy.tracing": 0,  # OpenTelemetry spans, when it is configured; fusion_dspy.core opens them
     "fusion_dspy.core": 1,
     "fusion_dspy.testing": 1,
     "fusion_dspy.backends": 2,

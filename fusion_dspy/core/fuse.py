@@ -8,6 +8,7 @@ from dspy.clients.base_lm import BaseLM
 from dspy.signatures.signature import Signature, ensure_signature
 from dspy.utils.exceptions import AdapterParseError
 
+import fusion_dspy.tracing as tracing
 from fusion_dspy.core.context import check_fits
 from fusion_dspy.core.pool import Pool, predictions
 from fusion_dspy.core.signatures import fuse_signature, presentation_order, render_candidates
@@ -90,6 +91,12 @@ class Fuse(dspy.Module):
         return {"config": {"rollout_id": attempt, "temperature": temperature}}
 
     def _fuse(self, candidates: Pool | Sequence[Any], inputs: dict[str, Any]) -> Steps[dspy.Prediction]:
+        lm = self.fusor_lm or self.predict.lm or dspy.settings.lm
+        with tracing.span("fusion_dspy.fuse", {"gen_ai.operation.name": "chat", "fusion.candidates": len(candidates)},
+                          model=getattr(lm, "model", None), tokens=True):  # fmt: skip
+            return (yield from self._attempts(candidates, inputs))
+
+    def _attempts(self, candidates: Pool | Sequence[Any], inputs: dict[str, Any]) -> Steps[dspy.Prediction]:
         request, order = self._request(candidates, inputs)
         with dspy.context(**adapter_override(self.adapter)):
             for attempt in range(self.retries + 1):

@@ -11,6 +11,7 @@ import dspy
 from dspy.clients.base_lm import BaseLM
 from dspy.signatures.signature import Signature
 
+import fusion_dspy.tracing as tracing
 from fusion_dspy.core import batching, truncation
 from fusion_dspy.core.concurrency import Straggler
 from fusion_dspy.core.meter import total_tokens
@@ -170,7 +171,8 @@ class Sample(dspy.Module):
 
     def _draw(self, draw: Draw, key: str | None, inputs: dict[str, Any]) -> Steps[tuple]:
         """One sample: ``(prediction, usage, truncated)``, ``truncated`` when a reply was cut at max_tokens."""
-        with dspy.context(**self._draw_context(draw)), dspy.track_usage() as tracker, truncation.watch() as cut:
+        with (tracing.span("fusion_dspy.candidate", self._span_attributes([draw]), model=draw.lm.model, tokens=True),
+              dspy.context(**self._draw_context(draw)), dspy.track_usage() as tracker, truncation.watch() as cut):
             prediction = yield Call(self.module, inputs)
         usage = tracker.get_total_tokens()
         if key is not None:
@@ -183,7 +185,8 @@ class Sample(dspy.Module):
         batch_lm = batching.batch_lm(lm, group[0].rollout_id, self.temperature, k)
         context = {"lm": batch_lm, **adapter_override(self.adapter)}
         try:
-            with dspy.context(**context), dspy.track_usage() as tracker, truncation.watch() as cut:
+            with (tracing.span("fusion_dspy.candidates", self._span_attributes(group), model=lm.model, tokens=True),
+                  dspy.context(**context), dspy.track_usage() as tracker, truncation.watch() as cut):
                 prediction = yield Call(self.module, inputs)
             predictions = batching.completions(prediction, k)
         except Exception as error:
@@ -219,6 +222,20 @@ class Sample(dspy.Module):
         return [draws[start:start + size] for start in range(0, len(draws), size)]
 
     def _sample(self, inputs: dict[str, Any]) -> Steps[Pool]:
+        with tracing.span("fusion_dspy.sample", {"fusion.n": self.n}, tokens=True) as span:
+            pool = yield from self._draw_waves(inputs)
+            span.set({"fusion.samples_drawn": pool.drawn, "fusion.stop_reason": pool.stop_reason,
+                      "fusion.candidates": len(pool), "fusion.stored": sum(c.cached for c in pool),
+                      "fusion.failures": len(pool.failures), "fusion.stragglers": len(pool.stragglers)})  # fmt: skip
+        return pool
+
+    def _span_attributes(self, draws: list[Draw]) -> dict[str, Any]:
+        """A candidate span's attributes (a batched request's: its draws' indices and their count)."""
+        where = {"fusion.candidate.index": draws[0].index} if len(draws) == 1 else {
+            "fusion.candidate.indices": [d.index for d in draws], "gen_ai.request.choice.count": len(draws)}
+        return {"gen_ai.operation.name": "chat", "gen_ai.request.temperature": self.temperature, **where}
+
+    def _draw_waves(self, inputs: dict[str, Any]) -> Steps[Pool]:
         draws = self.plan()
         keys, stored = self._lookup(draws, inputs)
         outcomes: dict[int, Any] = dict(stored)

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import dspy
 
+import fusion_dspy.tracing as tracing
 from fusion_dspy.core.options import SelectOptions
 from fusion_dspy.core.pool import Pool, predictions
 from fusion_dspy.core.report import Failure, FallbackReport
@@ -105,6 +106,16 @@ class Select(dspy.Module):
         self.vote_fields = list(vote_fields or [name for name in outputs if name != "reasoning"] or outputs)
 
     def _select(self, candidates: Pool | Sequence[Any], inputs: dict[str, Any]) -> Steps[dspy.Prediction]:
+        judged = self.method in ("listwise", "pointwise")
+        judge = (self.judge_lm or self.judge.lm or dspy.settings.lm) if judged else None
+        with tracing.span("fusion_dspy.select", {"fusion.method": self.method, "fusion.candidates": len(candidates)},
+                          model=getattr(judge, "model", None), tokens=True) as span:  # fmt: skip
+            chosen = yield from self._selected(candidates, inputs)
+            span.set({"fusion.selected_index": chosen.selected_index,
+                      "fusion.fallback": chosen.fallback.cause.kind if chosen.get("fallback") else None})  # fmt: skip
+        return chosen
+
+    def _selected(self, candidates: Pool | Sequence[Any], inputs: dict[str, Any]) -> Steps[dspy.Prediction]:
         pool, task_inputs = predictions(candidates), self._task_inputs(inputs)
         with dspy.context(**adapter_override(self.adapter)):
             if self.method in ("listwise", "pointwise"):

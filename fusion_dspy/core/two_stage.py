@@ -6,6 +6,7 @@ from typing import Any
 
 import dspy
 
+import fusion_dspy.tracing as tracing
 from fusion_dspy.core.concurrency import awithin, within
 from fusion_dspy.core.meter import StageMeter
 from fusion_dspy.core.options import DEFAULT_TEMPERATURE, SampleOptions
@@ -71,6 +72,16 @@ class SampleThenCombine(Deadlined):
         raise NotImplementedError
 
     def _steps(self, candidates: Pool | Sequence[Any] | None, inputs: dict[str, Any]) -> Steps[dspy.Prediction]:
+        attributes = {"gen_ai.operation.name": "invoke_workflow", "fusion.method": self.stage_name,
+                      "fusion.n": self.sample.n}  # fmt: skip
+        with tracing.span(f"fusion_dspy.{type(self).__name__}", attributes, tokens=True) as span:
+            prediction = yield from self._stages(candidates, inputs)
+            report = prediction.report
+            span.set({"fusion.candidates": len(report.candidates), "fusion.selected_index": report.selected_index,
+                      "fusion.fallback": report.fallback.cause.kind if report.fallback else None})  # fmt: skip
+        return prediction
+
+    def _stages(self, candidates: Pool | Sequence[Any] | None, inputs: dict[str, Any]) -> Steps[dspy.Prediction]:
         meter = StageMeter()
         with meter.stage("sample"):
             pool = (yield Call(self.sample, inputs)) if candidates is None else Pool.of(candidates)

@@ -27,6 +27,7 @@ from fusion_dspy.backends.secrets import Redactor
 from fusion_dspy.serve.profiles import Limits, Profile
 from fusion_dspy.serve.run import FusionRun, upstream_error
 from fusion_dspy.serve.schema import ChatCompletionRequest, ServeError, field_path
+from fusion_dspy.serve.tracing import telemetry
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,8 @@ def create_app(profiles: dict[str, Profile], settings: ServeSettings | None = No
     """
     settings = settings or ServeSettings()
     redact = redact or Redactor([settings.api_key])
-    app = FastAPI(title="fusion-dspy", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="fusion-dspy", docs_url=None, redoc_url=None, openapi_url=None,
+                  telemetry=telemetry())  # a span per request, honouring traceparent, while tracing is set up (--otel)
     gate = _Gate(settings.max_concurrency, settings.retry_after)
 
     @app.exception_handler(ServeError)

@@ -33,6 +33,7 @@ class ServeOptions:
     timeout: float = 600.0
     max_n: int = 16
     max_body_bytes: int = 1_000_000
+    otel: bool = False  # OpenTelemetry tracing, set up from the OTEL_* variables (serve.tracing.configure)
 
     def api_key(self) -> str | None:
         if not self.api_key_env:
@@ -56,6 +57,10 @@ class ServeOptions:
         server = CommandProcess(verbose=None).enter()  # uvicorn sets up its logs
         server.keep_no_history()
         key = self.api_key()
+        if self.otel:
+            from fusion_dspy.serve.tracing import configure
+
+            configure()
         backends = load_config(self.config)
         backends.check()
         profiles = build_profiles(backends, self.tuned)

@@ -15,6 +15,7 @@ import dspy
 from dspy.streaming import StreamListener, StreamResponse
 from dspy.utils.exceptions import ContextWindowExceededError, LMError, LMTimeoutError
 
+import fusion_dspy.tracing as tracing
 from fusion_dspy.backends.secrets import Redactor
 from fusion_dspy.core.fusion import FusionOfN
 from fusion_dspy.core.meter import StageMeter
@@ -89,7 +90,8 @@ class FusionRun:
     @contextmanager
     def _upstream(self) -> Iterator[None]:
         try:
-            yield
+            with tracing.model_labels(self.names):  # spans name the models as the config does
+                yield
         except Exception as error:
             raise upstream_error(error, self.redact) from error
 
