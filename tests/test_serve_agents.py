@@ -151,6 +151,9 @@ def test_json_schema_answers_validate(tmp_path):
     assert answer == {"city": "Paris, France", "population": 2100000}
     assert isinstance(json.loads(objects.choices[0].message.content), dict)
     assert all(body.get("response_format") for body in stub.requests), "JSON mode asked of every call"
+    structured = [body["response_format"] for body in stub.requests[:4]]  # the json_schema request's four calls
+    assert all(f["type"] == "json_schema" and CITY in f["json_schema"]["schema"]["$defs"].values() for f in structured)
+    assert stub.requests[-1]["response_format"] == {"type": "json_object"}
 
 
 def test_an_invalid_json_fusion_falls_back_to_a_valid_candidate_or_fails(tmp_path):

@@ -18,7 +18,7 @@ import dspy
 
 from fusion_dspy.backends.retries import CappedRetryLM
 from fusion_dspy.core.checked import CheckedAdapter
-from fusion_dspy.core.json_output import JSONValue, json_type, schema_problems
+from fusion_dspy.core.json_output import JSON_OBJECT, JSONValue, json_type, schema_problems
 from fusion_dspy.serve.chat import ChatReply
 from fusion_dspy.serve.tools import ClientTool, ToolSpec, listed, wire_tool_calls
 
@@ -60,7 +60,7 @@ class Agent:
         fmt = request.response_format
         schema = None
         if fmt is not None and fmt.type == "json_object":
-            schema = {"type": "object"}
+            schema = JSON_OBJECT
         elif fmt is not None and fmt.type == "json_schema":
             schema = (fmt.json_schema.schema_ if fmt.json_schema else None) or {"type": "object"}
         stop = (request.stop,) if isinstance(request.stop, str) else tuple(request.stop or ())
@@ -114,12 +114,15 @@ class Agent:
         return changed
 
     def lm(self, lm: Any) -> Any:
-        """A copy of ``lm`` that sends tools natively when it reaches an OpenAI-compatible server (vLLM, OpenAI...)."""
-        if lm is None or not self.tools:
+        """A copy of ``lm`` that sends tools natively, and a JSON Schema as structured output (DSPy's JSON adapter
+        puts the schema in its own, as the ``response`` field's), when it reaches an OpenAI-compatible server."""
+        structured = self.schema is not None and self.schema != JSON_OBJECT
+        if lm is None or not (self.tools or structured):
             return lm
         copy = lm.copy()
         if isinstance(copy, CappedRetryLM) and copy.model.split("/")[0] in OPENAI_COMPATIBLE:
-            copy.function_calling = True
+            copy.function_calling = copy.function_calling or bool(self.tools) or None
+            copy.response_schema = copy.response_schema or structured or None
         return copy
 
     def lm_kwargs(self) -> dict[str, Any]:
