@@ -211,3 +211,47 @@ def test_bad_agent_requests_get_400_naming_the_field(config, stub, extra, param)
     error = response.json()["error"]
     assert error["param"] == param and param.split("[")[0].split(".")[0] in error["message"]
     assert stub.requests == [], "nothing is sent upstream for a bad request"
+
+
+def test_named_tool_choice_and_no_parallel_calls_hold_the_fusor_to_one_call_of_that_tool(tmp_path):
+    def calls(call):  # the fusor calls both tools at once: more than parallel_tool_calls=false allows
+        both = [{"name": "get_time", "arguments": {"timezone": "UTC"}}, {"name": "get_weather",
+                                                                        "arguments": {"city": "Paris"}}]
+        return both if is_fusor(call) else both[:1]
+
+    with StubOpenAIServer(respond=panel_text, tool_calls=calls) as stub:
+        config = write_config(tmp_path / "c.yaml", {"stub": stub.api_base}, "stub", n=2, fallback="select")
+        with fusion_server(config) as server:
+            reply = _client(server).chat.completions.create(
+                model="fusion", messages=QUESTION, tools=TOOLS, parallel_tool_calls=False,
+                tool_choice={"type": "function", "function": {"name": "get_time"}})  # fmt: skip
+    message = reply.choices[0].message
+    assert [call.function.name for call in message.tool_calls] == ["get_time"]
+    assert "parallel_tool_calls" in reply.model_extra["fusion"]["fallback"]["cause"]["message"]
+    assert {json.dumps(body["tool_choice"]) for body in stub.requests} == {
+        json.dumps({"type": "function", "function": {"name": "get_time"}})}
+    assert {body["parallel_tool_calls"] for body in stub.requests} == {False}
+
+
+def test_best_of_n_keeps_one_proposal_whole(config, stub):
+    with fusion_server(config) as server:
+        reply = _client(server).chat.completions.create(model="best-of-n", messages=QUESTION, tools=TOOLS)
+    message, fusion = reply.choices[0].message, reply.model_extra["fusion"]
+    kept = fusion["candidates"][fusion["selected_index"]]["proposal"]
+    if kept["tool_calls"]:
+        check_tool_calls(message)
+        assert [c.function.name for c in message.tool_calls] == [c["name"] for c in kept["tool_calls"]]
+    else:
+        assert message.content == kept["content"] and reply.choices[0].finish_reason == "stop"
+    assert len(stub.requests) == 3, "three proposals, no fusor (a vote)"
+
+
+def test_a_streamed_json_answer_equals_the_non_streamed_one(tmp_path):
+    with _json_stub("Paris") as stub:
+        config = write_config(tmp_path / "c.yaml", {"stub": stub.api_base}, "stub", n=2)
+        with fusion_server(config) as server:
+            kwargs = {"model": "fusion", "messages": QUESTION, "response_format": JSON_SCHEMA}
+            whole = _client(server).chat.completions.create(**kwargs).choices[0].message.content
+            chunks = list(_client(server).chat.completions.create(**kwargs, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
