@@ -185,8 +185,8 @@ def test_stop_sequences_cut_the_candidates_and_the_answer(tmp_path):
             reply = _client(server).chat.completions.create(model="fusion", messages=QUESTION, stop=[" END"],
                                                             extra_body={"fusion": {"return_candidates": True}})
             streamed = "".join(c.choices[0].delta.content or "" for c in _client(server).chat.completions.create(
-                model="fusion", messages=QUESTION, stop=" END", stream=True) if c.choices)  # fmt: skip
-    assert reply.choices[0].message.content == "Paris." and streamed == "Paris."
+                model="fusion", messages=QUESTION, stop=". END and", stream=True) if c.choices)  # fmt: skip
+    assert reply.choices[0].message.content == "Paris." and streamed == "Paris"
     assert all(c["text"].endswith("says Paris.") for c in reply.model_extra["fusion"]["candidates"])
     assert "secret tail" not in stub.requests[2]["messages"][-1]["content"], "the fusor saw the cut candidates"
 
@@ -202,6 +202,7 @@ def test_stop_sequences_cut_the_candidates_and_the_answer(tmp_path):
      "response_format.json_schema.schema"),
     ({"response_format": {"type": "yaml"}}, "response_format.type"),
     ({"functions": [{"name": "f"}]}, "functions"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
 ])  # fmt: skip
 def test_bad_agent_requests_get_400_naming_the_field(config, stub, extra, param):
     with fusion_server(config) as server:

@@ -117,8 +117,15 @@ class ChatCompletionRequest(BaseModel):
     tools: list[ToolSpec] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
-    stop: str | list[str] | None = Field(None, max_length=4)
+    stop: str | list[str] | None = None
     fusion: FusionOptions | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _at_most_four(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(stop, list) and len(stop) > 4:
+            raise ValueError(f"at most 4 stop sequences (OpenAI's limit), got {len(stop)}")
+        return stop
 
     @model_validator(mode="after")
     def _refuse_unsupported(self) -> "ChatCompletionRequest":
