@@ -256,3 +256,23 @@ def test_a_streamed_json_answer_equals_the_non_streamed_one(tmp_path):
             chunks = list(_client(server).chat.completions.create(**kwargs, stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+
+
+def test_tools_and_a_json_schema_together_end_in_a_valid_json_answer(tmp_path):
+    def respond(call):
+        extra = {"comparison": "ok"} if is_fusor(call) else {}
+        return {**extra, "response": {"city": "Paris", "population": 2100000}}
+
+    with StubOpenAIServer(respond=respond, tool_calls=panel_tool_calls) as stub:
+        config = write_config(tmp_path / "c.yaml", {"stub": stub.api_base}, "stub", n=3)
+        with fusion_server(config) as server:
+            messages, finishes = list(QUESTION), []
+            for _ in range(3):
+                reply = _client(server).chat.completions.create(model="fusion", messages=messages, tools=TOOLS,
+                                                                response_format=JSON_SCHEMA)  # fmt: skip
+                finishes.append(reply.choices[0].finish_reason)
+                if reply.choices[0].message.tool_calls:
+                    check_tool_calls(reply.choices[0].message)
+                    messages = answer_tools(messages, reply.choices[0].message)
+    assert finishes == ["tool_calls", "tool_calls", "stop"]
+    jsonschema.validate(json.loads(reply.choices[0].message.content), CITY)
