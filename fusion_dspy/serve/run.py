@@ -114,7 +114,7 @@ class FusionRun:
         with self._upstream():
             return await self.program.acall(candidates=pool, **self.inputs)
 
-    async def stream(self, pool: Pool) -> AsyncIterator[str | dspy.Prediction]:
+    async def stream(self, pool: Pool) -> AsyncIterator[str | dict[str, Any] | dspy.Prediction]:
         """The reply's text as it is written, then the final prediction. Only a fusor's reply streams by token; an
         agent's decision is checked whole first, then sent as deltas (dicts: ``agent_deltas``)."""
         if self.agent is not None:
