@@ -1,5 +1,9 @@
 """Exceptions raised by fusion-dspy, each saying what went wrong and what to change."""
 
+from typing import Any
+
+from dspy.utils.exceptions import AdapterParseError
+
 
 class FusionDSPyError(Exception):
     """Base class of every error fusion-dspy raises on purpose."""
@@ -29,3 +33,22 @@ class DeadlineExceeded(FusionDSPyError, TimeoutError):
 
 class SelectionError(FusionDSPyError):
     """No candidate could be scored or picked (every reward call failed, or the judge's answer was unusable)."""
+
+
+class InvalidOutputError(FusionDSPyError, AdapterParseError):
+    """A reply was read, but breaks the request's contract: its JSON does not fit the schema, a tool call names an
+    unknown tool or has arguments its ``parameters`` refuse, or it ignores ``tool_choice``.
+
+    An ``AdapterParseError``, so a sample that gives one is dropped and a fusion that gives one is retried and then
+    falls back, as for any unusable output; its failure kind is ``invalid`` (``fusion_dspy.failures``).
+
+    Args:
+        problems: What is wrong, one line each.
+        signature: The signature the reply was for.
+        lm_response: The reply, as read.
+    """
+
+    def __init__(self, problems: list[str], signature: Any, lm_response: str = ""):
+        self.problems = list(problems)
+        AdapterParseError.__init__(self, adapter_name="CheckedAdapter", signature=signature, lm_response=lm_response,
+                                   message="; ".join(self.problems))  # fmt: skip

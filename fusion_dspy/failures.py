@@ -26,7 +26,7 @@ from collections.abc import Iterator
 import dspy
 from dspy import lm15
 
-from fusion_dspy.errors import DeadlineExceeded
+from fusion_dspy.errors import DeadlineExceeded, InvalidOutputError
 
 
 class FailureKind(str, enum.Enum):
@@ -42,6 +42,7 @@ class FailureKind(str, enum.Enum):
     UNAVAILABLE = "unavailable"  # a stage's model was unavailable (StageUnavailable); its cause says how
     BAD_REQUEST = "bad_request"  # the provider refused the request (unknown model, unsupported parameter...)
     UNPARSABLE = "unparsable"  # the reply came, but the adapter could not read the output fields from it
+    INVALID = "invalid"  # the reply was read but broke the request's contract (a JSON schema, a tool, tool_choice)
     DEADLINE = "deadline"  # fusion-dspy's own deadline_s ran out (DeadlineExceeded)
     STRAGGLER = "straggler"  # a sample still running when the straggler grace ran out: not waited for
     OTHER = "other"
@@ -68,7 +69,7 @@ _TYPES: tuple[tuple[type[BaseException], FailureKind], ...] = (
     (dspy.LMTransportError, _K.TRANSPORT), (lm15.TransportError, _K.TRANSPORT),
     (dspy.LMInvalidRequestError, _K.BAD_REQUEST), (lm15.InvalidRequestError, _K.BAD_REQUEST),
     (dspy.LMUnsupportedFeatureError, _K.BAD_REQUEST), (lm15.CapabilityError, _K.BAD_REQUEST),
-    (dspy.AdapterParseError, _K.UNPARSABLE),
+    (InvalidOutputError, _K.INVALID), (dspy.AdapterParseError, _K.UNPARSABLE),
 )  # fmt: skip
 
 # The OpenAI SDK's error classes, which litellm re-exports under the same names (its own derive from them).

@@ -23,7 +23,7 @@ from typing import Any
 import litellm  # the package (fusion_dspy/__init__) has already set LITELLM_LOCAL_MODEL_COST_MAP
 from dspy.streaming import apply_sync_streaming
 from litellm.llms.custom_llm import CustomLLM, CustomLLMError
-from litellm.types.utils import GenericStreamingChunk, ModelResponse, Usage
+from litellm.types.utils import GenericStreamingChunk, Message, ModelResponse, Usage
 
 from fusion_dspy.backends.secrets import Redactor, config_secrets
 from fusion_dspy.serve.profiles import Limits, Profile
@@ -32,7 +32,8 @@ from fusion_dspy.serve.schema import UNSUPPORTED, ChatCompletionRequest, ServeEr
 
 PROVIDER = "fusion"
 # The request fields we read, and those a fusion model refuses (a 400, as from the server, not a silent drop)
-_PASSED = ("n", "temperature", "max_tokens", "max_completion_tokens", "fusion", "response_format", *UNSUPPORTED)
+_PASSED = ("n", "temperature", "max_tokens", "max_completion_tokens", "fusion", "response_format", "tools",
+           "tool_choice", "parallel_tool_calls", "stop", *UNSUPPORTED)  # fmt: skip
 
 
 def _cost(usage_by_model: dict[str, dict[str, Any]]) -> float:
@@ -100,8 +101,9 @@ class FusionProvider(CustomLLM):
     @staticmethod
     def _fill(run: FusionRun, pool: Any, result: Any, model_response: ModelResponse) -> ModelResponse:
         usage, fusion = run.usage_and_fusion(pool, result)
-        model_response.choices[0].message.content = run.reply(result)  # type: ignore[union-attr]
-        model_response.choices[0].finish_reason = "stop"
+        message, finish = run.message(result)
+        model_response.choices[0].message = Message(**message)  # type: ignore[union-attr]
+        model_response.choices[0].finish_reason = finish
         model_response.model = f"{PROVIDER}/{run.profile.name}"
         model_response.usage = Usage(**usage)  # type: ignore[attr-defined]
         model_response._hidden_params["response_cost"] = _cost(_by_model(result, run))
@@ -134,10 +136,14 @@ class FusionProvider(CustomLLM):
             async for piece in run.stream(pool):
                 if isinstance(piece, str):
                     yield {"text": piece, "is_finished": False, "finish_reason": "", "usage": None, "index": 0}
+                elif isinstance(piece, dict):  # an agent's delta: text, or one piece of one tool call
+                    calls = piece.get("tool_calls") or [None]
+                    yield {"text": piece.get("content") or "", "tool_use": calls[0], "is_finished": False,
+                           "finish_reason": "", "usage": None, "index": 0}  # fmt: skip
                 else:
                     usage, fusion = run.usage_and_fusion(pool, piece)
-                    yield {"text": "", "is_finished": True, "finish_reason": "stop", "usage": usage, "index": 0,
-                           "provider_specific_fields": {"fusion": fusion}}  # fmt: skip
+                    yield {"text": "", "is_finished": True, "finish_reason": run.message(piece)[1], "usage": usage,
+                           "index": 0, "provider_specific_fields": {"fusion": fusion}}  # fmt: skip
         except ServeError as error:
             raise CustomLLMError(status_code=error.status, message=error.message) from None
 

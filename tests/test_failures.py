@@ -18,7 +18,7 @@ from fusion_dspy.backends.engine import lm15_errors
 from fusion_dspy.backends.native import _timeouts_as_timeouts
 from fusion_dspy.core.concurrency import Straggler
 from fusion_dspy.core.context import ContextOverflowError
-from fusion_dspy.errors import DeadlineExceeded, FusionError, SamplingError, SelectionError
+from fusion_dspy.errors import DeadlineExceeded, FusionError, InvalidOutputError, SamplingError, SelectionError
 from fusion_dspy.failures import OUTAGES, FailureKind, causes, is_outage, kind_of, says_truncated
 from fusion_dspy.testing import StubOpenAIServer, scripted_lm
 from fusion_dspy.workflows import scoring
@@ -61,6 +61,7 @@ OWN_AND_PYTHON_ERRORS = [
     (StageUnavailable("the fuse stage's model is unavailable"), K.UNAVAILABLE),
     (FusionError("unusable"), K.OTHER), (SelectionError("no pick"), K.OTHER), (SamplingError("too few"), K.OTHER),
     (ValueError("unparsable"), K.OTHER),
+    (InvalidOutputError(["$.city: 5 is not of type 'string'"], dspy.Signature("question -> answer")), K.INVALID),
 ]  # fmt: skip
 LITELLM_ERRORS = [
     (litellm.Timeout(message="the model ran for a while", **SDK), K.TIMEOUT),

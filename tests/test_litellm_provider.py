@@ -70,10 +70,12 @@ def test_errors_keep_their_status(stub, tmp_path):
 
 
 def test_fields_a_fusion_cannot_honour_are_refused_not_dropped(stub):
-    """JSON mode, tools or stop sequences would silently be plain text: refused with a 400, as by the server."""
-    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
-    for extra, field in (({"tools": [tool]}, "tools"), ({"stop": ["\n"]}, "stop"),
-                         ({"response_format": {"type": "json_object"}}, "response_format")):  # fmt: skip
+    """Legacy functions or logprobs would silently be dropped, a malformed tool or schema would reach no model:
+    refused with a 400, as by the server (tools, JSON answers and stop are honoured: tests/test_agents_clients.py)."""
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "objekt"}}}
+    for extra, field in (({"tools": [tool]}, "tools"), ({"functions": [{"name": "f"}]}, "functions"),
+                         ({"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": 3}}}},
+                          "response_format")):  # fmt: skip
         with pytest.raises(litellm.BadRequestError, match=field):
             litellm.completion(model="fusion/fusion", messages=MESSAGES, **extra)
     assert stub.requests == [], "nothing is sampled for a refused request"

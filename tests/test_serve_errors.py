@@ -47,7 +47,7 @@ def _post(server, body=None, content=None, key=None, timeout=30.0):
     ({"model": "fusion", "messages": HELLO, "temperature": 7}, "temperature"),
     ({"model": "fusion", "messages": HELLO, "n": 99}, "n"),
     ({"model": "fusion", "messages": HELLO, "max_tokens": 10**6}, "max_tokens"),
-    ({"model": "fusion", "messages": HELLO, "tools": [{"type": "function"}]}, "tools"),
+    ({"model": "fusion", "messages": HELLO, "tools": [{"type": "function"}]}, "tools[0].function"),
     ({"model": "fusion", "messages": HELLO, "fusion": {"models": ["stub", "gpt-9"]}}, "fusion.models[1]"),
     ({"model": "fusion", "messages": HELLO, "fusion": {"fusor": "gpt-9"}}, "fusion.fusor"),
     ({"model": "fusion", "messages": HELLO, "fusion": {"models": ["stub"] * 17}}, "fusion.models"),  # > --max-n

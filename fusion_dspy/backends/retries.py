@@ -36,6 +36,12 @@ class CappedRetryLM(dspy.LM):
             ``num_retries`` is 0.
         max_retry_wait_s: The longest wait before a retry (default 60). A server asking for longer ends the
             request at once; DSPy's own backoff is cut to it too.
+        function_calling: Whether the model takes OpenAI ``tools`` (DSPy's adapters then send a ``dspy.Tool``
+            input natively); ``None``: as litellm knows the model (a self-hosted model it does not know: no). The
+            server sets it on its copies for an agent's request to an OpenAI-compatible endpoint.
+        response_schema: Whether the model takes a JSON Schema as ``response_format`` (structured output: DSPy's
+            JSON adapter then sends the output fields' schema); ``None``: as litellm knows the model. The server sets
+            it on its copies for a ``json_schema`` request to an OpenAI-compatible endpoint (vLLM, OpenAI).
         **kwargs: Everything else ``dspy.LM`` takes (``engine``, ``api_base``, ``timeout``, ``cache`` ...).
 
     Example:
@@ -50,12 +56,24 @@ class CappedRetryLM(dspy.LM):
     """
 
     def __init__(self, model: str, num_retries: int = 2, max_retry_wait_s: float = MAX_RETRY_WAIT_S,
+                 function_calling: bool | None = None, response_schema: bool | None = None,
                  **kwargs: Any):  # fmt: skip
         if num_retries < 0 or max_retry_wait_s < 0:
             raise ValueError(f"num_retries and max_retry_wait_s must be 0 or more, got {num_retries} and "
                              f"{max_retry_wait_s}.")  # fmt: skip
         super().__init__(model, num_retries=0, **kwargs)
         self.retries, self.max_retry_wait_s = num_retries, max_retry_wait_s
+        self.function_calling, self.response_schema = function_calling, response_schema
+
+    @property
+    def supports_function_calling(self) -> bool:
+        known = getattr(self, "function_calling", None)  # None: also in states saved before this attribute
+        return super().supports_function_calling if known is None else known
+
+    @property
+    def supports_response_schema(self) -> bool:
+        known = getattr(self, "response_schema", None)
+        return super().supports_response_schema if known is None else known
 
     def __call__(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
         for attempt in itertools.count():  # ends: the last allowed attempt returns or raises

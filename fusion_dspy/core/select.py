@@ -208,5 +208,5 @@ class Select(dspy.Module):
                 "or judge LM (see the warnings above for each failure)."
             )
         best = max(range(len(pool)), key=lambda i: (usable[i], -i))
-        chosen = dict(pool[best]) if isinstance(pool[best], dict) else pool[best].toDict()
+        chosen = dict(pool[best]) if isinstance(pool[best], dict) else dict(pool[best].items())  # values as typed
         return dspy.Prediction(**chosen, selected_index=best, scores=usable, **extra)

@@ -199,10 +199,12 @@ async def _start_stream(run: FusionRun, chat: ChatCompletionRequest, timeout: fl
                 async for piece in run.stream(pool):
                     if isinstance(piece, str):
                         await queue.put(run.chunk({"content": piece}))
+                    elif isinstance(piece, dict):  # an agent's delta: text or a tool call's pieces
+                        await queue.put(run.chunk(piece))
                     else:
                         final = piece
                 usage, fusion = run.usage_and_fusion(pool, final)
-                await queue.put(run.chunk({}, "stop", fusion=fusion))
+                await queue.put(run.chunk({}, run.message(final)[1], fusion=fusion))
                 if include_usage:
                     await queue.put({**run.chunk({}), "choices": [], "usage": usage})
             await queue.put("[DONE]")

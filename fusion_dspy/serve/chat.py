@@ -39,7 +39,27 @@ def render_conversation(messages: Sequence[dict[str, Any]]) -> str:
     """
     if len(messages) == 1 and messages[0]["role"] == "user":
         return message_text(messages[0].get("content"))
-    return "\n\n".join(f"{ROLE_NAMES[m['role']]}: {message_text(m.get('content'))}" for m in messages)
+    return "\n\n".join(_turn(m) for m in messages)
+
+
+def _turn(message: dict[str, Any]) -> str:
+    """One message of the transcript: its text, the tool calls an assistant made, the call a tool result answers.
+
+    Example:
+        >>> _turn({"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function",
+        ...        "function": {"name": "add", "arguments": '{"x": 1}'}}]})
+        'Assistant: [tool call call_1: add({"x": 1})]'
+        >>> _turn({"role": "tool", "tool_call_id": "call_1", "content": "2"})
+        'Tool (result of call_1): 2'
+    """
+    role = ROLE_NAMES[message["role"]]
+    if message.get("tool_call_id"):
+        role += f" (result of {message['tool_call_id']})"
+    parts = [message_text(message.get("content"))]
+    for call in message.get("tool_calls") or ():
+        function, label = call.get("function", {}), f"tool call {call['id']}" if call.get("id") else "tool call"
+        parts.append(f"[{label}: {function.get('name')}({function.get('arguments', '')})]")
+    return f"{role}: " + " ".join(part for part in parts if part)
 
 
 def reply_fields(task: type[Signature]) -> list[str]:

@@ -18,6 +18,7 @@ from fusion_dspy.backends import Backends
 from fusion_dspy.core.best_of_n import BestOfN
 from fusion_dspy.core.fusion import FusionOfN
 from fusion_dspy.errors import FusionDSPyError
+from fusion_dspy.serve.agent import Agent
 from fusion_dspy.serve.chat import ChatReply, reply_fields
 from fusion_dspy.serve.schema import FusionOptions, ServeError
 
@@ -82,12 +83,14 @@ class Profile:
                 raise ServeError(400, f"{where}: {name!r} is not a configured model; choose from {known}.", param=where)
 
     def program_for(self, options: FusionOptions | None, n: int | None, temperature: float | None,
-                    max_tokens: int | None, limits: Limits) -> FusionOfN | BestOfN:  # fmt: skip
+                    max_tokens: int | None, limits: Limits, agent: Agent | None = None
+                    ) -> FusionOfN | BestOfN:  # fmt: skip
         """The program for one request's settings: the profile's own, or one built with them (and its prompts).
 
         A request never changes a profile. A variant is a complete program, constructed with the request's N,
         temperature, panel and fusor and loaded with the profile's tuned state; the last few are kept, so a
-        client that sends the same settings again does not pay for building one.
+        client that sends the same settings again does not pay for building one. An ``agent`` (tools, a JSON
+        answer, stop sequences) gets the chat task typed for it, every reply held to it (``Agent.adapter``).
         """
         options = options or FusionOptions()
         method = options.method or self.method
@@ -103,17 +106,18 @@ class Profile:
                                  f"above this server's limit of {limits.max_n} candidates.", param="fusion.models")
         if options.fusor:
             self._check_models([options.fusor], "fusion.fusor")
-        key = (method, n, temperature, max_tokens, tuple(options.models or ()), options.fusor)
-        if key[1:] == (None, None, None, (), None):
+        key = (method, n, temperature, max_tokens, tuple(options.models or ()), options.fusor, agent and agent.key)
+        if key[1:] == (None, None, None, (), None, None):
             return self.programs[method]
         if key not in self._variants:
             if len(self._variants) >= 32:
                 self._variants.pop(next(iter(self._variants)))
-            self._variants[key] = self._variant(*key)
+            self._variants[key] = self._variant(*key[:-1], agent)
         return self._variants[key]
 
     def _variant(self, method: str, n: int | None, temperature: float | None, max_tokens: int | None,
-                 models: tuple[str, ...], fusor: str | None) -> FusionOfN | BestOfN:  # fmt: skip
+                 models: tuple[str, ...], fusor: str | None, agent: Agent | None = None
+                 ) -> FusionOfN | BestOfN:  # fmt: skip
         """The profile's program with this request's settings: its own options (derived, never changed) with the
         request's N, temperature, panel, candidate max_tokens and fusor, and its tuned state."""
         base = self.programs[method]
@@ -137,6 +141,8 @@ class Profile:
             arguments.update(selection=base.selection, fallback=base.fallback)
         if fusor:
             arguments.update(self._combiner(base, fusor))
+        if agent is not None:  # the chat task typed for the agent; the tuned prompts are the plain chat task's
+            return self.backends.program(dspy.Predict(agent.signature()), method=method, **agent.arguments(arguments))
         program = self.backends.program(base.sample.module, method=method, **arguments)
         program.load_state(base.dump_state())  # the profile's tuned instructions and demos
         return program

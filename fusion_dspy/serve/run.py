@@ -23,6 +23,7 @@ from fusion_dspy.core.pool import Pool
 from fusion_dspy.core.report import FusionReport, StageReport
 from fusion_dspy.errors import FusionDSPyError, SamplingError
 from fusion_dspy.failures import FailureKind
+from fusion_dspy.serve.agent import Agent, agent_deltas
 from fusion_dspy.serve.chat import render_conversation, reply_text
 from fusion_dspy.serve.profiles import Limits, Profile
 from fusion_dspy.serve.schema import ChatCompletionRequest, FusionOptions, ServeError
@@ -79,10 +80,12 @@ class FusionRun:
         self.profile, self.request, self.redact = profile, request, redact or Redactor()
         limits = limits or Limits()
         options = request.fusion or FusionOptions()
+        self.agent = Agent.of(request)  # tools, a JSON answer, stop sequences: None for plain chat
         self.program = profile.program_for(options, request.candidates, request.temperature,
-                                           request.candidate_max_tokens, limits)  # fmt: skip
+                                           request.candidate_max_tokens, limits, self.agent)  # fmt: skip
         self.method = "fuse" if isinstance(self.program, FusionOfN) else "select"
-        self.inputs = {profile.input_field: render_conversation(request.plain_messages())}
+        conversation = render_conversation(request.plain_messages())
+        self.inputs = self.agent.inputs(conversation) if self.agent else {profile.input_field: conversation}
         self.names = profile.model_labels([*(options.models or []), *([options.fusor] if options.fusor else [])])
         self.meter = StageMeter()
         self.id, self.created = f"chatcmpl-fusion-{uuid.uuid4().hex}", int(time.time())
@@ -113,8 +116,15 @@ class FusionRun:
         with self._upstream():
             return await self.program.acall(candidates=pool, **self.inputs)
 
-    async def stream(self, pool: Pool) -> AsyncIterator[str | dspy.Prediction]:
-        """The reply's text as it is written, then the final prediction. Only a fusor's reply streams by token."""
+    async def stream(self, pool: Pool) -> AsyncIterator[str | dict[str, Any] | dspy.Prediction]:
+        """The reply's text as it is written, then the final prediction. Only a fusor's reply streams by token; an
+        agent's decision is checked whole first, then sent as deltas (dicts: ``agent_deltas``)."""
+        if self.agent is not None:
+            result = await self.acombine(pool)
+            for delta in agent_deltas(self.message(result)[0]):
+                yield delta
+            yield result
+            return
         if self.method != "fuse" or len(self.profile.reply_fields) != 1:
             result = await self.acombine(pool)
             yield self.reply(result)
@@ -157,7 +167,18 @@ class FusionRun:
         yield final
 
     def reply(self, result: dspy.Prediction) -> str:
-        return reply_text(result, self.profile.reply_fields)
+        return self.agent.text(result.get("response")) if self.agent else reply_text(result, self.profile.reply_fields)
+
+    def message(self, result: dspy.Prediction) -> tuple[dict[str, Any], str]:
+        """The assistant message and its ``finish_reason``; an agent's decision is checked once more, and one that
+        breaks the request's contract is an error (502), never an answer."""
+        if self.agent is None:
+            return {"role": "assistant", "content": self.reply(result)}, "stop"
+        problems = self.agent.review(dict(result.items()))
+        if problems:
+            raise ServeError(502, "The fusion's answer breaks the request's contract (" + "; ".join(problems) + ").",
+                             type="upstream_error", code="invalid_output")  # fmt: skip
+        return self.agent.message(result)
 
     def report(self, result: dspy.Prediction, labeled: bool = True) -> FusionReport:
         """The call's report, its sample stage measured here (the server draws before it combines), its models
@@ -174,14 +195,17 @@ class FusionRun:
         if self.request.fusion and self.request.fusion.return_candidates:
             for entry, prediction in zip(fusion["candidates"], pool.predictions, strict=True):
                 entry["text"] = self.reply(prediction)
+        if self.agent is not None:  # each panel member's proposal: its answer or its tool calls
+            for entry, prediction in zip(fusion["candidates"], pool.predictions, strict=True):
+                entry["proposal"] = self.agent.proposal(prediction)
         return report.usage(), fusion
 
     def response(self, pool: Pool, result: dspy.Prediction) -> dict[str, Any]:
         """The ``chat.completion`` body."""
         usage, fusion = self.usage_and_fusion(pool, result)
-        message = {"role": "assistant", "content": self.reply(result)}
+        message, finish = self.message(result)
         return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.profile.name,
-                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}], "usage": usage,
+                "choices": [{"index": 0, "message": message, "finish_reason": finish}], "usage": usage,
                 "fusion": fusion}  # fmt: skip
 
     def chunk(self, delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The wire format: OpenAI chat-completion requests (plus an optional ``fusion`` object) and OpenAI-style errors.
 
-Fields a fusion cannot honour (tools, logprobs, JSON mode, stop sequences...) are refused with a 400 naming the
-field, rather than silently ignored. Fields that change nothing about the answer (``user``, ``seed``,
+Tools, ``tool_choice``, ``parallel_tool_calls``, JSON answers (``response_format``) and ``stop`` are honoured
+(``fusion_dspy.serve.agent``); fields a fusion cannot honour (logprobs, legacy ``functions``...) are refused with
+a 400 naming the field, rather than silently ignored. Fields that change nothing about the answer (``user``, ``seed``,
 ``metadata``...) are accepted and ignored, so ordinary clients work unchanged.
 """
 
@@ -9,9 +10,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from fusion_dspy.serve.tools import MessageToolCall, ResponseFormat, ToolChoice, ToolSpec
+
 # Request fields that would change the answer in ways a fusion does not implement.
-UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "logprobs", "top_logprobs", "stop",
-               "logit_bias", "audio", "prediction", "web_search_options")  # fmt: skip
+UNSUPPORTED = ("functions", "function_call", "logprobs", "top_logprobs", "logit_bias", "audio", "prediction",
+               "web_search_options")  # fmt: skip
 
 
 class ServeError(Exception):
@@ -65,6 +68,8 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[MessageToolCall] | None = None
+    tool_call_id: str | None = None
 
     @field_validator("content", mode="before")
     @classmethod
@@ -108,8 +113,19 @@ class ChatCompletionRequest(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    response_format: dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[ToolSpec] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    stop: str | list[str] | None = None
     fusion: FusionOptions | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _at_most_four(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(stop, list) and len(stop) > 4:
+            raise ValueError(f"at most 4 stop sequences (OpenAI's limit), got {len(stop)}")
+        return stop
 
     @model_validator(mode="after")
     def _refuse_unsupported(self) -> "ChatCompletionRequest":
@@ -118,13 +134,25 @@ class ChatCompletionRequest(BaseModel):
             if value not in (None, False, [], {}):
                 raise ServeError(400, f"`{name}` is not supported by a fusion model: remove it from the request.",
                                  param=name, code="unsupported_parameter")  # fmt: skip
-        if self.response_format and self.response_format.get("type") not in (None, "text"):
-            raise ServeError(400, "Only response_format {\"type\": \"text\"} is supported by a fusion model.",
-                             param="response_format", code="unsupported_parameter")  # fmt: skip
+        self._check_tool_choice()
         if self.n is not None and self.fusion and self.fusion.n is not None and self.n != self.fusion.n:
             raise ServeError(400, f"`n` ({self.n}) and `fusion.n` ({self.fusion.n}) disagree: give one of them.",
                              param="fusion.n")  # fmt: skip
         return self
+
+    def _check_tool_choice(self) -> None:
+        names = [tool.function.name for tool in self.tools or ()]
+        if len(set(names)) != len(names):
+            raise ServeError(400, f"tools: two tools share a name ({names}); name each tool once.", param="tools")
+        choice = self.tool_choice
+        if choice in ("required", None, "auto", "none") and (choice != "required" or names):
+            return
+        if not names:
+            raise ServeError(400, "tool_choice asks for a tool call, but the request has no `tools`: add them, or "
+                             "drop tool_choice.", param="tool_choice")  # fmt: skip
+        if choice.function.name not in names:
+            raise ServeError(400, f"tool_choice.function.name: {choice.function.name!r} is not one of the request's "
+                             f"tools {names}.", param="tool_choice.function.name")  # fmt: skip
 
     @property
     def candidates(self) -> int | None:

@@ -52,6 +52,10 @@ class StubOpenAIServer:
             cut short at ``max_tokens``. Streamed replies end with it too.
         echo_authorization: Error answers quote the request's ``Authorization`` header, as some proxies do: to
             test that a key an upstream echoes goes no further.
+        tool_calls: ``tool_calls(call) -> [{"name": ..., "arguments": dict | str}, ...] | None`` per choice (a
+            ``ScriptedCall``; the request's ``tools`` and ``tool_choice`` are in ``call.extra``): a list answers with
+            those tool calls (OpenAI's form, fresh ids, no content, ``finish_reason: "tool_calls"``), as a model
+            with native function calling does; ``None`` or ``[]`` answers with text as usual. Not streamed.
 
     Example:
         >>> with StubOpenAIServer(respond=lambda call: {"answer": "4"}) as server:
@@ -67,13 +71,15 @@ class StubOpenAIServer:
                  rendezvous: int | None = None, retry_after: float | None = None,
                  body: Callable[[int], bytes | None] | None = None, stream_gate: threading.Event | None = None,
                  reject_n: bool = False, ignore_n: bool = False,
-                 finish_reason: str | Callable[[ScriptedCall], str] = "stop", echo_authorization: bool = False):
+                 finish_reason: str | Callable[[ScriptedCall], str] = "stop", echo_authorization: bool = False,
+                 tool_calls: Callable[[ScriptedCall], list[dict[str, Any]] | None] | None = None):
         if (reply is None) == (respond is None):
             raise ValueError("Pass one of reply= (body -> text) or respond= (parsed call -> fields).")
         self.reply, self.respond, self.delay, self.status = reply, respond, delay, status
         self.retry_after, self.body, self.stream_gate = retry_after, body, stream_gate
         self.reject_n, self.ignore_n, self.finish_reason = reject_n, ignore_n, finish_reason
         self.echo_authorization = echo_authorization
+        self.tool_calls = tool_calls
         self.waiting_at_gate = threading.Event()  # set while a streamed reply is held at stream_gate
         self.usage: list[dict[str, int]] = []  # the usage each answered request reported, in answer order
         self.arrivals: list[float] = []  # time.monotonic() of each request's arrival, in request order
@@ -149,8 +155,10 @@ class StubOpenAIServer:
                     said = f" (sent {self.headers.get('Authorization')})" if server.echo_authorization else ""
                     error = {"message": f"stub server failure{said}", "type": "server_error", "code": status}
                     return self._send(status, {"error": error})
-                texts = [server._text(body, first + j) for j in range(n)]
-                finishes = [server._finish(body, first + j) for j in range(n)]
+                calls = [server._tool_calls(body, first + j) for j in range(n)]
+                texts = ["" if called else server._text(body, first + j) for j, called in enumerate(calls)]
+                finishes = ["tool_calls" if called else server._finish(body, first + j)
+                            for j, called in enumerate(calls)]  # fmt: skip
                 prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
                 completion_tokens = sum(len(text.split()) for text in texts)
                 usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
@@ -164,8 +172,9 @@ class StubOpenAIServer:
                     "object": "chat.completion",
                     "created": int(time.time()),
                     "model": body.get("model", "stub"),
-                    "choices": [{"index": j, "finish_reason": finish, "message": {"role": "assistant", "content": text}}
-                                for j, (text, finish) in enumerate(zip(texts, finishes, strict=True))],
+                    "choices": [{"index": j, "finish_reason": finish, "message": {"role": "assistant", "content": text,
+                                                                                  **called}}
+                                for j, (text, finish, called) in enumerate(zip(texts, finishes, calls, strict=True))],
                     "usage": usage,
                 })  # fmt: skip
 
@@ -202,6 +211,18 @@ class StubOpenAIServer:
     def peak_in_flight(self) -> int:
         """Most requests being served at once."""
         return self.flight.peak
+
+    def _tool_calls(self, body: dict[str, Any], index: int) -> dict[str, Any]:
+        """``{"content": None, "tool_calls": [...]}`` when ``tool_calls`` scripts calls for this choice, else ``{}``."""
+        if self.tool_calls is None:
+            return {}
+        call = parse_body(body, index)
+        call.extra.update(tools=body.get("tools"), tool_choice=body.get("tool_choice"))
+        scripted = self.tool_calls(call) or []
+        wire = [{"id": f"call_stub_{index}_{i}", "type": "function", "function": {"name": c["name"], "arguments":
+                 c["arguments"] if isinstance(c["arguments"], str) else json.dumps(c["arguments"])}}
+                for i, c in enumerate(scripted)]  # fmt: skip
+        return {"content": None, "tool_calls": wire} if wire else {}
 
     def _finish(self, body: dict[str, Any], index: int) -> str:
         return self.finish_reason(parse_body(body, index)) if callable(self.finish_reason) else self.finish_reason
