@@ -229,3 +229,96 @@ def test_liveness_and_readiness(config, stub, tmp_path):
     finally:
         app_server.__exit__(None, None, None)
     assert unready.status_code == 503 and unready.json()["status"] == "unreachable"
+
+
+# As a real process: draining on SIGTERM, and one view of the metrics across workers
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _serve(config, port: int, *options: str, env: dict | None = None):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, "-m", "fusion_dspy.cli", "serve", "--config", str(config), "--port", str(port),
+               *options]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, **(env or {})})  # fmt: skip
+    deadline = time.monotonic() + 300  # a shared machine: two workers took 190 s to start under load
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[1]
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health/readiness", timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise AssertionError(f"fusion-dspy serve was not ready on port {port}: {process.communicate()[1]}")
+
+
+def test_sigterm_drains_readiness_turns_503_and_the_request_in_flight_finishes(tmp_path):
+    import signal
+    import threading
+    import time
+
+    with StubOpenAIServer(chat_reply, delay=lambda call: 3.0 if call.index == 0 else 0.0) as stub:
+        config = write_config(tmp_path / "c.yaml", {"stub": stub.api_base}, "stub", n=1)
+        port = _free_port()
+        process = _serve(config, port, "--drain-s", "1.5")
+        try:
+            outcome: dict = {}
+            url = f"http://127.0.0.1:{port}/v1/chat/completions"
+            worker = threading.Thread(target=lambda: outcome.update(r=httpx.post(url, json={
+                "model": "fusion", "messages": HELLO}, timeout=60)))  # fmt: skip
+            worker.start()
+            deadline = time.monotonic() + 30
+            while not stub.requests and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert stub.requests, "the request never reached the backend"
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            readiness = httpx.get(f"http://127.0.0.1:{port}/health/readiness", timeout=5)
+            liveness = httpx.get(f"http://127.0.0.1:{port}/health/liveness", timeout=5)
+            worker.join(60)
+            process.wait(30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+    assert readiness.status_code == 503 and readiness.json()["status"] == "draining"
+    assert liveness.status_code == 200
+    assert outcome["r"].status_code == 200, outcome["r"].text
+    assert outcome["r"].json()["choices"][0]["message"]["content"].startswith("fused q-1")
+
+
+def test_metrics_of_several_workers_are_one_view(tmp_path, stub):
+    import signal
+
+    config = write_config(tmp_path / "c.yaml", {"stub": stub.api_base}, "stub", n=1)
+    port, folder = _free_port(), tmp_path / "tmp"
+    folder.mkdir()
+    process = _serve(config, port, "--workers", "2", env={"TMPDIR": str(folder)})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        with httpx.Client(timeout=60) as client:  # one connection per request: the workers share them
+            for k in range(6):
+                assert httpx.post(f"{url}/v1/chat/completions", json={"model": "fusion", "messages": [
+                    {"role": "user", "content": f"q-{k}"}]}, timeout=60).status_code == 200  # fmt: skip
+            views = [_samples(client.get(f"{url}/metrics", headers={"Connection": "close"}).text) for _ in range(4)]
+        during = [p.name for p in folder.iterdir()]
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(30)
+    assert [_value(v, "fusion_requests_total", profile="fusion", status="200") for v in views] == [6.0] * 4
+    assert [_value(v, "fusion_stage_seconds_count", stage="sample") for v in views] == [6.0] * 4
+    assert any(name.startswith("fusion-dspy-metrics-") for name in during)
+    assert list(folder.iterdir()) == [], "the serve command removes its metrics folder"
