@@ -11,7 +11,6 @@ an error before that still gets its own status; an error after it ends the strea
 
 import asyncio
 import contextlib
-import dataclasses
 import hmac
 import time
 from collections.abc import AsyncIterator
@@ -21,17 +20,15 @@ from typing import Any
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse, format_sse_event
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from fusion_dspy.backends.secrets import Redactor
-from fusion_dspy.core.report import Failure
-from fusion_dspy.errors import SamplingError
 from fusion_dspy.serve import keepalive
-from fusion_dspy.serve.health import Readiness, backend_targets
-from fusion_dspy.serve.metrics import MetricsMiddleware, ServeMetrics
+from fusion_dspy.serve.health import Readiness, add_health_routes
+from fusion_dspy.serve.metrics import MetricsMiddleware, ServeMetrics, add_metrics_route, failures_of
 from fusion_dspy.serve.profiles import Limits, Profile
 from fusion_dspy.serve.request_id import RequestIdMiddleware, with_request_id
 from fusion_dspy.serve.run import FusionRun, upstream_error
@@ -105,8 +102,7 @@ def create_app(profiles: dict[str, Profile], settings: ServeSettings | None = No
     """
     settings = settings or ServeSettings()
     redact = redact or Redactor([settings.api_key])
-    readiness = Readiness({name: addresses for p in profiles.values()
-                           for name, addresses in backend_targets(p.backends).items()})  # fmt: skip
+    readiness = Readiness.of([profile.backends for profile in profiles.values()])
     metrics = ServeMetrics() if settings.metrics else None
 
     @contextlib.asynccontextmanager
@@ -148,26 +144,8 @@ def create_app(profiles: dict[str, Profile], settings: ServeSettings | None = No
             raise ServeError(401, "Missing or wrong API key: send the header 'Authorization: Bearer <key>'.",
                              type="authentication_error", code="invalid_api_key")  # fmt: skip
 
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "in_flight": gate.in_flight}
-
-    @app.get("/health/liveness")
-    async def liveness() -> dict[str, Any]:
-        return {"status": "ok"}
-
-    @app.get("/health/readiness")
-    async def ready() -> JSONResponse:
-        status, details = await readiness.state()
-        return JSONResponse({"status": status, **details}, status_code=200 if status == "ready" else 503)
-
-    @app.get("/metrics")
-    async def exposition(request: Request) -> Response:
-        authorize(request)
-        if metrics is None:
-            raise ServeError(404, "Metrics are off on this server (started with --no-metrics).", code="not_found")
-        body, content_type = metrics.render()
-        return Response(body, media_type=content_type)
+    add_health_routes(app, readiness, lambda: gate.in_flight)
+    add_metrics_route(app, metrics, authorize)
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
@@ -203,7 +181,7 @@ def create_app(profiles: dict[str, Profile], settings: ServeSettings | None = No
             request.state.fusion_report = run.report(result)
         except BaseException as error:
             gate.leave()
-            request.state.fusion_failures = _failures(error, run)
+            request.state.fusion_failures = failures_of(error, run.names if run else {})
             if isinstance(error, Exception) and not isinstance(error, ServeError):
                 raise upstream_error(error, redact) from error
             raise
@@ -244,15 +222,6 @@ def _parse(body: bytes) -> ChatCompletionRequest:
         raise _bad_request(error.errors()) from None
 
 
-def _failures(error: BaseException, run: FusionRun | None) -> tuple[Failure, ...]:
-    """The failed samples behind a failed request (a SamplingError, raised as is or as a ServeError's cause)."""
-    cause = error if isinstance(error, SamplingError) else error.__cause__
-    if run is None or not isinstance(cause, SamplingError):
-        return ()
-    return tuple(dataclasses.replace(f, model=run.names.get(f.model, f.model)) for f in cause.failures
-                 if isinstance(f, Failure))  # fmt: skip
-
-
 async def _start_stream(run: FusionRun, chat: ChatCompletionRequest, settings: ServeSettings, gate: _Gate,
                         state: Any):  # fmt: skip
     """Draw the candidates; answer 200 once the fusor's first words exist or the first keep-alive is due, and
@@ -278,7 +247,7 @@ async def _start_stream(run: FusionRun, chat: ChatCompletionRequest, settings: S
                     await queue.put({**run.chunk({}), "choices": [], "usage": usage})
             await queue.put("[DONE]")
         except Exception as error:  # noqa: BLE001 - every failure reaches the client, as a status or an event
-            state.fusion_failures = _failures(error, run)
+            state.fusion_failures = failures_of(error, run.names)
             await queue.put(upstream_error(error, run.redact))
 
     task = asyncio.create_task(produce())

@@ -16,9 +16,13 @@ import asyncio
 import signal
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 
 from fusion_dspy.backends import Backends
 from fusion_dspy.backends.config import EMBEDDED
@@ -79,6 +83,12 @@ class Readiness:
     _reachable: dict[str, bool] = field(default_factory=dict, repr=False)
     _lock: asyncio.Lock | None = field(default=None, repr=False)
 
+    @classmethod
+    def of(cls, backends: Sequence[Backends], **options: Any) -> "Readiness":
+        """The readiness of a server whose profiles use these backends (their models' targets merged)."""
+        return cls({name: addresses for one in backends for name, addresses in backend_targets(one).items()},
+                   **options)  # fmt: skip
+
     async def probe(self) -> dict[str, bool]:
         """``{model name: reachable}``, probed anew when the last answer is older than ``ttl``."""
         self._lock = self._lock or asyncio.Lock()
@@ -122,3 +132,20 @@ class Readiness:
             timer.start()
 
         signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def add_health_routes(app: FastAPI, readiness: Readiness, in_flight: Callable[[], int]) -> None:
+    """``GET /health`` (always ok, with the requests in flight), ``/health/liveness`` and ``/health/readiness``."""
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "in_flight": in_flight()}
+
+    @app.get("/health/liveness")
+    async def liveness() -> dict[str, Any]:
+        return {"status": "ok"}
+
+    @app.get("/health/readiness")
+    async def ready() -> JSONResponse:
+        status, details = await readiness.state()
+        return JSONResponse({"status": status, **details}, status_code=200 if status == "ready" else 503)

@@ -15,15 +15,19 @@ Example:
     True
 """
 
+import dataclasses
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from fusion_dspy.core.report import Failure, FusionReport
+from fusion_dspy.errors import SamplingError
+from fusion_dspy.serve.schema import ServeError
 
 MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own variable: set, values go to files there
 SECONDS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
@@ -103,6 +107,28 @@ class ServeMetrics:
         """This worker is ending: its live gauges (in flight) stop counting in multiprocess mode."""
         if self.multiprocess_dir:
             mark_process_dead(os.getpid(), self.multiprocess_dir)
+
+
+def failures_of(error: BaseException, names: Mapping[str, str]) -> tuple[Failure, ...]:
+    """The failed samples behind a failed request (a ``SamplingError``, raised as is or as a ``ServeError``'s
+    cause), their models named as ``names`` says (``{model string: configured name}``)."""
+    cause = error if isinstance(error, SamplingError) else error.__cause__
+    if not isinstance(cause, SamplingError):
+        return ()
+    return tuple(dataclasses.replace(f, model=names.get(f.model, f.model)) for f in cause.failures
+                 if isinstance(f, Failure))  # fmt: skip
+
+
+def add_metrics_route(app: FastAPI, metrics: ServeMetrics | None, authorize: Callable[[Request], None]) -> None:
+    """``GET /metrics``, behind ``authorize`` (the API key); 404 when metrics are off."""
+
+    @app.get("/metrics")
+    async def exposition(request: Request) -> Response:
+        authorize(request)
+        if metrics is None:
+            raise ServeError(404, "Metrics are off on this server (started with --no-metrics).", code="not_found")
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
 
 
 class MetricsMiddleware:
