@@ -242,14 +242,14 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _serve(config, port: int, *options: str, env: dict | None = None):
+def _serve(config, port: int, *options: str, env: dict | None = None, verbose: bool = False):
     import os
     import subprocess
     import sys
     import time
 
-    command = [sys.executable, "-m", "fusion_dspy.cli", "serve", "--config", str(config), "--port", str(port),
-               *options]  # fmt: skip
+    command = [sys.executable, "-m", "fusion_dspy.cli", *(["-v"] if verbose else []), "serve", "--config",
+               str(config), "--port", str(port), *options]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, **(env or {})})  # fmt: skip
     deadline = time.monotonic() + 300  # a shared machine: two workers took 190 s to start under load
@@ -273,7 +273,7 @@ def test_sigterm_drains_readiness_turns_503_and_the_request_in_flight_finishes(t
     with StubOpenAIServer(chat_reply, delay=lambda call: 3.0 if call.index == 0 else 0.0) as stub:
         config = write_config(tmp_path / "c.yaml", {"stub": stub.api_base}, "stub", n=1)
         port = _free_port()
-        process = _serve(config, port, "--drain-s", "1.5")
+        process = _serve(config, port, "--drain-s", "1.5", verbose=True)
         try:
             outcome: dict = {}
             url = f"http://127.0.0.1:{port}/v1/chat/completions"
@@ -289,7 +289,7 @@ def test_sigterm_drains_readiness_turns_503_and_the_request_in_flight_finishes(t
             readiness = httpx.get(f"http://127.0.0.1:{port}/health/readiness", timeout=5)
             liveness = httpx.get(f"http://127.0.0.1:{port}/health/liveness", timeout=5)
             worker.join(60)
-            process.wait(30)
+            out, _ = process.communicate(timeout=30)  # uvicorn's access log goes to stdout
         finally:
             if process.poll() is None:
                 process.kill()
@@ -298,6 +298,8 @@ def test_sigterm_drains_readiness_turns_503_and_the_request_in_flight_finishes(t
     assert liveness.status_code == 200
     assert outcome["r"].status_code == 200, outcome["r"].text
     assert outcome["r"].json()["choices"][0]["message"]["content"].startswith("fused q-1")
+    request_id = outcome["r"].headers["x-request-id"]
+    assert f'"POST /v1/chat/completions HTTP/1.1" 200 OK request_id={request_id}' in out, out[-2000:]
 
 
 def test_metrics_of_several_workers_are_one_view(tmp_path, stub):

@@ -96,6 +96,7 @@ def serve_command(options: ServeOptions, host: str = "127.0.0.1", port: int = 80
                               "pip install 'fusion-dspy[serve]'.") from None  # fmt: skip
 
     from fusion_dspy.backends.config import read_config
+    from fusion_dspy.serve.request_id import access_log_config
 
     key = options.api_key()
     check_exposure(host, key)
@@ -104,14 +105,14 @@ def serve_command(options: ServeOptions, host: str = "127.0.0.1", port: int = 80
         app = options.app()
         print(f"fusion-dspy: serving {', '.join(app.state.profile_names)} on http://{host}:{port}/v1 ({auth})",
               file=sys.stderr)  # fmt: skip
-        uvicorn.run(app, host=host, port=port, log_level=log_level)
+        uvicorn.run(app, host=host, port=port, log_level=log_level, log_config=access_log_config())
         return
     read_config(options.config)  # a broken config fails here, once, not in every worker
     os.environ[ENVIRONMENT] = json.dumps(asdict(options))
     print(f"fusion-dspy: {workers} workers on http://{host}:{port}/v1 ({auth})", file=sys.stderr)
     with shared_metrics_folder(options.metrics):
         uvicorn.run("fusion_dspy.serve.command:app_from_environment", factory=True, workers=workers, host=host,
-                    port=port, log_level=log_level)  # fmt: skip
+                    port=port, log_level=log_level, log_config=access_log_config())  # fmt: skip
 
 
 @contextlib.contextmanager

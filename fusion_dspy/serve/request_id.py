@@ -2,9 +2,9 @@
 
 The id is returned in the response's ``X-Request-Id`` header, put in error bodies (``error.request_id``), in the
 ``fusion`` report of the reply (``FusionReport.request_id``) and on every log record written while the request
-is served (the record's ``request_id`` attribute; the server's own lines name it in their text). An id a client
-sends is kept only when it is 1 to 128 characters of letters, digits and ``-_.:/+=``: it reaches logs and
-headers, so anything else (spaces, control characters, a megabyte) is replaced by a new one.
+is served (the record's ``request_id`` attribute; ``fusion-dspy serve``'s access log lines end with it). An id
+a client sends is kept only when it is 1 to 128 characters of letters, digits and ``-_.:/+=``: it reaches logs
+and headers, so anything else (spaces, control characters, a megabyte) is replaced by a new one.
 """
 
 import contextvars
@@ -63,6 +63,27 @@ def _install_record_factory() -> None:
 
     factory.adds_request_id = True  # type: ignore[attr-defined]
     logging.setLogRecordFactory(factory)
+
+
+class RequestIdFilter(logging.Filter):
+    """Gives each record passing a handler the current request's id as ``request_id`` (``-`` outside one)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = _current.get() or "-"
+        return True
+
+
+def access_log_config() -> dict[str, Any]:
+    """uvicorn's logging config with ``request_id=<id>`` at the end of each access log line."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["access"]["fmt"] += " request_id=%(request_id)s"
+    config.setdefault("filters", {})["request_id"] = {"()": f"{__name__}.RequestIdFilter"}
+    config["handlers"]["access"]["filters"] = ["request_id"]
+    return config
 
 
 class RequestIdMiddleware:
