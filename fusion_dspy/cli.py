@@ -165,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "--max-concurrency (default 1)")  # fmt: skip
     serve.add_argument("--otel", action="store_true", help="OpenTelemetry tracing of each request, its stages and "
                        "candidates, exported as the OTEL_* variables say (needs the otel extra)")  # fmt: skip
+    serve.add_argument("--keepalive-s", type=float, default=15.0, help="seconds of silence after which a stream gets "
+                       "an SSE comment line; the stream starts at the first one at the latest (default 15; 0: none)")
+    serve.add_argument("--drain-s", type=float, default=5.0, help="seconds to keep serving after SIGTERM with "
+                       "/health/readiness at 503, before stopping (default 5)")  # fmt: skip
+    serve.add_argument("--metrics", action=argparse.BooleanOptionalAction, default=True,
+                       help="serve Prometheus metrics at GET /metrics (default on)")  # fmt: skip
     serve.set_defaults(handler=_commands.serve)
     return parser
 

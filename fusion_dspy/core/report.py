@@ -136,6 +136,8 @@ class FusionReport:
         orders: The candidate orders the fusor or judge saw (indices into the candidates).
         details: What a structure did, by name: ``fusion_groups``, ``layer_candidates``, ``permutation_index``,
             ``judge_wins``, ``judge_comparison`` ... (JSON values).
+        request_id: The id of the server request the call answered (``fusion-dspy serve``'s ``X-Request-Id``);
+            ``None`` outside a server.
     """
 
     method: str
@@ -151,6 +153,7 @@ class FusionReport:
     route: dict[str, Any] | None = None
     orders: list[list[int]] | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    request_id: str | None = None
 
     @property
     def tokens(self) -> dict[str, int]:

@@ -1,16 +1,18 @@
-"""The OpenAI-compatible HTTP server: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``.
+"""The OpenAI-compatible HTTP server: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``,
+``GET /health/liveness``, ``GET /health/readiness`` and ``GET /metrics`` (docs/operations/serving.md).
 
 FastAPI and uvicorn do the HTTP and the SSE framing; this file adds auth (constant-time key compare), a body
 limit (413, by the declared length or while reading), a concurrency limit that answers 429 with ``Retry-After``
-instead of queueing, a per-request deadline (504) and OpenAI-style error bodies. A streamed reply starts (status
-200) only when the fusor's first words exist, so an error before that still gets its own status; an error after
-it ends the stream with an error event.
+instead of queueing, a per-request deadline (504) and OpenAI-style error bodies, each request's id
+(``request_id``), metrics (``metrics``) and readiness (``health``). A streamed reply starts (status 200, the role
+chunk) when the fusor's first words exist or the first keep-alive is due, whichever is first (``keepalive``), so
+an error before that still gets its own status; an error after it ends the stream with an error event.
 """
 
 import asyncio
 import contextlib
 import hmac
-import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,10 +26,15 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from fusion_dspy.backends.secrets import Redactor
+from fusion_dspy.serve import keepalive
+from fusion_dspy.serve.health import Readiness, add_health_routes
+from fusion_dspy.serve.metrics import MetricsMiddleware, ServeMetrics, add_metrics_route, failures_of
 from fusion_dspy.serve.profiles import Limits, Profile
+from fusion_dspy.serve.request_id import RequestIdMiddleware, with_request_id
 from fusion_dspy.serve.run import FusionRun, upstream_error
 from fusion_dspy.serve.schema import ChatCompletionRequest, ServeError, field_path
 from fusion_dspy.serve.tracing import telemetry
+from fusion_dspy.serve.unicode import SafeJSONResponse, dumps, loads_lenient
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,10 @@ class ServeSettings:
         timeout: Seconds one request may take, sampling and fusing included (504 after it).
         retry_after: Seconds a 429 tells the client to wait.
         limits: Bounds on the request's ``n`` and ``max_tokens``.
+        keepalive_s: Seconds of silence after which a stream gets an SSE comment line (0: none); the stream
+            starts at the first one at the latest.
+        metrics: Serve ``GET /metrics`` (Prometheus) and count every request.
+        drain_s: Seconds the server keeps serving after SIGTERM, readiness at 503, before it stops.
     """
 
     api_key: str | None = field(default=None, repr=False)
@@ -49,14 +60,17 @@ class ServeSettings:
     timeout: float = 600.0
     retry_after: int = 1
     limits: Limits = field(default_factory=Limits)
+    keepalive_s: float = 15.0
+    metrics: bool = True
+    drain_s: float = 5.0
 
 
 def _error_response(error: ServeError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+    return SafeJSONResponse(with_request_id(error.body()), status_code=error.status, headers=error.headers)
 
 
 def _sse(payload: dict[str, Any] | str) -> bytes:
-    return format_sse_event(data_str=payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False))
+    return format_sse_event(data_str=payload if isinstance(payload, str) else dumps(payload))
 
 
 class _Gate:
@@ -89,8 +103,24 @@ def create_app(profiles: dict[str, Profile], settings: ServeSettings | None = No
     """
     settings = settings or ServeSettings()
     redact = redact or Redactor([settings.api_key])
-    app = FastAPI(title="fusion-dspy", docs_url=None, redoc_url=None, openapi_url=None,
-                  telemetry=telemetry())  # a span per request, honouring traceparent, while tracing is set up (--otel)
+    readiness = Readiness.of([profile.backends for profile in profiles.values()])
+    metrics = ServeMetrics() if settings.metrics else None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        readiness.started = True
+        readiness.drain_on_sigterm(settings.drain_s)
+        yield
+        if metrics is not None:
+            metrics.close()
+
+    # telemetry: a span per request, honouring traceparent, while tracing is set up (--otel)
+    app = FastAPI(title="fusion-dspy", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan,
+                  telemetry=telemetry())  # fmt: skip
+    app.state.readiness = readiness
+    if metrics is not None:
+        app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(RequestIdMiddleware)  # outermost: the id is set for everything inside
     gate = _Gate(settings.max_concurrency, settings.retry_after)
 
     @app.exception_handler(ServeError)
@@ -105,6 +135,10 @@ def create_app(profiles: dict[str, Profile], settings: ServeSettings | None = No
     async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
         return _error_response(_bad_request(error.errors()))
 
+    @app.exception_handler(Exception)  # the last resort: an OpenAI-style 500, never a plain-text one
+    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+        return _error_response(upstream_error(error, redact))
+
     def authorize(request: Request) -> None:
         if settings.api_key is None:
             return
@@ -113,9 +147,8 @@ def create_app(profiles: dict[str, Profile], settings: ServeSettings | None = No
             raise ServeError(401, "Missing or wrong API key: send the header 'Authorization: Bearer <key>'.",
                              type="authentication_error", code="invalid_api_key")  # fmt: skip
 
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "in_flight": gate.in_flight}
+    add_health_routes(app, readiness, lambda: gate.in_flight)
+    add_metrics_route(app, metrics, authorize)
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
@@ -134,25 +167,29 @@ def create_app(profiles: dict[str, Profile], settings: ServeSettings | None = No
             raise ServeError(408, f"The request body did not arrive within the server's time limit of "
                              f"{settings.timeout:g} s (--timeout).", code="request_timeout")  # fmt: skip
         gate.enter()
+        run: FusionRun | None = None
         try:
             chat = _parse(body)
             if chat.model not in profiles:
                 raise ServeError(404, f"The model {chat.model!r} is not served here; choose one of "
                                  f"{sorted(profiles)} (GET /v1/models).", param="model", code="model_not_found")
-            run = FusionRun(profiles[chat.model], chat, settings.limits, redact)
+            request.state.fusion_profile = chat.model
+            run = FusionRun(profiles[chat.model], chat, settings.limits, redact, request.state.request_id)
             if chat.stream:  # from here on the stream leaves the gate, when it ends
-                return await _start_stream(run, chat, settings.timeout, gate)
+                return await _start_stream(run, chat, settings, gate, request.state)
             with anyio.fail_after(settings.timeout):
                 pool = await run.asample()
                 result = await run.acombine(pool)
             response = run.response(pool, result)
+            request.state.fusion_report = run.report(result)
         except BaseException as error:
             gate.leave()
+            request.state.fusion_failures = failures_of(error, run.names if run else {})
             if isinstance(error, Exception) and not isinstance(error, ServeError):
                 raise upstream_error(error, redact) from error
             raise
         gate.leave()
-        return JSONResponse(response)
+        return SafeJSONResponse(response)
 
     return app
 
@@ -183,17 +220,22 @@ def _parse(body: bytes) -> ChatCompletionRequest:
     try:
         return ChatCompletionRequest.model_validate_json(body or b"{}")
     except ValidationError as error:
+        if error.errors()[0]["type"] == "json_invalid" and (text := loads_lenient(body)) is not None:
+            return _parse(text.encode())  # valid JSON with a lone-surrogate escape: read as U+FFFD
         raise _bad_request(error.errors()) from None
 
 
-async def _start_stream(run: FusionRun, chat: ChatCompletionRequest, timeout: float, gate: _Gate):
-    """Draw the candidates, wait for the fusor's first words, then answer 200 and stream the rest."""
+async def _start_stream(run: FusionRun, chat: ChatCompletionRequest, settings: ServeSettings, gate: _Gate,
+                        state: Any):  # fmt: skip
+    """Draw the candidates; answer 200 once the fusor's first words exist or the first keep-alive is due, and
+    stream the rest, with a keep-alive comment after each ``keepalive_s`` of silence."""
     queue: asyncio.Queue = asyncio.Queue()
     include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
 
     async def produce() -> None:
+        pool = None
         try:
-            with anyio.fail_after(timeout):
+            with anyio.fail_after(settings.timeout):
                 pool = await run.asample()
                 final = None
                 async for piece in run.stream(pool):
@@ -203,17 +245,19 @@ async def _start_stream(run: FusionRun, chat: ChatCompletionRequest, timeout: fl
                         await queue.put(run.chunk(piece))
                     else:
                         final = piece
+                state.fusion_report = run.report(final)
                 usage, fusion = run.usage_and_fusion(pool, final)
                 await queue.put(run.chunk({}, run.message(final)[1], fusion=fusion))
                 if include_usage:
                     await queue.put({**run.chunk({}), "choices": [], "usage": usage})
             await queue.put("[DONE]")
         except Exception as error:  # noqa: BLE001 - every failure reaches the client, as a status or an event
+            state.fusion_failures = failures_of(error, run.names)
             await queue.put(upstream_error(error, run.redact))
 
     task = asyncio.create_task(produce())
     try:
-        first = await queue.get()
+        first = await keepalive.next_item(queue, settings.keepalive_s)
     except BaseException:  # the client went away before the first words: stop the work (the caller leaves the gate)
         task.cancel()
         raise
@@ -226,13 +270,23 @@ async def _start_stream(run: FusionRun, chat: ChatCompletionRequest, timeout: fl
             yield _sse(run.chunk({"role": "assistant", "content": ""}))
             item = first
             while True:
-                if isinstance(item, ServeError):
-                    yield _sse(item.body())  # ends the stream: an error event, never a silent cut
+                if item is keepalive.IDLE:
+                    yield keepalive.COMMENT
+                elif isinstance(item, ServeError):
+                    state.fusion_status = item.status
+                    yield _sse(with_request_id(item.body()))  # ends the stream: an error event, never a silent cut
                     return
-                yield _sse(item)
-                if item == "[DONE]":
-                    return
-                item = await queue.get()
+                else:
+                    if getattr(state, "fusion_first_token", None) is None and _has_words(item):
+                        state.fusion_first_token = time.perf_counter()
+                    yield _sse(item)
+                    if item == "[DONE]":
+                        return
+                item = await keepalive.next_item(queue, settings.keepalive_s)
+        except Exception as error:  # noqa: BLE001 - a failure while streaming still ends with an error event
+            failure = upstream_error(error, run.redact)
+            state.fusion_status = failure.status
+            yield _sse(with_request_id(failure.body()))
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -240,3 +294,7 @@ async def _start_stream(run: FusionRun, chat: ChatCompletionRequest, timeout: fl
             gate.leave()
 
     return EventSourceResponse(events(), headers={"Cache-Control": "no-cache"})
+
+
+def _has_words(item: Any) -> bool:
+    return isinstance(item, dict) and bool(item.get("choices")) and bool(item["choices"][0]["delta"].get("content"))

@@ -1,12 +1,18 @@
 """``fusion-dspy serve``: options -> profiles -> app -> uvicorn, in one process or in several worker processes.
 
 With ``--workers K`` uvicorn starts K processes; each builds its own app (and its own backends, the embedded
-model included) from the options, passed in ``$FUSION_DSPY_SERVE``. The concurrency limit is per worker.
+model included) from the options, passed in ``$FUSION_DSPY_SERVE``. The concurrency limit is per worker. Their
+metrics go to files in a temporary folder (``$PROMETHEUS_MULTIPROC_DIR``, prometheus-client's multiprocess mode)
+that this command makes and removes, so ``/metrics`` of any worker shows them all.
 """
 
+import contextlib
 import json
 import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -14,6 +20,7 @@ from fusion_dspy.errors import FusionDSPyError
 from fusion_dspy.serve.server import check_exposure
 
 ENVIRONMENT = "FUSION_DSPY_SERVE"  # the options of a multi-worker server, for each worker (no key: its variable)
+MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's (read when it is imported: not here, in the workers)
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,9 @@ class ServeOptions:
     max_n: int = 16
     max_body_bytes: int = 1_000_000
     otel: bool = False  # OpenTelemetry tracing, set up from the OTEL_* variables (serve.tracing.configure)
+    keepalive_s: float = 15.0
+    drain_s: float = 5.0
+    metrics: bool = True
 
     def api_key(self) -> str | None:
         if not self.api_key_env:
@@ -65,7 +75,8 @@ class ServeOptions:
         backends.check()
         profiles = build_profiles(backends, self.tuned)
         settings = ServeSettings(api_key=key, max_concurrency=self.max_concurrency, timeout=self.timeout,
-                                 max_body_bytes=self.max_body_bytes, limits=Limits(max_n=self.max_n))  # fmt: skip
+                                 max_body_bytes=self.max_body_bytes, limits=Limits(max_n=self.max_n),
+                                 keepalive_s=self.keepalive_s, metrics=self.metrics, drain_s=self.drain_s)  # fmt: skip
         redact = Redactor([key, *config_secrets(backends.config)])
         server.mask_logs(redact)
         app = create_app(profiles, settings, redact)
@@ -90,6 +101,7 @@ def serve_command(options: ServeOptions, host: str = "127.0.0.1", port: int = 80
                               "pip install 'fusion-dspy[serve]'.") from None  # fmt: skip
 
     from fusion_dspy.backends.config import read_config
+    from fusion_dspy.serve.request_id import access_log_config
 
     key = options.api_key()
     check_exposure(host, key)
@@ -98,10 +110,30 @@ def serve_command(options: ServeOptions, host: str = "127.0.0.1", port: int = 80
         app = options.app()
         print(f"fusion-dspy: serving {', '.join(app.state.profile_names)} on http://{host}:{port}/v1 ({auth})",
               file=sys.stderr)  # fmt: skip
-        uvicorn.run(app, host=host, port=port, log_level=log_level)
+        uvicorn.run(app, host=host, port=port, log_level=log_level, log_config=access_log_config())
         return
     read_config(options.config)  # a broken config fails here, once, not in every worker
     os.environ[ENVIRONMENT] = json.dumps(asdict(options))
     print(f"fusion-dspy: {workers} workers on http://{host}:{port}/v1 ({auth})", file=sys.stderr)
-    uvicorn.run("fusion_dspy.serve.command:app_from_environment", factory=True, workers=workers, host=host,
-                port=port, log_level=log_level)  # fmt: skip
+    with shared_metrics_folder(options.metrics):
+        uvicorn.run("fusion_dspy.serve.command:app_from_environment", factory=True, workers=workers, host=host,
+                    port=port, log_level=log_level, log_config=access_log_config())  # fmt: skip
+
+
+@contextlib.contextmanager
+def shared_metrics_folder(enabled: bool = True) -> Iterator[str | None]:
+    """A temporary folder for the workers' metrics, named in ``$PROMETHEUS_MULTIPROC_DIR`` (which the worker
+    processes inherit) while the server runs; removed, and the variable put back, when it stops."""
+    if not enabled:
+        yield None
+        return
+    folder, before = tempfile.mkdtemp(prefix="fusion-dspy-metrics-"), os.environ.get(MULTIPROCESS)
+    os.environ[MULTIPROCESS] = folder
+    try:
+        yield folder
+    finally:
+        if before is None:
+            os.environ.pop(MULTIPROCESS, None)
+        else:
+            os.environ[MULTIPROCESS] = before
+        shutil.rmtree(folder, ignore_errors=True)

@@ -95,7 +95,9 @@ class Profile:
         options = options or FusionOptions()
         method = options.method or self.method
         if n is not None and n > limits.max_n:
-            raise ServeError(400, f"n={n} is above this server's limit of {limits.max_n} candidates.", param="n")
+            param = "fusion.n" if options.n is not None else "n"  # the field the request gave it in
+            raise ServeError(400, f"{param}={n} is above this server's limit of {limits.max_n} candidates.",
+                             param=param)  # fmt: skip
         if max_tokens is not None and max_tokens > limits.max_tokens:
             raise ServeError(400, f"max_tokens={max_tokens} is above this server's limit of {limits.max_tokens}.",
                              param="max_tokens")  # fmt: skip

@@ -63,6 +63,7 @@ class FusionRun:
         request: The validated request.
         limits: Server-side bounds on n and max_tokens.
         redact: Removes known keys from any text that leaves the server (default: none known).
+        request_id: The server request's id (``X-Request-Id``), put in the report.
 
     Example:
         >>> from fusion_dspy.serve.profiles import build_profiles
@@ -76,8 +77,9 @@ class FusionRun:
     """
 
     def __init__(self, profile: Profile, request: ChatCompletionRequest, limits: Limits | None = None,
-                 redact: Redactor | None = None):  # fmt: skip
+                 redact: Redactor | None = None, request_id: str | None = None):  # fmt: skip
         self.profile, self.request, self.redact = profile, request, redact or Redactor()
+        self.request_id = request_id
         limits = limits or Limits()
         options = request.fusion or FusionOptions()
         self.agent = Agent.of(request)  # tools, a JSON answer, stop sequences: None for plain chat
@@ -184,7 +186,7 @@ class FusionRun:
         """The call's report, its sample stage measured here (the server draws before it combines), its models
         named as the config names them (``labeled``) or by their model strings."""
         sample = StageReport(self.meter.seconds.get("sample", 0.0), self.meter.usage.get("sample", {}))
-        report = result.report.replace(stages={**result.report.stages, "sample": sample})
+        report = result.report.replace(stages={**result.report.stages, "sample": sample}, request_id=self.request_id)
         return report.relabeled(self.names) if labeled else report
 
     def usage_and_fusion(self, pool: Pool, result: dspy.Prediction) -> tuple[dict, dict]:
