@@ -10,7 +10,8 @@ it (it draws one sample after another). The async calls all run on one event loo
 a server (``asyncio.run`` per call would add a new loop, its executor threads and new HTTP connections to every call,
 which sync calls do not pay). Then: CPU ms per sample of the client (process time), adaptive N on agreeing and
 disagreeing questions, one straggler at 10x latency cut off by a quorum, and the share of CPU time the hypervisor
-stole during the run (a noisy host inflates every ratio).
+stole during the run (a noisy host inflates every ratio). First, the default config's table: the LM and program
+a config with no `engine:` builds (engine auto -> native), batched and not (`--only-default`: that table alone).
 """
 
 import argparse
@@ -155,6 +156,65 @@ def sweep(api_base: str, ns: list[int], runs: int, delay: float, run_async) -> N
         print(f"{n:>3} " + " ".join(f"{c:>10}" for c in row(n)), flush=True)
 
 
+SENT: dict[str, int] = {}  # HTTP requests the native engines sent, by method (count_native_requests)
+
+
+def count_native_requests() -> None:
+    """Count each request of the native engines: one per `complete`, one per `choices` (a batch of n)."""
+    from fusion_dspy.backends.native import AsyncNativeEngine, NativeEngine
+
+    def counted(cls, name):
+        method = cls.__dict__[name]
+        if asyncio.iscoroutinefunction(method):
+            async def wrapper(self, *args, **kwargs):
+                SENT[name] = SENT.get(name, 0) + 1
+                return await method(self, *args, **kwargs)
+        else:
+            def wrapper(self, *args, **kwargs):
+                SENT[name] = SENT.get(name, 0) + 1
+                return method(self, *args, **kwargs)
+        setattr(cls, name, wrapper)
+
+    for cls in (NativeEngine, AsyncNativeEngine):
+        for name in ("complete", "choices"):
+            counted(cls, name)
+
+
+def default_config(api_base: str, ns: list[int], runs: int, delay: float, run_async) -> None:
+    """The LM and program a config with no `engine:` builds (`engine: auto`: native for `openai/` + `api_base`),
+    with its default `batch_samples` (auto: the N samples in one request) and with `batch_samples: false`.
+    Targets: FusionOfN(64) batched <= 1.1x its critical path, in 2 requests; unbatched <= 1.3x at 32, <= 1.5x at 64."""
+    import dspy
+
+    from fusion_dspy.backends import Backends, FusionConfig
+
+    def program(n: int, batch: bool):
+        model = {"model": "openai/bench", "api_base": api_base, "num_retries": 0, "cache": False,
+                 **({} if batch else {"batch_samples": False})}  # fmt: skip
+        backends = Backends(FusionConfig.model_validate({"models": {"bench": model}, "roles": {"generators": "bench"}}))
+        return backends, backends.program(dspy.Predict("question -> answer"), n=n)
+
+    count_native_requests()
+    backends, _ = program(1, True)
+    print(f"\ndefault config (no engine: given -> {backends.config.engine('bench')}): wall / critical path "
+          f"(2 x {delay} s), min/median of {runs}; requests and client CPU ms per sync call")  # fmt: skip
+    print(f"{'N':>3} {'n= sync':>10} {'n= async':>10} {'requests':>9} {'CPU ms':>9} {'sync':>10} {'async':>10} "
+          f"{'requests':>9} {'CPU ms':>9}")  # CPU ms: the client's process time of one sync call, min
+    for n in ns:
+        cells = []
+        for batch in (True, False):
+            backends, fused = program(n, batch)
+            fused(question="warm-up")
+            run_async(fused.acall(question="warm-up"))
+            before = sum(SENT.values())
+            sync, cpu = timed(lambda fused=fused: fused(question="Why is the sky blue?"), runs)
+            requests = (sum(SENT.values()) - before) / runs
+            asynchronous = timed(lambda fused=fused: run_async(fused.acall(question="Why?")), runs)[0]
+            cells += [ratio(sync, 2 * delay), ratio(asynchronous, 2 * delay), f"{requests:.0f}",
+                      f"{min(cpu) * 1000:.0f}"]  # fmt: skip
+        print(f"{n:>3} " + " ".join(f"{c:>{10 if i % 4 < 2 else 9}}" for i, c in enumerate(cells)), flush=True)
+
+
 def cpu_per_sample(api_base: str, runs: int, run_async, n: int = 32) -> None:
     import dspy
 
@@ -218,6 +278,7 @@ def main() -> None:
     parser.add_argument("--straggle-every", type=int)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--ns", default="1,8,16,32,64")
+    parser.add_argument("--only-default", action="store_true", help="only the default config's table (engine auto)")
     args = parser.parse_args()
     if args.serve:
         return serve(args.delay, args.straggle_every)
@@ -227,7 +288,13 @@ def main() -> None:
     dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
     print(f"client pid {os.getpid()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
     with Stolen():
+        if args.only_default:
+            with Server(args.delay) as server, asyncio.Runner() as runner:
+                default_config(server.api_base, [int(n) for n in args.ns.split(",")], args.runs, args.delay,
+                               runner.run)  # fmt: skip
+            return
         with Server(args.delay) as server, asyncio.Runner() as runner:
+            default_config(server.api_base, [int(n) for n in args.ns.split(",")], args.runs, args.delay, runner.run)
             sweep(server.api_base, [int(n) for n in args.ns.split(",")], args.runs, args.delay, runner.run)
             cpu_per_sample(server.api_base, args.runs, runner.run)
             adaptive(server.api_base)

@@ -5,9 +5,8 @@ needs when it runs (optuna, Ray, the server, the batch engines), so ``fusion-dsp
 import argparse
 import hashlib
 import logging
+import sys
 from pathlib import Path
-
-from rich.console import Console
 
 from fusion_dspy.errors import FusionDSPyError
 
@@ -53,7 +52,7 @@ def summary(output: str, counts: dict[str, int], verb: str) -> int:
     from fusion_dspy.workflows.jsonl import errors_path
 
     failed = f"{counts['failed']} failed" + (f" (in {errors_path(output)}; rerun to retry)" if counts["failed"] else "")
-    Console(stderr=True).print(f"{output}: {counts['done']} {verb}, {failed}, {counts['skipped']} already there")
+    print(f"{output}: {counts['done']} {verb}, {failed}, {counts['skipped']} already there", file=sys.stderr)
     return 1 if counts["failed"] and not counts["done"] and not counts["skipped"] else 0
 
 
@@ -97,6 +96,7 @@ def engine_of(args: argparse.Namespace):
 
 def optimize(args: argparse.Namespace) -> int:
     import optuna
+    from rich.console import Console
     from rich.progress import Progress
 
     from fusion_dspy.backends import load_config
@@ -165,6 +165,8 @@ def devset_of(task, args) -> list:
 
 
 def evaluate(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
     from fusion_dspy.backends import load_config
     from fusion_dspy.workflows.evaluation import check_earlier_results
     from fusion_dspy.workflows.jobs import ConfigText, EvalJob
@@ -216,6 +218,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
 def synth(args: argparse.Namespace) -> int:
     from dspy.signatures.signature import ensure_signature
+    from rich.console import Console
 
     from fusion_dspy.backends import load_config
     from fusion_dspy.workflows.items import read_items

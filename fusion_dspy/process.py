@@ -168,21 +168,15 @@ def _quiet_dspy_logs() -> None:
 
 
 def _freeze_imports() -> None:
-    """Import litellm with the garbage collector off, then freeze every object alive (``gc.freeze``) so that no
-    later collection walks them again; nothing more if something is frozen already (an outer command's set-up).
+    """Freeze every object alive (``gc.freeze``), so that no later collection walks the modules, classes and tables
+    the imports built; nothing if something is frozen already (an outer command's set-up).
 
-    litellm's import builds some 400,000 objects. Measured on 2 cores, the collections during that import took
-    ~0.9 s of a command's start, and the full collection at the interpreter's exit ~1.2 s more
-    (``benchmarks/workers.py``). Objects made afterwards are collected as usual; the frozen ones are modules,
-    classes and tables that live as long as the process anyway. A ``CommandProcess`` calls it and unfreezes when
-    left (``gc.unfreeze``); one inside another freezes nothing more, as it could not unfreeze that alone.
+    litellm is not imported here: only a model on the litellm engine needs it, and ``fusion_dspy._litellm`` imports
+    it then, with the collector off, and freezes what it built (its import builds some 400,000 objects; measured on
+    2 cores, the collections during it took ~0.9 s of a command's start, and the full collection at the
+    interpreter's exit ~1.2 s more, ``benchmarks/workers.py``). Objects made afterwards are collected as usual. A
+    ``CommandProcess`` calls it and unfreezes when left (``gc.unfreeze``); one inside another freezes nothing
+    more, as it could not unfreeze that alone.
     """
-    enabled, frozen = gc.isenabled(), gc.get_freeze_count() > 0
-    gc.disable()
-    try:
-        import litellm  # noqa: F401 - imported now, under gc.disable, rather than on the first request
-    finally:
-        if not frozen:
-            gc.freeze()
-        if enabled:
-            gc.enable()
+    if gc.get_freeze_count() == 0:
+        gc.freeze()

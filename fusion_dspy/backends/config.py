@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from fusion_dspy.backends.engine_choice import EMBEDDED, EngineChoice, choose_engine
 from fusion_dspy.backends.retries import MAX_RETRY_WAIT_S
 from fusion_dspy.core.options import FuseSettings, SampleSettings
 from fusion_dspy.errors import FusionDSPyError
@@ -30,7 +31,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-EMBEDDED = "embedded"  # the built-in model name: SmolLM2-135M served in-process (fusion_dspy.backends.embedded)
 # Seconds one request may take when a model sets no `timeout`, by the role it plays (the largest of its roles).
 # Without one, litellm waits 600 s, times the retries, on a server that hangs. A generator writes one candidate
 # (a few hundred tokens: seconds on a GPU server, tens of seconds on a slow CPU one); the fusor reads all N of
@@ -99,10 +99,10 @@ class ModelConfig(_Strict):
     batch_samples: Literal["auto"] | bool = Field(
         "auto", description="draw a call's samples in one request with the OpenAI `n` parameter; auto: for "
         "openai/ and hosted_vllm/ models (see fusion_dspy.core.batching)")  # fmt: skip
-    engine: Literal["litellm", "native"] = Field(
-        "litellm", description="litellm (routing, every provider) or native: DSPy's own lm15 client, routed once "
-        "(fusion_dspy.backends.native): a quarter of litellm's client CPU per request, `n` batching for "
-        "OpenAI-compatible models; no deployments/fallbacks, no DSPy cost estimate")  # fmt: skip
+    engine: Literal["auto", "litellm", "native"] = Field(
+        "auto", description="auto: native for every model lm15 routes, litellm for deployments, fallbacks and the "
+        "rest (docs/configuration/engines.md); litellm: routing, every provider; native: DSPy's own lm15 client, "
+        "routed once (fusion_dspy.backends.native), no deployments/fallbacks, no DSPy cost estimate")  # fmt: skip
     lean_client: bool = Field(False, description="litellm: skip its per-call logging callbacks (`no-log`), and "
                               "so any litellm callbacks you set up; DSPy still counts tokens")  # fmt: skip
 
@@ -110,7 +110,7 @@ class ModelConfig(_Strict):
     def _native_has_no_router(self) -> "ModelConfig":
         if self.engine == "native" and (self.deployments or self.fallbacks):
             raise ValueError("engine: native cannot serve deployments or fallbacks (litellm's Router does): use "
-                             "engine: litellm for this model, or drop deployments/fallbacks")  # fmt: skip
+                             "engine: auto or litellm for this model, or drop deployments/fallbacks")  # fmt: skip
         return self
 
     _key_variable = field_validator("api_key_env")(lambda cls, value: _variable_name(value))
@@ -199,6 +199,14 @@ class FusionConfig(_Strict):
     fusion: FusionSettings = Field(default_factory=FusionSettings, description="how candidates are drawn and "
                                    "combined")  # fmt: skip
     _source: Path | None = PrivateAttr(None)
+    _engines: dict[str, EngineChoice] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, context: Any) -> None:
+        """Each model's engine, chosen once (``fusion_dspy.backends.engine_choice``)."""
+        for name in (*self.models, EMBEDDED):
+            cfg = self.model(name)
+            self._engines[name] = choose_engine(cfg.model, cfg.engine, routed=bool(cfg.deployments or cfg.fallbacks),
+                                                extra=cfg.extra, lean_client=cfg.lean_client)  # fmt: skip
 
     @model_validator(mode="after")
     def _names_resolve(self) -> "FusionConfig":
@@ -225,6 +233,10 @@ class FusionConfig(_Strict):
         if defined.model == EMBEDDED:
             return EMBEDDED_DEFAULTS.model_copy(update={k: getattr(defined, k) for k in defined.model_fields_set})
         return defined
+
+    def engine(self, name: str) -> EngineChoice:
+        """The engine a model's requests go through, and why (a name not defined is the embedded model)."""
+        return self._engines.get(name) or self._engines[EMBEDDED]
 
     def roles_of(self, name: str) -> set[str]:
         """The roles a model plays: itself, or as a fallback of a model that plays them."""
@@ -259,11 +271,9 @@ def _read(path: Path) -> dict[str, Any]:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as error:
         raise ConfigError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {error}") from error
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
+    if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping with models:, roles: and fusion:")
-    return data
+    return data or {}
 
 
 def _explain(issue: dict[str, Any]) -> str:
@@ -283,10 +293,8 @@ def read_config(path: str | Path | None = None) -> FusionConfig:
     try:
         config = FusionConfig.model_validate(_read(path))
     except ValidationError as error:
-        problems = "\n".join(
-            f"  - {'.'.join(str(part) for part in issue['loc']) or '(top level)'}: {_explain(issue)}"
-            for issue in error.errors()
-        )
+        problems = "\n".join(f"  - {'.'.join(str(part) for part in issue['loc']) or '(top level)'}: "
+                             f"{_explain(issue)}" for issue in error.errors())  # fmt: skip
         raise ConfigError(f"{path}: invalid config:\n{problems}") from None
     config._source = path
     return config

@@ -172,14 +172,24 @@ class EmbeddedServer:
         # Dropping the last reference runs ~Server(), which terminates the loop and joins its threads.
         del server
 
-    def lm(self, **kwargs: Any) -> dspy.LM:
-        """A ``dspy.LM`` routed through litellm to this server (started if needed); kwargs go to ``dspy.LM``."""
+    def lm(self, engine: str = "litellm", **kwargs: Any) -> dspy.LM:
+        """A ``dspy.LM`` of this server (started if needed); kwargs go to ``dspy.LM``.
+
+        Args:
+            engine: ``"litellm"`` routes through litellm, as to a vLLM server; ``"native"`` sends with DSPy's lm15
+                client (``fusion_dspy.backends.native``), which then gets the ``timeout``.
+            **kwargs: ``dspy.LM``'s arguments (``cache``, ``num_retries``, ``temperature`` ...).
+        """
         import dspy
 
         self.start()
-        return dspy.LM(
-            f"openai/{self.model_alias}", api_base=self.api_base, api_key="local", engine="litellm", **kwargs
-        )
+        model = f"openai/{self.model_alias}"
+        if engine == "native":
+            from fusion_dspy.backends.native import AsyncNativeEngine, NativeEngine
+
+            route = (model, self.api_base, None, kwargs.pop("timeout", None))
+            return dspy.LM(model, engine=NativeEngine(*route), async_engine=AsyncNativeEngine(*route), **kwargs)
+        return dspy.LM(model, api_base=self.api_base, api_key="local", engine="litellm", **kwargs)
 
     def __enter__(self) -> EmbeddedServer:
         return self.start()

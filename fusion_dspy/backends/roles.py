@@ -1,11 +1,13 @@
 """From a config to ready ``dspy.LM`` objects per role, and to a FusionOfN/BestOfN.
 
-A model goes through litellm by default (``engine="litellm"``): a local vLLM server, an API model and the
-embedded model are the same code path. A model with several ``deployments`` or with ``fallbacks`` is served by
-a ``litellm.Router`` (load balancing, retries, fallbacks) wrapped as a DSPy engine; ``engine: native`` sends
-with DSPy's own lm15 client instead (``fusion_dspy.backends.native``).
+Each model's engine is chosen when the config is loaded (``FusionConfig.engine(name)``,
+``fusion_dspy.backends.engine_choice``): by default DSPy's own lm15 client, routed once
+(``fusion_dspy.backends.native``), for every model lm15 routes (a local vLLM server, an API model, the embedded
+model); litellm for the rest. A model with several ``deployments`` or with ``fallbacks`` is served by a
+``litellm.Router`` (load balancing, retries, fallbacks) wrapped as a DSPy engine.
 """
 
+import logging
 import os
 import urllib.error
 import urllib.request
@@ -17,6 +19,7 @@ from typing import Any
 import dspy
 from dspy import lm15
 
+from fusion_dspy._litellm import import_litellm
 from fusion_dspy.backends.config import EMBEDDED, ConfigError, FusionConfig, ModelConfig, config_source, read_config
 from fusion_dspy.backends.engine import AsyncRouterEngine, RouterEngine
 from fusion_dspy.backends.native import NO_KEY, AsyncNativeEngine, NativeEngine
@@ -26,6 +29,7 @@ from fusion_dspy.backends.retries import CappedRetryLM
 from fusion_dspy.backends.secrets import config_secrets, hold
 from fusion_dspy.core.context import known_context_window
 
+logger = logging.getLogger(__name__)
 # NO_KEY: a self-hosted server without auth still needs *some* key (the OpenAI client refuses to send a request
 # without one; vLLM's docs use "EMPTY"). Without api_base, litellm finds the provider's usual variable by itself.
 ADAPTERS = {"chat": dspy.ChatAdapter, "json": dspy.JSONAdapter, "xml": dspy.XMLAdapter, "plain": PlainAdapter}
@@ -78,8 +82,7 @@ class Backends(Programs):
         return params
 
     def _router(self, name: str, cfg: ModelConfig) -> Any:
-        import litellm
-
+        litellm = import_litellm()
         model_list = []
         for i, replica in enumerate(cfg.deployments or [None]):
             params = self._litellm_params(name, cfg)
@@ -102,13 +105,16 @@ class Backends(Programs):
         """The ``dspy.LM`` of one named model (the built-in ``embedded`` one included)."""
         if name in self._lms:
             return self._lms[name]
-        cfg = self.config.model(name)
+        cfg, choice = self.config.model(name), self.config.engine(name)
+        logger.debug("model %s: engine %s", name, choice)
+        if choice.engine == "litellm":
+            import_litellm()  # now, with the collector off, rather than inside the first request
         sampling = {key: value for key, value in (("temperature", cfg.temperature), ("max_tokens", cfg.max_tokens))
                     if value is not None}  # fmt: skip
         if cfg.model == EMBEDDED:
             from fusion_dspy.backends.embedded import get_embedded_server
 
-            lm = get_embedded_server().lm(cache=cfg.cache, num_retries=cfg.num_retries,
+            lm = get_embedded_server().lm(choice.engine, cache=cfg.cache, num_retries=cfg.num_retries,
                                           timeout=self.config.timeout(name), **sampling, **cfg.extra)  # fmt: skip
         elif cfg.deployments or cfg.fallbacks:
             router = self._router(name, cfg)
@@ -118,7 +124,7 @@ class Backends(Programs):
                          **sampling, **cfg.extra)  # fmt: skip
         else:  # retried by CappedRetryLM: a server's Retry-After is waited for up to max_retry_wait_s only
             retries = {"cache": cfg.cache, "num_retries": cfg.num_retries, "max_retry_wait_s": cfg.max_retry_wait_s}
-            if cfg.engine == "native":  # DSPy's own client, routed once: no litellm on the request path
+            if choice.engine == "native":  # DSPy's own client, routed once: no litellm on the request path
                 lm = self._native_lm(name, cfg, {**retries, **sampling})
             else:
                 lean = {"no-log": True} if cfg.lean_client else {}  # litellm's documented opt-out of callbacks

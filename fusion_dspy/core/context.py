@@ -20,10 +20,12 @@ class ContextOverflowError(FusionError):
 
 def known_context_window(model: str) -> int | None:
     """Input tokens litellm knows the model to read, or ``None`` for a model it does not know (a local server)."""
-    import litellm
+    from fusion_dspy._litellm import model_cost
 
     # Looked up in litellm's cost map directly: get_model_info prints a banner for every model it does not know.
-    info = litellm.model_cost.get(model) or litellm.model_cost.get(model.split("/", 1)[-1]) or {}
+    # The map is read without importing litellm (fusion_dspy._litellm): a native-engine process never imports it.
+    known = model_cost()
+    info = known.get(model) or known.get(model.split("/", 1)[-1]) or {}
     return info.get("max_input_tokens")
 
 
@@ -43,9 +45,9 @@ def count_tokens(lm: Any, text: str | None = None, messages: list[dict[str, Any]
         >>> count_tokens(dspy.LM("openai/gpt-4o"), text="four score and seven"), count_tokens(None, text="八十七年前")
         (4, 7)
     """
-    import litellm
+    from fusion_dspy._litellm import import_litellm
 
-    return litellm.token_counter(model=getattr(lm, "model", None) or "", text=text, messages=messages)
+    return import_litellm().token_counter(model=getattr(lm, "model", None) or "", text=text, messages=messages)
 
 
 def prompt_tokens(lm: Any, predict: dspy.Predict, inputs: dict[str, Any], adapter: Any = None) -> int:

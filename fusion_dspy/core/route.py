@@ -3,7 +3,7 @@
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dspy
 
@@ -13,10 +13,12 @@ from fusion_dspy.core.meter import StageMeter
 from fusion_dspy.core.options import SelectOptions
 from fusion_dspy.core.pool import Pool
 from fusion_dspy.core.prediction import fused_prediction
-from fusion_dspy.core.router import Router, agreement
 from fusion_dspy.core.steps import Call, Steps
 from fusion_dspy.core.two_stage import Deadlined
 from fusion_dspy.errors import FusionDSPyError
+
+if TYPE_CHECKING:  # the router's numpy is imported when a router is used, not with every program
+    from fusion_dspy.core.router import Router
 
 
 class Route(Deadlined):
@@ -50,7 +52,7 @@ class Route(Deadlined):
     """
 
     def __init__(self, module: FusionOfN | dspy.Module | str | type[dspy.Signature] | None = None,
-                 router: Router | str | Path | None = None, selection: SelectOptions | None = None,
+                 router: "Router | str | Path | None" = None, selection: SelectOptions | None = None,
                  **fusion: Any):  # fmt: skip
         legacy = {name: fusion.pop(name) for name in _LEGACY_SELECTION if name in fusion}
         if legacy:
@@ -70,7 +72,11 @@ class Route(Deadlined):
         if selection.judge and selection.judge_lm is None:
             selection = selection.replace(judge_lm=fusion.get("lm"))
         self.best = BestOfN(sample=self.fusion.sample, signature=self.fusion.task_signature, selection=selection)
-        self.router = Router.load(router) if isinstance(router, (str, Path)) else router
+        if isinstance(router, (str, Path)):
+            from fusion_dspy.core.router import Router
+
+            router = Router.load(router)
+        self.router = router
 
     sample = property(lambda self: self.fusion.sample)
     fuse = property(lambda self: self.fusion.fuse)
@@ -81,6 +87,8 @@ class Route(Deadlined):
         if self.router is None:
             raise FusionDSPyError("This Route has no router: pass router=Router.fit('eval/results.jsonl') (or a saved "
                                   "router's path), or load a saved Route program.")  # fmt: skip
+        from fusion_dspy.core.router import agreement
+
         value = agreement(pool, self.select.vote_fields) if pool is not None else None
         return self.router.choose(inputs, max_n=max_n, agreement_value=value)
 
@@ -122,6 +130,8 @@ class Route(Deadlined):
                              and (old := name.removeprefix("fusion.").replace("best.select.", "select.")) in state}}
         super().load_state(state, allow_unsafe_lm_state=allow_unsafe_lm_state)
         if state.get("router") is not None:
+            from fusion_dspy.core.router import Router
+
             self.router = Router.from_dict(state["router"])
         return self
 

@@ -10,14 +10,13 @@ with bootstrap confidence intervals, CSV/JSON and plots.
 
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dspy
 
 from fusion_dspy.backends import Backends
 from fusion_dspy.backends.secrets import HELD
 from fusion_dspy.core.pool import Pool
-from fusion_dspy.core.router import Router, agreement
 from fusion_dspy.core.steps import Call, Steps
 from fusion_dspy.core.store import CandidateStore
 from fusion_dspy.core.votes import normalized, token_f1
@@ -28,6 +27,9 @@ from fusion_dspy.workflows.local_engine import LocalEngine
 from fusion_dspy.workflows.runner import run_examples
 from fusion_dspy.workflows.scoring import StageUnavailable, scored_stage
 from fusion_dspy.workflows.task import MetricError, Task
+
+if TYPE_CHECKING:  # the router's numpy is imported by an evaluation that runs, not by `fusion-dspy run`
+    from fusion_dspy.core.router import Router
 
 METHODS = ("single", "bon", "fusion", "oracle")
 ROUTE = "route"  # the extra method scored when a trained router is given
@@ -121,7 +123,7 @@ class PairedEvaluation:
     def __init__(self, backends: Backends, task: Task, examples: Sequence[dspy.Example],
                  n_values: Sequence[int] = (1, 2, 4, 8), output_dir: str | Path = "eval",
                  store: CandidateStore | None = None, reward_fn: Callable | None = None, num_threads: int = 4,
-                 router: Router | str | Path | None = None):
+                 router: "Router | str | Path | None" = None):
         if not examples:
             raise ValueError("There are no examples to evaluate on.")
         self.backends, self.task, self.examples = backends, task, list(examples)
@@ -173,7 +175,7 @@ class PairedEvaluation:
                 "reports": {name: step.prediction.report.to_dict() for name, step in (("bon", bon), ("fusion", fusion))
                             if step.prediction is not None},
                 "inputs": _recorded(inputs),
-                "task": self.task.name, "agreement": agreement(candidates, vote_fields),
+                "task": self.task.name, "agreement": _agreement(candidates, vote_fields),
                 "position": _position(fusion.prediction, candidates, vote_fields),
             }  # fmt: skip
             if self.route is not None:
@@ -244,3 +246,9 @@ class _Collected:
     def write(self, record: dict[str, Any]) -> None:
         self.done.add(str(record["id"]))
         self.records.append(record)
+
+
+def _agreement(candidates: Any, vote_fields: Any) -> float:
+    from fusion_dspy.core.router import agreement
+
+    return agreement(candidates, vote_fields)

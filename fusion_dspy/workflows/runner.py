@@ -16,7 +16,6 @@ from typing import Any
 from fusion_dspy.workflows.engine import Engine, Job, Outcome, Row
 from fusion_dspy.workflows.items import Item, prepare
 from fusion_dspy.workflows.jsonl import ResultsLog, errors_path
-from fusion_dspy.workflows.progress import progress_bar
 from fusion_dspy.workflows.task import MetricError
 
 logger = logging.getLogger(__name__)
@@ -74,13 +73,30 @@ def run_examples(job: Job, todo: Callable[[set[str]], Sequence[Row]], output_dir
         return log.records()
 
 
+class _NoBar:
+    """A progress bar that is not shown (``--quiet``): rich is not imported for it."""
+
+    def add_task(self, *args: Any, **kwargs: Any) -> int:
+        return 0
+
+    def advance(self, *args: Any) -> None:
+        pass
+
+    start = stop = lambda self: None
+
+
 class _Writer:
     """The ``finished`` of an engine's map: writes an outcome's records, logs its warning, counts it, advances the
     progress bar (shown while the engine starts: worker processes and Ray actors take seconds)."""
 
     def __init__(self, log: ResultsLog, errors: ResultsLog, label: str, total: int, show_progress: bool):
         self.log, self.errors = log, errors
-        self.progress = progress_bar(disable=not show_progress)
+        if show_progress:
+            from fusion_dspy.workflows.progress import progress_bar  # rich, imported when a bar is shown
+
+            self.progress = progress_bar()
+        else:
+            self.progress = _NoBar()
         self.bar = self.progress.add_task(label, total=total)
         self.lock = threading.Lock()
         self.done, self.failed, self.fatal = 0, 0, ""

@@ -1,0 +1,73 @@
+"""litellm is imported only when a model needs it (fusion_dspy/_litellm.py), each check in a fresh interpreter."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+STUB = """
+import sys
+from fusion_dspy.testing import StubOpenAIServer
+server = StubOpenAIServer(respond=lambda call: {"comparison": "same", "answer": "4"} if call.wants("comparison")
+                          else {"answer": "4"}).start()
+"""
+
+
+def fresh(code: str, tmp_path) -> dict:
+    """Run ``code`` in a new interpreter; it prints one JSON line last."""
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_native_programs_call_never_imports_litellm(tmp_path):
+    seen = fresh(STUB + """
+import json, dspy, fusion_dspy as fd
+from fusion_dspy.core.context import known_context_window
+config = {"models": {"stub": {"model": "openai/stub", "api_base": server.api_base, "cache": False}},
+          "roles": {"generators": "stub"}, "fusion": {"n": 3}}
+open("config.json", "w").write(json.dumps(config))
+program = fd.load_config("config.json").program(dspy.Predict("question -> answer"))
+answer = program(question="2 + 2?").answer
+window = known_context_window("openai/gpt-4o")  # litellm's map, read without importing it
+print(json.dumps({"answer": answer, "window": window, "requests": len(server.requests),
+                  "litellm": "litellm" in sys.modules}))
+""", tmp_path)  # fmt: skip
+    assert seen == {"answer": "4", "window": 128000, "requests": 2, "litellm": False}  # 3 samples in 1, the fusor
+
+
+def test_the_cli_run_on_a_native_config_never_imports_litellm(tmp_path):
+    seen = fresh(STUB + """
+import json
+from fusion_dspy.cli import main
+open("config.yaml", "w").write("{roles: {generators: stub}, models: {stub: {model: openai/stub, cache: false, "
+                               "api_base: '%s'}}}" % server.api_base)
+code = main(["run", "--config", "config.yaml", "--input", "2 + 2?", "--output", "out.jsonl", "--quiet"])
+print(json.dumps({"code": code, "answer": json.loads(open("out.jsonl").read())["answer"],
+                  "litellm": "litellm" in sys.modules}))
+""", tmp_path)  # fmt: skip
+    assert seen == {"code": 0, "answer": "4", "litellm": False}
+
+
+@pytest.mark.parametrize("config", ["{engine: litellm}", "{deployments: [{api_base: BASE}, {api_base: BASE}]}"])
+def test_a_litellm_model_imports_it_with_the_local_cost_map_switch_set_first(tmp_path, config):
+    (tmp_path / "model.yaml").write_text(config)
+    seen = fresh(STUB + """
+import json, os, yaml
+switch = []
+class Watch:  # records the switch at the moment litellm's import starts
+    def find_spec(self, name, path=None, target=None):
+        if name == "litellm" and not switch:
+            switch.append(os.environ.get("LITELLM_LOCAL_MODEL_COST_MAP"))
+sys.meta_path.insert(0, Watch())
+from fusion_dspy.cli import main
+model = {"model": "openai/stub", "api_base": server.api_base, "cache": False,
+         **yaml.safe_load(open("model.yaml").read().replace("BASE", server.api_base))}
+open("config.yaml", "w").write(yaml.safe_dump({"roles": {"generators": "stub"}, "models": {"stub": model}}))
+code = main(["run", "--config", "config.yaml", "--input", "2 + 2?", "--output", "out.jsonl", "--quiet"])
+print(json.dumps({"code": code, "switch": switch, "litellm": "litellm" in sys.modules}))
+""", tmp_path)  # fmt: skip
+    assert seen == {"code": 0, "switch": ["True"], "litellm": True}
