@@ -1,5 +1,6 @@
 """Every error status of the server, over raw HTTP: what it means, the field it names, and no key in any body."""
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -126,11 +127,12 @@ def test_upstream_failure_is_502_with_the_failures_and_no_key(tmp_path, monkeypa
         with fusion_server(config, redact_also=[UPSTREAM_KEY]) as server:
             response = _post(server, {"model": "fusion", "messages": HELLO})
             streamed = _post(server, {"model": "fusion", "messages": HELLO, "stream": True})
-    for reply in (response, streamed):  # a stream that fails before its first word gets the status too
-        assert reply.status_code == 502, reply.text
-        error = reply.json()["error"]
+    assert response.status_code == 502, response.text
+    events = [json.loads(line[len("data: "):]) for line in streamed.text.splitlines() if line.startswith("data: ")]
+    assert streamed.status_code == 200 and events[0]["choices"][0]["delta"]["role"] == "assistant", "started at once"
+    for error in (response.json()["error"], events[-1]["error"]):  # the stream ends with the error event
         assert error["code"] == "upstream_failed" and "0 of 2 samples" in error["message"]
-        assert UPSTREAM_KEY not in reply.text
+    assert UPSTREAM_KEY not in response.text + streamed.text
     assert len(bad.requests) == 2 + 2, "both samples were tried, for each request"
 
 

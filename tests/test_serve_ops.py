@@ -2,6 +2,7 @@
 
 import json
 import logging
+import threading
 
 import httpx
 import pytest
@@ -121,6 +122,23 @@ def test_log_records_written_during_a_request_carry_its_id(tmp_path, caplog):
 # Keep-alives
 
 
+def test_a_stream_starts_with_the_role_chunk_as_soon_as_the_request_is_accepted(tmp_path):
+    held = threading.Event()  # every panel request waits on it: nothing can have been sampled yet
+    with StubOpenAIServer(chat_reply, delay=lambda call: 0 if held.wait(30) else 0) as stub:
+        config = write_config(tmp_path / "c.yaml", {"stub": stub.api_base}, "stub", n=2)
+        with fusion_server(config, keepalive_s=0) as server, httpx.Client(timeout=60) as client:
+            body = {"model": "fusion", "messages": HELLO, "stream": True}
+            with client.stream("POST", f"{server.base_url}/chat/completions", json=body) as response:
+                lines = response.iter_lines()
+                first = next(line for line in lines if line)
+                answered_before = len(stub.requests)
+                held.set()
+                rest = [line for line in lines if line]
+    assert response.status_code == 200 and answered_before == 0
+    assert json.loads(first[6:])["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert rest[-1] == "data: [DONE]"
+
+
 def test_a_slow_panel_stream_gets_the_role_chunk_and_keepalives_before_the_first_token(tmp_path):
     with StubOpenAIServer(chat_reply, delay=lambda call: 1.2 if call.index < 2 else 0) as stub:
         config = write_config(tmp_path / "c.yaml", {"stub": stub.api_base}, "stub", n=2)
@@ -142,7 +160,7 @@ def test_a_stream_failing_after_the_first_keepalive_ends_with_an_error_event(tmp
         with fusion_server(config, keepalive_s=0.2) as server:
             response = _post(server, {"model": "fusion", "messages": HELLO, "stream": True},
                              headers={"X-Request-Id": "late-1"})  # fmt: skip
-    assert response.status_code == 200  # started by its first keep-alive
+    assert response.status_code == 200  # started when accepted
     events = _events(response)
     assert events[1].startswith(":")
     error = json.loads(events[-1][6:])["error"]

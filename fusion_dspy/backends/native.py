@@ -5,9 +5,10 @@ request, and its async path hands each request to a worker thread four times: on
 of client CPU per ``dspy.Predict`` call sync, 8–9 ms async (``benchmarks/sampling.py``), which N samples pay N
 times. The same lm15 provider client behind DSPy's public engine contract (``dspy.LM(engine=...,
 async_engine=...)``), with its route resolved once, costs 1.9–2.0 ms sync and 2.8–2.9 ms async. DSPy's cache, rollout
-ids, usage tracking, history and error types are kept, as for any engine. Not kept: DSPy's cost estimate
-(``cost`` in ``lm.history``) and its per-model capability hints (native structured outputs for ``JSONAdapter``,
-which then prompts for the format).
+ids, usage tracking, history and error types are kept, as for any engine. An engine lists the parameters DSPy's adapters may send it
+(``supported_params``: OpenAI's chat parameters, JSON mode included, on a route of that dialect); DSPy's per-model
+capability hints (a model's native JSON Schema output, its function calling) are not known to a custom engine, and
+the server states them on its copies of an LM (``CappedRetryLM``) when a request asks for them.
 
 Only public names of ``dspy.lm15`` are used: ``LMRouter`` / ``AsyncLMRouter`` resolve the model string (litellm
 spellings such as ``openai/...`` and ``hosted_vllm/...`` included) and build the provider client. An async
@@ -34,6 +35,12 @@ from fusion_dspy.backends.native_choices import AsyncNChoices, NChoices, read_ch
 from fusion_dspy.failures import FailureKind, kind_of
 
 NO_KEY = "no-key"  # what a self-hosted server without auth is sent (``api_base`` and no key variable)
+# What DSPy's adapters may send a custom engine is what it lists (``supported_params``; DSPy assumes nothing
+# else): OpenAI's chat parameters on a route of that dialect, JSON mode (``response_format``) included.
+COMMON_PARAMS = frozenset({"temperature", "max_tokens", "top_p", "stream"})
+OPENAI_CHAT_PARAMS = COMMON_PARAMS | {"stop", "max_completion_tokens", "seed", "presence_penalty",
+                                      "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "user",
+                                      "response_format"}  # fmt: skip
 
 
 def router_config(model: str, api_base: str | None, api_key: str | None, timeout: float | None) -> tuple[
@@ -92,6 +99,7 @@ class NativeEngine:
         # The route speaks OpenAI's chat dialect, whose `n` asks for several choices in one request (offline).
         resolution = lm15.LMRouter(lm15.RouterConfig(env={})).resolve_openai_chat(model)
         self.sends_n = resolution.adapter == lm15.OpenAIChatLM.__name__
+        self.supported_params = OPENAI_CHAT_PARAMS if self.sends_n else COMMON_PARAMS
         self._lock = threading.Lock()
         self._clients: dict[Any, tuple[Any, Any]] = {}  # event loop (None: sync) -> (router, provider client)
         self._dialect_client: Any = None

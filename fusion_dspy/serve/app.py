@@ -5,8 +5,9 @@ FastAPI and uvicorn do the HTTP and the SSE framing; this file adds auth (consta
 limit (413, by the declared length or while reading), a concurrency limit that answers 429 with ``Retry-After``
 instead of queueing, a per-request deadline (504) and OpenAI-style error bodies, each request's id
 (``request_id``), metrics (``metrics``) and readiness (``health``). A streamed reply starts (status 200, the role
-chunk) when the fusor's first words exist or the first keep-alive is due, whichever is first (``keepalive``), so
-an error before that still gets its own status; an error after it ends the stream with an error event.
+chunk) as soon as the request is accepted (valid, authorized, a slot taken), as OpenAI's and OpenRouter's streams
+do; while the panel runs it gets a keep-alive comment after each interval of silence (``keepalive``), and any
+failure after the start ends the stream with an OpenAI-style error event, never a silent cut.
 """
 
 import asyncio
@@ -227,8 +228,8 @@ def _parse(body: bytes) -> ChatCompletionRequest:
 
 async def _start_stream(run: FusionRun, chat: ChatCompletionRequest, settings: ServeSettings, gate: _Gate,
                         state: Any):  # fmt: skip
-    """Draw the candidates; answer 200 once the fusor's first words exist or the first keep-alive is due, and
-    stream the rest, with a keep-alive comment after each ``keepalive_s`` of silence."""
+    """Answer 200 with the role chunk at once, then stream the fusion as it is drawn and written, with a keep-alive
+    comment after each ``keepalive_s`` of silence; the client leaving stops the work (``finally``)."""
     queue: asyncio.Queue = asyncio.Queue()
     include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
 
@@ -251,25 +252,16 @@ async def _start_stream(run: FusionRun, chat: ChatCompletionRequest, settings: S
                 if include_usage:
                     await queue.put({**run.chunk({}), "choices": [], "usage": usage})
             await queue.put("[DONE]")
-        except Exception as error:  # noqa: BLE001 - every failure reaches the client, as a status or an event
+        except Exception as error:  # noqa: BLE001 - every failure reaches the client, as an error event
             state.fusion_failures = failures_of(error, run.names)
             await queue.put(upstream_error(error, run.redact))
 
-    task = asyncio.create_task(produce())
-    try:
-        first = await keepalive.next_item(queue, settings.keepalive_s)
-    except BaseException:  # the client went away before the first words: stop the work (the caller leaves the gate)
-        task.cancel()
-        raise
-    if isinstance(first, ServeError):
-        gate.leave()
-        return _error_response(first)
-
     async def events() -> AsyncIterator[bytes]:
+        task = asyncio.create_task(produce())  # started with the stream: nothing runs for a response never sent
         try:
             yield _sse(run.chunk({"role": "assistant", "content": ""}))
-            item = first
             while True:
+                item = await keepalive.next_item(queue, settings.keepalive_s)
                 if item is keepalive.IDLE:
                     yield keepalive.COMMENT
                 elif isinstance(item, ServeError):
@@ -282,7 +274,6 @@ async def _start_stream(run: FusionRun, chat: ChatCompletionRequest, settings: S
                     yield _sse(item)
                     if item == "[DONE]":
                         return
-                item = await keepalive.next_item(queue, settings.keepalive_s)
         except Exception as error:  # noqa: BLE001 - a failure while streaming still ends with an error event
             failure = upstream_error(error, run.redact)
             state.fusion_status = failure.status

@@ -4,9 +4,8 @@ A client or proxy with an idle timeout (60 s is common) drops a connection on wh
 panel can take longer than that before the fusor writes its first word. The server therefore sends an SSE
 comment (``: fusion processing``), which clients ignore, after each ``interval`` seconds without an event.
 
-The stream itself starts (status 200, the role chunk) at the earlier of the fusor's first words and the first
-keep-alive due: a request that fails within the first interval (a refused backend, an unusable request) still
-gets its own status, and one that fails later ends its stream with an error event.
+The stream itself starts (status 200, the role chunk) as soon as the request is accepted; a failure after that
+ends it with an error event.
 """
 
 import asyncio
