@@ -22,15 +22,15 @@ from typing import Any
 
 import litellm  # the package (fusion_dspy/__init__) has already set LITELLM_LOCAL_MODEL_COST_MAP
 from dspy.streaming import apply_sync_streaming
-from litellm.llms.custom_llm import CustomLLM, CustomLLMError
+from litellm.llms.custom_llm import CustomLLM
 from litellm.types.utils import GenericStreamingChunk, ModelResponse, Usage
 
 from fusion_dspy.backends.secrets import Redactor, config_secrets
+from fusion_dspy.litellm_errors import PROVIDER, request_error, setup_error
 from fusion_dspy.serve.profiles import Limits, Profile
 from fusion_dspy.serve.run import FusionRun
 from fusion_dspy.serve.schema import UNSUPPORTED, ChatCompletionRequest, ServeError
 
-PROVIDER = "fusion"
 # The request fields we read, and those a fusion model refuses (a 400, as from the server, not a silent drop)
 _PASSED = ("n", "temperature", "max_tokens", "max_completion_tokens", "fusion", "response_format", *UNSUPPORTED)
 
@@ -86,16 +86,23 @@ class FusionProvider(CustomLLM):
         name = model.removeprefix(f"{PROVIDER}/")
         fields = {key: optional_params[key] for key in _PASSED if optional_params.get(key) is not None}
         fields.update((optional_params.get("extra_body") or {}).items())
+        label = f"{PROVIDER}/{name}"
         try:
             request = ChatCompletionRequest.model_validate({"model": name, "messages": messages, **fields})
+        except ServeError as error:  # a field a fusion model refuses
+            raise request_error(error, label) from None
+        except ValueError as error:  # pydantic's ValidationError
+            raise request_error(ServeError(400, self._redact(str(error))), label) from None
+        try:
             profiles = self.profiles()
+        except Exception as error:  # noqa: BLE001 - any other type would reach the user under litellm's bug notice
+            raise setup_error(error, label, self._redact) from None
+        try:
             if name not in profiles:
                 raise ServeError(404, f"fusion/{name} is not a profile here; choose one of {sorted(profiles)}.")
             return FusionRun(profiles[name], request, self.limits, self._redact)
         except ServeError as error:
-            raise CustomLLMError(status_code=error.status, message=error.message) from None
-        except ValueError as error:  # pydantic's ValidationError
-            raise CustomLLMError(status_code=400, message=self._redact(str(error))) from None
+            raise request_error(error, label) from None
 
     @staticmethod
     def _fill(run: FusionRun, pool: Any, result: Any, model_response: ModelResponse) -> ModelResponse:
@@ -116,7 +123,7 @@ class FusionProvider(CustomLLM):
             pool = run.sample()
             return self._fill(run, pool, run.combine(pool), model_response)
         except ServeError as error:
-            raise CustomLLMError(status_code=error.status, message=error.message) from None
+            raise request_error(error, f"{PROVIDER}/{run.profile.name}") from None
 
     async def acompletion(self, model: str, messages: list, api_base: str, custom_prompt_dict: dict,
                           model_response: ModelResponse, print_verbose, encoding, api_key, logging_obj,
@@ -126,7 +133,7 @@ class FusionProvider(CustomLLM):
             pool = await run.asample()
             return self._fill(run, pool, await run.acombine(pool), model_response)
         except ServeError as error:
-            raise CustomLLMError(status_code=error.status, message=error.message) from None
+            raise request_error(error, f"{PROVIDER}/{run.profile.name}") from None
 
     async def _chunks(self, run: FusionRun) -> AsyncIterator[GenericStreamingChunk]:
         try:
@@ -139,7 +146,7 @@ class FusionProvider(CustomLLM):
                     yield {"text": "", "is_finished": True, "finish_reason": "stop", "usage": usage, "index": 0,
                            "provider_specific_fields": {"fusion": fusion}}  # fmt: skip
         except ServeError as error:
-            raise CustomLLMError(status_code=error.status, message=error.message) from None
+            raise request_error(error, f"{PROVIDER}/{run.profile.name}") from None
 
     def streaming(self, model: str, messages: list, api_base: str, custom_prompt_dict: dict,
                   model_response: ModelResponse, print_verbose, encoding, api_key, logging_obj,
