@@ -26,6 +26,8 @@ from litellm.llms.custom_llm import CustomLLM
 from litellm.types.utils import GenericStreamingChunk, ModelResponse, Usage
 
 from fusion_dspy.backends.secrets import Redactor, config_secrets
+from fusion_dspy.core import truncation
+from fusion_dspy.core.report import FusionReport
 from fusion_dspy.litellm_errors import PROVIDER, request_error, setup_error
 from fusion_dspy.serve.profiles import Limits, Profile
 from fusion_dspy.serve.run import FusionRun
@@ -105,10 +107,10 @@ class FusionProvider(CustomLLM):
             raise request_error(error, label) from None
 
     @staticmethod
-    def _fill(run: FusionRun, pool: Any, result: Any, model_response: ModelResponse) -> ModelResponse:
+    def _fill(run: FusionRun, pool: Any, result: Any, model_response: ModelResponse, cut: list[str]) -> ModelResponse:
         usage, fusion = run.usage_and_fusion(pool, result)
         model_response.choices[0].message.content = run.reply(result)  # type: ignore[union-attr]
-        model_response.choices[0].finish_reason = "stop"
+        model_response.choices[0].finish_reason = _finish_reason(result.report, cut)
         model_response.model = f"{PROVIDER}/{run.profile.name}"
         model_response.usage = Usage(**usage)  # type: ignore[attr-defined]
         model_response._hidden_params["response_cost"] = _cost(_by_model(result, run))
@@ -121,7 +123,9 @@ class FusionProvider(CustomLLM):
         run = self._run(model, messages, optional_params)
         try:
             pool = run.sample()
-            return self._fill(run, pool, run.combine(pool), model_response)
+            with truncation.watch() as cut:
+                result = run.combine(pool)
+            return self._fill(run, pool, result, model_response, cut)
         except ServeError as error:
             raise request_error(error, f"{PROVIDER}/{run.profile.name}") from None
 
@@ -131,7 +135,9 @@ class FusionProvider(CustomLLM):
         run = self._run(model, messages, optional_params)
         try:
             pool = await run.asample()
-            return self._fill(run, pool, await run.acombine(pool), model_response)
+            with truncation.watch() as cut:
+                result = await run.acombine(pool)
+            return self._fill(run, pool, result, model_response, cut)
         except ServeError as error:
             raise request_error(error, f"{PROVIDER}/{run.profile.name}") from None
 
@@ -159,6 +165,15 @@ class FusionProvider(CustomLLM):
                          ) -> AsyncIterator[GenericStreamingChunk]:  # fmt: skip
         async for chunk in self._chunks(self._run(model, messages, optional_params)):
             yield chunk
+
+
+def _finish_reason(report: FusionReport, cut: list[str]) -> str:
+    """``"length"`` when the reply was cut at max_tokens: the fusor's (``cut``: DSPy's notices while it wrote), or
+    the kept candidate's (Best-of-N, or a fusion that fell back to a selection); else ``"stop"``."""
+    if report.method == "fuse" and report.fallback is None:
+        return "length" if cut else "stop"
+    kept = report.selected_index
+    return "length" if kept is not None and report.candidates[kept].truncated else "stop"
 
 
 def _by_model(result: Any, run: FusionRun) -> dict[str, dict[str, Any]]:
