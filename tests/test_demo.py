@@ -124,3 +124,11 @@ def test_demo_panel_titles_never_end_mid_word(tmp_path):
     assert title.endswith("…") and prompt.startswith(kept) and prompt[len(kept)] == " ", top
     body = " ".join(line.strip("│ ") for line in text.splitlines() if line.startswith("│"))
     assert prompt in body  # whole in the body, wrapped at words
+
+
+def test_a_list_prompt_is_right_only_with_every_item():
+    from fusion_dspy.workflows.demo import DEMO_PROMPTS
+
+    seasons, colors = DEMO_PROMPTS[0], DEMO_PROMPTS[1]
+    assert seasons.right("Spring, summer,\nfall and winter.") and not seasons.right("Spring, summer and winter.")
+    assert colors.right("Blue, red and yellow") and not colors.right("Red, blue and green")
