@@ -126,7 +126,7 @@ def _fusion_line(fused: dspy.Prediction, copied: int | None, best: dspy.Predicti
     return f"[bold green]Fusion-of-N[/bold green] kept candidate {copied + 1} as it was{same}{how}{note}"
 
 
-CACHE_NOTE = ("[cyan]cached: 0 tokens spent[/cyan] [dim]{what} read from DSPy's cache (the same requests as an "
+CACHE_NOTE = ("[cyan]cached: 0 tokens spent[/cyan] [dim]— {what} read from DSPy's cache (the same requests as an "
               "earlier run), not written now; the seconds are cache reads[/dim]")
 
 
