@@ -22,15 +22,17 @@ from typing import Any
 
 import litellm  # the package (fusion_dspy/__init__) has already set LITELLM_LOCAL_MODEL_COST_MAP
 from dspy.streaming import apply_sync_streaming
-from litellm.llms.custom_llm import CustomLLM, CustomLLMError
+from litellm.llms.custom_llm import CustomLLM
 from litellm.types.utils import GenericStreamingChunk, Message, ModelResponse, Usage
 
 from fusion_dspy.backends.secrets import Redactor, config_secrets
+from fusion_dspy.core import truncation
+from fusion_dspy.core.report import FusionReport
+from fusion_dspy.litellm_errors import PROVIDER, request_error, setup_error
 from fusion_dspy.serve.profiles import Limits, Profile
 from fusion_dspy.serve.run import FusionRun
 from fusion_dspy.serve.schema import UNSUPPORTED, ChatCompletionRequest, ServeError
 
-PROVIDER = "fusion"
 # The request fields we read, and those a fusion model refuses (a 400, as from the server, not a silent drop)
 _PASSED = ("n", "temperature", "max_tokens", "max_completion_tokens", "fusion", "response_format", "tools",
            "tool_choice", "parallel_tool_calls", "stop", *UNSUPPORTED)  # fmt: skip
@@ -87,23 +89,30 @@ class FusionProvider(CustomLLM):
         name = model.removeprefix(f"{PROVIDER}/")
         fields = {key: optional_params[key] for key in _PASSED if optional_params.get(key) is not None}
         fields.update((optional_params.get("extra_body") or {}).items())
+        label = f"{PROVIDER}/{name}"
         try:
             request = ChatCompletionRequest.model_validate({"model": name, "messages": messages, **fields})
+        except ServeError as error:  # a field a fusion model refuses
+            raise request_error(error, label) from None
+        except ValueError as error:  # pydantic's ValidationError
+            raise request_error(ServeError(400, self._redact(str(error))), label) from None
+        try:
             profiles = self.profiles()
+        except Exception as error:  # noqa: BLE001 - any other type would reach the user under litellm's bug notice
+            raise setup_error(error, label, self._redact) from None
+        try:
             if name not in profiles:
                 raise ServeError(404, f"fusion/{name} is not a profile here; choose one of {sorted(profiles)}.")
             return FusionRun(profiles[name], request, self.limits, self._redact)
         except ServeError as error:
-            raise CustomLLMError(status_code=error.status, message=error.message) from None
-        except ValueError as error:  # pydantic's ValidationError
-            raise CustomLLMError(status_code=400, message=self._redact(str(error))) from None
+            raise request_error(error, label) from None
 
     @staticmethod
-    def _fill(run: FusionRun, pool: Any, result: Any, model_response: ModelResponse) -> ModelResponse:
+    def _fill(run: FusionRun, pool: Any, result: Any, model_response: ModelResponse, cut: list[str]) -> ModelResponse:
         usage, fusion = run.usage_and_fusion(pool, result)
         message, finish = run.message(result)
         model_response.choices[0].message = Message(**message)  # type: ignore[union-attr]
-        model_response.choices[0].finish_reason = finish
+        model_response.choices[0].finish_reason = finish if finish != "stop" else _finish_reason(result.report, cut)
         model_response.model = f"{PROVIDER}/{run.profile.name}"
         model_response.usage = Usage(**usage)  # type: ignore[attr-defined]
         model_response._hidden_params["response_cost"] = _cost(_by_model(result, run))
@@ -116,9 +125,11 @@ class FusionProvider(CustomLLM):
         run = self._run(model, messages, optional_params)
         try:
             pool = run.sample()
-            return self._fill(run, pool, run.combine(pool), model_response)
+            with truncation.watch() as cut:
+                result = run.combine(pool)
+            return self._fill(run, pool, result, model_response, cut)
         except ServeError as error:
-            raise CustomLLMError(status_code=error.status, message=error.message) from None
+            raise request_error(error, f"{PROVIDER}/{run.profile.name}") from None
 
     async def acompletion(self, model: str, messages: list, api_base: str, custom_prompt_dict: dict,
                           model_response: ModelResponse, print_verbose, encoding, api_key, logging_obj,
@@ -126,9 +137,11 @@ class FusionProvider(CustomLLM):
         run = self._run(model, messages, optional_params)
         try:
             pool = await run.asample()
-            return self._fill(run, pool, await run.acombine(pool), model_response)
+            with truncation.watch() as cut:
+                result = await run.acombine(pool)
+            return self._fill(run, pool, result, model_response, cut)
         except ServeError as error:
-            raise CustomLLMError(status_code=error.status, message=error.message) from None
+            raise request_error(error, f"{PROVIDER}/{run.profile.name}") from None
 
     async def _chunks(self, run: FusionRun) -> AsyncIterator[GenericStreamingChunk]:
         try:
@@ -145,7 +158,7 @@ class FusionProvider(CustomLLM):
                     yield {"text": "", "is_finished": True, "finish_reason": run.message(piece)[1], "usage": usage,
                            "index": 0, "provider_specific_fields": {"fusion": fusion}}  # fmt: skip
         except ServeError as error:
-            raise CustomLLMError(status_code=error.status, message=error.message) from None
+            raise request_error(error, f"{PROVIDER}/{run.profile.name}") from None
 
     def streaming(self, model: str, messages: list, api_base: str, custom_prompt_dict: dict,
                   model_response: ModelResponse, print_verbose, encoding, api_key, logging_obj,
@@ -158,6 +171,15 @@ class FusionProvider(CustomLLM):
                          ) -> AsyncIterator[GenericStreamingChunk]:  # fmt: skip
         async for chunk in self._chunks(self._run(model, messages, optional_params)):
             yield chunk
+
+
+def _finish_reason(report: FusionReport, cut: list[str]) -> str:
+    """``"length"`` when the reply was cut at max_tokens: the fusor's (``cut``: DSPy's notices while it wrote), or
+    the kept candidate's (Best-of-N, or a fusion that fell back to a selection); else ``"stop"``."""
+    if report.method == "fuse" and report.fallback is None:
+        return "length" if cut else "stop"
+    kept = report.selected_index
+    return "length" if kept is not None and report.candidates[kept].truncated else "stop"
 
 
 def _by_model(result: Any, run: FusionRun) -> dict[str, dict[str, Any]]:

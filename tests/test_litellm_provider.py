@@ -1,6 +1,7 @@
 """The ``fusion/`` litellm provider: completion, acompletion and streaming run the fusion in-process."""
 
 import litellm
+import openai
 import pytest
 
 import fusion_dspy.litellm_provider as provider
@@ -79,3 +80,74 @@ def test_fields_a_fusion_cannot_honour_are_refused_not_dropped(stub):
         with pytest.raises(litellm.BadRequestError, match=field):
             litellm.completion(model="fusion/fusion", messages=MESSAGES, **extra)
     assert stub.requests == [], "nothing is sampled for a refused request"
+
+
+# --- errors are litellm's own types, with our message: litellm prints no "bug in LiteLLM" notice -------------
+BUG_NOTICE = "bug in LiteLLM"
+
+
+def raised(**completion) -> Exception:
+    with pytest.raises(openai.OpenAIError) as caught:  # litellm's exception types derive from openai's
+        litellm.completion(messages=MESSAGES, **{"model": "fusion/fusion", **completion})
+    assert BUG_NOTICE not in str(caught.value)
+    return caught.value
+
+
+def test_a_missing_tuned_file_is_a_not_found_error_saying_what_to_give(stub, tmp_path):
+    provider.register(config=provider.handler.config, tuned=[f"qa={tmp_path / 'tuned.json'}"])
+    error = raised(model="fusion/qa")
+    assert type(error) is litellm.NotFoundError and error.status_code == 404
+    assert f"--tuned qa={tmp_path / 'tuned.json'}: no such file" in str(error) and "fusion-dspy optimize" in str(error)
+    assert "register(config=..., tuned=[...])" in str(error) and stub.requests == []
+
+
+def test_setup_errors_of_the_config(tmp_path, monkeypatch):
+    provider.register(config=tmp_path / "missing.yaml")
+    assert type(raised()) is litellm.NotFoundError
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: {m: {model: openai/m, no_such_field: 1}}\n")
+    provider.register(config=bad)
+    error = raised()
+    assert type(error) is litellm.BadRequestError and "no_such_field" in str(error)
+    monkeypatch.delenv("FUSION_TEST_UNSET_KEY", raising=False)
+    keyed = tmp_path / "keyed.yaml"
+    keyed.write_text("models: {m: {model: openai/m, api_key_env: FUSION_TEST_UNSET_KEY}}\nroles: {generators: m}\n")
+    provider.register(config=keyed)
+    error = raised()
+    assert type(error) is litellm.AuthenticationError and "FUSION_TEST_UNSET_KEY is not set" in str(error)
+    with StubOpenAIServer(chat_reply) as gone:
+        closed = write_config(tmp_path / "closed.yaml", {"gone": gone.api_base}, "gone", n=2)
+    provider.register(config=closed)  # its server has stopped: nothing answers at that address
+    error = raised()
+    assert type(error) is litellm.APIConnectionError and "cannot reach" in str(error)
+    provider.register()
+
+
+@pytest.mark.parametrize(("status", "expected", "hint"), [
+    (401, litellm.AuthenticationError, "refused the key"),
+    (500, litellm.BadGatewayError, "0 of 2 samples"),
+])  # fmt: skip
+def test_upstream_failures_by_their_kind(tmp_path, status, expected, hint):
+    with StubOpenAIServer(chat_reply, status=status) as bad:
+        provider.register(config=write_config(tmp_path / "bad.yaml", {"bad": bad.api_base}, "bad", n=2))
+        error = raised()
+    provider.register()
+    assert type(error) is expected and hint in str(error)
+
+
+@pytest.mark.parametrize(("model", "cut", "finish"), [
+    ("fusion/fusion", "fusor", "length"), ("fusion/fusion", "samples", "stop"),
+    ("fusion/best-of-n", "samples", "length"), ("fusion/best-of-n", "fusor", "stop"),
+])  # fmt: skip
+async def test_finish_reason_says_when_the_reply_was_cut_at_max_tokens(tmp_path, model, cut, finish):
+    """The reply is the fusor's (or, for Best-of-N, the kept candidate's): "length" exactly when that one was cut."""
+
+    def finish_reason(call):
+        return "length" if call.wants("comparison") == (cut == "fusor") else "stop"
+
+    with StubOpenAIServer(chat_reply, finish_reason=finish_reason) as server:
+        provider.register(config=write_config(tmp_path / "c.yaml", {"stub": server.api_base}, "stub", n=2))
+        replies = [litellm.completion(model=model, messages=MESSAGES),
+                   await litellm.acompletion(model=model, messages=MESSAGES)]  # fmt: skip
+    provider.register()
+    assert [reply.choices[0].finish_reason for reply in replies] == [finish, finish]

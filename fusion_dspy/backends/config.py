@@ -42,6 +42,18 @@ class ConfigError(FusionDSPyError):
     """A config file that cannot be used; the message names the file, the field and the fix."""
 
 
+class MissingFileError(ConfigError):
+    """A file the set-up names (a config file, a tuned.json) does not exist."""
+
+
+class MissingKeyError(ConfigError):
+    """A model's ``api_key_env`` (or a deployment's) names an environment variable that is not set."""
+
+
+class UnreachableError(ConfigError):
+    """A configured server (``api_base``) did not answer the start-up probe."""
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -288,7 +300,7 @@ def read_config(path: str | Path | None = None) -> FusionConfig:
         return FusionConfig()
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: no such config file. Check the path, or run without --config to use the "
+        raise MissingFileError(f"{path}: no such config file. Check the path, or run without --config to use the "
                           "embedded local model for every role.")  # fmt: skip
     try:
         config = FusionConfig.model_validate(_read(path))

@@ -20,7 +20,16 @@ import dspy
 from dspy import lm15
 
 from fusion_dspy._litellm import import_litellm
-from fusion_dspy.backends.config import EMBEDDED, ConfigError, FusionConfig, ModelConfig, config_source, read_config
+from fusion_dspy.backends.config import (
+    EMBEDDED,
+    ConfigError,
+    FusionConfig,
+    MissingKeyError,
+    ModelConfig,
+    UnreachableError,
+    config_source,
+    read_config,
+)
 from fusion_dspy.backends.engine import AsyncRouterEngine, RouterEngine
 from fusion_dspy.backends.native import NO_KEY, AsyncNativeEngine, NativeEngine
 from fusion_dspy.backends.plain_adapter import PlainAdapter
@@ -66,7 +75,7 @@ class Backends(Programs):
             return None
         value = os.environ.get(variable)
         if not value:
-            raise ConfigError(f"{self._where(name, field)}: the environment variable {variable} is not set. Export "
+            raise MissingKeyError(f"{self._where(name, field)}: the environment variable {variable} is not set. Export "
                               f"it (export {variable}=...) or point {field} at the variable that holds the key.")
         return value
 
@@ -213,5 +222,5 @@ def _probe(api_base: str, timeout: float, where: str) -> None:
     except urllib.error.HTTPError:
         return  # it answered (401, 404 ...): the server is up; auth problems surface on the first call
     except (urllib.error.URLError, OSError) as error:
-        raise ConfigError(f"{where}: cannot reach {api_base} ({getattr(error, 'reason', error)}). Start the server, "
-                          "or fix the address.") from None
+        raise UnreachableError(f"{where}: cannot reach {api_base} ({getattr(error, 'reason', error)}). Start the "
+                               "server, or fix the address.") from None

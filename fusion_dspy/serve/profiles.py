@@ -15,6 +15,7 @@ import dspy
 from dspy.signatures.signature import Signature
 
 from fusion_dspy.backends import Backends
+from fusion_dspy.backends.config import MissingFileError
 from fusion_dspy.core.best_of_n import BestOfN
 from fusion_dspy.core.fusion import FusionOfN
 from fusion_dspy.errors import FusionDSPyError
@@ -184,7 +185,7 @@ def tuned_profile(spec: str, backends: Backends) -> Profile:
     name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
     path = Path(path)
     if not path.is_file():
-        raise FusionDSPyError(f"--tuned {spec}: no such file. Give the tuned.json written by `fusion-dspy optimize`.")
+        raise MissingFileError(f"--tuned {spec}: no such file. Give the tuned.json written by `fusion-dspy optimize`.")
     settings = json.loads(path.read_text()).get("settings", {})
     program_spec = settings.get("program")
     module = resolve_task(program_spec).generator() if program_spec else dspy.Predict(ChatReply)

@@ -1,12 +1,14 @@
 """The main job: Fusion-of-N and Best-of-N side by side, on the same candidates, for a few built-in prompts."""
 
 import re
+import time
 from dataclasses import dataclass, field
 
 import dspy
 from rich.console import Console, Group
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 from fusion_dspy.backends import Backends
 from fusion_dspy.backends.config import FusionConfig
@@ -14,6 +16,7 @@ from fusion_dspy.backends.embedded import SMOLLM2_ALIAS
 from fusion_dspy.core.best_of_n import BestOfN
 from fusion_dspy.core.fusion import FusionOfN
 from fusion_dspy.core.meter import StageMeter, total_tokens
+from fusion_dspy.workflows.demo_notes import cached_samples, copied_candidate, fusor_cached, panel_title
 
 
 @dataclass(frozen=True)
@@ -38,13 +41,17 @@ class DemoPrompt:
         return None if self.pattern is None else re.search(self.pattern, answer, re.IGNORECASE) is not None
 
 
-# Short questions with one known answer, where the embedded model's samples are mostly right but wordy and
-# uneven, then one open-ended prompt; benchmarks/demo_quality.py measures them (and chose them among others).
+# Questions with a short list for an answer, where one sample of the embedded model often names part of the list
+# and the fusor can put the parts together (a fused answer is checked for every item), then one open-ended prompt
+# whose candidates give different tips; benchmarks/demo_quality.py measures them against the earlier prompts.
 DEMO_PROMPTS = [
-    DemoPrompt("How many days are in a week?", "7", r"\b(?:7|seven)\b"),
-    DemoPrompt("Who wrote Romeo and Juliet?", "Shakespeare", r"\bshakespeare\b"),
-    DemoPrompt("What is the opposite of hot?", "cold", r"\bcold\b"),
-    DemoPrompt("Why is the sky blue?"),
+    DemoPrompt("Name the four seasons of the year.", "spring, summer, autumn, winter",
+               r"(?=[\s\S]*\bspring\b)(?=[\s\S]*\bsummer\b)(?=[\s\S]*\b(?:autumn|fall)\b)(?=[\s\S]*\bwinter\b)"),
+    DemoPrompt("Name the three primary colors.", "red, yellow, blue",
+               r"(?=[\s\S]*\bred\b)(?=[\s\S]*\byellow\b)(?=[\s\S]*\bblue\b)"),
+    DemoPrompt("Which two days make up the weekend?", "Saturday, Sunday",
+               r"(?=[\s\S]*\bsaturday\b)(?=[\s\S]*\bsunday\b)"),
+    DemoPrompt("Give two tips for sleeping better."),
 ]
 DEMO_SIGNATURE = "question -> answer"
 CLIP = 360  # characters of each candidate shown; the picked and fused answers are shown whole
@@ -65,23 +72,32 @@ NEXT_STEPS = (
 
 @dataclass
 class DemoRow:
-    """What one prompt produced, for the summary table; ``right`` holds known-answer checks per method."""
+    """What one prompt produced, for the summary; ``right`` holds known-answer checks per method.
+
+    ``copied`` is the position of the candidate the fused answer repeats word for word (``demo_notes``), and
+    ``best_index`` Best-of-N's pick; ``cached`` names the stages DSPy's cache answered (no tokens spent).
+    """
 
     prompt: str
     tokens: dict[str, int]
     seconds: dict[str, float]
     error: str | None = None
     right: dict[str, list[bool]] = field(default_factory=dict)
+    copied: int | None = None
+    best_index: int | None = None
+    cached: list[str] = field(default_factory=list)
 
 
-def _stage_table(meter: StageMeter, best: dspy.Prediction | None, fused: dspy.Prediction | None) -> Table:
+def _stage_table(meter: StageMeter, best: dspy.Prediction | None, fused: dspy.Prediction | None,
+                 cached: list[str]) -> Table:  # fmt: skip
     table = Table("stage", "tokens", "seconds", title="cost of this prompt", title_justify="left")
-    rows = [("sample", meter.usage.get("sample"), meter.seconds.get("sample"))]
+    rows = [("sample", "sample", meter.usage.get("sample"), meter.seconds.get("sample"))]
     for label, result, stage in (("select (BoN)", best, "select"), ("fuse (FusioN)", fused, "fuse")):
         if result is not None:
-            rows.append((label, result.report.stages[stage].usage, result.report.stages[stage].seconds))
-    for label, usage, seconds in rows:
-        table.add_row(label, str(total_tokens(usage)), f"{seconds or 0:.1f}")
+            rows.append((label, stage, result.report.stages[stage].usage, result.report.stages[stage].seconds))
+    for label, stage, usage, seconds in rows:
+        tokens = f"{total_tokens(usage)} (cached)" if stage in cached else str(total_tokens(usage))
+        table.add_row(label, tokens, f"{seconds or 0:.1f}")
     return table
 
 
@@ -100,6 +116,25 @@ def _mark(prompt: DemoPrompt, answer: str, right: dict[str, list[bool]], method:
     return f" [green]✓ says {prompt.known_answer}[/green]" if verdict else f" [red]✗ no {prompt.known_answer}[/red]"
 
 
+def _fusion_line(fused: dspy.Prediction, copied: int | None, best: dspy.Prediction | None) -> str:
+    """What Fusion-of-N did, from its report and the copy check: wrote a new answer, or kept candidate k."""
+    note = " [yellow](fusor output unusable: fell back to the vote)[/yellow]" if fused.report.fallback else ""
+    if copied is None:
+        return f"[bold green]Fusion-of-N[/bold green] writes a new answer from all of them:{note}"
+    same = " (Best-of-N's pick too)" if best is not None and best.selected_index == copied else ""
+    how = "" if note else ": the fusor repeated it word for word"
+    return f"[bold green]Fusion-of-N[/bold green] kept candidate {copied + 1} as it was{same}{how}{note}"
+
+
+CACHE_NOTE = ("[cyan]cached: 0 tokens spent[/cyan] [dim]— {what} read from DSPy's cache (the same requests as an "
+              "earlier run), not written now; the seconds are cache reads[/dim]")
+
+
+def _cached_stages(pool, fused: dspy.Prediction | None) -> list[str]:
+    stages = ["sample"] if len(pool) and len(cached_samples(pool)) == len(pool) else []
+    return stages + (["fuse"] if fused is not None and fusor_cached(fused) else [])
+
+
 def _one_prompt(prompt: DemoPrompt, fused_program: FusionOfN, best_program: BestOfN, console: Console,
                 builtin: bool) -> DemoRow:  # fmt: skip
     meter, right = StageMeter(), {}
@@ -111,11 +146,13 @@ def _one_prompt(prompt: DemoPrompt, fused_program: FusionOfN, best_program: Best
         text = str(candidate.prediction.answer)
         shown = text if len(text) <= CLIP else text[:CLIP].rstrip() + " …"
         candidates.add_row(str(i), shown + _mark(prompt, text, right, "one candidate"))
-    parts: list = [candidates]
+    title, lead = panel_title([Text(prompt.text, style="bold"), Text(f"({_kind(prompt, builtin)})", style="dim")],
+                              console.width)  # fmt: skip
+    parts: list = [*lead, candidates]
     for failure in pool.failures:
         parts.append(f"[yellow]dropped a failed sample:[/yellow] {str(failure).splitlines()[0][:160]}")
 
-    best = fused = None
+    best = fused = copied = None
     with console.status("Best-of-N: selecting one candidate..."):
         try:
             best = best_program(question=prompt.text, candidates=pool)
@@ -128,21 +165,24 @@ def _one_prompt(prompt: DemoPrompt, fused_program: FusionOfN, best_program: Best
     with console.status("Fusion-of-N: the fusor writes a new answer from all candidates..."):
         try:
             fused = fused_program(question=prompt.text, candidates=pool)
-            fell_back = fused.report.fallback is not None
-            note = " [yellow](fusor output unusable: fell back to the vote)[/yellow]" if fell_back else ""
-            parts.append(f"[bold green]Fusion-of-N[/bold green] writes a new answer from all of them:{note}"
-                         f"{_mark(prompt, str(fused.answer), right, 'Fusion-of-N')}\n{fused.answer}\n")  # fmt: skip
+            copied = copied_candidate(fused)
+            parts.append(f"{_fusion_line(fused, copied, best)}{_mark(prompt, str(fused.answer), right, 'Fusion-of-N')}"
+                         f"\n{fused.answer}\n")  # fmt: skip
         except Exception as error:  # noqa: BLE001
             parts.append(f"[red]Fusion-of-N failed:[/red] {type(error).__name__}: {str(error)[:200]}")
-    parts.append(_stage_table(meter, best, fused))
-    title = f"[bold]{prompt.text}[/bold]  [dim]({_kind(prompt, builtin)})[/dim]"
+    cached = _cached_stages(pool, fused)
+    if cached:
+        what = {"sample": "the candidates", "fuse": "the fused answer"}
+        parts.append(CACHE_NOTE.format(what=" and ".join(what[stage] for stage in cached) + " were"))
+    parts.append(_stage_table(meter, best, fused, cached))
     console.print(Panel(Group(*parts), title=title, title_align="left"))
     tokens = {"sample": total_tokens(meter.usage.get("sample"))}
     seconds = {"sample": meter.seconds["sample"]}
     for result, stage in ((best, "select"), (fused, "fuse")):
         if result is not None:
             tokens[stage], seconds[stage] = result.report.tokens[stage], result.report.stages[stage].seconds
-    return DemoRow(prompt.text, tokens, seconds, right=right)
+    return DemoRow(prompt.text, tokens, seconds, right=right, copied=copied, cached=cached,
+                   best_index=None if best is None else best.selected_index)  # fmt: skip
 
 
 def run_demo(config: FusionConfig, n: int = 3, prompts: list[str] | None = None, console: Console | None = None):
@@ -152,13 +192,15 @@ def run_demo(config: FusionConfig, n: int = 3, prompts: list[str] | None = None,
     """
     console = console or Console()
     backends = Backends(config)
-    with console.status("Checking backends (the embedded model loads in a few seconds)..."):
+    started = time.perf_counter()
+    with console.status("Checking backends (and starting the embedded model if a role uses it)..."):
         backends.check()
+    ready = time.perf_counter() - started
     fused_program = backends.program(DEMO_SIGNATURE, method="fuse", n=n)
     best_program = backends.program(DEMO_SIGNATURE, method="select", sample=fused_program.sample)
     generators = ", ".join(dict.fromkeys(lm.model for lm in backends.generators))
     console.print(f"Generators: {generators} | fusor: {backends.fusor.model} | N = {n} | "
-                  f"Best-of-N by {best_program.select.method}")  # fmt: skip
+                  f"Best-of-N by {best_program.select.method} | backends ready in {ready:.1f} s")  # fmt: skip
     chosen = [p if isinstance(p, DemoPrompt) else DemoPrompt(p) for p in prompts] if prompts else DEMO_PROMPTS
     rows = []
     for number, prompt in enumerate(chosen, 1):
@@ -186,9 +228,29 @@ def _summary(rows: list[DemoRow], backends: Backends, console: Console) -> None:
     if checks:
         console.print("Answers that contain the known answer, on the short questions: " + ", ".join(
             f"{method} {sum(v)}/{len(v)}" for method, v in checks.items()))  # fmt: skip
+    fused = [row for row in rows if "fuse" in row.tokens]
+    if fused:
+        copies = [row for row in fused if row.copied is not None]
+        same = sum(row.copied == row.best_index for row in copies)
+        console.print(f"Fusion-of-N wrote a new answer for {len(fused) - len(copies)} of {len(fused)} prompts and kept "
+                      f"a candidate word for word for {len(copies)} ({same} of them Best-of-N's pick).")  # fmt: skip
+    if cached := _cache_summary(rows):
+        console.print(cached)
     if any(lm.model.endswith(SMOLLM2_ALIAS) for lm in [*backends.generators, backends.fusor]):
         console.print(
             "[dim]These answers come from SmolLM2-135M, a tiny model that proves the pipeline runs offline; the "
             "paper wants a 27B+ fusor (README: 'Use your own models').[/dim]"
         )
     console.print(NEXT_STEPS)
+
+
+def _cache_summary(rows: list[DemoRow]) -> str:
+    """Says how many prompts DSPy's cache answered; empty when none (every stage cost tokens)."""
+    done = [row for row in rows if row.error is None]
+    hits = [row for row in done if row.cached]
+    if not hits:
+        return ""
+    every = all(set(row.cached) >= {"sample", "fuse"} for row in done) and len(hits) == len(done)
+    head = "Every answer above" if every else f"Some answers ({len(hits)} of {len(done)} prompts)"
+    return (f"[cyan]{head} came from DSPy's cache: 0 tokens spent, and those seconds are cache reads, not model "
+            "time.[/cyan] For fresh samples: DSPY_CACHEDIR=$(mktemp -d) fusion-dspy demo")
