@@ -7,8 +7,8 @@ times. The same lm15 provider client behind DSPy's public engine contract (``dsp
 async_engine=...)``), with its route resolved once, costs 1.9–2.0 ms sync and 2.8–2.9 ms async. DSPy's cache, rollout
 ids, usage tracking, history and error types are kept, as for any engine. An engine lists the parameters DSPy's
 adapters may send it (``supported_params``: OpenAI's chat parameters, JSON mode included, on a route of that
-dialect); DSPy's per-model capability hints (a model's native JSON Schema output, its function calling) are not known to a custom engine, and
-the server states them on its copies of an LM (``CappedRetryLM``) when a request asks for them.
+dialect); DSPy's per-model capability hints (a model's native JSON Schema output, its function calling) are not
+known to a custom engine: the server states them on its copies of an LM (``CappedRetryLM``) when a request asks.
 
 Only public names of ``dspy.lm15`` are used: ``LMRouter`` / ``AsyncLMRouter`` resolve the model string (litellm
 spellings such as ``openai/...`` and ``hosted_vllm/...`` included) and build the provider client. An async
