@@ -82,7 +82,7 @@ def test_the_generated_references_hold_every_config_field_and_cli_option():
     for model in (config.ModelConfig, config.Deployment, config.Roles, config.FusionSettings, config.AdaptiveSettings):
         for name in model.model_fields:
             assert f"{name}`" in reference, f"{model.__name__}.{name} is missing from the configuration reference"
-    assert '`"litellm" \\| "native"`' in reference and "`fusion.quorum`" in reference
+    assert '`"auto" \\| "litellm" \\| "native"`' in reference and "`fusion.quorum`" in reference
     cli = generator.cli_reference()
     for option in ("--in-flight", "--tuned", "--api-key-env", "--n-values", "--signature"):
         assert f"`{option}`" in cli, option

@@ -10,6 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Lower numbers sit lower. A module may import its own layer and the ones below it, never one above.
 LAYERS = {
     "fusion_dspy.errors": 0,
+    "fusion_dspy._litellm": 0,  # imports litellm when a model needs it; backends and core ask it
     "fusion_dspy.failures": 0,  # classifies every error by its type; fusion_dspy.core asks it
     "fusion_dspy.tracing": 0,  # OpenTelemetry spans, when it is configured; fusion_dspy.core opens them
     "fusion_dspy.core": 1,
