@@ -9,6 +9,22 @@ class FusionDSPyError(Exception):
     """Base class of every error fusion-dspy raises on purpose."""
 
 
+class ConfigError(FusionDSPyError):
+    """A config file that cannot be used; the message names the file, the field and the fix."""
+
+
+class MissingFileError(ConfigError):
+    """A file the set-up names (a config file, a tuned.json) does not exist."""
+
+
+class MissingKeyError(ConfigError):
+    """A model's ``api_key_env`` (or a deployment's) names an environment variable that is not set."""
+
+
+class UnreachableError(ConfigError):
+    """A configured server (``api_base``) did not answer the start-up probe."""
+
+
 class SamplingError(FusionDSPyError):
     """Too few candidates survived sampling.
 

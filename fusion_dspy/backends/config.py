@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from fusion_dspy.backends.engine_choice import EMBEDDED, EngineChoice, choose_engine
 from fusion_dspy.backends.retries import MAX_RETRY_WAIT_S
 from fusion_dspy.core.options import FuseSettings, SampleSettings
-from fusion_dspy.errors import FusionDSPyError
+from fusion_dspy.errors import ConfigError, MissingFileError, MissingKeyError, UnreachableError  # noqa: F401
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -36,22 +36,6 @@ else:  # pragma: no cover
 # (a few hundred tokens: seconds on a GPU server, tens of seconds on a slow CPU one); the fusor reads all N of
 # them and writes the longest answer; a judge writes a short verdict. Past these, a request is a hung one.
 ROLE_TIMEOUTS = {"generator": 60.0, "fusor": 180.0, "judge": 60.0}
-
-
-class ConfigError(FusionDSPyError):
-    """A config file that cannot be used; the message names the file, the field and the fix."""
-
-
-class MissingFileError(ConfigError):
-    """A file the set-up names (a config file, a tuned.json) does not exist."""
-
-
-class MissingKeyError(ConfigError):
-    """A model's ``api_key_env`` (or a deployment's) names an environment variable that is not set."""
-
-
-class UnreachableError(ConfigError):
-    """A configured server (``api_base``) did not answer the start-up probe."""
 
 
 class _Strict(BaseModel):
