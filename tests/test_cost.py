@@ -57,9 +57,11 @@ def _fused(config: str):
     return program(conversation="Hello q-1")
 
 
+@pytest.mark.parametrize("history", [True, False], ids=["history", "no-history"])  # batch commands keep none
 @pytest.mark.parametrize(("engine", "price"), [("native", _table_price), ("litellm", _litellm_price)])
-def test_each_stage_costs_its_requests_tokens_at_the_tables_price(tmp_path, stub, engine, price):
-    report = _fused(_config(tmp_path / "c.yaml", stub.api_base, PRICED, engine)).report
+def test_each_stage_costs_its_requests_tokens_at_the_tables_price(tmp_path, stub, engine, price, history):
+    with dspy.context(disable_history=not history):
+        report = _fused(_config(tmp_path / "c.yaml", stub.api_base, PRICED, engine)).report
     assert len(stub.usage) == N + 1  # the samples, then the fusor
     sample, fuse = sum(price(u) for u in stub.usage[:N]), price(stub.usage[N])
     assert report.stages["sample"].cost == pytest.approx(sample, rel=1e-9) and sample > 0
@@ -124,3 +126,20 @@ def test_serve_usage_carries_the_cost_where_known(tmp_path, stub, model):
     assert sum(stage["cost"] for stage in reply["fusion"]["stages"].values()) == pytest.approx(expected, rel=1e-9)
     streamed_expected = sum(_table_price(u) for u in stub.usage[N + 1:])
     assert final_usage[0]["cost"] == pytest.approx(streamed_expected, rel=1e-9)
+
+
+def test_a_run_record_carries_the_cost_per_stage_and_in_total(tmp_path):
+    from fusion_dspy.cli import main
+    from tests.test_cli import respond
+
+    with StubOpenAIServer(respond=respond) as server:
+        config = _config(tmp_path / "c.yaml", server.api_base, PRICED, "native")
+        (tmp_path / "in.jsonl").write_text('{"question": "one"}\n')
+        output = tmp_path / "out.jsonl"
+        assert main(["run", "--config", config, "--inputs", str(tmp_path / "in.jsonl"), "--output", str(output),
+                     "--quiet"]) == 0  # fmt: skip
+        expected = sum(_table_price(u) for u in server.usage)
+    [record] = [json.loads(line) for line in output.read_text().splitlines()]
+    report = record["report"]
+    assert report["cost"] == pytest.approx(expected, rel=1e-9) and expected > 0
+    assert sum(stage["cost"] for stage in report["stages"].values()) == pytest.approx(expected, rel=1e-9)

@@ -12,11 +12,14 @@ its cost is ``None``, never 0 and never another provider's price for a similar n
 
 ``PricedLM`` is the ``dspy.LM`` that records each billed call's cost where DSPy tracks usage
 (``dspy.track_usage``, so the fusion report's stages): ``{model: {"prompt_tokens": ..., "cost": 0.00012}}``, the
-shape gateways (OpenRouter) give ``usage``. DSPy hands a call's cost to ``update_history``, so a program run with
-``dspy.configure(disable_history=True)`` reports no cost.
+shape gateways (OpenRouter) give ``usage``. DSPy hands a call's cost to ``update_history``; where no history is kept
+(``dspy.configure(disable_history=True)``, as batch commands and the server run), the litellm engine's calls are
+priced by litellm's own ``cost_per_token`` from their usage.
 """
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from typing import Any
 
 import dspy
@@ -96,6 +99,38 @@ class PricedLM(dspy.LM):
         >>> usage["cost"] == call_cost("openai/gpt-4o-mini", usage) > 0
         True
     """
+
+    def __call__(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
+        with self._priced_without_history():
+            return super().__call__(prompt, messages=messages, **kwargs)
+
+    async def acall(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
+        with self._priced_without_history():
+            return await super().acall(prompt, messages=messages, **kwargs)
+
+    @contextlib.contextmanager
+    def _priced_without_history(self) -> Iterator[None]:
+        """Without a history DSPy hands no cost over: price the call's usage here, as it reaches the tracker."""
+        if not dspy.settings.disable_history or dspy.settings.usage_tracker is None:
+            yield
+            return
+        with dspy.track_usage() as tracker:  # this call's usage only; it rolls up into the caller's on exit
+            yield
+            for usage in list(tracker.usage_data.get(self.model, ())):
+                if not isinstance(usage.get("cost"), (int, float)) and (cost := self._cost(usage)) is not None:
+                    tracker.add_usage(self.model, {"cost": cost})
+
+    def _cost(self, usage: dict[str, Any]) -> float | None:
+        if self.engine != "litellm":
+            return call_cost(self.model, usage)
+        import litellm  # the litellm engine's own price (what its response_cost is made of)
+
+        try:
+            prompt, completion = litellm.cost_per_token(model=self.model, prompt_tokens=int(usage.get(
+                "prompt_tokens") or 0), completion_tokens=int(usage.get("completion_tokens") or 0))  # fmt: skip
+        except Exception:  # noqa: BLE001 - litellm raises plain exceptions for a model it has no price for
+            return None
+        return float(prompt + completion)
 
     def update_history(self, entry: dict[str, Any]) -> None:
         usage = entry.get("usage") or {}
