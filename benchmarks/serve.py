@@ -19,7 +19,10 @@ Run by hand: `python benchmarks/serve.py`. The backend (an OpenAI-compatible stu
 sequential requests against an instant backend, rounds alternating; the default is on only while the difference
 stays <= 0.5 ms a request.
 
-Each is measured in 3 rounds; min and median are printed. The machine is shared: numbers are noisy.
+Each is measured in 3 rounds; min and median are printed. The machine is shared: numbers are noisy, so each
+table is printed with the load average and the CPU steal of its rounds. `--profile FILE` records the throughput
+server with py-spy (`pip install py-spy`; only samples holding the GIL, raw collapsed stacks) for a look at
+where its CPU goes.
 """
 
 import argparse
@@ -264,6 +267,29 @@ async def _sequential(port: int, requests: int) -> None:
             (await client.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=_body(k))).raise_for_status()
 
 
+class _Machine:
+    """The machine's load and CPU steal over a measurement: how far its numbers can be trusted."""
+
+    def __init__(self):
+        self.cpu = psutil.cpu_times()
+
+    def __str__(self) -> str:
+        now = psutil.cpu_times()
+        spent = sum(now) - sum(self.cpu)
+        steal = getattr(now, "steal", 0.0) - getattr(self.cpu, "steal", 0.0)
+        return (f"[machine: load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores, CPU steal "
+                f"{100 * steal / max(spent, 1e-9):.1f} %]")
+
+
+def _profiler(pid: int, path: str | None) -> subprocess.Popen | None:
+    """py-spy recording the server process ``pid`` (GIL holders only) into ``path``; None without --profile."""
+    if path is None:
+        return None
+    spy = [str(Path(sys.executable).with_name("py-spy")), "record", "--gil", "--nonblocking", "--format", "raw",
+           "--rate", "200", "-o", path, "--pid", str(pid)]  # fmt: skip
+    return subprocess.Popen(spy, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def _summary(values: list[float]) -> str:
     return f"min {min(values):.4g}, median {statistics.median(values):.4g}"
 
@@ -279,6 +305,7 @@ def main() -> None:
     parser.add_argument("--otel", action="store_true", help="the server traces every request (serve --otel)")
     parser.add_argument("--metrics-cost", action="store_true", help="only the server's CPU per request with "
                         "metrics on and off")  # fmt: skip
+    parser.add_argument("--profile", metavar="FILE", help="record the throughput server with py-spy into FILE")
     args = parser.parse_args()
     if args.backend is not None:
         return run_backend(args.backend)
@@ -304,6 +331,7 @@ def main() -> None:
                                  "--workers", str(workers), *(["--otel"] if args.otel else [])])  # fmt: skip
                 processes.append(server)
                 _wait_healthy(port)
+                machine = _Machine()
                 if label == "overhead":
                     overhead(config, port, 5)  # warm-up of litellm's clients, both sides
                     cpu = _cpu_seconds(psutil.Process(server.pid))
@@ -316,15 +344,19 @@ def main() -> None:
                           f"{_summary([r[1] * 1000 for r in rounds])} ms]\n"
                           f"  p50 of client latency - the server's own sample + fuse time: "
                           f"{_summary([r[2] * 1000 for r in rounds])} ms\n"
-                          f"  the server's CPU per request: {1000 * cpu:.2f} ms")  # fmt: skip
+                          f"  the server's CPU per request: {1000 * cpu:.2f} ms  {machine}")  # fmt: skip
                 else:
                     ideal = CONCURRENCY / (2 * DELAY)
                     watched = {"server": psutil.Process(server.pid), "backend": psutil.Process(backend.pid),
                                "client": psutil.Process()}  # fmt: skip
                     own = {"server": True, "backend": True, "client": False}  # the client's children are the others
+                    spy = _profiler(server.pid, args.profile)
                     before = {name: _cpu_seconds(one, own[name]) for name, one in watched.items()}
-                    rates = [throughput(port, args.total) for _ in range(3)]
+                    machine, rates = _Machine(), [throughput(port, args.total) for _ in range(3)]
                     spent = {name: _cpu_seconds(one, own[name]) - before[name] for name, one in watched.items()}
+                    if spy is not None:
+                        spy.send_signal(signal.SIGINT)
+                        spy.wait(60)
                     requests = 3 * (args.total + CONCURRENCY)  # the warm-up rounds included
                     local = [throughput_in_process(config, args.total) for _ in range(3)]
                     print(f"throughput, {CONCURRENCY} in flight, {DELAY} s backend, N={N}, {workers} worker(s)"
@@ -336,7 +368,7 @@ def main() -> None:
                           f"  CPU per request through the server (all rounds, {os.cpu_count()} cores): "
                           + ", ".join(f"{name} {1000 * seconds / requests:.1f} ms" for name, seconds in spent.items())
                           + f"; at {sum(spent.values()) * 1000 / requests:.1f} ms in all, the cores allow at most "
-                          f"{os.cpu_count() * requests / sum(spent.values()):.0f} requests/s")  # fmt: skip
+                          f"{os.cpu_count() * requests / sum(spent.values()):.0f} requests/s  {machine}")  # fmt: skip
                 server.send_signal(signal.SIGINT)
                 server.wait(30)
                 backend.terminate()

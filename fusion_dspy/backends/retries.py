@@ -23,12 +23,15 @@ from typing import Any
 
 import dspy
 
+from fusion_dspy.backends.prices import PricedLM
+
 # The longest Retry-After honoured by default: the OpenAI SDK's and litellm's own limit for a "reasonable" wait.
 MAX_RETRY_WAIT_S = 60.0
 
 
-class CappedRetryLM(dspy.LM):
-    """A ``dspy.LM`` whose retries wait at most ``max_retry_wait_s`` for a server's ``Retry-After``.
+class CappedRetryLM(PricedLM):
+    """A ``dspy.LM`` whose retries wait at most ``max_retry_wait_s`` for a server's ``Retry-After`` (and whose
+    calls' costs are recorded: ``fusion_dspy.backends.prices.PricedLM``).
 
     Args:
         model: The litellm model string, as for ``dspy.LM``.

@@ -3,8 +3,10 @@
 A call's prediction carries the task's output fields, ``candidates`` and ``report``, a ``FusionReport``: the
 candidates' provenance, each stage's tokens and seconds, the samples that failed or were not waited for, how
 many samples were drawn and why sampling stopped, the fallback taken and its cause, the route chosen, the orders
-used. ``report.to_dict()`` is the one serialized form: serve's ``fusion`` object and the records of ``run``,
-``eval`` and ``synth`` are that dict, so one schema describes them all.
+used. Each stage's ``cost`` is in USD where every model it called has a known price
+(``fusion_dspy.backends.prices``), else ``None``: unknown, never 0. ``report.to_dict()`` is the one serialized
+form: serve's ``fusion`` object and the records of ``run``, ``eval`` and ``synth`` are that dict, so one schema
+describes them all.
 
 A ``Failure`` keeps what went wrong as data — the stage, the model, the sample index, the kind
 (``fusion_dspy.failures.kind_of``, by exception type) and the exception's type name — and its message for
@@ -18,6 +20,7 @@ Example:
 """
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,13 +28,33 @@ from fusion_dspy.core.meter import Usage, total_tokens
 from fusion_dspy.failures import kind_of
 
 
+def _summed(costs: Any) -> float | None:
+    """The sum of costs, or ``None`` when one of them is unknown (not a number)."""
+    total = 0.0
+    for cost in costs:
+        if not isinstance(cost, (int, float)) or isinstance(cost, bool):
+            return None
+        total += cost
+    return total
+
+
 def _lists(value: Any) -> Any:
-    """Tuples as lists, through dicts and lists: what JSON makes of them, so a record equals its round trip."""
+    """A JSON-ready copy: dataclasses as dicts, tuples as lists, through dicts and lists (what JSON makes of them,
+    so a record equals its round trip). What ``dataclasses.asdict`` then a tuple walk gave, in one cheaper pass
+    (a served request serializes one report)."""
     if isinstance(value, dict):
         return {key: _lists(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [_lists(item) for item in value]
+    if (names := _field_names(type(value))) is not None:
+        return {name: _lists(getattr(value, name)) for name in names}
     return value
+
+
+@functools.cache
+def _field_names(kind: type) -> tuple[str, ...] | None:
+    """The field names of a dataclass type (``None`` for any other type), looked up once per type."""
+    return tuple(f.name for f in dataclasses.fields(kind)) if dataclasses.is_dataclass(kind) else None
 
 
 @dataclass(frozen=True)
@@ -77,7 +100,13 @@ class Failure:
 
 @dataclass(frozen=True)
 class StageReport:
-    """One stage's cost: wall seconds and token usage per model (cache hits cost nothing, as in DSPy)."""
+    """One stage's cost: wall seconds and token usage per model (cache hits cost nothing, as in DSPy).
+
+    Example:
+        >>> priced, unpriced = {"total_tokens": 9, "cost": 2e-06}, {"total_tokens": 3}
+        >>> StageReport(0.5, {"openai/gpt-4o-mini": priced}).cost, StageReport(0.5, {"a": priced, "b": unpriced}).cost
+        (2e-06, None)
+    """
 
     seconds: float
     usage: Usage = field(default_factory=dict)
@@ -86,6 +115,11 @@ class StageReport:
     def tokens(self) -> int:
         return total_tokens(self.usage)
 
+    @property
+    def cost(self) -> float | None:
+        """USD spent by the stage: the models' ``usage["cost"]`` summed; ``None`` when one model's price is unknown."""
+        return _summed(counters.get("cost") for counters in self.usage.values())
+
     def counts(self) -> dict[str, int]:
         """OpenAI's ``prompt_tokens``, ``completion_tokens`` and ``total_tokens`` of the stage, models summed."""
         prompt = sum(int(c.get("prompt_tokens") or 0) for c in self.usage.values())
@@ -93,7 +127,7 @@ class StageReport:
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": self.tokens}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"seconds": round(self.seconds, 4), **self.counts(), "usage": self.usage}
+        return {"seconds": round(self.seconds, 4), **self.counts(), "cost": self.cost, "usage": self.usage}
 
 
 @dataclass(frozen=True)
@@ -164,13 +198,23 @@ class FusionReport:
     def total_tokens(self) -> int:
         return sum(self.tokens.values())
 
+    @property
+    def cost(self) -> float | None:
+        """USD spent by the whole call, every stage summed; ``None`` when one stage's cost is unknown."""
+        return _summed(stage.cost for stage in self.stages.values())
+
     def replace(self, **changes: Any) -> "FusionReport":
         return dataclasses.replace(self, **changes)
 
-    def usage(self) -> dict[str, int]:
-        """OpenAI's ``usage`` of the whole call: every stage's tokens summed."""
+    def usage(self) -> dict[str, Any]:
+        """OpenAI's ``usage`` of the whole call: every stage's tokens summed, and ``cost`` in USD where it is
+        known (OpenRouter's field; absent, never 0, when a model's price is unknown)."""
         counts = [stage.counts() for stage in self.stages.values()]
-        return {key: sum(c[key] for c in counts) for key in ("prompt_tokens", "completion_tokens", "total_tokens")}
+        usage: dict[str, Any] = {key: sum(c[key] for c in counts)
+                                 for key in ("prompt_tokens", "completion_tokens", "total_tokens")}  # fmt: skip
+        if (cost := self.cost) is not None:
+            usage["cost"] = cost
+        return usage
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-ready data (the schema of serve's ``fusion`` object and of batch records).
@@ -180,9 +224,10 @@ class FusionReport:
             >>> report.to_dict()["stages"]["sample"]["total_tokens"], report.to_dict()["tokens"]
             (7, {'sample': 7})
         """
-        data = _lists(dataclasses.asdict(self))
+        data = {name: _lists(getattr(self, name)) if name != "stages" else None for name in _field_names(type(self))}
         data["stages"] = {name: stage.to_dict() for name, stage in self.stages.items()}
         data["tokens"] = self.tokens
+        data["cost"] = self.cost
         return data
 
     def relabeled(self, names: dict[str, str]) -> "FusionReport":
