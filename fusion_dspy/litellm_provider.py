@@ -11,7 +11,7 @@ handler (set the two variables in the proxy's environment)::
         - {provider: fusion, custom_handler: fusion_dspy.litellm_provider.handler}
 
 ``stream=True`` streams the fusor's reply token by token; the last chunk carries the summed usage. The response's
-``_hidden_params["response_cost"]`` is the summed cost of every call (where litellm knows the models' prices).
+``_hidden_params["response_cost"]`` is the report's cost of every call: ``None`` when a model's price is unknown.
 """
 
 import os
@@ -36,19 +36,6 @@ from fusion_dspy.serve.schema import UNSUPPORTED, ChatCompletionRequest, ServeEr
 # The request fields we read, and those a fusion model refuses (a 400, as from the server, not a silent drop)
 _PASSED = ("n", "temperature", "max_tokens", "max_completion_tokens", "fusion", "response_format", "tools",
            "tool_choice", "parallel_tool_calls", "stop", *UNSUPPORTED)  # fmt: skip
-
-
-def _cost(usage_by_model: dict[str, dict[str, Any]]) -> float:
-    """Summed cost of every call, for the models litellm has prices for (self-hosted ones cost 0 here)."""
-    total = 0.0
-    for model, counters in usage_by_model.items():
-        try:
-            prompt, completion = litellm.cost_per_token(model=model, prompt_tokens=counters.get("prompt_tokens") or 0,
-                                                        completion_tokens=counters.get("completion_tokens") or 0)
-        except Exception:  # noqa: BLE001 - unknown model: no price, not an error
-            continue
-        total += prompt + completion
-    return total
 
 
 class FusionProvider(CustomLLM):
@@ -115,7 +102,7 @@ class FusionProvider(CustomLLM):
         model_response.choices[0].finish_reason = finish if finish != "stop" else _finish_reason(result.report, cut)
         model_response.model = f"{PROVIDER}/{run.profile.name}"
         model_response.usage = Usage(**usage)  # type: ignore[attr-defined]
-        model_response._hidden_params["response_cost"] = _cost(_by_model(result, run))
+        model_response._hidden_params["response_cost"] = run.report(result).cost  # None: a price is unknown
         model_response._hidden_params["fusion"] = fusion
         return model_response
 
@@ -180,12 +167,6 @@ def _finish_reason(report: FusionReport, cut: list[str]) -> str:
         return "length" if cut else "stop"
     kept = report.selected_index
     return "length" if kept is not None and report.candidates[kept].truncated else "stop"
-
-
-def _by_model(result: Any, run: FusionRun) -> dict[str, dict[str, Any]]:
-    from fusion_dspy.core.meter import merge_usage
-
-    return merge_usage(*(stage.usage for stage in run.report(result, labeled=False).stages.values()))
 
 
 def register(config: str | Path | None = None, tuned: Sequence[str] = (), limits: Limits | None = None
