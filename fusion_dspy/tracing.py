@@ -105,6 +105,16 @@ def span(name: str, attributes: Attributes | None = None, *, model: str | None =
     return Span(name, {**(attributes or {}), "gen_ai.request.model": label(model)}, tokens)
 
 
+def candidate_span(indices: list[int], temperature: float, model: str | None) -> Any:
+    """The span of one sample request (``fusion_dspy.candidate``), or of a batched one drawing several
+    (``fusion_dspy.candidates``, with their indices and count), its tokens recorded as it ends."""
+    where = {"fusion.candidate.index": indices[0]} if len(indices) == 1 else {
+        "fusion.candidate.indices": list(indices), "gen_ai.request.choice.count": len(indices)}
+    return span("fusion_dspy.candidate" if len(indices) == 1 else "fusion_dspy.candidates",
+                {"gen_ai.operation.name": "chat", "gen_ai.request.temperature": temperature, **where}, model=model,
+                tokens=True)  # fmt: skip
+
+
 class _Off:
     """What ``span`` returns while tracing is off: records nothing, costs nothing."""
 

@@ -171,7 +171,7 @@ class Sample(dspy.Module):
 
     def _draw(self, draw: Draw, key: str | None, inputs: dict[str, Any]) -> Steps[tuple]:
         """One sample: ``(prediction, usage, truncated)``, ``truncated`` when a reply was cut at max_tokens."""
-        with (tracing.span("fusion_dspy.candidate", self._span_attributes([draw]), model=draw.lm.model, tokens=True),
+        with (tracing.candidate_span([draw.index], self.temperature, draw.lm.model),
               dspy.context(**self._draw_context(draw)), dspy.track_usage() as tracker, truncation.watch() as cut):
             prediction = yield Call(self.module, inputs)
         usage = tracker.get_total_tokens()
@@ -185,7 +185,7 @@ class Sample(dspy.Module):
         batch_lm = batching.batch_lm(lm, group[0].rollout_id, self.temperature, k)
         context = {"lm": batch_lm, **adapter_override(self.adapter)}
         try:
-            with (tracing.span("fusion_dspy.candidates", self._span_attributes(group), model=lm.model, tokens=True),
+            with (tracing.candidate_span([d.index for d in group], self.temperature, lm.model),
                   dspy.context(**context), dspy.track_usage() as tracker, truncation.watch() as cut):
                 prediction = yield Call(self.module, inputs)
             predictions = batching.completions(prediction, k)
@@ -228,12 +228,6 @@ class Sample(dspy.Module):
                       "fusion.candidates": len(pool), "fusion.stored": sum(c.cached for c in pool),
                       "fusion.failures": len(pool.failures), "fusion.stragglers": len(pool.stragglers)})  # fmt: skip
         return pool
-
-    def _span_attributes(self, draws: list[Draw]) -> dict[str, Any]:
-        """A candidate span's attributes (a batched request's: its draws' indices and their count)."""
-        where = {"fusion.candidate.index": draws[0].index} if len(draws) == 1 else {
-            "fusion.candidate.indices": [d.index for d in draws], "gen_ai.request.choice.count": len(draws)}
-        return {"gen_ai.operation.name": "chat", "gen_ai.request.temperature": self.temperature, **where}
 
     def _draw_waves(self, inputs: dict[str, Any]) -> Steps[Pool]:
         draws = self.plan()
