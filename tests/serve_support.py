@@ -6,6 +6,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import yaml
 
 import fusion_dspy as fd
@@ -79,3 +80,16 @@ def stub_usage_total(*stubs: StubOpenAIServer) -> dict[str, int]:
             for key in totals:
                 totals[key] += usage[key]
     return totals
+
+
+@pytest.fixture(name="stub")
+def stub_fixture() -> Iterator[StubOpenAIServer]:
+    """``stub``: a loopback stub answering like ``chat_reply`` (import ``stub_fixture`` to use it)."""
+    with StubOpenAIServer(chat_reply) as server:
+        yield server
+
+
+@pytest.fixture(name="config")
+def config_fixture(tmp_path: Path, stub: StubOpenAIServer) -> Path:
+    """``config``: a config of the ``stub``, one generator model, N = 2 (import ``config_fixture``)."""
+    return write_config(tmp_path / "config.yaml", {"stub": stub.api_base}, "stub", n=2)

@@ -10,7 +10,15 @@ import pytest
 from fusion_dspy.optimizers.tuned import save_tuned
 from fusion_dspy.serve.chat import ChatReply
 from fusion_dspy.testing import StubOpenAIServer
-from tests.serve_support import FUSED_WORDS, chat_reply, fusion_server, json_reply, stub_usage_total, write_config
+from tests.serve_support import (  # noqa: F401 - stub_fixture: the `stub` fixture
+    FUSED_WORDS,
+    chat_reply,
+    fusion_server,
+    json_reply,
+    stub_fixture,
+    stub_usage_total,
+    write_config,
+)
 
 CONVERSATION = [
     {"role": "system", "content": "You answer in one line."},
@@ -18,12 +26,6 @@ CONVERSATION = [
     {"role": "assistant", "content": "Hi! How can I help?"},
     {"role": "user", "content": "What is the capital of France? q-7"},
 ]
-
-
-@pytest.fixture
-def stub():
-    with StubOpenAIServer(chat_reply) as server:
-        yield server
 
 
 @pytest.fixture

@@ -15,22 +15,11 @@ from fusion_dspy.cli import main
 from fusion_dspy.errors import FusionDSPyError
 from fusion_dspy.serve.server import check_exposure, is_loopback
 from fusion_dspy.testing import StubOpenAIServer
-from tests.serve_support import chat_reply, fusion_server, write_config
+from tests.serve_support import chat_reply, config_fixture, fusion_server, stub_fixture, write_config  # noqa: F401
 
 KEY = "fusion-test-key-4c1d"
 UPSTREAM_KEY = "sk-upstream-secret-99"
 HELLO = [{"role": "user", "content": "Hello q-1"}]
-
-
-@pytest.fixture
-def stub():
-    with StubOpenAIServer(chat_reply) as server:
-        yield server
-
-
-@pytest.fixture
-def config(tmp_path, stub):
-    return write_config(tmp_path / "config.yaml", {"stub": stub.api_base}, "stub", n=2)
 
 
 def _post(server, body=None, content=None, key=None, timeout=30.0):

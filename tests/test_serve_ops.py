@@ -5,25 +5,13 @@ import logging
 import threading
 
 import httpx
-import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from fusion_dspy.testing import StubOpenAIServer
-from tests.serve_support import chat_reply, fusion_server, write_config
+from tests.serve_support import chat_reply, config_fixture, fusion_server, stub_fixture, write_config  # noqa: F401
 
 HELLO = [{"role": "user", "content": "Hello q-1"}]
-
-
-@pytest.fixture
-def stub():
-    with StubOpenAIServer(chat_reply) as server:
-        yield server
-
-
-@pytest.fixture
-def config(tmp_path, stub):
-    return write_config(tmp_path / "config.yaml", {"stub": stub.api_base}, "stub", n=2)
 
 
 def _post(server, body=None, content=None, headers=None, timeout=60.0):
