@@ -330,3 +330,15 @@ def test_metrics_of_several_workers_are_one_view(tmp_path, stub):
     assert [_value(v, "fusion_stage_seconds_count", stage="sample") for v in views] == [6.0] * 4
     assert any(name.startswith("fusion-dspy-metrics-") for name in during)
     assert list(folder.iterdir()) == [], "the serve command removes its metrics folder"
+
+
+def test_an_unexpected_failure_is_an_openai_style_500_with_the_request_id(config, monkeypatch):
+    async def broken(request, limit):
+        raise RuntimeError("a bug of the server")
+
+    monkeypatch.setattr("fusion_dspy.serve.app._read_body", broken)  # fails outside every handled path
+    with fusion_server(config) as server:
+        response = _post(server, {"model": "fusion", "messages": HELLO}, headers={"X-Request-Id": "bug-1"})
+    assert response.status_code == 500 and response.headers["x-request-id"] == "bug-1"
+    error = response.json()["error"]
+    assert error["code"] == "internal_error" and error["request_id"] == "bug-1"

@@ -138,7 +138,11 @@ def create_app(profiles: dict[str, Profile], settings: ServeSettings | None = No
 
     @app.exception_handler(Exception)  # the last resort: an OpenAI-style 500, never a plain-text one
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:
-        return _error_response(upstream_error(error, redact))
+        # Starlette answers from outside the middlewares: the request's id comes from its state, not its context.
+        failure, rid = upstream_error(error, redact), getattr(request.state, "request_id", None)
+        body = {"error": {**failure.body()["error"], **({"request_id": rid} if rid else {})}}
+        return SafeJSONResponse(body, status_code=failure.status, headers={**failure.headers,
+                                                                           **({"X-Request-Id": rid} if rid else {})})
 
     def authorize(request: Request) -> None:
         if settings.api_key is None:
