@@ -133,6 +133,7 @@ def test_a_killed_ray_worker_loses_no_row_and_writes_none_twice(tmp_path, ray_ad
         if workers:
             os.kill(workers[0], signal.SIGKILL)
             killed.append((workers[0], len(lines(output))))
+            server.delay = 0.0  # slow only so the kill lands mid-run; the rows left run at once
 
     with StubOpenAIServer(reply, delay=0.2) as server:
         args, output = synth_job(tmp_path, server, 40)

@@ -147,6 +147,7 @@ def test_a_killed_worker_loses_no_finished_prompt_and_a_rerun_does_each_once(tmp
         [victim, *_] = worker_pids(os.getpid())
         os.kill(victim, signal.SIGKILL)
         killed.append(len(lines(output)))
+        server.delay = 0.0  # slow only so the kill lands mid-run; the surviving worker finishes at once
 
     with StubOpenAIServer(reply, delay=0.2) as server:
         args, output = synth_job(tmp_path, server, 40)
