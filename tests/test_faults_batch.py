@@ -487,24 +487,31 @@ def test_a_fallback_pick_after_a_fusor_outage_is_not_scored_as_fusion():
     assert scored.score == 1.0, "a fallback after bad output is what the user gets: scored"
 
 
-def test_freeze_imports_imports_litellm_with_the_collector_off_and_restores_it(monkeypatch):
-    """A command's start and exit are ~2 s shorter (benchmarks/workers.py); the collector is as it was after."""
+def test_litellm_is_imported_with_the_collector_off_and_frozen_and_the_collector_restored(monkeypatch):
+    """A command's start and exit are ~2 s shorter (benchmarks/workers.py); the collector is as it was after.
+    litellm is imported only when a model needs it (fusion_dspy._litellm), no longer when imports are frozen."""
     import gc
+    import importlib
 
+    import litellm
+
+    from fusion_dspy import _litellm
     from fusion_dspy.workflows import batch
 
     seen = []
-    real_import = __import__
 
-    def watching(name, *args, **kwargs):
-        if name == "litellm":
-            seen.append(gc.isenabled())
-        return real_import(name, *args, **kwargs)
+    def watching(name):
+        assert name == "litellm"
+        seen.append(gc.isenabled())
+        return litellm  # as imported: the test process keeps its one litellm
 
-    monkeypatch.setattr("builtins.__import__", watching)
+    monkeypatch.delitem(sys.modules, "litellm")
+    monkeypatch.setattr(importlib, "import_module", watching)
     batch.freeze_imports()
-    assert seen == [False], "litellm is imported with the collector off"
-    assert gc.isenabled() and gc.get_freeze_count() > 0
+    assert seen == [], "freezing the imports imports no litellm"
+    frozen = gc.get_freeze_count()
+    assert _litellm.import_litellm() is litellm and seen == [False], "litellm is imported with the collector off"
+    assert gc.isenabled() and frozen > 0 and gc.get_freeze_count() >= frozen
     gc.disable()
     try:
         batch.freeze_imports()
