@@ -30,10 +30,11 @@ class SamplingError(FusionDSPyError):
 
     Args:
         message: What happened and how to fix it.
-        failures: One line per failed sample (``"sample 3 (openai/x): TimeoutError: ..."``).
+        failures: The failed samples, as data (``fusion_dspy.core.report.Failure``: stage, kind, model, index,
+            message); each is listed under the message, one line a sample.
     """
 
-    def __init__(self, message: str, failures: list[str] | None = None):
+    def __init__(self, message: str, failures: list[Any] | None = None):
         self.failures = list(failures or [])
         details = "".join(f"\n  - {line}" for line in self.failures)
         super().__init__(message + details)

@@ -67,8 +67,8 @@ class FusionProvider(CustomLLM):
                 from fusion_dspy.serve.profiles import build_profiles
 
                 backends = load_config(self.config)
+                self._redact = Redactor(config_secrets(backends.config))  # before check(): its errors are masked
                 backends.check()
-                self._redact = Redactor(config_secrets(backends.config))
                 self._profiles = build_profiles(backends, self.tuned)
             return self._profiles
 

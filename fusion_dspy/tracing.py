@@ -33,7 +33,7 @@ import contextlib
 import sys
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from fusion_dspy.failures import kind_of
@@ -179,5 +179,13 @@ def _tracer() -> Any:
 
     provider = _provider or trace.get_tracer_provider()
     if _tracer_of[0] is not provider:
-        _tracer_of[:] = [provider, provider.get_tracer(TRACER, version("fusion-dspy"))]
+        _tracer_of[:] = [provider, provider.get_tracer(TRACER, _version())]
     return _tracer_of[1]
+
+
+def _version() -> str | None:
+    """fusion-dspy's version for the tracer, ``None`` in a checkout that is not installed."""
+    try:
+        return version("fusion-dspy")
+    except PackageNotFoundError:
+        return None

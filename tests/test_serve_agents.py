@@ -201,6 +201,12 @@ def test_stop_sequences_cut_the_candidates_and_the_answer(tmp_path):
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"required": "city"}}}},
      "response_format.json_schema.schema"),
     ({"response_format": {"type": "yaml"}}, "response_format.type"),
+    # a reference outside the schema would make the server fetch a URL of the client's choosing
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"x": {"$ref": "http://169.254.169.254/latest/meta-data"}}}}}]},
+     "tools[0].function.parameters"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "file:///etc/x"}}}},
+     "response_format.json_schema.schema"),
     ({"functions": [{"name": "f"}]}, "functions"),
     ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
 ])  # fmt: skip

@@ -31,10 +31,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-# Seconds one request may take when a model sets no `timeout`, by the role it plays (the largest of its roles).
-# Without one, litellm waits 600 s, times the retries, on a server that hangs. A generator writes one candidate
-# (a few hundred tokens: seconds on a GPU server, tens of seconds on a slow CPU one); the fusor reads all N of
-# them and writes the longest answer; a judge writes a short verdict. Past these, a request is a hung one.
+# Seconds one request may take when a model sets no `timeout`, by its role (the largest of its roles); without
+# one, litellm waits 600 s, times the retries, on a hung server. A generator writes one candidate (seconds on a
+# GPU server, tens on a slow CPU one); the fusor reads all N and writes the longest answer; a judge, a verdict.
 ROLE_TIMEOUTS = {"generator": 60.0, "fusor": 180.0, "judge": 60.0}
 
 

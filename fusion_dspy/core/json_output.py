@@ -18,6 +18,8 @@ Example:
 from typing import Any, ClassVar
 
 import jsonschema
+import referencing
+import referencing.exceptions
 from pydantic import RootModel, model_validator
 
 JSON_OBJECT: dict[str, Any] = {"type": "object"}  # what {"type": "json_object"} asks for: any JSON object
@@ -35,6 +37,10 @@ def check_schema(schema: Any) -> None:
     """
     if not isinstance(schema, dict):
         raise ValueError(f"not a valid JSON Schema: expected an object, got {type(schema).__name__}")
+    remote = next(_remote_refs(schema), None)
+    if remote is not None:  # a client's schema must never make the server fetch a URL
+        raise ValueError(f"not a usable JSON Schema: {remote!r} refers outside the schema; only local references "
+                         "('#/$defs/...') are followed: put the referenced schema under $defs")  # fmt: skip
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as error:
@@ -42,10 +48,27 @@ def check_schema(schema: Any) -> None:
         raise ValueError(f"not a valid JSON Schema: {error.message} (at {where})") from None
 
 
+def _remote_refs(node: Any) -> Any:
+    """The ``$ref`` / ``$dynamicRef`` values of a schema that point outside it (anything not starting with ``#``)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("$ref", "$dynamicRef") and isinstance(value, str) and not value.startswith("#"):
+                yield value
+            else:
+                yield from _remote_refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _remote_refs(value)
+
+
 def schema_problems(instance: Any, schema: dict[str, Any]) -> list[str]:
-    """What makes ``instance`` invalid against ``schema``, one line each (``[]``: valid), best matches first."""
-    validator = jsonschema.validators.validator_for(schema)(schema)
-    errors = sorted(validator.iter_errors(instance), key=jsonschema.exceptions.relevance)
+    """What makes ``instance`` invalid against ``schema``, one line each (``[]``: valid), best matches first.
+    References are resolved within the schema only (an empty registry: nothing is ever fetched)."""
+    validator = jsonschema.validators.validator_for(schema)(schema, registry=referencing.Registry())
+    try:
+        errors = sorted(validator.iter_errors(instance), key=jsonschema.exceptions.relevance)
+    except referencing.exceptions.Unresolvable as error:
+        return [f"$: the schema's reference {error.ref!r} cannot be resolved within it"]
     return [f"{error.json_path}: {error.message}" for error in errors]
 
 
@@ -65,10 +88,6 @@ class JSONValue(RootModel[Any]):
     @classmethod
     def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
         return dict(cls.json_schema)  # the schema itself, as DSPy shows it to the model
-
-    @property
-    def data(self) -> Any:
-        return self.root
 
 
 def json_type(schema: dict[str, Any] | None = None, name: str = "JSONAnswer", checked: bool = True

@@ -19,8 +19,8 @@ from typing import Any
 from fusion_dspy.errors import FusionDSPyError
 from fusion_dspy.serve.server import check_exposure
 
-ENVIRONMENT = "FUSION_DSPY_SERVE"  # the options of a multi-worker server, for each worker (no key: its variable)
 MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's (read when it is imported: not here, in the workers)
+ENVIRONMENT = "FUSION_DSPY_SERVE"  # the options of a multi-worker server, for each worker (no key: its variable)
 
 
 @dataclass(frozen=True)
@@ -72,13 +72,13 @@ class ServeOptions:
 
             configure()
         backends = load_config(self.config)
+        redact = Redactor([key, *config_secrets(backends.config)])
+        server.mask_logs(redact)  # before check(): what it logs or raises is masked too
         backends.check()
         profiles = build_profiles(backends, self.tuned)
         settings = ServeSettings(api_key=key, max_concurrency=self.max_concurrency, timeout=self.timeout,
                                  max_body_bytes=self.max_body_bytes, limits=Limits(max_n=self.max_n),
                                  keepalive_s=self.keepalive_s, metrics=self.metrics, drain_s=self.drain_s)  # fmt: skip
-        redact = Redactor([key, *config_secrets(backends.config)])
-        server.mask_logs(redact)
         app = create_app(profiles, settings, redact)
         app.state.profile_names = list(profiles)
         return app

@@ -8,8 +8,8 @@ concurrent callers. A model without an ``api_base`` (a hosted provider litellm r
 counts as reachable: its failures show in the metrics instead.
 
 Draining: on SIGTERM the server keeps serving for ``drain`` seconds with readiness at 503, so a load balancer
-stops sending it requests, and then stops as uvicorn does (requests in flight finish). A second SIGTERM, or
-Ctrl-C, stops it at once.
+stops sending it requests, and then stops as uvicorn does (requests in flight finish). A second SIGTERM stops it
+at once; Ctrl-C (SIGINT) stops it as uvicorn does, without the drain.
 """
 
 import asyncio

@@ -1,7 +1,8 @@
 """Prometheus metrics of the server (``GET /metrics``), from each request's typed ``FusionReport``.
 
 Every label value comes from the server's own vocabulary, never from a request's text or a key: ``profile`` is a
-served model's name (``none`` for a request that named no served model), ``model`` a configured model name,
+served model's name (``none`` for a request that named no served model), ``model`` a configured model name (a model
+string the config does not name is counted as it is; one of no known model as ``unknown``),
 ``stage`` a report's stage (``sample``, ``fuse``, ``select``), ``kind`` a ``FailureKind``, ``status`` an HTTP
 status. With ``--workers K`` each worker writes its values to files in ``PROMETHEUS_MULTIPROC_DIR`` (a temporary
 folder the serve command makes and removes) and any worker's ``/metrics`` reads them all: one view.
@@ -16,6 +17,7 @@ Example:
 """
 
 import dataclasses
+import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -29,6 +31,7 @@ from fusion_dspy.core.report import Failure, FusionReport
 from fusion_dspy.errors import SamplingError
 from fusion_dspy.serve.schema import ServeError
 
+logger = logging.getLogger(__name__)
 MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own variable: set, values go to files there
 SECONDS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 SAMPLES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32)
@@ -165,6 +168,9 @@ class MetricsMiddleware:
         finally:
             self.metrics.in_flight.dec()
             first = state.get("fusion_first_token")
-            self.metrics.observe(state.get("fusion_profile"), state.get("fusion_status") or status,
-                                 time.perf_counter() - start, state.get("fusion_report"),
-                                 state.get("fusion_failures", ()), first - start if first else None)  # fmt: skip
+            try:  # counting never replaces the request's own answer or error
+                self.metrics.observe(state.get("fusion_profile"), state.get("fusion_status") or status,
+                                     time.perf_counter() - start, state.get("fusion_report"),
+                                     state.get("fusion_failures", ()), first - start if first else None)  # fmt: skip
+            except Exception:  # noqa: BLE001 - a metrics bug is logged, not served
+                logger.exception("fusion-dspy: counting a request in /metrics failed")

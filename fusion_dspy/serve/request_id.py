@@ -110,7 +110,7 @@ class RequestIdMiddleware:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        sent = next((value for name, value in scope["headers"] if name == b"x-request-id"), None)
+        sent = next((value for name, value in scope["headers"] if name == HEADER.encode()), None)
         rid = request_id_from(sent.decode("latin-1") if sent is not None else None)
         scope.setdefault("state", {})["request_id"] = rid
         token = _current.set(rid)

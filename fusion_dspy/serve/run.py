@@ -178,8 +178,10 @@ class FusionRun:
             return {"role": "assistant", "content": self.reply(result)}, "stop"
         problems = self.agent.review(dict(result.items()))
         if problems:
-            raise ServeError(502, "The fusion's answer breaks the request's contract (" + "; ".join(problems) + ").",
-                             type="upstream_error", code="invalid_output")  # fmt: skip
+            raise ServeError(502, "The fusion's answer breaks the request's contract (" + "; ".join(problems) + "), "
+                             "and no valid candidate was kept: retry, loosen tool_choice or the schema, or ask for "
+                             "more candidates (fusion.n) or a stronger fusor (fusion.fusor).", type="upstream_error",
+                             code="invalid_output")  # fmt: skip
         return self.agent.message(result)
 
     def report(self, result: dspy.Prediction, labeled: bool = True) -> FusionReport:

@@ -52,6 +52,8 @@ def configure() -> None:
     if unknown:
         raise FusionDSPyError(f"OTEL_TRACES_EXPORTER={','.join(names)}: {unknown} not known here; use "
                               f"{', '.join(EXPORTERS)} (comma-separated).")  # fmt: skip
+    if all(name == "none" for name in names):  # no exporter: no provider, so no span is even built
+        return
     resource = Resource.create()
     if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
         resource = resource.merge(Resource({"service.name": "fusion-dspy"}))

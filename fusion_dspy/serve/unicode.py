@@ -61,7 +61,7 @@ def loads_lenient(body: bytes) -> str | None:
     """
     try:
         return dumps(scrub(json.loads(body)))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested deeper than Python goes
         return None
 
 
