@@ -342,3 +342,10 @@ def test_an_unexpected_failure_is_an_openai_style_500_with_the_request_id(config
     assert response.status_code == 500 and response.headers["x-request-id"] == "bug-1"
     error = response.json()["error"]
     assert error["code"] == "internal_error" and error["request_id"] == "bug-1"
+
+
+def test_a_body_nested_deeper_than_python_reads_is_a_400_not_a_500(config):
+    with fusion_server(config) as server:
+        response = _post(server, content=b"[" * 200_000 + b"]" * 200_000)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["type"] == "invalid_request_error"
