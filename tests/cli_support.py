@@ -1,6 +1,6 @@
 """The ``fusion-dspy`` command run in this process, for tests of what a command does rather than of its process.
 
-A fresh interpreter costs ~4 s (it imports litellm); a test whose subject is the command's result (the records it
+A fresh interpreter costs a second or more (DSPy's import); a test whose subject is the command's result (the records it
 wrote, its exit code, what it printed) runs it here instead. Tests of the process itself (a signal, a kill, two
 processes at once, a fresh interpreter's imports) keep ``subprocess``. The process-wide state a command changes
 (log record factory, frozen imports, DSPy settings, held keys) is undone by ``tests/conftest.py``'s ``isolated_dspy``.
@@ -8,6 +8,7 @@ processes at once, a fresh interpreter's imports) keep ``subprocess``. The proce
 
 import contextlib
 import io
+import sys
 from typing import NamedTuple
 
 from fusion_dspy.cli import main
@@ -41,3 +42,17 @@ def run_cli(argv: list[str]) -> CliResult:
             if not isinstance(exit_.code, int | None):
                 print(exit_.code, file=err)
     return CliResult(code, out.getvalue(), err.getvalue())
+
+
+# A command started from a terminal handles Ctrl-C; one started by a test inherits the test process's signal state
+# instead (an ignored or a blocked SIGINT survives exec, and Python then installs no KeyboardInterrupt handler).
+# A test of Ctrl-C must not depend on that state: the command starts as from a terminal.
+_AS_FROM_A_TERMINAL = ("import runpy, signal, sys; signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); "
+                       "signal.signal(signal.SIGINT, signal.default_int_handler); "
+                       "runpy.run_module('fusion_dspy.cli', run_name='__main__', alter_sys=True)")
+
+
+def cli_process(*args: str) -> list[str]:
+    """The argv of ``fusion-dspy *args`` in a fresh interpreter, with Ctrl-C's default handling whatever this
+    process's (for ``subprocess.Popen``)."""
+    return [sys.executable, "-c", _AS_FROM_A_TERMINAL, *args]

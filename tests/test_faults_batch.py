@@ -18,7 +18,7 @@ import yaml
 
 from fusion_dspy.cli import main
 from fusion_dspy.testing import StubOpenAIServer
-from tests.cli_support import run_cli
+from tests.cli_support import cli_process, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,7 +57,7 @@ def write_inputs(path: Path, rows: list[dict]) -> Path:
 
 def spawn(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "fusion_dspy.cli", *args], cwd=REPO, env=env,
+    return subprocess.Popen(cli_process(*args), cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
 
 

@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 
 from fusion_dspy.cli import main
 from fusion_dspy.testing import StubOpenAIServer
+from tests.cli_support import cli_process
 from tests.engine_support import by_id, lines, model, qa_reply, reply, same_failures, untimed, write_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -166,7 +166,7 @@ def test_a_killed_worker_loses_no_finished_prompt_and_a_rerun_does_each_once(tmp
 
 def spawn(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "fusion_dspy.cli", *args], cwd=REPO, env=env, text=True,
+    return subprocess.Popen(cli_process(*args), cwd=REPO, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
 
 
