@@ -22,6 +22,8 @@ import subprocess
 import sys
 import time
 
+from machine import Machine
+
 DELAY = 0.2
 
 
@@ -73,24 +75,6 @@ def make_lm(api_base: str, engine: str = "litellm", lean: bool = False):
     extra = {"no-log": True} if lean else {}
     return dspy.LM("openai/bench", api_base=api_base, api_key="not-a-secret", engine=engine, num_retries=0,
                    cache=False, **extra)  # fmt: skip
-
-
-class Stolen:
-    """The share of CPU time the hypervisor gave to other machines while the block ran (steal): above a few
-    percent, every ratio here is inflated by it, so each run prints it."""
-
-    def __enter__(self) -> "Stolen":
-        import psutil
-
-        self.start = psutil.cpu_times()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        import psutil
-
-        end = psutil.cpu_times()
-        total = sum(end) - sum(self.start)
-        print(f"\nCPU stolen by the hypervisor during the run: {(end.steal - self.start.steal) / total:.0%}")
 
 
 def timed(call, runs: int) -> tuple[list[float], list[float]]:
@@ -287,7 +271,8 @@ def main() -> None:
 
     dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
     print(f"client pid {os.getpid()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
-    with Stolen():
+    watch = Machine()  # every ratio here is inflated by the load and steal it prints
+    try:
         if args.only_default:
             with Server(args.delay) as server, asyncio.Runner() as runner:
                 default_config(server.api_base, [int(n) for n in args.ns.split(",")], args.runs, args.delay,
@@ -299,6 +284,8 @@ def main() -> None:
             cpu_per_sample(server.api_base, args.runs, runner.run)
             adaptive(server.api_base)
         stragglers(args.delay, args.runs)
+    finally:
+        print(f"\n{watch}")
 
 
 if __name__ == "__main__":

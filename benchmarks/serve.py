@@ -40,6 +40,7 @@ from pathlib import Path
 import httpx
 import psutil
 import yaml
+from machine import Machine
 
 N = 3
 CONCURRENCY, DELAY = 64, 0.2
@@ -267,20 +268,6 @@ async def _sequential(port: int, requests: int) -> None:
             (await client.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=_body(k))).raise_for_status()
 
 
-class _Machine:
-    """The machine's load and CPU steal over a measurement: how far its numbers can be trusted."""
-
-    def __init__(self):
-        self.cpu = psutil.cpu_times()
-
-    def __str__(self) -> str:
-        now = psutil.cpu_times()
-        spent = sum(now) - sum(self.cpu)
-        steal = getattr(now, "steal", 0.0) - getattr(self.cpu, "steal", 0.0)
-        return (f"[machine: load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores, CPU steal "
-                f"{100 * steal / max(spent, 1e-9):.1f} %]")
-
-
 def _profiler(pid: int, path: str | None) -> subprocess.Popen | None:
     """py-spy recording the server process ``pid`` (GIL holders only) into ``path``; None without --profile."""
     if path is None:
@@ -331,7 +318,7 @@ def main() -> None:
                                  "--workers", str(workers), *(["--otel"] if args.otel else [])])  # fmt: skip
                 processes.append(server)
                 _wait_healthy(port)
-                machine = _Machine()
+                machine = Machine()
                 if label == "overhead":
                     overhead(config, port, 5)  # warm-up of litellm's clients, both sides
                     cpu = _cpu_seconds(psutil.Process(server.pid))
@@ -352,7 +339,7 @@ def main() -> None:
                     own = {"server": True, "backend": True, "client": False}  # the client's children are the others
                     spy = _profiler(server.pid, args.profile)
                     before = {name: _cpu_seconds(one, own[name]) for name, one in watched.items()}
-                    machine, rates = _Machine(), [throughput(port, args.total) for _ in range(3)]
+                    machine, rates = Machine(), [throughput(port, args.total) for _ in range(3)]
                     spent = {name: _cpu_seconds(one, own[name]) - before[name] for name, one in watched.items()}
                     if spy is not None:
                         spy.send_signal(signal.SIGINT)

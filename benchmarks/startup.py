@@ -22,6 +22,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from machine import Machine
+
 STUB = """
 import sys, time
 from fusion_dspy.testing import StubOpenAIServer
@@ -30,15 +32,6 @@ server = StubOpenAIServer(respond=lambda call: {"comparison": "Same.", "answer":
 print(server.api_base, flush=True)
 sys.stdin.read()  # until the benchmark closes it
 """
-
-
-def cpu_times() -> tuple[int, int]:
-    """(steal, total) jiffies of all CPUs since boot, from /proc/stat; (0, 0) where there is none."""
-    try:
-        fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except OSError:
-        return 0, 0
-    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
 
 
 def seconds(command: list[str], cwd: Path) -> float:
@@ -90,12 +83,12 @@ def main() -> None:
                    "--quiet", "--input"]  # fmt: skip
             seconds(run + ["warm-up"], work)  # the disk cache of the interpreter's files, as for import dspy
             requests = 2 * round_trip(api_base)
-            steal0, total0 = cpu_times()
+            watch = Machine()
             dspy_times, run_times = [], []
             for i in range(args.repeats):
                 dspy_times.append(seconds([python, "-c", "import dspy"], work))
                 run_times.append(seconds(run + [f"question {i}"], work) - requests)
-            steal1, total1 = cpu_times()
+            steal = watch.steal()
             log = ""
             if args.importtime:
                 done = subprocess.run([python, "-X", "importtime", *run[1:], "importtime"], cwd=work,
@@ -105,7 +98,6 @@ def main() -> None:
     finally:
         stub.stdin.close()
         stub.wait(timeout=30)
-    steal = (steal1 - steal0) / (total1 - total0) if total1 > total0 else 0.0
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip() if os.name == "posix" else ""
     print(f"{'':<34}{'median s':>10}{'min s':>10}")
     label = 'python -c "import dspy"'
