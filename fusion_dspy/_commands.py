@@ -242,10 +242,7 @@ def synth(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace) -> int:
     from fusion_dspy.serve.command import ServeOptions, serve_command
 
-    options = ServeOptions(config=str(args.config) if args.config else None, tuned=tuple(args.tuned or ()),
-                           api_key_env=args.api_key_env, max_concurrency=args.max_concurrency, timeout=args.timeout,
-                           max_n=args.max_n, max_body_bytes=args.max_body_bytes, keepalive_s=args.keepalive_s,
-                           drain_s=args.drain_s, metrics=args.metrics, otel=args.otel)  # fmt: skip
+    options = ServeOptions.of(args)
     serve_command(options, host=args.host, port=args.port, workers=args.workers,
                   log_level="info" if args.verbose else "warning")  # fmt: skip
     return 0

@@ -13,7 +13,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from fusion_dspy.errors import FusionDSPyError
@@ -44,6 +44,12 @@ class ServeOptions:
     keepalive_s: float = 15.0
     drain_s: float = 5.0
     metrics: bool = True
+
+    @classmethod
+    def of(cls, args: Any) -> "ServeOptions":
+        """The options of ``fusion-dspy serve``'s parsed arguments, each option read from the argument of its name."""
+        given = {option.name: getattr(args, option.name) for option in fields(cls)}
+        return cls(**{**given, "config": str(args.config) if args.config else None, "tuned": tuple(args.tuned or ())})
 
     def api_key(self) -> str | None:
         if not self.api_key_env:
@@ -76,9 +82,10 @@ class ServeOptions:
         server.mask_logs(redact)  # before check(): what it logs or raises is masked too
         backends.check()
         profiles = build_profiles(backends, self.tuned)
-        settings = ServeSettings(api_key=key, max_concurrency=self.max_concurrency, timeout=self.timeout,
-                                 max_body_bytes=self.max_body_bytes, limits=Limits(max_n=self.max_n),
-                                 keepalive_s=self.keepalive_s, metrics=self.metrics, drain_s=self.drain_s)  # fmt: skip
+        # the settings named alike here and there (max_concurrency, timeout, keepalive_s ...), each passed on
+        shared = {option.name for option in fields(self)} & {setting.name for setting in fields(ServeSettings)}
+        settings = ServeSettings(api_key=key, limits=Limits(max_n=self.max_n),
+                                 **{name: getattr(self, name) for name in shared})  # fmt: skip
         app = create_app(profiles, settings, redact)
         app.state.profile_names = list(profiles)
         return app
