@@ -1,6 +1,7 @@
 """The OpenAI `n` parameter on the native engine: a wave's samples in one request (backends/native_choices.py)."""
 
 import asyncio
+import json
 import logging
 import pickle
 
@@ -52,6 +53,19 @@ def test_batched_prompt_tokens_are_counted_once_on_the_native_engine():
             "prompt_tokens", "completion_tokens")}  # fmt: skip
     assert usage[True]["prompt_tokens"] * 4 == usage[False]["prompt_tokens"]  # sent (and billed) once, not 4 times
     assert usage[True]["completion_tokens"] == usage[False]["completion_tokens"] > 0
+
+
+def test_each_choice_s_response_holds_its_own_choice_not_the_whole_reply():
+    """Each Response keeps (and lm15 checks) its body: the whole reply in each would cost N x N at n = N."""
+    from fusion_dspy.backends.native_choices import read_choices
+
+    reply = {"choices": [{"index": i, "message": {"role": "assistant", "content": f"answer {i}"},
+                          "finish_reason": "stop"} for i in range(3)],
+             "usage": {"prompt_tokens": 9, "completion_tokens": 6, "total_tokens": 15}}  # fmt: skip
+    responses = read_choices(None, 200, json.dumps(reply).encode(), 3, "m")
+    assert [r.provider_data["choices"] for r in responses] == [[choice] for choice in reply["choices"]]
+    assert [r.message.parts[0].text for r in responses] == ["answer 0", "answer 1", "answer 2"]
+    assert [r.usage.input_tokens for r in responses] == [9, 0, 0]  # the prompt was billed once
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
