@@ -321,9 +321,11 @@ def main() -> None:
                 machine = Machine()
                 if label == "overhead":
                     overhead(config, port, 5)  # warm-up of litellm's clients, both sides
-                    cpu = _cpu_seconds(psutil.Process(server.pid))
-                    rounds = [overhead(config, port, args.requests) for _ in range(3)]
-                    cpu = (_cpu_seconds(psutil.Process(server.pid)) - cpu) / (3 * args.requests)
+                    rounds, cpu = [], []  # the server's CPU seconds per request, each round
+                    for _ in range(3):
+                        before = _cpu_seconds(psutil.Process(server.pid))
+                        rounds.append(overhead(config, port, args.requests))
+                        cpu.append((_cpu_seconds(psutil.Process(server.pid)) - before) / args.requests)
                     extra = [(served - local) * 1000 for served, local, _ in rounds]
                     print(f"overhead per request, N={N}, instant backend, {args.requests} sequential requests:\n"
                           f"  p50 through the server - p50 in-process: {_summary(extra)} ms  "
@@ -331,7 +333,8 @@ def main() -> None:
                           f"{_summary([r[1] * 1000 for r in rounds])} ms]\n"
                           f"  p50 of client latency - the server's own sample + fuse time: "
                           f"{_summary([r[2] * 1000 for r in rounds])} ms\n"
-                          f"  the server's CPU per request: {1000 * cpu:.2f} ms  {machine}")  # fmt: skip
+                          f"  the server's CPU per request: {_summary([1000 * c for c in cpu])} ms  "
+                          f"{machine}")  # fmt: skip
                 else:
                     ideal = CONCURRENCY / (2 * DELAY)
                     watched = {"server": psutil.Process(server.pid), "backend": psutil.Process(backend.pid),
@@ -339,7 +342,11 @@ def main() -> None:
                     own = {"server": True, "backend": True, "client": False}  # the client's children are the others
                     spy = _profiler(server.pid, args.profile)
                     before = {name: _cpu_seconds(one, own[name]) for name, one in watched.items()}
-                    machine, rates = Machine(), [throughput(port, args.total) for _ in range(3)]
+                    machine, rates, rounds = Machine(), [], []  # rounds: the server's CPU per request, each round
+                    for _ in range(3):
+                        start = _cpu_seconds(watched["server"])
+                        rates.append(throughput(port, args.total))
+                        rounds.append((_cpu_seconds(watched["server"]) - start) / (args.total + CONCURRENCY))
                     spent = {name: _cpu_seconds(one, own[name]) - before[name] for name, one in watched.items()}
                     if spy is not None:
                         spy.send_signal(signal.SIGINT)
@@ -352,6 +359,7 @@ def main() -> None:
                           f"{_summary([100 * r / ideal for r in rates])} % of the ideal {ideal:.0f}/s\n"
                           f"  the same FusionOfN in-process: {_summary(local)} requests/s = "
                           f"{_summary([100 * r / ideal for r in local])} % of the ideal\n"
+                          f"  the server's CPU per request: {_summary([1000 * c for c in rounds])} ms\n"
                           f"  CPU per request through the server (all rounds, {os.cpu_count()} cores): "
                           + ", ".join(f"{name} {1000 * seconds / requests:.1f} ms" for name, seconds in spent.items())
                           + f"; at {sum(spent.values()) * 1000 / requests:.1f} ms in all, the cores allow at most "
