@@ -1,5 +1,6 @@
 """Every error status of the server, over raw HTTP: what it means, the field it names, and no key in any body."""
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -232,6 +233,50 @@ def test_a_client_leaving_mid_stream_frees_its_slot(tmp_path):
             after = _post(server, {"model": "fusion", "messages": HELLO, "stream": False}, timeout=60)
             gate.set()
     assert after.status_code == 200, after.text  # not 429: the slot came back
+
+
+def test_a_client_gone_before_its_stream_starts_frees_its_slot(config):
+    """The client leaves before the response's first byte (the server's send fails): its events never start, and
+    the slot still comes back, with nothing left running."""
+    import asyncio
+
+    import fusion_dspy as fd
+    from fusion_dspy.serve.app import ServeSettings, create_app
+    from fusion_dspy.serve.profiles import build_profiles
+
+    app = create_app(build_profiles(fd.load_config(config)), ServeSettings(max_concurrency=1))
+    body = json.dumps({"model": "fusion", "messages": HELLO, "stream": True}).encode()
+
+    async def post_and_leave() -> None:
+        messages = iter([{"type": "http.request", "body": body, "more_body": False}])
+
+        async def receive() -> dict:
+            return next(messages, {"type": "http.disconnect"})
+
+        async def send(message: dict) -> None:
+            raise OSError("the client is gone")  # ASGI 2.4: a server's send fails once the client has left
+
+        scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
+                 "method": "POST", "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"",
+                 "root_path": "", "query_string": b"", "headers": [(b"content-type", b"application/json")],
+                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8000), "state": {}}  # fmt: skip
+        with contextlib.suppress(Exception):
+            await app(scope, receive, send)
+
+    async def in_flight() -> int:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return (await client.get("/health")).json()["in_flight"]
+
+    async def scenario() -> tuple[int, int]:
+        await post_and_leave()
+        left = await in_flight()
+        await asyncio.sleep(0.2)  # a task left running would now be drawing samples
+        return left, len(asyncio.all_tasks())
+
+    left, tasks = asyncio.run(scenario())
+    assert left == 0, "the slot of a stream that never started is held"
+    assert tasks == 1  # only this test's own: no fusion runs for a response never sent
 
 
 def test_samples_that_all_time_out_upstream_are_504(tmp_path):

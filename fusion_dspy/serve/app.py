@@ -7,13 +7,11 @@ instead of queueing, a per-request deadline (504) and OpenAI-style error bodies,
 (``request_id``), metrics (``metrics``) and readiness (``health``). A streamed reply starts (status 200, the role
 chunk) as soon as the request is accepted (valid, authorized, a slot taken), as OpenAI's and OpenRouter's streams
 do; while the panel runs it gets a keep-alive comment after each interval of silence (``keepalive``), and any
-failure after the start ends the stream with an OpenAI-style error event, never a silent cut.
+failure after the start ends the stream with an OpenAI-style error event, never a silent cut (``stream``).
 """
 
-import asyncio
 import contextlib
 import hmac
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,20 +20,19 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.sse import EventSourceResponse, format_sse_event
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from fusion_dspy.backends.secrets import Redactor
-from fusion_dspy.serve import keepalive
 from fusion_dspy.serve.health import Readiness, add_health_routes
 from fusion_dspy.serve.metrics import MetricsMiddleware, ServeMetrics, add_metrics_route, failures_of
 from fusion_dspy.serve.profiles import Limits, Profile
 from fusion_dspy.serve.request_id import RequestIdMiddleware, with_request_id
 from fusion_dspy.serve.run import FusionRun, upstream_error
 from fusion_dspy.serve.schema import ChatCompletionRequest, ServeError, field_path
+from fusion_dspy.serve.stream import start_stream
 from fusion_dspy.serve.tracing import telemetry
-from fusion_dspy.serve.unicode import SafeJSONResponse, dumps, loads_lenient
+from fusion_dspy.serve.unicode import SafeJSONResponse, loads_lenient
 
 
 @dataclass(frozen=True)
@@ -68,10 +65,6 @@ class ServeSettings:
 
 def _error_response(error: ServeError) -> JSONResponse:
     return SafeJSONResponse(with_request_id(error.body()), status_code=error.status, headers=error.headers)
-
-
-def _sse(payload: dict[str, Any] | str) -> bytes:
-    return format_sse_event(data_str=payload if isinstance(payload, str) else dumps(payload))
 
 
 class _Gate:
@@ -180,8 +173,8 @@ def create_app(profiles: dict[str, Profile], settings: ServeSettings | None = No
                                  f"{sorted(profiles)} (GET /v1/models).", param="model", code="model_not_found")
             request.state.fusion_profile = chat.model
             run = FusionRun(profiles[chat.model], chat, settings.limits, redact, request.state.request_id)
-            if chat.stream:  # from here on the stream leaves the gate, when it ends
-                return await _start_stream(run, chat, settings, gate, request.state)
+            if chat.stream:  # from here on the stream's response leaves the gate, when it ends
+                return start_stream(run, chat, settings.timeout, settings.keepalive_s, request.state, gate.leave)
             with anyio.fail_after(settings.timeout):
                 pool = await run.asample()
                 result = await run.acombine(pool)
@@ -228,68 +221,3 @@ def _parse(body: bytes) -> ChatCompletionRequest:
         if error.errors()[0]["type"] == "json_invalid" and (text := loads_lenient(body)) is not None:
             return _parse(text.encode())  # valid JSON with a lone-surrogate escape: read as U+FFFD
         raise _bad_request(error.errors()) from None
-
-
-async def _start_stream(run: FusionRun, chat: ChatCompletionRequest, settings: ServeSettings, gate: _Gate,
-                        state: Any):  # fmt: skip
-    """Answer 200 with the role chunk at once, then stream the fusion as it is drawn and written, with a keep-alive
-    comment after each ``keepalive_s`` of silence; the client leaving stops the work (``finally``)."""
-    queue: asyncio.Queue = asyncio.Queue()
-    include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
-
-    async def produce() -> None:
-        pool = None
-        try:
-            with anyio.fail_after(settings.timeout):
-                pool = await run.asample()
-                final = None
-                async for piece in run.stream(pool):
-                    if isinstance(piece, str):
-                        await queue.put(run.chunk({"content": piece}))
-                    elif isinstance(piece, dict):  # an agent's delta: text or a tool call's pieces
-                        await queue.put(run.chunk(piece))
-                    else:
-                        final = piece
-                state.fusion_report = run.report(final)
-                usage, fusion = run.usage_and_fusion(pool, final)
-                await queue.put(run.chunk({}, run.message(final)[1], fusion=fusion))
-                if include_usage:
-                    await queue.put({**run.chunk({}), "choices": [], "usage": usage})
-            await queue.put("[DONE]")
-        except Exception as error:  # noqa: BLE001 - every failure reaches the client, as an error event
-            state.fusion_failures = failures_of(error, run.names)
-            await queue.put(upstream_error(error, run.redact))
-
-    async def events() -> AsyncIterator[bytes]:
-        task = asyncio.create_task(produce())  # started with the stream: nothing runs for a response never sent
-        try:
-            yield _sse(run.chunk({"role": "assistant", "content": ""}))
-            while True:
-                item = await keepalive.next_item(queue, settings.keepalive_s)
-                if item is keepalive.IDLE:
-                    yield keepalive.COMMENT
-                elif isinstance(item, ServeError):
-                    state.fusion_status = item.status
-                    yield _sse(with_request_id(item.body()))  # ends the stream: an error event, never a silent cut
-                    return
-                else:
-                    if getattr(state, "fusion_first_token", None) is None and _has_words(item):
-                        state.fusion_first_token = time.perf_counter()
-                    yield _sse(item)
-                    if item == "[DONE]":
-                        return
-        except Exception as error:  # noqa: BLE001 - a failure while streaming still ends with an error event
-            failure = upstream_error(error, run.redact)
-            state.fusion_status = failure.status
-            yield _sse(with_request_id(failure.body()))
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-            gate.leave()
-
-    return EventSourceResponse(events(), headers={"Cache-Control": "no-cache"})
-
-
-def _has_words(item: Any) -> bool:
-    return isinstance(item, dict) and bool(item.get("choices")) and bool(item["choices"][0]["delta"].get("content"))
