@@ -127,11 +127,12 @@ def worker_pids(parent: int) -> list[int]:
     return pids
 
 
-def wait_until(condition, limit: float = 180, process: subprocess.Popen | None = None) -> None:
+def wait_until(condition, limit: float = 180, process: subprocess.Popen | None = None,
+               output: "Output | None" = None) -> None:  # fmt: skip
     deadline = time.monotonic() + limit
     while not condition():
         if process is not None and process.poll() is not None:
-            pytest.fail(f"the command ended early: {process.communicate()[0]}")
+            pytest.fail(f"the command ended early: {output.text() if output else process.communicate()[0]}")
         if time.monotonic() > deadline:
             if process is not None:
                 process.kill()
@@ -164,6 +165,20 @@ def test_a_killed_worker_loses_no_finished_prompt_and_a_rerun_does_each_once(tmp
     assert sorted(int(i) for i in by_id(output)) == list(range(40)), "every prompt exactly once"
 
 
+class Output:
+    """A command's output, read line by line by a thread as it comes: a wait for a line can then time out (a
+    ``readline()`` in the waiting loop blocks for as long as the command prints nothing)."""
+
+    def __init__(self, process: subprocess.Popen):
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(process.stdout or ()), daemon=True)
+        self.reader.start()
+
+    def text(self, timeout: float = 0) -> str:
+        self.reader.join(timeout)
+        return "".join(self.lines)
+
+
 def spawn(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(cli_process(*args), cwd=REPO, env=env, text=True,
@@ -194,10 +209,12 @@ def test_a_second_ctrl_c_abandons_the_prompts_in_flight_and_ends_the_workers(tmp
         wait_until(lambda: server.flight.now >= 4, process=first)
         workers = [psutil.Process(pid) for pid in worker_pids(first.pid)]
         assert len(workers) == 2
+        output_so_far = Output(first)
         os.killpg(first.pid, signal.SIGINT)
-        wait_until(lambda: "Ctrl-C again to abandon" in first.stdout.readline(), process=first)
+        wait_until(lambda: "Ctrl-C again to abandon" in output_so_far.text(), process=first, output=output_so_far)
         os.killpg(first.pid, signal.SIGINT)
-        text, _ = first.communicate(timeout=45)
+        first.wait(timeout=45)
+        text = output_so_far.text(timeout=10)
         assert first.returncode == 130 and "Traceback" not in text, text
         assert lines(output) == [] and not lines(tmp_path / "train.errors.jsonl")
         psutil.wait_procs(workers, timeout=10)
