@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fusion_dspy import _commands
 from fusion_dspy.errors import FusionDSPyError
+from fusion_dspy.serve.command import ServeOptions
 
 
 def _positive(text: str) -> int:
@@ -155,22 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a tuned.json from optimize, served as model NAME (default: the file's stem); repeatable")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other needs a key)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    serve.add_argument("--api-key-env", metavar="NAME", help="environment variable holding the key clients must send "
-                       "as 'Authorization: Bearer <key>'")  # fmt: skip
-    serve.add_argument("--max-concurrency", type=int, default=64, help="requests in flight; more get 429 (default 64)")
-    serve.add_argument("--timeout", type=float, default=600.0, help="seconds per request before 504 (default 600)")
-    serve.add_argument("--max-n", type=int, default=16, help="most candidates a request may ask for (default 16)")
-    serve.add_argument("--max-body-bytes", type=int, default=1_000_000, help="largest request body; more get 413")
     serve.add_argument("--workers", type=int, default=1, help="server processes, each with its own backends and "
                        "--max-concurrency (default 1)")  # fmt: skip
-    serve.add_argument("--otel", action="store_true", help="OpenTelemetry tracing of each request, its stages and "
-                       "candidates, exported as the OTEL_* variables say (needs the otel extra)")  # fmt: skip
-    serve.add_argument("--keepalive-s", type=float, default=15.0, help="seconds of silence after which a stream gets "
-                       "an SSE comment line; the stream starts at the first one at the latest (default 15; 0: none)")
-    serve.add_argument("--drain-s", type=float, default=5.0, help="seconds to keep serving after SIGTERM with "
-                       "/health/readiness at 503, before stopping (default 5)")  # fmt: skip
-    serve.add_argument("--metrics", action=argparse.BooleanOptionalAction, default=True,
-                       help="serve Prometheus metrics at GET /metrics (default on)")  # fmt: skip
+    ServeOptions.add_arguments(serve)
     serve.set_defaults(handler=_commands.serve)
     return parser
 

@@ -111,3 +111,30 @@ def test_the_served_process_keeps_no_dspy_history_or_trace(tmp_path):
         ServeOptions(config=str(config)).app()
     assert dspy.settings.disable_history and dspy.settings.trace is None
     assert gc.get_freeze_count() > 0, "its imports frozen: no collection walks them again (freeze_imports)"
+
+
+def test_each_serve_option_is_an_argument_of_the_command_and_reaches_the_app_s_settings(tmp_path, monkeypatch):
+    """A server option is one field of ServeOptions (plus one of ServeSettings when the app reads it): the command's
+    argument, its default and its --no- form come from the field, and its value reaches the running app."""
+    from dataclasses import fields
+
+    from fusion_dspy.cli import build_parser
+    from fusion_dspy.serve.command import ServeOptions
+
+    with StubOpenAIServer(chat_reply) as stub:
+        config = write_config(tmp_path / "c.yaml", {"stub": stub.api_base}, "stub", n=2)
+        defaults = ServeOptions.of(build_parser().parse_args(["serve", "--config", str(config)]))
+        assert defaults == ServeOptions(config=str(config))
+        given = {"max_concurrency": 3, "timeout": 7.5, "max_n": 4, "max_body_bytes": 2048, "keepalive_s": 0.5,
+                 "drain_s": 0.0, "metrics": False, "otel": False, "api_key_env": "FUSION_TEST_SERVE_KEY"}  # fmt: skip
+        assert set(given) == {option.name for option in fields(ServeOptions) if "help" in option.metadata}
+        argv = ["serve", "--config", str(config), "--max-concurrency", "3", "--timeout", "7.5", "--max-n", "4",
+                "--max-body-bytes", "2048", "--keepalive-s", "0.5", "--drain-s", "0", "--no-metrics", "--no-otel",
+                "--api-key-env", "FUSION_TEST_SERVE_KEY"]  # fmt: skip
+        options = ServeOptions.of(build_parser().parse_args(argv))
+        assert options == ServeOptions(config=str(config), **given)
+        monkeypatch.setenv("FUSION_TEST_SERVE_KEY", KEY)
+        settings = options.app().state.settings
+    assert (settings.max_concurrency, settings.timeout, settings.limits.max_n, settings.max_body_bytes,
+            settings.keepalive_s, settings.drain_s, settings.metrics) == (3, 7.5, 4, 2048, 0.5, 0.0, False)
+    assert settings.api_key == KEY

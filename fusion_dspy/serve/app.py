@@ -111,7 +111,7 @@ def create_app(profiles: dict[str, Profile], settings: ServeSettings | None = No
     # telemetry: a span per request, honouring traceparent, while tracing is set up (--otel)
     app = FastAPI(title="fusion-dspy", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan,
                   telemetry=telemetry())  # fmt: skip
-    app.state.readiness = readiness
+    app.state.readiness, app.state.settings = readiness, settings
     if metrics is not None:
         app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(RequestIdMiddleware)  # outermost: the id is set for everything inside

@@ -6,6 +6,7 @@ metrics go to files in a temporary folder (``$PROMETHEUS_MULTIPROC_DIR``, promet
 that this command makes and removes, so ``/metrics`` of any worker shows them all.
 """
 
+import argparse
 import contextlib
 import json
 import os
@@ -23,9 +24,17 @@ MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's (read when it i
 ENVIRONMENT = "FUSION_DSPY_SERVE"  # the options of a multi-worker server, for each worker (no key: its variable)
 
 
+def _option(help: str, default: Any, **argument: Any) -> Any:
+    """A field of ``ServeOptions`` that is also an argument of ``fusion-dspy serve`` (``--name-with-dashes``), with
+    this help; ``argument`` adds to what ``add_arguments`` passes to argparse (a ``metavar``)."""
+    return field(default=default, metadata={"help": help, **argument})
+
+
 @dataclass(frozen=True)
 class ServeOptions:
-    """What a served app is built from; a key is named by its environment variable, never held here.
+    """What a served app is built from; a key is named by its environment variable, never held here. Each option
+    with a help text is an argument of ``fusion-dspy serve`` (``add_arguments``): a new option is one field here, and
+    one in ``ServeSettings`` if the app reads it.
 
     Example:
         >>> app = ServeOptions(config=str(stub_config), max_n=8).app()   # tuned=("qa=tuned.json",) adds a model
@@ -35,21 +44,39 @@ class ServeOptions:
 
     config: str | None = None
     tuned: tuple[str, ...] = field(default_factory=tuple)
-    api_key_env: str | None = None
-    max_concurrency: int = 64
-    timeout: float = 600.0
-    max_n: int = 16
-    max_body_bytes: int = 1_000_000
-    otel: bool = False  # OpenTelemetry tracing, set up from the OTEL_* variables (serve.tracing.configure)
-    keepalive_s: float = 15.0
-    drain_s: float = 5.0
-    metrics: bool = True
+    api_key_env: str | None = _option("environment variable holding the key clients must send as 'Authorization: "
+                                      "Bearer <key>'", None, metavar="NAME")  # fmt: skip
+    max_concurrency: int = _option("requests in flight; more get 429 (default 64)", 64)
+    timeout: float = _option("seconds per request before 504 (default 600)", 600.0)
+    max_n: int = _option("most candidates a request may ask for (default 16)", 16)
+    max_body_bytes: int = _option("largest request body; more get 413", 1_000_000)
+    otel: bool = _option("OpenTelemetry tracing of each request, its stages and candidates, exported as the OTEL_* "
+                         "variables say (needs the otel extra)", False)  # fmt: skip
+    keepalive_s: float = _option("seconds of silence after which a stream gets an SSE comment line; the stream starts "
+                                 "at the first one at the latest (default 15; 0: none)", 15.0)  # fmt: skip
+    drain_s: float = _option("seconds to keep serving after SIGTERM with /health/readiness at 503, before stopping "
+                             "(default 5)", 5.0)  # fmt: skip
+    metrics: bool = _option("serve Prometheus metrics at GET /metrics (default on)", True)
 
     @classmethod
     def of(cls, args: Any) -> "ServeOptions":
         """The options of ``fusion-dspy serve``'s parsed arguments, each option read from the argument of its name."""
         given = {option.name: getattr(args, option.name) for option in fields(cls)}
         return cls(**{**given, "config": str(args.config) if args.config else None, "tuned": tuple(args.tuned or ())})
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Add an argument to ``parser`` for each option with a help text: its type and default the field's, a
+        switch with its ``--no-`` form for a yes/no option."""
+        for option in fields(cls):
+            if "help" not in option.metadata:
+                continue
+            flag, argument = "--" + option.name.replace("_", "-"), dict(option.metadata)
+            if isinstance(option.default, bool):
+                argument["action"] = argparse.BooleanOptionalAction
+            elif option.default is not None:
+                argument["type"] = type(option.default)
+            parser.add_argument(flag, default=option.default, **argument)
 
     def api_key(self) -> str | None:
         if not self.api_key_env:
