@@ -5,6 +5,7 @@ import contextlib
 import json
 import os
 import re
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,23 +45,40 @@ def by_id(path: Path) -> dict[str, dict]:
     return {str(r["id"]): r for r in records}
 
 
+WITHOUT_LITELLM = REPO / "tests" / "without_litellm"  # its sitecustomize records each import of litellm, and fails it
+IMPORTS = "FUSION_TEST_LITELLM_IMPORTS"  # the folder where it records them
+
+
 @contextlib.contextmanager
-def local_ray() -> Iterator[Any]:
+def local_ray(without_litellm: bool = False) -> Iterator[Any]:
     """One local Ray instance (2 CPUs, no dashboard) for a module's Ray cases. Its workers inherit PYTHONPATH: they
-    import the test task (tests.scripted_search) as a user's workers import theirs."""
+    import the test task (tests.scripted_search) as a user's workers import theirs. ``without_litellm``: no worker
+    may import litellm (``litellm_importers()`` lists those that tried)."""
     import ray
 
-    before = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), before]))
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-        if before is None:
-            os.environ.pop("PYTHONPATH")
-        else:
-            os.environ["PYTHONPATH"] = before
+    before = {name: os.environ.get(name) for name in ("PYTHONPATH", IMPORTS)}
+    paths = [str(WITHOUT_LITELLM)] if without_litellm else []
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [*paths, str(REPO), before["PYTHONPATH"]]))
+    with tempfile.TemporaryDirectory() as records:
+        if without_litellm:
+            os.environ[IMPORTS] = records
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
+            for name, value in before.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
+def litellm_importers(folder: str | Path | None = None) -> dict[str, str]:
+    """The processes that imported litellm under ``tests/without_litellm`` (its records in ``folder``, by default
+    those of ``local_ray(without_litellm=True)``): pid -> command line."""
+    folder = Path(folder or os.environ[IMPORTS])
+    return {record.name: record.read_text() for record in folder.iterdir()}
 
 
 def untimed(value: Any) -> Any:

@@ -1,11 +1,15 @@
 """litellm is imported only when a model needs it (fusion_dspy/_litellm.py), each check in a fresh interpreter."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
+
+from tests.engine_support import IMPORTS, WITHOUT_LITELLM, litellm_importers
 
 STUB = """
 import sys
@@ -15,10 +19,10 @@ server = StubOpenAIServer(respond=lambda call: {"comparison": "same", "answer": 
 """
 
 
-def fresh(code: str, tmp_path) -> dict:
+def fresh(code: str, tmp_path, env: dict[str, str] | None = None) -> dict:
     """Run ``code`` in a new interpreter; it prints one JSON line last."""
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+                          text=True, timeout=300, env=env)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -50,6 +54,49 @@ print(json.dumps({"code": code, "answer": json.loads(open("out.jsonl").read())["
                   "litellm": "litellm" in sys.modules}))
 """, tmp_path)  # fmt: skip
     assert seen == {"code": 0, "answer": "4", "litellm": False}
+
+
+def without_litellm(records: Path) -> dict[str, str]:
+    """An environment whose processes, and the processes they start, may not import litellm: each one that does
+    leaves a record in ``records`` (``tests/without_litellm``)."""
+    records.mkdir()
+    path = os.pathsep.join(filter(None, [str(WITHOUT_LITELLM), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, IMPORTS: str(records)}
+
+
+def test_the_cli_s_worker_processes_on_a_native_config_never_import_litellm(tmp_path):
+    seen = fresh(STUB + """
+import json
+from fusion_dspy.cli import main
+open("config.yaml", "w").write("{roles: {generators: stub}, models: {stub: {model: openai/stub, cache: false, "
+                               "api_base: '%s'}}}" % server.api_base)
+open("in.jsonl", "w").write("".join(json.dumps({"question": f"{i} + {i}?"}) + "\\n" for i in range(6)))
+code = main(["run", "--config", "config.yaml", "--inputs", "in.jsonl", "--output", "out.jsonl", "--quiet",
+             "--workers", "2", "--concurrency", "4"])
+print(json.dumps({"code": code, "answers": [json.loads(line)["answer"] for line in open("out.jsonl")]}))
+""", tmp_path, env=without_litellm(tmp_path / "imports"))  # fmt: skip
+    assert seen["code"] == 0 and seen["answers"] == ["4"] * 6
+    assert litellm_importers(tmp_path / "imports") == {}, "no process imported litellm"
+
+
+def test_serve_on_a_native_config_never_imports_litellm(tmp_path):
+    seen = fresh(STUB.replace('"answer"', '"response"') + """
+import asyncio, json, httpx
+from fusion_dspy.serve.command import ServeOptions
+open("config.yaml", "w").write("{roles: {generators: stub}, models: {stub: {model: openai/stub, cache: false, "
+                               "api_base: '%s'}}}" % server.api_base)
+app = ServeOptions(config="config.yaml").app()
+async def ask():
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://fusion") as client:
+        body = {"model": "fusion", "messages": [{"role": "user", "content": "2 + 2?"}]}
+        plain = (await client.post("/v1/chat/completions", json=body)).json()
+        streamed = (await client.post("/v1/chat/completions", json={**body, "stream": True})).text
+        return plain["choices"][0]["message"]["content"], "[DONE]" in streamed
+print(json.dumps({"reply": asyncio.run(ask()), "litellm": "litellm" in sys.modules}))
+""", tmp_path, env=without_litellm(tmp_path / "imports"))  # fmt: skip
+    assert seen == {"reply": ["4", True], "litellm": False}
+    assert litellm_importers(tmp_path / "imports") == {}, "no process imported litellm"
 
 
 @pytest.mark.parametrize("config", ["{engine: litellm}", "{deployments: [{api_base: BASE}, {api_base: BASE}]}"])

@@ -17,15 +17,26 @@ from fusion_dspy.cli import main
 from fusion_dspy.core.router import Router
 from fusion_dspy.core.store import CandidateStore
 from fusion_dspy.testing import StubOpenAIServer
-from tests.engine_support import by_id, lines, local_ray, qa_reply, reply, same_failures, untimed, write_config
+from tests.engine_support import (
+    by_id,
+    lines,
+    litellm_importers,
+    local_ray,
+    qa_reply,
+    reply,
+    same_failures,
+    untimed,
+    write_config,
+)
 
 RAY = ["--engine", "ray", "--actors", "1", "--in-flight", "4", "--quiet"]
 
 
 @pytest.fixture(scope="module")
 def ray_address():
-    """One local Ray instance for the module (``tests.engine_support.local_ray``), by its address."""
-    with local_ray() as ray:
+    """One local Ray instance for the module (``tests.engine_support.local_ray``), by its address. Its configs are
+    native: no actor may import litellm."""
+    with local_ray(without_litellm=True) as ray:
         yield ray.get_runtime_context().gcs_address
 
 
@@ -55,6 +66,7 @@ def test_synth_on_ray_writes_the_local_records_and_handles_failing_teachers_as_l
     errors = lines(tmp_path / "ray.errors.jsonl")
     assert [e["id"] for e in errors] == ["p10"] and errors[0]["error"].startswith("SamplingError")
     assert [e["id"] for e in lines(tmp_path / "local.errors.jsonl")] == ["p10"]
+    assert litellm_importers() == {}, "a Ray actor imported litellm for native models"
 
 
 
