@@ -12,6 +12,7 @@ handler (set the two variables in the proxy's environment)::
 
 ``stream=True`` streams the fusor's reply token by token; the last chunk carries the summed usage. The response's
 ``_hidden_params["response_cost"]`` is the report's cost of every call: ``None`` when a model's price is unknown.
+A reply cut at ``max_tokens`` ends with ``finish_reason == "length"``, streamed or not (``FusionReport.finish_reason``).
 """
 
 import os
@@ -26,8 +27,6 @@ from litellm.llms.custom_llm import CustomLLM
 from litellm.types.utils import GenericStreamingChunk, Message, ModelResponse, Usage
 
 from fusion_dspy.backends.secrets import Redactor, config_secrets
-from fusion_dspy.core import truncation
-from fusion_dspy.core.report import FusionReport
 from fusion_dspy.litellm_errors import PROVIDER, request_error, setup_error
 from fusion_dspy.serve.profiles import Limits, Profile
 from fusion_dspy.serve.run import FusionRun
@@ -95,11 +94,11 @@ class FusionProvider(CustomLLM):
             raise request_error(error, label) from None
 
     @staticmethod
-    def _fill(run: FusionRun, pool: Any, result: Any, model_response: ModelResponse, cut: list[str]) -> ModelResponse:
+    def _fill(run: FusionRun, pool: Any, result: Any, model_response: ModelResponse) -> ModelResponse:
         usage, fusion = run.usage_and_fusion(pool, result)
         message, finish = run.message(result)
         model_response.choices[0].message = Message(**message)  # type: ignore[union-attr]
-        model_response.choices[0].finish_reason = finish if finish != "stop" else _finish_reason(result.report, cut)
+        model_response.choices[0].finish_reason = finish  # "length": the reply was cut (FusionReport.finish_reason)
         model_response.model = f"{PROVIDER}/{run.profile.name}"
         model_response.usage = Usage(**usage)  # type: ignore[attr-defined]
         model_response._hidden_params["response_cost"] = run.report(result).cost  # None: a price is unknown
@@ -112,9 +111,7 @@ class FusionProvider(CustomLLM):
         run = self._run(model, messages, optional_params)
         try:
             pool = run.sample()
-            with truncation.watch() as cut:
-                result = run.combine(pool)
-            return self._fill(run, pool, result, model_response, cut)
+            return self._fill(run, pool, run.combine(pool), model_response)
         except ServeError as error:
             raise request_error(error, f"{PROVIDER}/{run.profile.name}") from None
 
@@ -124,9 +121,7 @@ class FusionProvider(CustomLLM):
         run = self._run(model, messages, optional_params)
         try:
             pool = await run.asample()
-            with truncation.watch() as cut:
-                result = await run.acombine(pool)
-            return self._fill(run, pool, result, model_response, cut)
+            return self._fill(run, pool, await run.acombine(pool), model_response)
         except ServeError as error:
             raise request_error(error, f"{PROVIDER}/{run.profile.name}") from None
 
@@ -158,15 +153,6 @@ class FusionProvider(CustomLLM):
                          ) -> AsyncIterator[GenericStreamingChunk]:  # fmt: skip
         async for chunk in self._chunks(self._run(model, messages, optional_params)):
             yield chunk
-
-
-def _finish_reason(report: FusionReport, cut: list[str]) -> str:
-    """``"length"`` when the reply was cut at max_tokens: the fusor's (``cut``: DSPy's notices while it wrote), or
-    the kept candidate's (Best-of-N, or a fusion that fell back to a selection); else ``"stop"``."""
-    if report.method == "fuse" and report.fallback is None:
-        return "length" if cut else "stop"
-    kept = report.selected_index
-    return "length" if kept is not None and report.candidates[kept].truncated else "stop"
 
 
 def register(config: str | Path | None = None, tuned: Sequence[str] = (), limits: Limits | None = None

@@ -1,6 +1,8 @@
+import asyncio
 import json
 import logging
 import re
+from collections.abc import Callable
 
 import dspy
 import pydantic
@@ -8,6 +10,7 @@ import pytest
 from dspy.utils.exceptions import AdapterParseError
 
 import fusion_dspy as fd
+from fusion_dspy.core import truncation
 from fusion_dspy.core.signatures import fuse_signature
 from fusion_dspy.testing import scripted_lm
 from tests.conftest import qa_responder
@@ -125,3 +128,56 @@ def test_a_broken_fusor_answer_is_retried_as_a_fresh_sample(asynchronous):
     with pytest.raises(AdapterParseError):
         fd.Fuse("question -> answer", lm=scripted_lm(lambda call: "{answer}"), retries=2)(candidates=CANDIDATES,
                                                                                            question="q")
+
+
+def _cut_when(condition):
+    """A ``finish_reason`` for ``scripted_lm``: ``"length"`` (the reply cut at max_tokens) where ``condition(call)``."""
+    return lambda call: "length" if condition(call) else "stop"
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_the_report_says_length_when_the_fused_answer_was_cut_at_max_tokens(asynchronous):
+    """``finish_reason`` is the answer's: "length" when the fusor's reply was cut, "stop" when only panel replies
+    (candidates the answer is not) were."""
+
+    def fused(cut_fusor: bool) -> dspy.Prediction:
+        lm = scripted_lm(qa_responder, finish_reason=_cut_when(lambda call: call.wants("comparison") == cut_fusor))
+        program = fd.FusionOfN("question -> answer", n=3, lm=lm)
+        return asyncio.run(program.acall(question="q")) if asynchronous else program(question="q")
+
+    cut, panel_cut = fused(cut_fusor=True).report, fused(cut_fusor=False).report
+    assert (cut.fusor_truncated, cut.finish_reason, cut.to_dict()["fusor_truncated"]) == (True, "length", True)
+    assert [c.truncated for c in panel_cut.candidates] == [True, True, True]
+    assert (panel_cut.fusor_truncated, panel_cut.finish_reason) == (False, "stop")
+
+
+def test_a_cut_fusor_reply_that_was_retried_whole_is_not_length():
+    """Each attempt is read on its own: a broken, cut answer is redone, and only the answer kept counts."""
+
+    def fused(cut: Callable) -> dspy.Prediction:
+        fusor = scripted_lm(lambda call: "{answer}" if call.index < 2 else qa_responder(call),
+                            finish_reason=_cut_when(cut))  # calls 0 and 1 broken (chat, JSON), 2 the retry
+        return fd.Fuse("question -> answer", lm=fusor, retries=1)(candidates=CANDIDATES, question="q")
+
+    assert fused(lambda call: call.index < 2).fusor_truncated is False
+    assert fused(lambda call: call.index == 2).fusor_truncated is True
+
+
+@pytest.mark.parametrize(("cut", "finish"), [("majority", "length"), ("minority", "stop")])
+def test_a_fallback_selection_reports_the_kept_candidates_finish_reason(cut, finish):
+    """The fusor failed and the majority candidate was kept: "length" exactly when that candidate was cut."""
+    lm = scripted_lm(lambda call: {"answer": "Paris" if call.index != 1 else "Lyon"},
+                     finish_reason=_cut_when(lambda call: (call.index != 1) == (cut == "majority")))  # fmt: skip
+    broken = scripted_lm(lambda call: "I think it's Paris.")
+    report = fd.FusionOfN("question -> answer", n=3, lm=lm, fusor_lm=broken, fallback="select")(question="q").report
+    assert report.fallback is not None and report.candidates[report.selected_index].truncated == (finish == "length")
+    assert report.finish_reason == finish
+
+
+def test_a_watch_around_a_whole_call_sees_the_cuts_its_stages_watch_for_themselves():
+    """Watches nest: the fusor's own watch (and each sample's) hides nothing from one around the whole call."""
+    lm = scripted_lm(qa_responder, finish_reason="length")  # every reply cut: the samples' and the fusor's
+    with truncation.watch() as cut:
+        report = fd.FusionOfN("question -> answer", n=3, lm=lm)(question="q").report
+    assert report.fusor_truncated and all(candidate.truncated for candidate in report.candidates)
+    assert len(cut) == len(lm.engine.calls)

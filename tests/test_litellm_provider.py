@@ -151,3 +151,21 @@ async def test_finish_reason_says_when_the_reply_was_cut_at_max_tokens(tmp_path,
                    await litellm.acompletion(model=model, messages=MESSAGES)]  # fmt: skip
     provider.register()
     assert [reply.choices[0].finish_reason for reply in replies] == [finish, finish]
+
+
+@pytest.mark.parametrize(("model", "cut", "finish"), [
+    ("fusion/fusion", "fusor", "length"), ("fusion/fusion", "samples", "stop"),
+    ("fusion/best-of-n", "samples", "length"), ("fusion/best-of-n", "fusor", "stop"),
+])  # fmt: skip
+async def test_a_streamed_reply_ends_with_length_when_it_was_cut_at_max_tokens(tmp_path, model, cut, finish):
+    """The fusor's streamed reply (Best-of-N: the kept candidate) ends with "length" exactly when that one was cut."""
+
+    def finish_reason(call):
+        return "length" if call.wants("comparison") == (cut == "fusor") else "stop"
+
+    with StubOpenAIServer(chat_reply, finish_reason=finish_reason) as server:
+        provider.register(config=write_config(tmp_path / "c.yaml", {"stub": server.api_base}, "stub", n=2))
+        chunks = list(litellm.completion(model=model, messages=MESSAGES, stream=True))
+        chunks += [chunk async for chunk in await litellm.acompletion(model=model, messages=MESSAGES, stream=True)]
+    provider.register()
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [finish, finish]

@@ -302,3 +302,45 @@ def test_adaptive_n_reports_what_it_drew_and_no_undrawn_sample_as_failed(tmp_pat
     assert fusion["samples_drawn"] == 2 and [c["model"] for c in fusion["candidates"]] == ["stub"] * 2
     assert fusion["failures"] == [] and fusion["stragglers"] == []
     assert len(stub.requests) == 2 + 1
+
+
+def _finish_reasons(server, model: str) -> list[str]:
+    """The ``finish_reason`` of a reply, then those of a streamed reply (only its last chunk has one)."""
+    client = _client(server)
+    reply = client.chat.completions.create(model=model, messages=CONVERSATION)
+    stream = client.chat.completions.create(model=model, messages=CONVERSATION, stream=True)
+    return [reply.choices[0].finish_reason, *(c.choices[0].finish_reason for c in stream
+                                              if c.choices and c.choices[0].finish_reason)]  # fmt: skip
+
+
+@pytest.mark.parametrize(("model", "cut", "finish"), [
+    ("fusion", "fusor", "length"), ("fusion", "samples", "stop"),
+    ("best-of-n", "samples", "length"), ("best-of-n", "fusor", "stop"),
+])  # fmt: skip
+def test_finish_reason_is_length_when_the_reply_was_cut_at_max_tokens(tmp_path, model, cut, finish):
+    """The reply is the fusor's (Best-of-N: the kept candidate's): "length" exactly when that one was cut, streamed
+    or not; panel replies cut under a fusion that is whole leave it "stop"."""
+
+    def finish_reason(call):
+        return "length" if call.wants("comparison") == (cut == "fusor") else "stop"
+
+    with StubOpenAIServer(chat_reply, finish_reason=finish_reason) as stub:
+        config = write_config(tmp_path / "c.yaml", {"stub": stub.api_base}, "stub", n=2)
+        with fusion_server(config) as server:
+            assert _finish_reasons(server, model) == [finish, finish]
+            fusion = _client(server).chat.completions.create(model=model, messages=CONVERSATION).model_extra["fusion"]
+    assert fusion["fusor_truncated"] is (model == "fusion" and cut == "fusor")
+
+
+@pytest.mark.parametrize(("cut", "finish"), [("kept", "length"), ("not kept", "stop")])
+def test_best_of_n_says_length_only_when_the_candidate_it_kept_was_cut(tmp_path, cut, finish):
+    odd = lambda call: call.index % 3 == 0  # noqa: E731 - one of each request's three samples says something else
+    cut_call = odd if cut == "not kept" else lambda call: not odd(call)
+    with StubOpenAIServer(respond=lambda call: {"response": "odd one" if odd(call) else "sample"},
+                          finish_reason=lambda call: "length" if cut_call(call) else "stop") as stub:  # fmt: skip
+        config = write_config(tmp_path / "c.yaml", {"stub": stub.api_base}, "stub", n=3)
+        with fusion_server(config) as server:
+            assert _finish_reasons(server, "best-of-n") == [finish, finish]
+            reply = _client(server).chat.completions.create(model="best-of-n", messages=CONVERSATION)
+    truncated = [candidate["truncated"] for candidate in reply.model_extra["fusion"]["candidates"]]
+    assert reply.choices[0].message.content == "sample" and truncated.count(True) == (1 if cut == "not kept" else 2)

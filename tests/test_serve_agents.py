@@ -282,3 +282,20 @@ def test_tools_and_a_json_schema_together_end_in_a_valid_json_answer(tmp_path):
                     messages = answer_tools(messages, reply.choices[0].message)
     assert finishes == ["tool_calls", "tool_calls", "stop"]
     jsonschema.validate(json.loads(reply.choices[0].message.content), CITY)
+
+
+def test_an_agents_answer_cut_at_max_tokens_says_length_and_its_tool_calls_still_say_tool_calls(tmp_path):
+    """A final answer whose fusor reply was cut ends with "length", streamed or not; a tool-call decision keeps
+    "tool_calls" (the fusor's reply is cut in both, the panel's in neither)."""
+    cut = lambda call: "length" if is_fusor(call) else "stop"  # noqa: E731
+    with StubOpenAIServer(respond=panel_text, tool_calls=panel_tool_calls, finish_reason=cut) as stub:
+        config = write_config(tmp_path / "c.yaml", {"stub": stub.api_base}, "stub", n=3, fallback="select")
+        with fusion_server(config) as server:
+            client, answer = _client(server), {"messages": QUESTION, "tools": TOOLS, "tool_choice": "none"}
+            reply = client.chat.completions.create(model="fusion", **answer)
+            stream = client.chat.completions.create(model="fusion", stream=True, **answer)
+            streamed = [c.choices[0].finish_reason for c in stream if c.choices and c.choices[0].finish_reason]
+            decision = client.chat.completions.create(model="fusion", messages=QUESTION, tools=TOOLS)
+    assert reply.choices[0].message.content == FINAL and [reply.choices[0].finish_reason, *streamed] == ["length"] * 2
+    assert reply.model_extra["fusion"]["fusor_truncated"] is True
+    assert decision.choices[0].finish_reason == "tool_calls" and decision.choices[0].message.tool_calls

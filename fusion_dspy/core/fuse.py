@@ -9,6 +9,7 @@ from dspy.signatures.signature import Signature, ensure_signature
 from dspy.utils.exceptions import AdapterParseError
 
 import fusion_dspy.tracing as tracing
+from fusion_dspy.core import truncation
 from fusion_dspy.core.context import check_fits
 from fusion_dspy.core.pool import Pool, predictions
 from fusion_dspy.core.signatures import fuse_signature, presentation_order, render_candidates
@@ -23,7 +24,9 @@ class Fuse(dspy.Module):
     Its signature is derived from the task's: the task inputs plus ``candidates`` in, a ``comparison`` and then
     the task's own output fields out (typed fields and ``reasoning`` included). The instruction follows the
     Fusion-of-N paper (compare, then synthesize, discarding wrong or unsafe parts) and is an ordinary predictor
-    instruction, so DSPy's optimizers can tune it (``fuse.predict.signature.instructions``).
+    instruction, so DSPy's optimizers can tune it (``fuse.predict.signature.instructions``). Beside the task's
+    fields, the result says ``fusor_truncated``: the reply was cut at ``max_tokens`` (finish_reason ``"length"``,
+    read by ``fusion_dspy.core.truncation``), which a ``FusionOfN`` report turns into its ``finish_reason``.
 
     Args:
         signature: The task signature whose outputs the fused answer must have.
@@ -48,8 +51,8 @@ class Fuse(dspy.Module):
         >>> fuse = Fuse("question -> answer", lm=fusor)
         >>> fused = fuse(candidates=[dspy.Prediction(answer="Paris"), dspy.Prediction(answer="paris, France")],
         ...              question="Capital of France?")
-        >>> fused.answer
-        'Paris, France'
+        >>> fused.answer, fused.fusor_truncated
+        ('Paris, France', False)
     """
 
     def __init__(
@@ -101,8 +104,10 @@ class Fuse(dspy.Module):
         with dspy.context(**adapter_override(self.adapter)):
             for attempt in range(self.retries + 1):
                 try:
-                    fused = yield Call(self.predict, {**request, **self._retry_config(attempt)})
+                    with truncation.watch() as cut:  # this attempt's reply only: a retry may be whole
+                        fused = yield Call(self.predict, {**request, **self._retry_config(attempt)})
                     fused["candidate_order"] = order  # the order shown: for position-bias reports
+                    fused["fusor_truncated"] = bool(cut)  # cut at max_tokens: the report's finish_reason "length"
                     return fused
                 except AdapterParseError:
                     if attempt == self.retries:

@@ -19,7 +19,7 @@ from fusion_dspy.core.report import CandidateReport, FusionReport, StageReport
 from fusion_dspy.failures import FailureKind
 
 # What a combining stage may return beside the task's fields, and where it goes in the report.
-_TOP = ("selected_index", "scores", "route")
+_TOP = ("selected_index", "scores", "route", "fusor_truncated")
 _ORDERS = ("fusion_orders", "judge_orders")
 _DETAILS = ("comparison", "candidate_order", "fusion_groups", "layer_candidates", "permutation_index",
             "permutation_scores", "judge_wins", "judge_consistent", "judge_comparison")  # fmt: skip
@@ -56,6 +56,7 @@ def fused_prediction(method: str, combined: dspy.Prediction, pool: Pool, meter: 
         selected_index=extra.get("selected_index"),
         scores=extra.get("scores"),
         fallback=extra.get("fallback"),
+        fusor_truncated=bool(extra.get("fusor_truncated")),
         route=route,
         orders=orders,
         details={name: _jsonable(extra[name]) for name in _DETAILS if extra.get(name) is not None},

@@ -166,6 +166,9 @@ class FusionReport:
         selected_index: The candidate kept, when one was selected (``select``, a fallback, a single route).
         scores: The selection's score per candidate.
         fallback: The fallback taken, with its cause; ``None`` when the stage did its work.
+        fusor_truncated: The fused answer was cut at ``max_tokens`` (the fusor's reply had finish_reason
+            ``"length"``); ``False`` for a selection, whose kept candidate says so itself. ``finish_reason`` reads
+            both.
         route: ``{"method": ..., "n": ...}``, chosen by a ``Route``'s router.
         orders: The candidate orders the fusor or judge saw (indices into the candidates).
         details: What a structure did, by name: ``fusion_groups``, ``layer_candidates``, ``permutation_index``,
@@ -184,10 +187,27 @@ class FusionReport:
     selected_index: int | None = None
     scores: list[float] | None = None
     fallback: FallbackReport | None = None
+    fusor_truncated: bool = False
     route: dict[str, Any] | None = None
     orders: list[list[int]] | None = None
     details: dict[str, Any] = field(default_factory=dict)
     request_id: str | None = None
+
+    @property
+    def finish_reason(self) -> str:
+        """OpenAI's ``finish_reason`` of the answer returned: ``"length"`` when it was cut at ``max_tokens`` (the
+        fused answer, or the kept candidate of a selection, a fallback or a single route), else ``"stop"``.
+
+        Example:
+            >>> cut = (CandidateReport(0, "m", 9, truncated=True),)
+            >>> kept = FusionReport("select", candidates=cut, selected_index=0)
+            >>> kept.finish_reason, FusionReport("fuse", fusor_truncated=True).finish_reason
+            ('length', 'length')
+        """
+        if self.method == "fuse" and self.fallback is None:
+            return "length" if self.fusor_truncated else "stop"
+        kept = self.selected_index
+        return "length" if kept is not None and self.candidates[kept].truncated else "stop"
 
     @property
     def tokens(self) -> dict[str, int]:

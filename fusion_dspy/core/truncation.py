@@ -21,14 +21,17 @@ from fusion_dspy.failures import says_truncated
 
 DSPY_LM_LOGGER = "dspy.clients.lm"  # where DSPy 3.4 reports a reply cut short (tests/test_dspy_contract.py)
 
-_collector: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("fusion_dspy_truncated", default=None)
+# The lists of the watches open in this context, innermost last: a record goes to each (watches nest).
+_collectors: contextvars.ContextVar[tuple[list[str], ...]] = contextvars.ContextVar("fusion_dspy_truncated",
+                                                                                    default=())
 
 
 class _Collect(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        seen = _collector.get()
-        if seen is not None and says_truncated(record):
-            seen.append(record.getMessage())
+        lists = _collectors.get()
+        if lists and says_truncated(record):
+            for seen in lists:
+                seen.append(record.getMessage())
         return True
 
 
@@ -38,6 +41,9 @@ _FILTER = _Collect()
 @contextlib.contextmanager
 def watch() -> Iterator[list[str]]:
     """Collect DSPy's warnings of replies cut short by the LM calls made inside, into the list it yields.
+
+    Watches nest: a watch around a whole ``FusionOfN`` call sees the cuts its stages watch for themselves (each
+    sample's, the fusor's).
 
     Example:
         >>> lm = scripted_lm(lambda call: {"answer": "4"}, finish_reason="length")   # every reply cut short
@@ -50,8 +56,8 @@ def watch() -> Iterator[list[str]]:
     if _FILTER not in logger.filters:
         logger.addFilter(_FILTER)
     seen: list[str] = []
-    token = _collector.set(seen)
+    token = _collectors.set((*_collectors.get(), seen))
     try:
         yield seen
     finally:
-        _collector.reset(token)
+        _collectors.reset(token)

@@ -168,13 +168,14 @@ class Agent:
                              for problem in schema_problems(call.args, parameters[call.name])]  # fmt: skip
         return problems
 
-    def message(self, prediction: Any) -> tuple[dict[str, Any], str]:
-        """The assistant message and ``finish_reason`` of a decision: tool calls, or the (JSON) answer."""
+    def message(self, prediction: Any, finish_reason: str = "stop") -> tuple[dict[str, Any], str]:
+        """The assistant message and ``finish_reason`` of a decision: tool calls (``"tool_calls"``), or the (JSON)
+        answer with ``finish_reason``, the report's (``"length"`` when the answer was cut at max_tokens)."""
         calls = wire_tool_calls(prediction.get("tool_calls"))
         text = self.text(prediction.get("response"))
         if calls:
             return {"role": "assistant", "content": text or None, "tool_calls": calls}, "tool_calls"
-        return {"role": "assistant", "content": text}, "stop"
+        return {"role": "assistant", "content": text}, finish_reason
 
     def proposal(self, prediction: Any) -> dict[str, Any]:
         """One panel member's proposal, for the report: its answer and its tool calls (name and arguments)."""

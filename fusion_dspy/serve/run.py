@@ -172,17 +172,18 @@ class FusionRun:
         return self.agent.text(result.get("response")) if self.agent else reply_text(result, self.profile.reply_fields)
 
     def message(self, result: dspy.Prediction) -> tuple[dict[str, Any], str]:
-        """The assistant message and its ``finish_reason``; an agent's decision is checked once more, and one that
-        breaks the request's contract is an error (502), never an answer."""
+        """The assistant message and its ``finish_reason`` (the report's: ``"length"`` for a reply cut at max_tokens;
+        ``"tool_calls"`` for an agent's tool calls); an agent's decision is checked once more, and one that breaks
+        the request's contract is an error (502), never an answer."""
         if self.agent is None:
-            return {"role": "assistant", "content": self.reply(result)}, "stop"
+            return {"role": "assistant", "content": self.reply(result)}, result.report.finish_reason
         problems = self.agent.review(dict(result.items()))
         if problems:
             raise ServeError(502, "The fusion's answer breaks the request's contract (" + "; ".join(problems) + "), "
                              "and no valid candidate was kept: retry, loosen tool_choice or the schema, or ask for "
                              "more candidates (fusion.n) or a stronger fusor (fusion.fusor).", type="upstream_error",
                              code="invalid_output")  # fmt: skip
-        return self.agent.message(result)
+        return self.agent.message(result, result.report.finish_reason)
 
     def report(self, result: dspy.Prediction, labeled: bool = True) -> FusionReport:
         """The call's report, its sample stage measured here (the server draws before it combines), its models
