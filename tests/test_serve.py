@@ -285,7 +285,8 @@ def test_without_a_config_it_serves_the_embedded_model_offline():
             stream=True, stream_options={"include_usage": True})  # fmt: skip
         chunks = list(stream)
     pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
-    finish = next(c for c in chunks if c.choices and c.choices[0].finish_reason == "stop")
+    finish = next(c for c in chunks if c.choices and c.choices[0].finish_reason)  # "length" when cut at 24 tokens
+    assert finish.choices[0].finish_reason in ("stop", "length")
     assert "".join(pieces).strip() and len(pieces) > 1, "the embedded fusor's reply streams in pieces"
     assert [c["model"] for c in finish.model_extra["fusion"]["candidates"]] == ["embedded", "embedded"]
     stages = finish.model_extra["fusion"]["stages"]
