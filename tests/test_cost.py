@@ -12,9 +12,14 @@ import genai_prices
 import httpx
 import pytest
 import yaml
+from dspy.utils.exceptions import LMError
 
 import fusion_dspy as fd
-from fusion_dspy.backends.prices import call_cost
+from fusion_dspy.backends.native import AsyncNativeEngine, NativeEngine
+from fusion_dspy.backends.prices import PricedLM, call_cost
+from fusion_dspy.core.meter import UNPRICED as UNPRICED_CALLS
+from fusion_dspy.core.meter import merge_usage
+from fusion_dspy.core.report import FusionReport, StageReport
 from fusion_dspy.testing import StubOpenAIServer
 from tests.serve_support import chat_reply, fusion_server
 
@@ -143,3 +148,77 @@ def test_a_run_record_carries_the_cost_per_stage_and_in_total(tmp_path):
     report = record["report"]
     assert report["cost"] == pytest.approx(expected, rel=1e-9) and expected > 0
     assert sum(stage["cost"] for stage in report["stages"].values()) == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_model_with_one_unpriced_billed_call_leaves_its_stage_cost_unknown():
+    # two calls summed by DSPy's tracker: one priced, one billed without a known price
+    partial = {"prompt_tokens": 30, "completion_tokens": 9, "total_tokens": 39, "cost": 2e-06, UNPRICED_CALLS: 1}
+    sample = StageReport(0.5, {PRICED: partial, "openai/other": {"total_tokens": 5, "cost": 1e-06}})
+    report = FusionReport("fuse", stages={"sample": sample, "fuse": StageReport(0.1, {PRICED: {"cost": 3e-06}})})
+    assert sample.cost is None and report.stages["fuse"].cost == 3e-06 and report.cost is None
+    assert "cost" not in report.usage() and UNPRICED_CALLS not in report.usage()  # OpenAI's usage: counts only
+    assert report.to_dict()["cost"] is None and report.to_dict()["stages"]["sample"]["cost"] is None
+    assert merge_usage({PRICED: partial}, {PRICED: {"cost": 1e-06, UNPRICED_CALLS: 2}})[PRICED][UNPRICED_CALLS] == 3
+
+
+def _bare_total(server: StubOpenAIServer, index: int) -> bytes | None:
+    """Request 0 (a sample) is answered as usual, but its usage says ``total_tokens`` alone, as some servers do:
+    it is billed, and which of its tokens were read and which written is not said, so its price is unknown."""
+    if index != 0:
+        return None
+    body = server.requests[index]
+    message = {"role": "assistant", "content": chat_reply(body)}
+    return json.dumps({"id": "bare", "object": "chat.completion", "created": 0, "model": body["model"],
+                       "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
+                       "usage": {"total_tokens": 15}}).encode()  # fmt: skip
+
+
+@pytest.fixture
+def bare_stub():
+    """A stub whose first request is billed without a price (``_bare_total``); ``stub.usage`` lists the others."""
+    server = StubOpenAIServer(chat_reply, body=lambda index: _bare_total(server, index))
+    with server:
+        yield server
+
+
+@pytest.mark.parametrize("history", [True, False], ids=["history", "no-history"])
+@pytest.mark.parametrize(("engine", "price"), [("native", _table_price), ("litellm", _litellm_price)])
+def test_a_stage_whose_model_has_priced_and_unpriced_calls_has_no_cost(tmp_path, bare_stub, engine, price, history):
+    with dspy.context(disable_history=not history):
+        report = _fused(_config(tmp_path / "c.yaml", bare_stub.api_base, PRICED, engine)).report
+    assert len(bare_stub.requests) == N + 1 and len(bare_stub.usage) == N  # N - 1 priced samples and the fusor
+    assert report.stages["sample"].cost is None  # not the N - 1 priced samples' cost
+    usage = report.stages["sample"].usage[PRICED]
+    assert usage[UNPRICED_CALLS] == 1  # the usage DSPy summed: the bare total's tokens, the others' cost
+    assert usage["cost"] == pytest.approx(sum(price(u) for u in bare_stub.usage[: N - 1]), rel=1e-9)
+    assert report.stages["fuse"].cost == pytest.approx(price(bare_stub.usage[N - 1]), rel=1e-9)
+    assert report.stages["fuse"].cost > 0
+    assert report.cost is None and report.to_dict()["cost"] is None and "cost" not in report.usage()
+
+
+def test_serve_usage_has_no_cost_when_one_call_was_not_priced(tmp_path, bare_stub):
+    config = _config(tmp_path / "c.yaml", bare_stub.api_base, PRICED, "native")
+    with fusion_server(config) as server:
+        reply = httpx.post(f"{server.base_url}/chat/completions", json={"model": "fusion", "messages": [
+            {"role": "user", "content": "Hi q-3"}]}, timeout=60).json()  # fmt: skip
+    assert reply["usage"]["total_tokens"] == 15 + sum(u["total_tokens"] for u in bare_stub.usage)
+    assert "cost" not in reply["usage"] and UNPRICED_CALLS not in reply["usage"]
+    fusion = reply["fusion"]
+    assert fusion["cost"] is None and fusion["stages"]["sample"]["cost"] is None
+    assert fusion["stages"]["sample"]["usage"]["m"][UNPRICED_CALLS] == 1  # the config's name for the model
+    assert fusion["stages"]["fuse"]["cost"] == pytest.approx(_table_price(bare_stub.usage[-1]), rel=1e-9)
+
+
+@pytest.mark.parametrize("history", [True, False], ids=["history", "no-history"])
+def test_a_failed_calls_billed_reply_is_priced(history):
+    # n=2 on DSPy's managed path is two requests: the first is answered (billed), the second fails the call
+    with StubOpenAIServer(respond=lambda call: {"answer": "4"}, status=lambda i: 500 if i == 1 else 200) as server:
+        route = (PRICED, server.api_base)
+        lm = PricedLM(PRICED, engine=NativeEngine(*route), async_engine=AsyncNativeEngine(*route), cache=False,
+                      num_retries=0)  # fmt: skip
+        with dspy.context(disable_history=not history), dspy.track_usage() as tracker, pytest.raises(LMError):
+            lm("2 + 2?", n=2)
+    [billed] = server.usage
+    usage = tracker.get_total_tokens()[PRICED]
+    assert usage["total_tokens"] == billed["total_tokens"] and UNPRICED_CALLS not in usage
+    assert usage["cost"] == pytest.approx(_table_price(billed), rel=1e-9) and usage["cost"] > 0

@@ -1,4 +1,9 @@
-"""Per-stage token usage and wall time of one Fusion-of-N / Best-of-N call."""
+"""Per-stage token usage and wall time of one Fusion-of-N / Best-of-N call.
+
+A model's usage counters are DSPy's (``dspy.track_usage``, summed over its calls) plus, where
+``fusion_dspy.backends.prices.PricedLM`` records them, ``cost`` (USD of the priced calls) and ``unpriced_calls``
+(how many billed calls had no known price): with any unpriced call, ``cost`` is only a lower bound.
+"""
 
 import time
 from collections.abc import Iterator
@@ -8,6 +13,7 @@ from typing import Any
 import dspy
 
 Usage = dict[str, dict[str, Any]]  # {model: {"prompt_tokens": ..., "completion_tokens": ..., ...}}
+UNPRICED = "unpriced_calls"  # a model's counter of billed calls whose cost is unknown (it sums like a token count)
 
 
 def merge_usage(*usages: Usage | None) -> Usage:

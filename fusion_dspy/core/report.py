@@ -3,7 +3,7 @@
 A call's prediction carries the task's output fields, ``candidates`` and ``report``, a ``FusionReport``: the
 candidates' provenance, each stage's tokens and seconds, the samples that failed or were not waited for, how
 many samples were drawn and why sampling stopped, the fallback taken and its cause, the route chosen, the orders
-used. Each stage's ``cost`` is in USD where every model it called has a known price
+used. Each stage's ``cost`` is in USD where every billed call of every model it called has a known price
 (``fusion_dspy.backends.prices``), else ``None``: unknown, never 0. ``report.to_dict()`` is the one serialized
 form: serve's ``fusion`` object and the records of ``run``, ``eval`` and ``synth`` are that dict, so one schema
 describes them all.
@@ -24,7 +24,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any
 
-from fusion_dspy.core.meter import Usage, total_tokens
+from fusion_dspy.core.meter import UNPRICED, Usage, total_tokens
 from fusion_dspy.failures import kind_of
 
 
@@ -106,6 +106,8 @@ class StageReport:
         >>> priced, unpriced = {"total_tokens": 9, "cost": 2e-06}, {"total_tokens": 3}
         >>> StageReport(0.5, {"openai/gpt-4o-mini": priced}).cost, StageReport(0.5, {"a": priced, "b": unpriced}).cost
         (2e-06, None)
+        >>> StageReport(0.5, {"a": {"total_tokens": 12, "cost": 2e-06, "unpriced_calls": 1}}).cost is None  # partial
+        True
     """
 
     seconds: float
@@ -117,7 +119,10 @@ class StageReport:
 
     @property
     def cost(self) -> float | None:
-        """USD spent by the stage: the models' ``usage["cost"]`` summed; ``None`` when one model's price is unknown."""
+        """USD spent by the stage: the models' ``usage["cost"]`` summed; ``None`` when one model's price is unknown
+        or one of its billed calls was not priced (``unpriced_calls``: its ``cost`` is then a lower bound)."""
+        if any(counters.get(UNPRICED) for counters in self.usage.values()):
+            return None
         return _summed(counters.get("cost") for counters in self.usage.values())
 
     def counts(self) -> dict[str, int]:
@@ -228,7 +233,7 @@ class FusionReport:
 
     def usage(self) -> dict[str, Any]:
         """OpenAI's ``usage`` of the whole call: every stage's tokens summed, and ``cost`` in USD where it is
-        known (OpenRouter's field; absent, never 0, when a model's price is unknown)."""
+        known (OpenRouter's field; absent, never 0, when a price is unknown: ``StageReport.cost``)."""
         counts = [stage.counts() for stage in self.stages.values()]
         usage: dict[str, Any] = {key: sum(c[key] for c in counts)
                                  for key in ("prompt_tokens", "completion_tokens", "total_tokens")}  # fmt: skip
