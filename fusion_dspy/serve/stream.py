@@ -45,7 +45,17 @@ class GatedStream(EventSourceResponse):
 def start_stream(run: FusionRun, chat: ChatCompletionRequest, timeout: float, keepalive_s: float, state: Any,
                  on_end: Callable[[], None]) -> GatedStream:  # fmt: skip
     """Answer 200 with the role chunk at once, then stream the fusion as it is drawn and written, with a keep-alive
-    comment after each ``keepalive_s`` of silence; the client leaving stops the work (``finally``)."""
+    comment after each ``keepalive_s`` of silence; the client leaving stops the work (``finally``).
+
+    Args:
+        run: The request's fusion, accepted (valid, authorized, within the limits).
+        chat: The request, for its ``stream_options``.
+        timeout: Seconds for the whole fusion; past them the stream ends with a 504 error event.
+        keepalive_s: Seconds of silence before an SSE comment line (0: none).
+        state: The request's ``request.state``, where the status, first-token time, report and failures go for
+            the metrics and logs.
+        on_end: Called once when the response has ended, however it ends: gives the request's slot back.
+    """
     queue: asyncio.Queue = asyncio.Queue()
     include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
 
