@@ -24,10 +24,10 @@ MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's (read when it i
 ENVIRONMENT = "FUSION_DSPY_SERVE"  # the options of a multi-worker server, for each worker (no key: its variable)
 
 
-def _option(help: str, default: Any, **argument: Any) -> Any:
+def _option(text: str, default: Any, **argument: Any) -> Any:
     """A field of ``ServeOptions`` that is also an argument of ``fusion-dspy serve`` (``--name-with-dashes``), with
-    this help; ``argument`` adds to what ``add_arguments`` passes to argparse (a ``metavar``)."""
-    return field(default=default, metadata={"help": help, **argument})
+    ``text`` as its help; ``argument`` adds to what ``add_arguments`` passes to argparse (a ``metavar``)."""
+    return field(default=default, metadata={"help": text, **argument})
 
 
 @dataclass(frozen=True)
