@@ -7,6 +7,7 @@
 import threading
 import time
 
+import httpx
 import openai
 import pytest
 
@@ -128,3 +129,20 @@ def test_an_evil_pattern_through_serve_falls_back_promptly_and_blocks_no_other_r
     failed_samples = reply.model_extra["fusion"]["failures"]
     assert [f["kind"] for f in failed_samples] == ["invalid"] and "took longer" in failed_samples[0]["message"]
     assert failed.value.status_code == 502 and "took longer than" in failed.value.response.text
+
+
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+        "type": "string", "pattern": "a{4294967296}"}}}}, "response_format.json_schema.schema"),  # `re`: a 500
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "patternProperties": {"^x-": {}}, "unevaluatedProperties": False}}}]},
+     "tools[0].function.parameters"),
+])  # fmt: skip
+def test_schemas_that_cannot_be_checked_in_bounded_time_get_400_naming_the_field(tmp_path, extra, param):
+    with StubOpenAIServer(respond=_responder()) as stub:
+        config = write_config(tmp_path / "c.yaml", {"stub": stub.api_base}, "stub", n=2)
+        with fusion_server(config) as server:
+            response = httpx.post(f"{server.base_url}/chat/completions", timeout=30,
+                                  json={"model": "fusion", "messages": [{"role": "user", "content": "hi"}], **extra})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param and stub.requests == []
