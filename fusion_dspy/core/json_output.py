@@ -5,7 +5,8 @@ of a task's output field. DSPy shows the schema to the model (its adapters print
 ``JSONAdapter`` asks a backend that has structured output for it), parses the reply into the type, and a reply
 that does not validate is an ``AdapterParseError``: a sample that failed, or a fusion that is retried and then
 falls back. ``jsonschema`` (the maintained validator) is the judge, so every keyword of the schema counts, not
-only those a pydantic model can express.
+only those a pydantic model can express; its regexes are matched in bounded time (``json_regex``: a schema's
+``pattern`` cannot freeze the server).
 
 Example:
     >>> Answer = json_type({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]})
@@ -22,6 +23,8 @@ import referencing
 import referencing.exceptions
 from pydantic import RootModel, model_validator
 
+from fusion_dspy.core.json_regex import bounded_validator, format_checker, refusal
+
 JSON_OBJECT: dict[str, Any] = {"type": "object"}  # what {"type": "json_object"} asks for: any JSON object
 
 
@@ -34,6 +37,10 @@ def check_schema(schema: Any) -> None:
         Traceback (most recent call last):
         ...
         ValueError: not a valid JSON Schema: 'objekt' is not valid under any of the given schemas (at type)
+        >>> check_schema({"type": "string", "pattern": "^(a"})
+        Traceback (most recent call last):
+        ...
+        ValueError: not a valid JSON Schema: '^(a' is not a 'regex' (missing ) at position 3) (at pattern)
     """
     if not isinstance(schema, dict):
         raise ValueError(f"not a valid JSON Schema: expected an object, got {type(schema).__name__}")
@@ -41,11 +48,16 @@ def check_schema(schema: Any) -> None:
     if remote is not None:  # a client's schema must never make the server fetch a URL
         raise ValueError(f"not a usable JSON Schema: {remote!r} refers outside the schema; only local references "
                          "('#/$defs/...') are followed: put the referenced schema under $defs")  # fmt: skip
+    cls = jsonschema.validators.validator_for(schema)
     try:
-        jsonschema.validators.validator_for(schema).check_schema(schema)
+        cls.check_schema(schema, format_checker=format_checker(cls))  # its regexes must compile with `regex`
     except jsonschema.SchemaError as error:
         where = "/".join(str(part) for part in error.absolute_path) or "the top level"
-        raise ValueError(f"not a valid JSON Schema: {error.message} (at {where})") from None
+        why = f" ({error.cause})" if error.cause is not None else ""
+        raise ValueError(f"not a valid JSON Schema: {error.message}{why} (at {where})") from None
+    refused = refusal(schema, cls)
+    if refused is not None:
+        raise ValueError(f"not a usable JSON Schema: {refused}")
 
 
 def _remote_refs(node: Any) -> Any:
@@ -63,8 +75,18 @@ def _remote_refs(node: Any) -> Any:
 
 def schema_problems(instance: Any, schema: dict[str, Any]) -> list[str]:
     """What makes ``instance`` invalid against ``schema``, one line each (``[]``: valid), best matches first.
-    References are resolved within the schema only (an empty registry: nothing is ever fetched)."""
-    validator = jsonschema.validators.validator_for(schema)(schema, registry=referencing.Registry())
+    References are resolved within the schema only (an empty registry: nothing is ever fetched). Each regex of the
+    schema gets at most ``json_regex.MATCH_SECONDS`` per string it matches; a slower match is a problem.
+
+    Example:
+        >>> schema_problems("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa!", {"type": "string", "pattern": "^(a|a)*$"})
+        ["$: the schema's pattern '^(a|a)*$' took longer than 0.1 s to match ...: simplify it ..."]
+    """
+    cls = jsonschema.validators.validator_for(schema)
+    refused = refusal(schema, cls)
+    if refused is not None:
+        return [f"$: {refused}"]
+    validator = bounded_validator(cls)(schema, registry=referencing.Registry())
     try:
         errors = sorted(validator.iter_errors(instance), key=jsonschema.exceptions.relevance)
     except referencing.exceptions.Unresolvable as error:
