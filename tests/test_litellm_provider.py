@@ -140,7 +140,8 @@ def test_upstream_failures_by_their_kind(tmp_path, status, expected, hint):
     ("fusion/best-of-n", "samples", "length"), ("fusion/best-of-n", "fusor", "stop"),
 ])  # fmt: skip
 async def test_finish_reason_says_when_the_reply_was_cut_at_max_tokens(tmp_path, model, cut, finish):
-    """The reply is the fusor's (or, for Best-of-N, the kept candidate's): "length" exactly when that one was cut."""
+    """The reply is the fusor's (or, for Best-of-N, the kept candidate's): "length" exactly when that one was cut,
+    sync and async, streamed (its last chunk) or not."""
 
     def finish_reason(call):
         return "length" if call.wants("comparison") == (cut == "fusor") else "stop"
@@ -149,23 +150,8 @@ async def test_finish_reason_says_when_the_reply_was_cut_at_max_tokens(tmp_path,
         provider.register(config=write_config(tmp_path / "c.yaml", {"stub": server.api_base}, "stub", n=2))
         replies = [litellm.completion(model=model, messages=MESSAGES),
                    await litellm.acompletion(model=model, messages=MESSAGES)]  # fmt: skip
-    provider.register()
-    assert [reply.choices[0].finish_reason for reply in replies] == [finish, finish]
-
-
-@pytest.mark.parametrize(("model", "cut", "finish"), [
-    ("fusion/fusion", "fusor", "length"), ("fusion/fusion", "samples", "stop"),
-    ("fusion/best-of-n", "samples", "length"), ("fusion/best-of-n", "fusor", "stop"),
-])  # fmt: skip
-async def test_a_streamed_reply_ends_with_length_when_it_was_cut_at_max_tokens(tmp_path, model, cut, finish):
-    """The fusor's streamed reply (Best-of-N: the kept candidate) ends with "length" exactly when that one was cut."""
-
-    def finish_reason(call):
-        return "length" if call.wants("comparison") == (cut == "fusor") else "stop"
-
-    with StubOpenAIServer(chat_reply, finish_reason=finish_reason) as server:
-        provider.register(config=write_config(tmp_path / "c.yaml", {"stub": server.api_base}, "stub", n=2))
         chunks = list(litellm.completion(model=model, messages=MESSAGES, stream=True))
         chunks += [chunk async for chunk in await litellm.acompletion(model=model, messages=MESSAGES, stream=True)]
     provider.register()
+    assert [reply.choices[0].finish_reason for reply in replies] == [finish, finish]
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [finish, finish]
