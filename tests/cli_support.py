@@ -8,8 +8,13 @@ processes at once, a fresh interpreter's imports) keep ``subprocess``. The proce
 
 import contextlib
 import io
+import subprocess
 import sys
+import threading
+import time
 from typing import NamedTuple
+
+import pytest
 
 from fusion_dspy.cli import main
 
@@ -56,3 +61,32 @@ def cli_process(*args: str) -> list[str]:
     """The argv of ``fusion-dspy *args`` in a fresh interpreter, with Ctrl-C's default handling whatever this
     process's (for ``subprocess.Popen``)."""
     return [sys.executable, "-c", _AS_FROM_A_TERMINAL, *args]
+
+
+class Output:
+    """A command's output, read line by line by a thread as it comes: a wait for a line can then time out (a
+    ``readline()`` in the waiting loop blocks for as long as the command prints nothing)."""
+
+    def __init__(self, process: subprocess.Popen):
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(process.stdout or ()), daemon=True)
+        self.reader.start()
+
+    def text(self, timeout: float = 0) -> str:
+        self.reader.join(timeout)
+        return "".join(self.lines)
+
+
+def wait_until(condition, limit: float = 180, process: subprocess.Popen | None = None,
+               output: Output | None = None) -> None:  # fmt: skip
+    """Wait for ``condition()``; fail (killing ``process``) after ``limit`` seconds, or when ``process`` ends first
+    (its output, read by ``output`` if one reads it, shown)."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        if process is not None and process.poll() is not None:
+            pytest.fail(f"the command ended early: {output.text() if output else process.communicate()[0]}")
+        if time.monotonic() > deadline:
+            if process is not None:
+                process.kill()
+            pytest.fail("the command made no progress in time")
+        time.sleep(0.05)

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ import yaml
 
 from fusion_dspy.cli import main
 from fusion_dspy.testing import StubOpenAIServer
-from tests.cli_support import cli_process, run_cli
+from tests.cli_support import Output, cli_process, run_cli, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,17 +60,6 @@ def spawn(args: list[str]) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
 
 
-def wait_for(condition, process: subprocess.Popen, limit: float = 180) -> None:
-    deadline = time.monotonic() + limit
-    while not condition():
-        if process.poll() is not None:
-            pytest.fail(f"the command ended early: {process.communicate()[0]}")
-        if time.monotonic() > deadline:
-            process.kill()
-            pytest.fail("the command made no progress in time")
-        time.sleep(0.05)
-
-
 # --- Ctrl-C and SIGKILL in the middle of each batch command -------------------------------------------------------
 
 def command(name: str, tmp_path: Path, server: StubOpenAIServer) -> tuple[list[str], Path, int, int]:
@@ -104,7 +92,7 @@ def test_a_signal_mid_batch_keeps_finished_work_and_a_rerun_completes_it(name, s
     with StubOpenAIServer(respond=respond, delay=0.2) as server:
         args, records, total, per_item = command(name, tmp_path, server)
         first = spawn(args)
-        wait_for(lambda: len(server.requests) >= 12, first)
+        wait_until(lambda: len(server.requests) >= 12, process=first)
         first.send_signal(sig)
         at_signal = len(server.requests)
         output, _ = first.communicate(timeout=120)
@@ -130,11 +118,14 @@ def test_a_second_ctrl_c_abandons_the_items_in_flight(tmp_path):
     with StubOpenAIServer(respond=respond, delay=60) as server:  # requests that would outlive the test's patience
         args, records, _, _ = command("synth", tmp_path, server)
         first = spawn(args)
-        wait_for(lambda: server.flight.now >= 2, first)
+        wait_until(lambda: server.flight.now >= 2, process=first)
+        output_so_far = Output(first)
         first.send_signal(signal.SIGINT)
-        wait_for(lambda: "Ctrl-C again to abandon" in first.stdout.readline(), first)  # the first notice
+        wait_until(lambda: "Ctrl-C again to abandon" in output_so_far.text(), process=first,
+                   output=output_so_far)  # the first notice
         first.send_signal(signal.SIGINT)
-        output, _ = first.communicate(timeout=45)
+        first.wait(timeout=45)
+        output = output_so_far.text(timeout=10)
         assert first.returncode == 130 and "Traceback" not in output, output
         assert server.flight.now >= 1, "the process left while its requests were still in flight"
         assert lines(records) == []
@@ -156,7 +147,7 @@ def test_a_second_process_on_the_same_output_is_refused(tmp_path):
         output = tmp_path / "out.jsonl"
         args = ["run", "--config", str(config), "--inputs", str(inputs), "--output", str(output), "--quiet"]
         first = spawn(args)
-        wait_for(lambda: len(lines(output)) >= 1, first)
+        wait_until(lambda: len(lines(output)) >= 1, process=first)
         try:
             second = run_cli(args)
         finally:

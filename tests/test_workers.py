@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import psutil
@@ -14,7 +13,7 @@ import pytest
 
 from fusion_dspy.cli import main
 from fusion_dspy.testing import StubOpenAIServer
-from tests.cli_support import cli_process
+from tests.cli_support import Output, cli_process, wait_until
 from tests.engine_support import by_id, lines, model, qa_reply, reply, same_failures, untimed, write_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,19 +126,6 @@ def worker_pids(parent: int) -> list[int]:
     return pids
 
 
-def wait_until(condition, limit: float = 180, process: subprocess.Popen | None = None,
-               output: "Output | None" = None) -> None:  # fmt: skip
-    deadline = time.monotonic() + limit
-    while not condition():
-        if process is not None and process.poll() is not None:
-            pytest.fail(f"the command ended early: {output.text() if output else process.communicate()[0]}")
-        if time.monotonic() > deadline:
-            if process is not None:
-                process.kill()
-            pytest.fail("no progress in time")
-        time.sleep(0.05)
-
-
 def test_a_killed_worker_loses_no_finished_prompt_and_a_rerun_does_each_once(tmp_path):
     killed: list[int] = []
 
@@ -163,20 +149,6 @@ def test_a_killed_worker_loses_no_finished_prompt_and_a_rerun_does_each_once(tmp
         server.delay = 0.0  # slow only so the kill lands mid-run; nothing interrupts the rerun
         assert main(args) == 0
     assert sorted(int(i) for i in by_id(output)) == list(range(40)), "every prompt exactly once"
-
-
-class Output:
-    """A command's output, read line by line by a thread as it comes: a wait for a line can then time out (a
-    ``readline()`` in the waiting loop blocks for as long as the command prints nothing)."""
-
-    def __init__(self, process: subprocess.Popen):
-        self.lines: list[str] = []
-        self.reader = threading.Thread(target=lambda: self.lines.extend(process.stdout or ()), daemon=True)
-        self.reader.start()
-
-    def text(self, timeout: float = 0) -> str:
-        self.reader.join(timeout)
-        return "".join(self.lines)
 
 
 def spawn(args: list[str]) -> subprocess.Popen:
