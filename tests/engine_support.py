@@ -57,11 +57,10 @@ def local_ray(without_litellm: bool = False) -> Iterator[Any]:
     import ray
 
     before = {name: os.environ.get(name) for name in ("PYTHONPATH", IMPORTS)}
-    paths = [str(WITHOUT_LITELLM)] if without_litellm else []
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [*paths, str(REPO), before["PYTHONPATH"]]))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), before["PYTHONPATH"]]))
     with tempfile.TemporaryDirectory() as records:
         if without_litellm:
-            os.environ[IMPORTS] = records
+            os.environ.update(litellm_free(Path(records)))
         ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
         try:
             yield ray
@@ -72,6 +71,13 @@ def local_ray(without_litellm: bool = False) -> Iterator[Any]:
                     os.environ.pop(name, None)
                 else:
                     os.environ[name] = value
+
+
+def litellm_free(records: Path) -> dict[str, str]:
+    """The variables that keep litellm out of a process and out of every process it starts (``WITHOUT_LITELLM``
+    first on their path); each one that imports it leaves a record in the folder ``records``."""
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(WITHOUT_LITELLM), os.environ.get("PYTHONPATH")])),
+            IMPORTS: str(records)}  # fmt: skip
 
 
 def litellm_importers(folder: str | Path | None = None) -> dict[str, str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.engine_support import IMPORTS, WITHOUT_LITELLM, litellm_importers
+from tests.engine_support import litellm_free, litellm_importers
 
 STUB = """
 import sys
@@ -57,11 +57,9 @@ print(json.dumps({"code": code, "answer": json.loads(open("out.jsonl").read())["
 
 
 def without_litellm(records: Path) -> dict[str, str]:
-    """An environment whose processes, and the processes they start, may not import litellm: each one that does
-    leaves a record in ``records`` (``tests/without_litellm``)."""
+    """This environment, for processes that may not import litellm (``tests.engine_support.litellm_free``)."""
     records.mkdir()
-    path = os.pathsep.join(filter(None, [str(WITHOUT_LITELLM), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "PYTHONPATH": path, IMPORTS: str(records)}
+    return {**os.environ, **litellm_free(records)}
 
 
 def test_the_cli_s_worker_processes_on_a_native_config_never_import_litellm(tmp_path):
