@@ -16,6 +16,7 @@ from dspy.streaming import StreamListener, StreamResponse
 from dspy.utils.exceptions import ContextWindowExceededError, LMError, LMTimeoutError
 
 import fusion_dspy.tracing as tracing
+from fusion_dspy.backends.memo_adapter import MemoChatAdapter, stream_adapter
 from fusion_dspy.backends.secrets import Redactor
 from fusion_dspy.core.fusion import FusionOfN
 from fusion_dspy.core.meter import StageMeter
@@ -27,8 +28,6 @@ from fusion_dspy.serve.agent import Agent, agent_deltas
 from fusion_dspy.serve.chat import render_conversation, reply_text
 from fusion_dspy.serve.profiles import Limits, Profile
 from fusion_dspy.serve.schema import ChatCompletionRequest, FusionOptions, ServeError
-
-STREAMABLE_ADAPTERS = ("ChatAdapter", "JSONAdapter", "XMLAdapter")  # what dspy's StreamListener can read
 
 
 def upstream_error(error: BaseException, redact: Redactor) -> ServeError:
@@ -94,8 +93,11 @@ class FusionRun:
 
     @contextmanager
     def _upstream(self) -> Iterator[None]:
+        """Around each stage: models named as the config names them, failures as ``ServeError``s, and the system
+        message of a stage that chose no adapter written once per signature (``MemoChatAdapter``)."""
+        default = {"adapter": MemoChatAdapter()} if dspy.settings.adapter is None else {}
         try:
-            with tracing.model_labels(self.names):  # spans name the models as the config does
+            with tracing.model_labels(self.names), dspy.context(**default):
                 yield
         except Exception as error:
             raise upstream_error(error, self.redact) from error
@@ -133,11 +135,10 @@ class FusionRun:
             yield result
             return
         field = self.profile.reply_fields[0]
-        adapter = self.program.fuse.adapter or dspy.settings.adapter
-        streamable = type(adapter or dspy.ChatAdapter()).__name__ in STREAMABLE_ADAPTERS
-        listener = StreamListener(field) if streamable else None
         held, streamed, final = "", "", None
         with self._upstream():
+            listen_as = stream_adapter(self.program.fuse.adapter or dspy.settings.adapter)
+            listener = StreamListener(field) if listen_as is not None else None
             streamer = dspy.streamify(self.program, is_async_program=True)
             with dspy.context(track_usage=True):  # dspy asks a streamed reply for its usage only then
                 async for value in streamer(candidates=pool, **self.inputs):
@@ -145,7 +146,7 @@ class FusionRun:
                         final = value
                         continue
                     if listener is not None:
-                        with dspy.context(adapter=adapter):
+                        with dspy.context(adapter=listen_as):
                             response = listener.receive(value)
                         piece = response.chunk if isinstance(response, StreamResponse) else ""
                     else:  # plain chat: the whole reply is the field; hold back whitespace as the parser strips it
