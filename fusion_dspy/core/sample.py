@@ -123,15 +123,15 @@ class Sample(dspy.Module):
                 "No LM to sample from: pass lm= (or lms=[...]) to Sample/FusionOfN/BestOfN, or call "
                 "dspy.configure(lm=dspy.LM(...)) first."
             )
-        pinned = [name for name, predictor in self.module.named_predictors() if predictor.lm is not None]
+        predictors = self.module.named_predictors()  # one walk: DSPy's walks the module's call history too
+        pinned = [name for name, predictor in predictors if predictor.lm is not None]
         if pinned:
             raise ValueError(
                 f"Predictor(s) {pinned} of the sampled module carry their own LM (set via set_lm or .lm=). DSPy "
                 "prefers that LM over the per-sample copies, so all N candidates would be one cached answer. "
                 "Leave the generator's predictors without an LM and pass it as lm= (or lms=[...]) instead."
             )
-        heated = [name for name, predictor in self.module.named_predictors()
-                  if {"temperature", "n", "rollout_id"} & set(predictor.config)]  # fmt: skip
+        heated = [name for name, predictor in predictors if {"temperature", "n", "rollout_id"} & set(predictor.config)]
         if heated:
             raise ValueError(
                 f"Predictor(s) {heated} of the sampled module set their own temperature, n or rollout_id (e.g. "
