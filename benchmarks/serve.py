@@ -19,6 +19,10 @@ Run by hand: `python benchmarks/serve.py`. The backend (an OpenAI-compatible stu
 sequential requests against an instant backend, rounds alternating; the default is on only while the difference
 stays <= 0.5 ms a request.
 
+`--against REF` measures instead the server's CPU per request on this checkout and on git REF (e.g. the commit a
+target was set against), two servers on one backend, rounds alternating: the machine's speed drifts by a third
+over a day, which moves the milliseconds of both alike but not their ratio.
+
 Each is measured in 3 rounds; min and median are printed. The machine is shared: numbers are noisy, so each
 table is printed with the load average and the CPU steal of its rounds. `--profile FILE` records the throughput
 server with py-spy (`pip install py-spy`; only samples holding the GIL, raw collapsed stacks) for a look at
@@ -207,31 +211,57 @@ def throughput_in_process(config: Path, total: int) -> float:
     return asyncio.run(_concurrently(one, total))
 
 
-def metrics_cost(api_base: str, folder: Path, engine: str, requests: int) -> None:
-    """The server's CPU per request with metrics on and off (two servers, same backend), rounds alternating."""
-    config, servers = _config(api_base, folder, engine), {}
+def side_by_side(config: Path, servers: dict[str, tuple[list[str], Path | None]], requests: int) -> dict:
+    """The CPU ms per request of each server (label: its extra `serve` arguments and the checkout it runs from,
+    None for this one), all on one backend, 3 rounds of `requests` sequential requests, rounds alternating."""
+    started = {}
     try:
-        for flag in ("--metrics", "--no-metrics"):
+        for label, (extra, checkout) in servers.items():
             port = _free_port()
-            servers[flag] = (_start([sys.executable, "-m", "fusion_dspy.cli", "serve", "--config", str(config),
-                                     "--port", str(port), flag]), port)  # fmt: skip
+            command = [sys.executable, "-m", "fusion_dspy.cli", "serve", "--config", str(config), "--port", str(port)]
+            started[label] = (subprocess.Popen([*command, *extra], cwd=checkout, stdout=subprocess.DEVNULL,
+                                               stderr=subprocess.DEVNULL), port)  # fmt: skip
             _wait_healthy(port)
             asyncio.run(_sequential(port, 20))  # warm-up
-        spent: dict[str, list[float]] = {flag: [] for flag in servers}
+        spent: dict[str, list[float]] = {label: [] for label in servers}
         for _ in range(3):
-            for flag, (server, port) in servers.items():
+            for label, (server, port) in started.items():
                 before = _cpu_seconds(psutil.Process(server.pid))
                 asyncio.run(_sequential(port, requests))
-                spent[flag].append(1000 * (_cpu_seconds(psutil.Process(server.pid)) - before) / requests)
-        extra = [on - off for on, off in zip(spent["--metrics"], spent["--no-metrics"], strict=True)]
-        print(f"server CPU per request, {requests} sequential requests, instant backend, N={N}:\n"
-              f"  metrics on: {_summary(spent['--metrics'])} ms, off: {_summary(spent['--no-metrics'])} ms, "
-              f"on - off: {_summary(extra)} ms (default on while <= 0.5 ms)\n"
-              f"  in-process, the metrics middleware counting one request's report: "
-              f"{_summary([_metrics_cpu() for _ in range(3)])} ms")  # fmt: skip
+                spent[label].append(1000 * (_cpu_seconds(psutil.Process(server.pid)) - before) / requests)
+        return spent
     finally:
-        for server, _ in servers.values():
+        for server, _ in started.values():
             server.kill()
+
+
+def metrics_cost(api_base: str, folder: Path, engine: str, requests: int) -> None:
+    """The server's CPU per request with metrics on and off (two servers, same backend), rounds alternating."""
+    machine = Machine()
+    servers = {flag: ([flag], None) for flag in ("--metrics", "--no-metrics")}
+    spent = side_by_side(_config(api_base, folder, engine), servers, requests)
+    extra = [on - off for on, off in zip(spent["--metrics"], spent["--no-metrics"], strict=True)]
+    print(f"server CPU per request, {requests} sequential requests, instant backend, N={N}:\n"
+          f"  metrics on: {_summary(spent['--metrics'])} ms, off: {_summary(spent['--no-metrics'])} ms, "
+          f"on - off: {_summary(extra)} ms (default on while <= 0.5 ms)  {machine}\n"
+          f"  in-process, the metrics middleware counting one request's report: "
+          f"{_summary([_metrics_cpu() for _ in range(3)])} ms")  # fmt: skip
+
+
+def against(ref: str, api_base: str, folder: Path, engine: str, requests: int) -> None:
+    """The server's CPU per request on this checkout and on git `ref` (a worktree of it, removed after), rounds
+    alternating: a ratio that holds while the machine's speed drifts, which the milliseconds alone do not."""
+    tree = Path(folder) / "against"
+    subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(tree), ref], check=True)
+    try:
+        machine = Machine()
+        spent = side_by_side(_config(api_base, folder, engine), {"this": ([], None), ref: ([], tree)}, requests)
+        ratios = [this / then for this, then in zip(spent["this"], spent[ref], strict=True)]
+        print(f"server CPU per request, {requests} sequential requests, instant backend, N={N}, engine {engine}:\n"
+              f"  this checkout: {_summary(spent['this'])} ms, {ref}: {_summary(spent[ref])} ms, "
+              f"ratio (each round): {_summary(ratios)}  {machine}")  # fmt: skip
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], check=False)
 
 
 def _metrics_cpu(requests: int = 5000) -> float:
@@ -293,6 +323,8 @@ def main() -> None:
     parser.add_argument("--metrics-cost", action="store_true", help="only the server's CPU per request with "
                         "metrics on and off")  # fmt: skip
     parser.add_argument("--profile", metavar="FILE", help="record the throughput server with py-spy into FILE")
+    parser.add_argument("--against", metavar="REF", help="only the server's CPU per request here and at git REF, "
+                        "side by side")  # fmt: skip
     args = parser.parse_args()
     if args.backend is not None:
         return run_backend(args.backend)
@@ -305,9 +337,12 @@ def main() -> None:
             processes.append(_start([sys.executable, __file__, "--collector"]))
             os.environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = processes[-1].stdout.readline().strip()
         with tempfile.TemporaryDirectory() as folder:
-            if args.metrics_cost:
+            if args.metrics_cost or args.against:
                 processes.append(backend := _start([sys.executable, __file__, "--backend", "0"]))
-                return metrics_cost(backend.stdout.readline().strip(), Path(folder), args.engine, args.requests)
+                api_base = backend.stdout.readline().strip()
+                if args.against:
+                    return against(args.against, api_base, Path(folder), args.engine, args.requests)
+                return metrics_cost(api_base, Path(folder), args.engine, args.requests)
             for delay, label in ((0.0, "overhead"), (DELAY, "throughput")):
                 backend = _start([sys.executable, __file__, "--backend", str(delay)])
                 processes.append(backend)
