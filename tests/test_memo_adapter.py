@@ -36,7 +36,7 @@ SIGNATURES = [dspy.Signature("question -> answer"), dspy.Signature("question, co
               Trip, Trip.with_instructions("Plan a short trip.")]  # fmt: skip
 INPUTS = [{"question": "Hi?"}, {"question": " How many?\n", "context": '{"json": "text"}', "extra": "ignored"},
           {"question": "Which one?"}, {"question": ["first", "second"]},  # a field left out; a list of text
-          {"origin": "Lyon", "stops": ["Dijon"], "budget": 300}, {"origin": "Paris", "stops": [], "budget": 9}]  # fmt: skip
+          {"origin": "Lyon", "stops": ["Dijon"], "budget": 300}, {"origin": "Paris", "stops": [], "budget": 9}]
 
 
 @pytest.fixture
