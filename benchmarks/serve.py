@@ -20,8 +20,9 @@ sequential requests against an instant backend, rounds alternating; the default 
 stays <= 0.5 ms a request.
 
 `--against REF` measures instead the server's CPU per request on this checkout and on git REF (e.g. the commit a
-target was set against), two servers on one backend, rounds alternating: the machine's speed drifts by a third
-over a day, which moves the milliseconds of both alike but not their ratio.
+target was set against), two servers on one backend, rounds alternating, sequential (as 1.) and 64 in flight (as
+2.): the machine's speed drifts by a third over a day, which moves the milliseconds of both alike but not their
+ratio.
 
 Each is measured in 3 rounds; min and median are printed. The machine is shared: numbers are noisy, so each
 table is printed with the load average and the CPU steal of its rounds. `--profile FILE` records the throughput
@@ -211,14 +212,16 @@ def throughput_in_process(config: Path, total: int) -> float:
     return asyncio.run(_concurrently(one, total))
 
 
-def side_by_side(config: Path, servers: dict[str, tuple[list[str], Path | None]], requests: int) -> dict:
+def side_by_side(config: Path, servers: dict[str, tuple[list[str], Path | None]], load) -> dict:
     """The CPU ms per request of each server (label: its extra `serve` arguments and the checkout it runs from,
-    None for this one), all on one backend, 3 rounds of `requests` sequential requests, rounds alternating."""
+    None for this one), all on one backend, in 3 rounds of `load(port)` (which returns the requests it made),
+    rounds alternating."""
     started = {}
     try:
         for label, (extra, checkout) in servers.items():
             port = _free_port()
-            command = [sys.executable, "-m", "fusion_dspy.cli", "serve", "--config", str(config), "--port", str(port)]
+            command = [sys.executable, "-m", "fusion_dspy.cli", "serve", "--config", str(config), "--port", str(port),
+                       "--max-concurrency", str(4 * CONCURRENCY)]  # fmt: skip
             started[label] = (subprocess.Popen([*command, *extra], cwd=checkout, stdout=subprocess.DEVNULL,
                                                stderr=subprocess.DEVNULL), port)  # fmt: skip
             _wait_healthy(port)
@@ -227,7 +230,7 @@ def side_by_side(config: Path, servers: dict[str, tuple[list[str], Path | None]]
         for _ in range(3):
             for label, (server, port) in started.items():
                 before = _cpu_seconds(psutil.Process(server.pid))
-                asyncio.run(_sequential(port, requests))
+                requests = load(port)
                 spent[label].append(1000 * (_cpu_seconds(psutil.Process(server.pid)) - before) / requests)
         return spent
     finally:
@@ -235,11 +238,26 @@ def side_by_side(config: Path, servers: dict[str, tuple[list[str], Path | None]]
             server.kill()
 
 
+def sequential(requests: int):
+    """A `side_by_side` load: `requests` requests one after the other."""
+    return lambda port: asyncio.run(_sequential(port, requests)) or requests
+
+
+def in_flight(total: int):
+    """A `side_by_side` load: CONCURRENCY requests in flight, `total` of them after as many to warm up."""
+
+    def load(port: int) -> int:
+        throughput(port, total)
+        return total + CONCURRENCY
+
+    return load
+
+
 def metrics_cost(api_base: str, folder: Path, engine: str, requests: int) -> None:
     """The server's CPU per request with metrics on and off (two servers, same backend), rounds alternating."""
     machine = Machine()
     servers = {flag: ([flag], None) for flag in ("--metrics", "--no-metrics")}
-    spent = side_by_side(_config(api_base, folder, engine), servers, requests)
+    spent = side_by_side(_config(api_base, folder, engine), servers, sequential(requests))
     extra = [on - off for on, off in zip(spent["--metrics"], spent["--no-metrics"], strict=True)]
     print(f"server CPU per request, {requests} sequential requests, instant backend, N={N}:\n"
           f"  metrics on: {_summary(spent['--metrics'])} ms, off: {_summary(spent['--no-metrics'])} ms, "
@@ -248,18 +266,26 @@ def metrics_cost(api_base: str, folder: Path, engine: str, requests: int) -> Non
           f"{_summary([_metrics_cpu() for _ in range(3)])} ms")  # fmt: skip
 
 
-def against(ref: str, api_base: str, folder: Path, engine: str, requests: int) -> None:
+def against(ref: str, folder: Path, engine: str, requests: int, total: int) -> None:
     """The server's CPU per request on this checkout and on git `ref` (a worktree of it, removed after), rounds
-    alternating: a ratio that holds while the machine's speed drifts, which the milliseconds alone do not."""
+    alternating, sequential on an instant backend and CONCURRENCY in flight on a DELAY one: a ratio that holds
+    while the machine's speed drifts, which the milliseconds alone do not."""
     tree = Path(folder) / "against"
     subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(tree), ref], check=True)
     try:
-        machine = Machine()
-        spent = side_by_side(_config(api_base, folder, engine), {"this": ([], None), ref: ([], tree)}, requests)
-        ratios = [this / then for this, then in zip(spent["this"], spent[ref], strict=True)]
-        print(f"server CPU per request, {requests} sequential requests, instant backend, N={N}, engine {engine}:\n"
-              f"  this checkout: {_summary(spent['this'])} ms, {ref}: {_summary(spent[ref])} ms, "
-              f"ratio (each round): {_summary(ratios)}  {machine}")  # fmt: skip
+        servers = {"this": ([], None), ref: ([], tree)}
+        for delay, load, what in ((0.0, sequential(requests), f"{requests} sequential requests, instant backend"),
+                                  (DELAY, in_flight(total), f"{CONCURRENCY} in flight, {DELAY} s backend")):
+            backend = _start([sys.executable, __file__, "--backend", str(delay)])
+            try:
+                machine = Machine()
+                spent = side_by_side(_config(backend.stdout.readline().strip(), folder, engine), servers, load)
+            finally:
+                backend.kill()
+            ratios = [this / then for this, then in zip(spent["this"], spent[ref], strict=True)]
+            print(f"server CPU per request, {what}, N={N}, engine {engine}:\n"
+                  f"  this checkout: {_summary(spent['this'])} ms, {ref}: {_summary(spent[ref])} ms, "
+                  f"ratio (each round): {_summary(ratios)}  {machine}")  # fmt: skip
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(tree)], check=False)
 
@@ -337,12 +363,11 @@ def main() -> None:
             processes.append(_start([sys.executable, __file__, "--collector"]))
             os.environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = processes[-1].stdout.readline().strip()
         with tempfile.TemporaryDirectory() as folder:
-            if args.metrics_cost or args.against:
+            if args.against:
+                return against(args.against, Path(folder), args.engine, args.requests, args.total)
+            if args.metrics_cost:
                 processes.append(backend := _start([sys.executable, __file__, "--backend", "0"]))
-                api_base = backend.stdout.readline().strip()
-                if args.against:
-                    return against(args.against, api_base, Path(folder), args.engine, args.requests)
-                return metrics_cost(api_base, Path(folder), args.engine, args.requests)
+                return metrics_cost(backend.stdout.readline().strip(), Path(folder), args.engine, args.requests)
             for delay, label in ((0.0, "overhead"), (DELAY, "throughput")):
                 backend = _start([sys.executable, __file__, "--backend", str(delay)])
                 processes.append(backend)
