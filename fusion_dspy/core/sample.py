@@ -123,7 +123,7 @@ class Sample(dspy.Module):
                 "No LM to sample from: pass lm= (or lms=[...]) to Sample/FusionOfN/BestOfN, or call "
                 "dspy.configure(lm=dspy.LM(...)) first."
             )
-        predictors = self.module.named_predictors()  # one walk: DSPy's walks the module's call history too
+        predictors = self.module.named_predictors()  # walked once: it walks each module's call history too
         pinned = [name for name, predictor in predictors if predictor.lm is not None]
         if pinned:
             raise ValueError(
