@@ -31,7 +31,8 @@ def test_a_native_programs_call_never_imports_litellm(tmp_path):
     seen = fresh(STUB + """
 import json, dspy, fusion_dspy as fd
 from fusion_dspy.core.context import known_context_window
-config = {"models": {"stub": {"model": "openai/stub", "api_base": server.api_base, "cache": False}},
+# A model litellm's price map knows: its context window is known, so the fusor's prompt is checked against it.
+config = {"models": {"stub": {"model": "openai/gpt-4o-mini", "api_base": server.api_base, "cache": False}},
           "roles": {"generators": "stub"}, "fusion": {"n": 3}}
 open("config.json", "w").write(json.dumps(config))
 program = fd.load_config("config.json").program(dspy.Predict("question -> answer"))

@@ -5,6 +5,10 @@ The prompt is formatted exactly as DSPy will send it (the fusor's adapter, signa
 (an estimate, e.g. for a local server's model). It is the one counter of the library: group fusion sizes its
 groups with it too (``fusion_dspy.core.windowed``), so a group it forms passes this check. The window is the one
 given (the config's ``context_window``), else litellm's model info, else unknown: no check.
+
+Most prompts are far inside their window, and counting them would import litellm (seconds of start-up, on an
+engine that does not otherwise need it) and run a tokenizer on every fusion. So ``check_fits`` first bounds the
+count from above without a tokenizer (``most_tokens``) and counts only a prompt that bound does not clear.
 """
 
 from typing import Any
@@ -50,10 +54,38 @@ def count_tokens(lm: Any, text: str | None = None, messages: list[dict[str, Any]
     return import_litellm().token_counter(model=getattr(lm, "model", None) or "", text=text, messages=messages)
 
 
+def prompt_messages(predict: dspy.Predict, inputs: dict[str, Any], adapter: Any = None) -> list[dict[str, Any]]:
+    """The messages ``predict`` would send for ``inputs``, formatted by ``adapter`` (else the context's)."""
+    adapter = adapter or dspy.settings.adapter or dspy.ChatAdapter()
+    return adapter.format(predict.signature, predict.demos, inputs)
+
+
 def prompt_tokens(lm: Any, predict: dspy.Predict, inputs: dict[str, Any], adapter: Any = None) -> int:
     """Tokens of the prompt ``predict`` would send ``lm`` for ``inputs``."""
-    adapter = adapter or dspy.settings.adapter or dspy.ChatAdapter()
-    return count_tokens(lm, messages=adapter.format(predict.signature, predict.demos, inputs))
+    return count_tokens(lm, messages=prompt_messages(predict, inputs, adapter))
+
+
+def most_tokens(messages: list[dict[str, Any]]) -> int | None:
+    """At most how many tokens ``count_tokens`` finds in ``messages``, known without a tokenizer; ``None`` when a
+    message holds more than text (an image's tokens are not bounded by its bytes).
+
+    The tokenizers litellm counts with (tiktoken's byte-level BPE, or a model's Hugging Face tokenizer) never make
+    more tokens of a text than it has UTF-8 bytes, and add at most two special tokens; litellm adds one token for a
+    name, up to 4 a message for the chat format and 3 to prime the reply. ``tests/test_context.py`` holds the bound
+    to litellm's counts.
+
+    Example:
+        >>> messages = [{"role": "user", "content": "四 score and seven"}]
+        >>> most_tokens(messages), count_tokens(dspy.LM("openai/gpt-4o"), messages=messages)
+        (36, 11)
+    """
+    total = 3
+    for message in messages:
+        values = [value for value in message.values() if value is not None]
+        if not all(isinstance(value, str) for value in values):
+            return None
+        total += 4 + sum(len(value.encode("utf-8")) + 3 for value in values)
+    return total
 
 
 def check_fits(lm: Any, predict: dspy.Predict, inputs: dict[str, Any], candidates: int, window: int | None,
@@ -71,7 +103,11 @@ def check_fits(lm: Any, predict: dspy.Predict, inputs: dict[str, Any], candidate
     if not window:
         return
     answer = int((getattr(lm, "kwargs", {}) or {}).get("max_tokens") or 0)
-    needed = prompt_tokens(lm, predict, inputs, adapter)
+    messages = prompt_messages(predict, inputs, adapter)
+    bound = most_tokens(messages)
+    if bound is not None and bound + answer <= window:
+        return  # fits, whatever the tokenizer: no need to count
+    needed = count_tokens(lm, messages=messages)
     if needed + answer > window:
         raise ContextOverflowError(
             f"The fusor's prompt for these {candidates} candidates is about {needed} tokens, plus up to {answer} for "

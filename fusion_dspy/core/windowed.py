@@ -25,7 +25,7 @@ from typing import Any
 
 import dspy
 
-from fusion_dspy.core.context import ContextOverflowError, count_tokens, prompt_tokens
+from fusion_dspy.core.context import ContextOverflowError, count_tokens, most_tokens, prompt_messages
 from fusion_dspy.core.pool import predictions
 from fusion_dspy.core.signatures import presentation_order, render_candidate, render_candidates
 from fusion_dspy.core.steps import Call, Gather, Steps
@@ -41,12 +41,26 @@ def _candidate_tokens(lm: Any, candidates: Sequence[Any], output_fields: Sequenc
     return [count_tokens(lm, text=render_candidate(c, output_fields, i + 1) + "\n\n") for i, c in enumerate(candidates)]
 
 
-def _prompt_tokens(fuse: Any, lm: Any, candidates: Sequence[Any], inputs: dict[str, Any]) -> int:
-    """The fusor's prompt for these candidates, rendered as ``Fuse`` renders it and counted as its check counts."""
+def _prompt(fuse: Any, candidates: Sequence[Any], inputs: dict[str, Any]) -> list[dict[str, Any]]:
+    """The fusor's prompt for these candidates, rendered as ``Fuse`` renders it."""
     task_inputs = {name: inputs[name] for name in fuse.task_signature.input_fields if name in inputs}
     order = presentation_order(len(candidates), fuse.shuffle, task_inputs)
     shown = render_candidates(candidates, list(fuse.task_signature.output_fields), order)
-    return prompt_tokens(lm, fuse.predict, {**task_inputs, "candidates": shown}, fuse.adapter)
+    return prompt_messages(fuse.predict, {**task_inputs, "candidates": shown}, fuse.adapter)
+
+
+def _prompt_tokens(fuse: Any, lm: Any, candidates: Sequence[Any], inputs: dict[str, Any]) -> int:
+    """The fusor's prompt for these candidates, counted as its check counts."""
+    return count_tokens(lm, messages=_prompt(fuse, candidates, inputs))
+
+
+def _all_fit(fuse: Any, lm: Any, candidates: Sequence[Any], inputs: dict[str, Any], context_window: int) -> bool:
+    """All of them fit one call, answer included, by ``most_tokens``'s bound: nothing to count."""
+    prompt = most_tokens(_prompt(fuse, candidates, inputs))
+    output_fields = list(fuse.task_signature.output_fields)
+    longest = max(len(render_candidate(c, output_fields, i + 1).encode("utf-8")) + 4 for i, c in enumerate(candidates))
+    answer = (getattr(lm, "kwargs", None) or {}).get("max_tokens") or max(longest, DEFAULT_ANSWER_TOKENS)
+    return prompt is not None and prompt + answer <= context_window
 
 
 def fitting_group_size(sizes: Sequence[int], budget: int, context_window: int) -> int:
@@ -80,7 +94,8 @@ def _cannot_hold(sizes: Sequence[int], budget: int, context_window: int) -> Cont
 def auto_group_size(fuse: Any, candidates: Sequence[Any], inputs: dict[str, Any], context_window: int) -> int:
     """The largest k whose groups of ``candidates`` each fit ``fuse``'s window with its answer, as its check counts.
 
-    k comes from each candidate's tokens and the rest of the prompt's (``fitting_group_size``). Counts of pieces
+    All of them when a bound clears the window without counting (``_all_fit``, as most pools do). Else k comes
+    from each candidate's tokens and the rest of the prompt's (``fitting_group_size``). Counts of pieces
     do not quite add up to the count of their whole (a tokenizer merges across the joins, litellm counts long
     text in slices), so the groups are then counted as they will be sent, and k lowered until each one fits.
 
@@ -93,6 +108,8 @@ def auto_group_size(fuse: Any, candidates: Sequence[Any], inputs: dict[str, Any]
         4
     """
     lm = fuse.fusor_lm or fuse.predict.lm or dspy.settings.lm
+    if candidates and _all_fit(fuse, lm, candidates, inputs, context_window):
+        return len(candidates)
     sizes = _candidate_tokens(lm, candidates, list(fuse.task_signature.output_fields))
     answer = (getattr(lm, "kwargs", None) or {}).get("max_tokens") or max(max(sizes), DEFAULT_ANSWER_TOKENS)
     room = context_window - answer
