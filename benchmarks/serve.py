@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,94 +43,25 @@ from pathlib import Path
 
 import httpx
 import psutil
-import yaml
+import serve_side_by_side as side_by_side
 from machine import Machine
-
-N = 3
-CONCURRENCY, DELAY = 64, 0.2
-
-
-def reply(body: dict) -> str:
-    outputs = body["messages"][0]["content"].split("Your output fields are:")[-1].split("All interactions")[0]
-    if "`comparison`" in outputs:
-        return "[[ ## comparison ## ]]\nsame\n\n[[ ## response ## ]]\nfused\n\n[[ ## completed ## ]]"
-    return "[[ ## response ## ]]\nsampled\n\n[[ ## completed ## ]]"
-
-
-def run_backend(delay: float) -> None:
-    from http.server import ThreadingHTTPServer
-
-    from fusion_dspy.testing import StubOpenAIServer
-
-    ThreadingHTTPServer.request_queue_size = 1024  # 64 x (N + 1) connections may open at once
-    server = StubOpenAIServer(reply, delay=delay).start()
-    print(server.api_base, flush=True)
-    while True:  # until terminated
-        time.sleep(3600)
-
-
-def run_collector() -> None:
-    """A stand-in OTLP/HTTP collector for `--otel`: accepts every export, keeps nothing."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    class Sink(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
-    print(f"http://127.0.0.1:{server.server_port}/v1/traces", flush=True)
-    server.serve_forever()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _start(command: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-
-
-def _config(api_base: str, folder: Path, engine: str = "litellm") -> Path:
-    """The served model: its N samples go in one request (`n`) on either engine; `engine: native` sends it with
-    DSPy's lm15 client (a quarter of litellm's CPU per request)."""
-    path = folder / "bench.yaml"
-    path.write_text(yaml.safe_dump({
-        "models": {"bench": {"model": "openai/bench", "api_base": api_base, "num_retries": 0, "cache": False,
-                             "engine": engine}},
-        "roles": {"generators": "bench"}, "fusion": {"n": N}}))  # fmt: skip
-    return path
-
-
-def _wait_healthy(port: int, seconds: float = 120.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise RuntimeError("the fusion server did not start")
-
-
-def _body(k: int) -> dict:
-    return {"model": "fusion", "messages": [{"role": "user", "content": f"Question {k}?"}]}
-
-
-def _program(config: Path):
-    import dspy
-
-    import fusion_dspy as fd
-    from fusion_dspy.serve.chat import ChatReply
-
-    return fd.load_config(config).program(dspy.Predict(ChatReply), method="fuse")
+from serve_stack import (
+    CONCURRENCY,
+    DELAY,
+    N,
+    _body,
+    _config,
+    _cpu_seconds,
+    _free_port,
+    _program,
+    _start,
+    _summary,
+    _wait_healthy,
+    backend_process,
+    collector_process,
+    throughput,
+    throughput_in_process,
+)
 
 
 def overhead(config: Path, port: int, requests: int) -> tuple[float, float, float]:
@@ -162,62 +92,6 @@ def overhead(config: Path, port: int, requests: int) -> tuple[float, float, floa
     return statistics.median(served), statistics.median(local), statistics.median(outside)
 
 
-async def _concurrently(one, total: int) -> float:
-    limit = asyncio.Semaphore(CONCURRENCY)
-
-    async def limited(k: int) -> None:
-        async with limit:
-            await one(k)
-
-    await asyncio.gather(*(limited(k) for k in range(CONCURRENCY)))  # warm-up: connections, first calls
-    start = time.perf_counter()
-    await asyncio.gather(*(limited(k) for k in range(total)))
-    return total / (time.perf_counter() - start)
-
-
-def _cpu_seconds(process: psutil.Process, children: bool = True) -> float:
-    """CPU seconds (user + system) of a process and, with ``children``, of its children (uvicorn's workers)."""
-    total = 0.0
-    for one in [process, *(process.children(recursive=True) if children else [])]:
-        try:
-            times = one.cpu_times()
-            total += times.user + times.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
-def throughput(port: int, total: int) -> float:
-    """Requests per second through the server with CONCURRENCY requests in flight."""
-    url = f"http://127.0.0.1:{port}/v1/chat/completions"
-
-    async def main() -> float:
-        async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=CONCURRENCY)) as client:
-
-            async def one(k: int) -> None:
-                (await client.post(url, json=_body(k))).raise_for_status()
-
-            return await _concurrently(one, total)
-
-    return asyncio.run(main())
-
-
-def throughput_in_process(config: Path, total: int) -> float:
-    """The same, with the FusionOfN called in this process: what DSPy and litellm alone allow on this machine."""
-    program = _program(config)
-
-    async def one(k: int) -> None:
-        await program.acall(conversation=f"Question {k}?")
-
-    return asyncio.run(_concurrently(one, total))
-
-
-async def _sequential(port: int, requests: int) -> None:
-    async with httpx.AsyncClient(timeout=60) as client:
-        for k in range(requests):
-            (await client.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=_body(k))).raise_for_status()
-
-
 def _profiler(pid: int, path: str | None) -> subprocess.Popen | None:
     """py-spy recording the server process ``pid`` (GIL holders only) into ``path``; None without --profile."""
     if path is None:
@@ -227,14 +101,8 @@ def _profiler(pid: int, path: str | None) -> subprocess.Popen | None:
     return subprocess.Popen(spy, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _summary(values: list[float]) -> str:
-    return f"min {min(values):.4g}, median {statistics.median(values):.4g}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backend", type=float, help=argparse.SUPPRESS)  # run as the backend process
-    parser.add_argument("--collector", action="store_true", help=argparse.SUPPRESS)  # run as the OTLP collector
     parser.add_argument("--requests", type=int, default=60, help="sequential requests per overhead round")
     parser.add_argument("--total", type=int, default=4 * CONCURRENCY, help="requests per throughput round")
     parser.add_argument("--workers", type=int, default=1, help="fusion server processes for the throughput run")
@@ -246,27 +114,21 @@ def main() -> None:
     parser.add_argument("--against", metavar="REF", help="only the server's CPU per request here and at git REF, "
                         "side by side")  # fmt: skip
     args = parser.parse_args()
-    if args.backend is not None:
-        return run_backend(args.backend)
-    if args.collector:
-        return run_collector()
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     processes = []
     try:
         if args.otel:  # the server's spans go to a collector of their own (its CPU is not counted)
-            processes.append(_start([sys.executable, __file__, "--collector"]))
+            processes.append(collector_process())
             os.environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = processes[-1].stdout.readline().strip()
         with tempfile.TemporaryDirectory() as folder:
-            if args.against or args.metrics_cost:
-                import serve_side_by_side as side_by_side  # imports this module's helpers
-
-                if args.against:
-                    return side_by_side.against(args.against, Path(folder), args.engine, args.requests, args.total)
-                processes.append(backend := _start([sys.executable, __file__, "--backend", "0"]))
+            if args.against:
+                return side_by_side.against(args.against, Path(folder), args.engine, args.requests, args.total)
+            if args.metrics_cost:
+                processes.append(backend := backend_process(0.0))
                 return side_by_side.metrics_cost(backend.stdout.readline().strip(), Path(folder), args.engine,
                                                  args.requests)  # fmt: skip
             for delay, label in ((0.0, "overhead"), (DELAY, "throughput")):
-                backend = _start([sys.executable, __file__, "--backend", str(delay)])
+                backend = backend_process(delay)
                 processes.append(backend)
                 config, port = _config(backend.stdout.readline().strip(), Path(folder), args.engine), _free_port()
                 workers = args.workers if label == "throughput" else 1

@@ -9,9 +9,20 @@ import time
 from pathlib import Path
 
 import psutil
-import serve
 from machine import Machine
-from serve import CONCURRENCY, DELAY, N, _config, _cpu_seconds, _sequential, _start, _summary, _wait_healthy, throughput
+from serve_stack import (
+    CONCURRENCY,
+    DELAY,
+    N,
+    _config,
+    _cpu_seconds,
+    _free_port,
+    _sequential,
+    _summary,
+    _wait_healthy,
+    backend_process,
+    throughput,
+)
 
 
 def side_by_side(config: Path, servers: dict[str, tuple[list[str], Path | None]], load) -> dict:
@@ -21,7 +32,7 @@ def side_by_side(config: Path, servers: dict[str, tuple[list[str], Path | None]]
     started = {}
     try:
         for label, (extra, checkout) in servers.items():
-            port = serve._free_port()
+            port = _free_port()
             command = [sys.executable, "-m", "fusion_dspy.cli", "serve", "--config", str(config), "--port", str(port),
                        "--max-concurrency", str(4 * CONCURRENCY)]  # fmt: skip
             started[label] = (subprocess.Popen([*command, *extra], cwd=checkout, stdout=subprocess.DEVNULL,
@@ -78,7 +89,7 @@ def against(ref: str, folder: Path, engine: str, requests: int, total: int) -> N
         servers = {"this": ([], None), ref: ([], tree)}
         for delay, load, what in ((0.0, sequential(requests), f"{requests} sequential requests, instant backend"),
                                   (DELAY, in_flight(total), f"{CONCURRENCY} in flight, {DELAY} s backend")):
-            backend = _start([sys.executable, serve.__file__, "--backend", str(delay)])
+            backend = backend_process(delay)
             try:
                 machine = Machine()
                 spent = side_by_side(_config(backend.stdout.readline().strip(), folder, engine), servers, load)
