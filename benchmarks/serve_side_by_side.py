@@ -53,7 +53,12 @@ def side_by_side(config: Path, servers: dict[str, tuple[list[str], Path | None]]
 
 def sequential(requests: int):
     """A `side_by_side` load: `requests` requests one after the other."""
-    return lambda port: asyncio.run(_sequential(port, requests)) or requests
+
+    def load(port: int) -> int:
+        asyncio.run(_sequential(port, requests))
+        return requests
+
+    return load
 
 
 def in_flight(total: int):

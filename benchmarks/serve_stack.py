@@ -162,7 +162,6 @@ def _summary(values: list[float]) -> str:
     return f"min {min(values):.4g}, median {statistics.median(values):.4g}"
 
 
-
 def backend_process(delay: float) -> subprocess.Popen:
     """The stub backend in a process of its own, answering each request after ``delay`` s; its first line of output
     is its api_base."""
@@ -179,4 +178,7 @@ if __name__ == "__main__":
     parser.add_argument("--backend", type=float, metavar="DELAY", help="run the stub backend")
     parser.add_argument("--collector", action="store_true", help="run the OTLP collector")
     args = parser.parse_args()
-    run_collector() if args.collector else run_backend(args.backend or 0.0)
+    if args.collector:
+        run_collector()
+    else:
+        run_backend(args.backend or 0.0)
