@@ -71,8 +71,9 @@ def most_tokens(messages: list[dict[str, Any]]) -> int | None:
 
     The tokenizers litellm counts with (tiktoken's byte-level BPE, or a model's Hugging Face tokenizer) never make
     more tokens of a text than it has UTF-8 bytes, and add at most two special tokens; litellm adds one token for a
-    name, up to 4 a message for the chat format and 3 to prime the reply. ``tests/test_context.py`` holds the bound
-    to litellm's counts.
+    name, up to 4 a message for the chat format and 3 to prime the reply. (It counts a text exactly up to its
+    ``TOKEN_COUNTER_MAX_EXACT_CHARS``, 4 million characters by default, and extrapolates from samples beyond.)
+    ``tests/test_context.py`` holds the bound to litellm's counts.
 
     Example:
         >>> messages = [{"role": "user", "content": "四 score and seven"}]
