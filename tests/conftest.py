@@ -72,9 +72,10 @@ def one_core_for_the_embedded_model(request):
 # The files that take longest, longest first (measured with --durations on 2 cores). xdist hands out whole files
 # (--dist loadfile) in collection order: started first, they run while the short files fill the other worker, so
 # both workers end together instead of one long file running alone at the end. Only the order changes.
-LONGEST_FIRST = ["test_workers.py", "test_engines.py", "test_notebooks.py", "test_ray_engine.py",
-                 "test_faults_batch.py", "test_optimize_cli.py", "test_eval_synth.py", "test_search.py",
-                 "test_serve_cli.py", "test_serve.py", "test_faults.py", "test_docstrings.py", "test_cli.py"]
+LONGEST_FIRST = ["test_notebooks.py", "test_engines.py", "test_faults_batch.py", "test_ray_engine.py",
+                 "test_workers.py", "test_lazy_imports.py", "test_serve_ops.py", "test_faults.py",
+                 "test_eval_synth.py", "test_docstrings.py", "test_search.py", "test_serve.py",
+                 "test_serve_errors.py", "test_optimize_cli.py", "test_serve_cli.py", "test_cli.py"]
 
 
 def pytest_collection_modifyitems(items):
