@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import yaml
+from serve_stack import reply  # the stub's ChatAdapter replies, as the serving benchmarks' stub gives them
 
 from fusion_dspy.backends import load_config
 from fusion_dspy.workflows.jobs import ConfigText, SynthJob
@@ -30,13 +31,6 @@ from fusion_dspy.workflows.jsonl import read_jsonl
 from fusion_dspy.workflows.ray_engine import RayEngine, require_ray
 from fusion_dspy.workflows.runner import run_items
 from fusion_dspy.workflows.synth import synthesize
-
-
-def reply(body: dict) -> str:
-    outputs = body["messages"][0]["content"].split("Your output fields are:")[-1].split("All interactions")[0]
-    if "`comparison`" in outputs:
-        return "[[ ## comparison ## ]]\nc\n\n[[ ## response ## ]]\nfused\n\n[[ ## completed ## ]]"
-    return "[[ ## response ## ]]\na draft\n\n[[ ## completed ## ]]"
 
 
 def serve(delay: float) -> None:
