@@ -95,13 +95,14 @@ class FusionProvider(CustomLLM):
 
     @staticmethod
     def _fill(run: FusionRun, pool: Any, result: Any, model_response: ModelResponse) -> ModelResponse:
-        usage, fusion = run.usage_and_fusion(pool, result)
+        report = run.report(result)
+        usage, fusion = run.usage_and_fusion(pool, result, report=report)
         message, finish = run.message(result)
         model_response.choices[0].message = Message(**message)  # type: ignore[union-attr]
         model_response.choices[0].finish_reason = finish  # "length": the reply was cut (FusionReport.finish_reason)
         model_response.model = f"{PROVIDER}/{run.profile.name}"
         model_response.usage = Usage(**usage)  # type: ignore[attr-defined]
-        model_response._hidden_params["response_cost"] = run.report(result).cost  # None: a price is unknown
+        model_response._hidden_params["response_cost"] = report.cost  # None: a price is unknown
         model_response._hidden_params["fusion"] = fusion
         return model_response
 

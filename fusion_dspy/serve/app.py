@@ -178,8 +178,8 @@ def create_app(profiles: dict[str, Profile], settings: ServeSettings | None = No
             with anyio.fail_after(settings.timeout):
                 pool = await run.asample()
                 result = await run.acombine(pool)
-            request.state.fusion_report = run.report(result)  # counted even if the answer is then refused (502)
-            response = run.response(pool, result)
+            report = request.state.fusion_report = run.report(result)  # counted even if the answer is then refused
+            response = run.response(pool, result, report=report)
         except BaseException as error:
             gate.leave()
             request.state.fusion_failures = failures_of(error, run.names if run else {})

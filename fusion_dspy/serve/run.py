@@ -193,10 +193,12 @@ class FusionRun:
         report = result.report.replace(stages={**result.report.stages, "sample": sample}, request_id=self.request_id)
         return report.relabeled(self.names) if labeled else report
 
-    def usage_and_fusion(self, pool: Pool, result: dspy.Prediction) -> tuple[dict, dict]:
+    def usage_and_fusion(self, pool: Pool, result: dspy.Prediction, *, report: FusionReport | None = None
+                         ) -> tuple[dict, dict]:  # fmt: skip
         """OpenAI's ``usage`` (every call summed) and the ``fusion`` object: the report (``FusionReport.to_dict``)
-        with the profile and N, keys masked; with ``return_candidates``, each candidate's reply text."""
-        report = self.report(result)
+        with the profile and N, keys masked; with ``return_candidates``, each candidate's reply text. ``report`` is
+        ``self.report(result)`` when the caller has it already."""
+        report = report if report is not None else self.report(result)
         fusion = {"profile": self.profile.name, "n": self.program.sample.n, **self.redact.within(report.to_dict())}
         if self.request.fusion and self.request.fusion.return_candidates:
             for entry, prediction in zip(fusion["candidates"], pool.predictions, strict=True):
@@ -206,9 +208,9 @@ class FusionRun:
                 entry["proposal"] = self.agent.proposal(prediction)
         return report.usage(), fusion
 
-    def response(self, pool: Pool, result: dspy.Prediction) -> dict[str, Any]:
-        """The ``chat.completion`` body."""
-        usage, fusion = self.usage_and_fusion(pool, result)
+    def response(self, pool: Pool, result: dspy.Prediction, *, report: FusionReport | None = None) -> dict[str, Any]:
+        """The ``chat.completion`` body (``report``: as in ``usage_and_fusion``)."""
+        usage, fusion = self.usage_and_fusion(pool, result, report=report)
         message, finish = self.message(result)
         return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.profile.name,
                 "choices": [{"index": 0, "message": message, "finish_reason": finish}], "usage": usage,

@@ -72,8 +72,8 @@ def start_stream(run: FusionRun, chat: ChatCompletionRequest, timeout: float, ke
                         await queue.put(run.chunk(piece))
                     else:
                         final = piece
-                state.fusion_report = run.report(final)
-                usage, fusion = run.usage_and_fusion(pool, final)
+                report = state.fusion_report = run.report(final)
+                usage, fusion = run.usage_and_fusion(pool, final, report=report)
                 await queue.put(run.chunk({}, run.message(final)[1], fusion=fusion))
                 if include_usage:
                     await queue.put({**run.chunk({}), "choices": [], "usage": usage})
