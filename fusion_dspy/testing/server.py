@@ -125,7 +125,12 @@ class StubOpenAIServer:
                 self._send(200, {"object": "list", "data": [{"id": "stub", "object": "model"}]})
 
             def do_POST(self) -> None:  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                length = int(self.headers.get("Content-Length", 0))
+                raw = self.rfile.read(length)
+                if len(raw) < length:  # the client went away mid-send (killed): no request was made
+                    self.close_connection = True
+                    return
+                body = json.loads(raw or b"{}")
                 n = 1 if server.ignore_n else int(body.get("n") or 1)
                 rejected = server.reject_n and int(body.get("n") or 1) > 1
                 with server._lock:
