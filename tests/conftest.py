@@ -1,12 +1,15 @@
 """Offline fixtures: no DSPy cache unless a test asks for it, scripted LMs that answer like a task and a fusor."""
 
 import os
+from pathlib import Path
 
 import dspy
 import pytest
 
 from fusion_dspy.process import ProcessState
 from fusion_dspy.testing import ScriptedCall, scripted_lm
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -48,6 +51,43 @@ def qa_responder(call: ScriptedCall) -> dict:
 @pytest.fixture
 def lm():
     return scripted_lm(qa_responder, model="scripted/generator")
+
+
+@pytest.fixture(scope="session")
+def ray_records(tmp_path_factory):
+    """Where the Ray cases' processes record an import of litellm (``tests.engine_support.litellm_importers``)."""
+    return tmp_path_factory.mktemp("litellm-imports")
+
+
+@pytest.fixture(scope="session")
+def ray_session(ray_records):
+    """One local Ray instance for every Ray case of this test process: tests/test_engines.py and
+    tests/test_ray_engine.py, which LONGEST_FIRST hands to the same worker. Starting one takes about 7 s on 2 cores.
+    Its configs are native: no process of it may import litellm."""
+    from tests.engine_support import local_ray
+
+    with local_ray(ray_records) as ray:
+        yield ray
+
+
+@pytest.fixture(scope="module")
+def ray_instance(ray_session, ray_records):
+    """The local Ray instance, with the environment its cases' processes run in set for the module
+    (``tests.engine_support.ray_environment``)."""
+    from tests.engine_support import ray_environment
+
+    with ray_environment(ray_records):
+        yield ray_session
+
+
+def short_embedded_config(max_tokens: int = 24):
+    """``configs/embedded.toml`` (what runs without a config) with answers cut at ``max_tokens``: the tiny model
+    often rambles to its 200-token cap, so a command's every step runs here in a fraction of the time."""
+    from fusion_dspy.backends.config import read_config
+
+    config = read_config(REPO / "configs" / "embedded.toml")
+    config.models["embedded"].max_tokens = max_tokens
+    return config
 
 
 @pytest.fixture(autouse=True)

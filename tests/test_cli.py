@@ -13,7 +13,7 @@ from fusion_dspy.testing import StubOpenAIServer, scripted_lm
 from fusion_dspy.workflows.batch import run_batch
 from fusion_dspy.workflows.demo import NEXT_STEPS, DemoPrompt, run_demo
 from fusion_dspy.workflows.jsonl import done_ids
-from tests.conftest import qa_responder
+from tests.conftest import qa_responder, short_embedded_config
 
 
 def respond(call):
@@ -124,7 +124,8 @@ def test_demo_says_which_prompts_are_checkable_checks_them_and_ends_with_what_to
 @pytest.mark.embedded
 def test_demo_on_the_embedded_model():
     out = io.StringIO()
-    rows = run_demo(read_config(None), n=2, prompts=["Name a primary color."], console=Console(file=out, width=120))
+    rows = run_demo(short_embedded_config(), n=2, prompts=["Name a primary color."],
+                    console=Console(file=out, width=120))  # fmt: skip
     assert rows[0].error is None, rows[0].error
     assert rows[0].tokens["sample"] > 0 and rows[0].tokens["fuse"] > 0
     assert "smollm2-135m-instruct-q4_1" in out.getvalue() and "tiny model" in out.getvalue()

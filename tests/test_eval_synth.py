@@ -20,7 +20,7 @@ from fusion_dspy.workflows.evaluation import PairedEvaluation
 from fusion_dspy.workflows.reports import bootstrap_ci, plot_summary, summarize, write_summary
 from fusion_dspy.workflows.synth import synthesize
 from tests.cli_support import run_cli
-from tests.conftest import qa_responder
+from tests.conftest import qa_responder, short_embedded_config
 from tests.scripted_search import DEVSET, TASK, generator_calls, make_backends
 
 REPO = Path(__file__).resolve().parents[1]
@@ -216,11 +216,10 @@ def test_a_pairwise_metric_gets_the_single_sample_as_baseline(tmp_path):
 
 @pytest.mark.embedded
 def test_eval_smoke_on_the_embedded_model(tmp_path):
-    from fusion_dspy.backends import load_config
     from fusion_dspy.workflows.task import resolve_task
 
     task = resolve_task("factual_qa")
-    records = PairedEvaluation(load_config(None), task, task.load("test", 2, 0), n_values=(1, 2),
+    records = PairedEvaluation(Backends(short_embedded_config()), task, task.load("test", 2, 0), n_values=(1, 2),
                                output_dir=tmp_path, num_threads=2).run(False)  # fmt: skip
     assert sorted(r["id"] for r in records) == ["0:1", "0:2", "1:1", "1:2"]
     assert all(0.0 <= r["scores"][m] <= 1.0 for r in records for m in ("single", "bon", "fusion", "oracle"))
