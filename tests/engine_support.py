@@ -5,7 +5,6 @@ import contextlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -50,27 +49,35 @@ IMPORTS = "FUSION_TEST_LITELLM_IMPORTS"  # the folder where it records them
 
 
 @contextlib.contextmanager
-def local_ray(without_litellm: bool = False) -> Iterator[Any]:
-    """One local Ray instance (2 CPUs, no dashboard) for a module's Ray cases. Its workers inherit PYTHONPATH: they
-    import the test task (tests.scripted_search) as a user's workers import theirs. ``without_litellm``: no worker
-    may import litellm (``litellm_importers()`` lists those that tried)."""
-    import ray
-
+def ray_environment(records: Path) -> Iterator[None]:
+    """What the Ray cases and the processes they start run with, while the context lasts: the repository on
+    PYTHONPATH (Ray's workers import the test task, tests.scripted_search, as a user's workers import theirs) and no
+    litellm (``litellm_importers()`` lists the processes that tried, from their records in the folder ``records``)."""
     before = {name: os.environ.get(name) for name in ("PYTHONPATH", IMPORTS)}
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), before["PYTHONPATH"]]))
-    with tempfile.TemporaryDirectory() as records:
-        if without_litellm:
-            os.environ.update(litellm_free(Path(records)))
+    os.environ.update(litellm_free(records))
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextlib.contextmanager
+def local_ray(records: Path) -> Iterator[Any]:
+    """One local Ray instance (2 CPUs, no dashboard) whose processes run in ``ray_environment(records)``: its raylet
+    starts them with the environment it was started in."""
+    import ray
+
+    with ray_environment(records):
         ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-        try:
-            yield ray
-        finally:
-            ray.shutdown()
-            for name, value in before.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
 
 
 def litellm_free(records: Path) -> dict[str, str]:
@@ -82,7 +89,7 @@ def litellm_free(records: Path) -> dict[str, str]:
 
 def litellm_importers(folder: str | Path | None = None) -> dict[str, str]:
     """The processes that imported litellm under ``tests/without_litellm`` (its records in ``folder``, by default
-    those of ``local_ray(without_litellm=True)``): pid -> command line."""
+    those of the Ray cases, ``ray_environment``): pid -> command line."""
     folder = Path(folder or os.environ[IMPORTS])
     return {record.name: record.read_text() for record in folder.iterdir()}
 

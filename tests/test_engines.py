@@ -22,18 +22,11 @@ from fusion_dspy.workflows.runner import run_examples, run_items
 from fusion_dspy.workflows.synth import synthesize
 from fusion_dspy.workflows.task import MetricError, Task
 from fusion_dspy.workflows.worker_engine import WorkerEngine
-from tests.engine_support import by_id, local_ray, model, qa_reply, reply, untimed, write_config
+from tests.engine_support import by_id, model, qa_reply, reply, untimed, write_config
 from tests.scripted_search import TASK
 
 REPO = Path(__file__).resolve().parents[1]
 ENGINES = ["local", "workers", "ray"]
-
-
-@pytest.fixture(scope="module")
-def ray_instance():
-    """One local Ray instance for the module's Ray cases (``tests.engine_support.local_ray``)."""
-    with local_ray():
-        yield
 
 
 @pytest.fixture(params=ENGINES)

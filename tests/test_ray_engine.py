@@ -1,6 +1,6 @@
 """The Ray engine (``--engine ray``) against the loopback server: the local engine's records, exactly once after
 a killed driver or a killed worker, failing teachers handled as locally. One local Ray instance (2 CPUs, no
-dashboard) serves the whole module."""
+dashboard) serves the whole module, and tests/test_engines.py too (tests/conftest.py)."""
 
 import json
 import os
@@ -21,7 +21,6 @@ from tests.engine_support import (
     by_id,
     lines,
     litellm_importers,
-    local_ray,
     qa_reply,
     reply,
     same_failures,
@@ -33,16 +32,10 @@ RAY = ["--engine", "ray", "--actors", "1", "--in-flight", "4", "--quiet"]
 
 
 @pytest.fixture(scope="module")
-def ray_address():
-    """One local Ray instance for the module (``tests.engine_support.local_ray``), by its address. Its configs are
-    native: no actor may import litellm."""
-    with local_ray(without_litellm=True) as ray:
-        yield ray.get_runtime_context().gcs_address
-
-
-
-
-
+def ray_address(ray_instance):
+    """The local Ray instance of this test process (``tests/conftest.py``), by its address. Its configs are native:
+    no actor may import litellm."""
+    return ray_instance.get_runtime_context().gcs_address
 
 
 def test_synth_on_ray_writes_the_local_records_and_handles_failing_teachers_as_locally(tmp_path, ray_address):
