@@ -111,7 +111,9 @@ def one_core_for_the_embedded_model(request):
 
 # The files that take longest, longest first (measured with --durations on 2 cores). xdist hands out whole files
 # (--dist loadfile) in collection order: started first, they run while the short files fill the other worker, so
-# both workers end together instead of one long file running alone at the end. Only the order changes.
+# both workers end together instead of one long file running alone at the end. Only the order changes. xdist
+# starts each worker on two files, one each in turn: the 2nd and 4th (test_engines.py, test_ray_engine.py) go to the
+# same worker, which then starts one Ray instance for both (ray_session).
 LONGEST_FIRST = ["test_notebooks.py", "test_engines.py", "test_faults_batch.py", "test_ray_engine.py",
                  "test_workers.py", "test_lazy_imports.py", "test_serve_ops.py", "test_faults.py",
                  "test_eval_synth.py", "test_docstrings.py", "test_search.py", "test_serve.py",
