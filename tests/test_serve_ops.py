@@ -204,6 +204,31 @@ def test_metrics_count_a_scripted_run(tmp_path):
     assert not any("Hello" in value or "q-1" in value for value in labels), "no user text in a label"
 
 
+async def test_a_request_is_counted_before_its_last_byte_is_sent():
+    """A client that has its whole answer and then reads /metrics finds its request counted and no longer in flight
+    (with --workers the other worker may answer the scrape at once), whether the answer is one body or a stream."""
+    from fusion_dspy.serve.metrics import MetricsMiddleware, ServeMetrics
+
+    for bodies in ([b"{}"], [b"data: 1", b"data: [DONE]"]):
+        metrics, seen = ServeMetrics(), []
+
+        async def app(scope, receive, send, bodies=bodies):
+            scope["state"]["fusion_profile"] = "fusion"
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            for k, body in enumerate(bodies):
+                await send({"type": "http.response.body", "body": body, "more_body": k < len(bodies) - 1})
+
+        async def send(message, metrics=metrics, seen=seen):
+            if message["type"] == "http.response.body":
+                samples = _samples(metrics.render()[0].decode())
+                seen.append((_value(samples, "fusion_requests_total", profile="fusion", status="200"),
+                             _value(samples, "fusion_requests_in_flight")))  # fmt: skip
+
+        await MetricsMiddleware(app, metrics)({"type": "http", "path": "/v1/chat/completions"}, None, send)
+        assert seen == [(0, 1)] * (len(bodies) - 1) + [(1, 0)], bodies
+        assert _value(_samples(metrics.render()[0].decode()), "fusion_requests_total") == 1, "counted once"
+
+
 def test_metrics_are_behind_the_key_and_can_be_turned_off(config):
     with fusion_server(config, api_key="ops-key-1") as server:
         url = f"http://127.0.0.1:{server.port}/metrics"

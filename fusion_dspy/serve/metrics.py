@@ -153,19 +153,14 @@ class MetricsMiddleware:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] != self.path:
             return await self.app(scope, receive, send)
-        start, status = time.perf_counter(), 500
+        start, status, counted = time.perf_counter(), 500, False
         state = scope.setdefault("state", {})
 
-        async def send_status(message: dict) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        self.metrics.in_flight.inc()
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
+        def count() -> None:
+            nonlocal counted
+            if counted:
+                return
+            counted = True
             self.metrics.in_flight.dec()
             first = state.get("fusion_first_token")
             try:  # counting never replaces the request's own answer or error
@@ -174,3 +169,17 @@ class MetricsMiddleware:
                                      state.get("fusion_failures", ()), first - start if first else None)  # fmt: skip
             except Exception:  # noqa: BLE001 - a metrics bug is logged, not served
                 logger.exception("fusion-dspy: counting a request in /metrics failed")
+
+        async def send_counted(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                count()  # before the last byte: a client that has its answer finds it counted in /metrics
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_counted)
+        finally:
+            count()  # a request that ended without its last byte sent (an error, a client gone)
