@@ -115,9 +115,9 @@ def one_core_for_the_embedded_model(request):
 # starts each worker on two files, one each in turn: the 2nd and 4th (test_engines.py, test_ray_engine.py) go to the
 # same worker, which then starts one Ray instance for both (ray_session).
 LONGEST_FIRST = ["test_notebooks.py", "test_engines.py", "test_faults_batch.py", "test_ray_engine.py",
-                 "test_workers.py", "test_lazy_imports.py", "test_serve_ops.py", "test_faults.py",
-                 "test_eval_synth.py", "test_docstrings.py", "test_search.py", "test_serve.py",
-                 "test_serve_errors.py", "test_optimize_cli.py", "test_serve_cli.py", "test_cli.py"]
+                 "test_workers.py", "test_serve_ops.py", "test_eval_synth.py", "test_faults.py",
+                 "test_docstrings.py", "test_serve_errors.py", "test_search.py", "test_serve.py",
+                 "test_lazy_imports.py", "test_serve_cli.py", "test_embedded.py", "test_optimize_cli.py"]
 
 
 def pytest_collection_modifyitems(items):
