@@ -62,7 +62,7 @@ def ray_records(tmp_path_factory):
 @pytest.fixture(scope="session")
 def ray_session(ray_records):
     """One local Ray instance for every Ray case of this test process: tests/test_engines.py and
-    tests/test_ray_engine.py, which LONGEST_FIRST hands to the same worker. Starting one takes about 7 s on 2 cores.
+    tests/test_ray_engine.py, which LONGEST_FIRST hands to the same worker. Starting one takes 4-8 s on 2 cores.
     Its configs are native: no process of it may import litellm. It stays up until the process ends, so a later
     test that must not find an instance up says so itself (tests/test_ray_client.py)."""
     from tests.engine_support import local_ray
