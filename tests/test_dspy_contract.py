@@ -148,3 +148,23 @@ def test_a_reply_cut_short_is_reported_on_dspys_lm_logger(engine):
             dspy.Predict("question -> answer")(question="2 + 2?", lm=lm)
     fail_unless(len(cut) == 1, f"no warning on the {truncation.DSPY_LM_LOGGER!r} logger says a reply was "
                 "truncated (finish_reason 'length'): find where DSPy reports it now, and read it there")
+
+
+@pytest.mark.parametrize("router_class", [lm15.LMRouter, lm15.AsyncLMRouter])
+def test_a_router_takes_a_transport_built_with_its_configs_keywords(router_class):
+    """fusion_dspy.backends.transport builds the transport a router would, with trust_env=False, from the class of
+    the one a router builds and RouterConfig.transport_kwargs()."""
+    from fusion_dspy.backends.transport import transport_class
+
+    limits = lm15.RouterConfig(env={}, timeouts=lm15.Timeouts(connect=3, read=4, write=5, pool=6), max_connections=7)
+    fail_unless(set(limits.transport_kwargs()) == {"connect_timeout", "read_timeout", "write_timeout",
+                                                   "pool_timeout", "max_connections"},
+                "RouterConfig.transport_kwargs() names other keywords")  # fmt: skip
+    kind = transport_class(router_class)
+    parameters = inspect.signature(kind).parameters
+    fail_unless({*limits.transport_kwargs(), "trust_env"} <= set(parameters),
+                f"{kind.__name__}() no longer takes the config's keywords and trust_env")  # fmt: skip
+    transport = kind(**limits.transport_kwargs(), trust_env=False)
+    router = router_class(lm15.RouterConfig(env={}, api_keys={"openai": "x"}, transport=transport))
+    fail_unless(router.lm("openai:m").transport is transport, "a router no longer uses RouterConfig(transport=...)")
+    fail_unless(transport.max_connections == 7, "the transport no longer keeps max_connections")

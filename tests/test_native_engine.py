@@ -4,6 +4,7 @@ import asyncio
 import copy
 import gc
 import logging
+import os
 import pickle
 
 import dspy
@@ -154,3 +155,43 @@ def test_native_async_equals_sync(tmp_path, monkeypatch):
             pool = sample(question="q") if mode == "sync" else asyncio.run(sample.acall(question="q"))
         results[mode] = (sorted(c.prediction.answer for c in pool), [c.index for c in pool], pool.tokens)
     assert results["sync"] == results["async"]  # same candidates, indexes and tokens
+
+
+def _without_proxies(monkeypatch):
+    for name in [name for name in os.environ if name.lower().endswith("_proxy")]:
+        monkeypatch.delenv(name)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_without_a_proxy_set_the_environment_is_not_read_again_at_each_request(monkeypatch, mode):
+    """lm15 reads the proxy variables per request (a walk over the whole environment); with none set when the
+    client is built, ours never looks again (backends/transport.py): a proxy set afterwards is not used."""
+    _without_proxies(monkeypatch)
+    with StubOpenAIServer(respond=respond) as server, StubOpenAIServer(respond=respond) as proxy:
+        lm = dspy.LM("openai/gen", engine=NativeEngine("openai/gen", server.api_base),
+                     async_engine=AsyncNativeEngine("openai/gen", server.api_base), cache=False)  # fmt: skip
+        predict = dspy.Predict("question -> answer")
+
+        async def twice():
+            first = await predict.acall(question="q", lm=lm)
+            monkeypatch.setenv("HTTP_PROXY", proxy.api_base.removesuffix("/v1"))
+            return first, await predict.acall(question="q", lm=lm)
+
+        if mode == "sync":
+            answers = [predict(question="q", lm=lm)]
+            monkeypatch.setenv("HTTP_PROXY", proxy.api_base.removesuffix("/v1"))
+            answers.append(predict(question="q", lm=lm))
+        else:
+            answers = list(asyncio.run(twice()))
+    assert [a.answer for a in answers] == ["answer 0", "answer 1"]
+    assert len(server.requests) == 2 and proxy.requests == [], "both went straight to the server"
+
+
+def test_a_proxy_set_when_the_client_is_built_is_honoured_per_request(monkeypatch):
+    """With a proxy variable set, lm15's own per-request reading stays: requests go through the proxy."""
+    _without_proxies(monkeypatch)
+    with StubOpenAIServer(respond=respond) as server, StubOpenAIServer(respond=respond) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.api_base.removesuffix("/v1"))  # a plain-HTTP proxy, loopback
+        lm = dspy.LM("openai/gen", engine=NativeEngine("openai/gen", server.api_base), cache=False)
+        answer = dspy.Predict("question -> answer")(question="q", lm=lm).answer
+    assert answer == "answer 0" and len(proxy.requests) == 1 and server.requests == [], "the proxy answered"

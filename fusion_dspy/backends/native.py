@@ -13,7 +13,8 @@ known to a custom engine: the server states them on its copies of an LM (``Cappe
 Only public names of ``dspy.lm15`` are used: ``LMRouter`` / ``AsyncLMRouter`` resolve the model string (litellm
 spellings such as ``openai/...`` and ``hosted_vllm/...`` included) and build the provider client. An async
 client's connections belong to one event loop, so each running loop gets its own, and the clients of loops that
-have closed are dropped (``asyncio.run`` per call works and leaks nothing). The key is never part of the
+have closed are dropped (``asyncio.run`` per call works and leaks nothing). A client reads the environment's proxy
+variables when it is built, not at every request (``fusion_dspy.backends.transport``). The key is never part of the
 engine's saved state, its pickle or its copies: it is read again from ``api_key_env`` where it came from.
 
 The OpenAI ``n`` parameter: DSPy's engine contract is one request, one ``Response`` (one message), and ``dspy.LM``
@@ -32,6 +33,7 @@ from typing import Any
 from dspy import lm15
 
 from fusion_dspy.backends.native_choices import AsyncNChoices, NChoices, read_choices, transport_errors
+from fusion_dspy.backends.transport import client_config
 from fusion_dspy.failures import FailureKind, kind_of
 
 NO_KEY = "no-key"  # what a self-hosted server without auth is sent (``api_base`` and no key variable)
@@ -111,7 +113,7 @@ class NativeEngine:
             for closed in [other for other in self._clients if other is not None and other.is_closed()]:
                 del self._clients[closed]  # its sockets close with it (they cannot be awaited any more)
             if loop not in self._clients:
-                router = self.router_class(self.config)
+                router = self.router_class(client_config(self.config, self.router_class))
                 self._clients[loop] = (router, router.lm(self.route))
             return self._clients[loop][1]
 
