@@ -167,6 +167,7 @@ def test_without_a_proxy_set_the_environment_is_not_read_again_at_each_request(m
     """lm15 reads the proxy variables per request (a walk over the whole environment); with none set when the
     client is built, ours never looks again (backends/transport.py): a proxy set afterwards is not used."""
     _without_proxies(monkeypatch)
+    monkeypatch.setenv("NO_PROXY", "internal.example")  # often set where no proxy is: it names none
     with StubOpenAIServer(respond=respond) as server, StubOpenAIServer(respond=respond) as proxy:
         lm = dspy.LM("openai/gen", engine=NativeEngine("openai/gen", server.api_base),
                      async_engine=AsyncNativeEngine("openai/gen", server.api_base), cache=False)  # fmt: skip

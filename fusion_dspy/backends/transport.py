@@ -5,10 +5,10 @@ them on every request: urllib's ``getproxies()``, a walk over the whole environm
 with 35 variables and 0.7 ms with 335, as in a Kubernetes pod, which gets variables for every service of its
 namespace. The server sends two requests per fused answer at N = 3, and an unbatched ``FusionOfN(64)`` sends 65.
 
-When the environment names no proxy at all, a client gets a transport that does not look (``trust_env=False``).
-Each request would have found no proxy anyway. When a proxy is set, lm15 keeps honouring it per request,
-``NO_PROXY`` included. As with httpx, the environment is read when a client is built: a proxy variable set later
-applies to the clients built after it.
+When the environment names no proxy (``NO_PROXY`` alone names none), a client gets a transport that does not
+look (``trust_env=False``): each request would have found no proxy anyway. When a proxy is set, lm15 keeps
+honouring it per request, ``NO_PROXY`` included. As with httpx, the environment is read when a client is built: a
+proxy variable set later applies to the clients built after it.
 
 DSPy exports no name for lm15's transport classes. The class is the one a router builds for itself, and it is
 constructed with the router config's own ``transport_kwargs()``, the keywords the router would use
@@ -51,7 +51,7 @@ def client_config(config: lm15.RouterConfig, router_class: type) -> lm15.RouterC
         ...     client_config(config, lm15.LMRouter) is config     # a proxy is set: lm15 reads it per request
         True
     """
-    if getproxies():  # a proxy is set: lm15 honours it, per request
+    if set(getproxies()) - {"no"}:  # a proxy is set (NO_PROXY alone names none): lm15 honours it, per request
         return config
     transport: Any = transport_class(router_class)(**config.transport_kwargs(), trust_env=False)
     return replace(config, transport=transport, timeouts=None, max_connections=None)
