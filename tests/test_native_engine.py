@@ -168,10 +168,13 @@ def test_without_a_proxy_set_the_environment_is_not_read_again_at_each_request(m
     client is built, ours never looks again (backends/transport.py): a proxy set afterwards is not used."""
     _without_proxies(monkeypatch)
     monkeypatch.setenv("NO_PROXY", "internal.example")  # often set where no proxy is: it names none
+    monkeypatch.setenv("ADMIN_SERVICE_PORT_PROXY", "3128")  # Kubernetes, for a Service port named "proxy": nor this
     with StubOpenAIServer(respond=respond) as server, StubOpenAIServer(respond=respond) as proxy:
         lm = dspy.LM("openai/gen", engine=NativeEngine("openai/gen", server.api_base),
                      async_engine=AsyncNativeEngine("openai/gen", server.api_base), cache=False)  # fmt: skip
         predict = dspy.Predict("question -> answer")
+        transport = lm.engine._client().transport
+        assert (transport.max_connections, transport.copy().max_connections) == (1024, 1024), "the router's limits"
 
         async def twice():
             first = await predict.acall(question="q", lm=lm)

@@ -5,8 +5,8 @@ them on every request: urllib's ``getproxies()``, a walk over the whole environm
 with 35 variables and 0.7 ms with 335, as in a Kubernetes pod, which gets variables for every service of its
 namespace. The server sends two requests per fused answer at N = 3, and an unbatched ``FusionOfN(64)`` sends 65.
 
-When the environment names no proxy (``NO_PROXY`` alone names none), a client gets a transport that does not
-look (``trust_env=False``): each request would have found no proxy anyway. When a proxy is set, lm15 keeps
+When the environment names no proxy lm15 would use (``ROUTED``), a client gets a transport that does not look
+(``trust_env=False``): each request would have found no proxy anyway. When a proxy is set, lm15 keeps
 honouring it per request, ``NO_PROXY`` included. As with httpx, the environment is read when a client is built: a
 proxy variable set later applies to the clients built after it.
 
@@ -21,6 +21,10 @@ from typing import Any
 from urllib.request import getproxies
 
 from dspy import lm15
+
+# The proxies lm15 looks up for a request: its URL's scheme's, else ALL_PROXY's (any other ``*_PROXY`` variable,
+# NO_PROXY, FTP_PROXY or a Kubernetes ``<SERVICE>_SERVICE_PORT_PROXY``, names none it would use).
+ROUTED = frozenset({"http", "https", "all"})
 
 
 @functools.cache
@@ -51,7 +55,7 @@ def client_config(config: lm15.RouterConfig, router_class: type) -> lm15.RouterC
         ...     client_config(config, lm15.LMRouter) is config     # a proxy is set: lm15 reads it per request
         True
     """
-    if set(getproxies()) - {"no"}:  # a proxy is set (NO_PROXY alone names none): lm15 honours it, per request
+    if ROUTED & getproxies().keys():  # a proxy lm15 would use is set: it honours it, per request
         return config
     transport: Any = transport_class(router_class)(**config.transport_kwargs(), trust_env=False)
     return replace(config, transport=transport, timeouts=None, max_connections=None)

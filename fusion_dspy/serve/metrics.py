@@ -161,9 +161,9 @@ class MetricsMiddleware:
             if counted:
                 return
             counted = True
-            self.metrics.in_flight.dec()
             first = state.get("fusion_first_token")
             try:  # counting never replaces the request's own answer or error
+                self.metrics.in_flight.dec()
                 self.metrics.observe(state.get("fusion_profile"), state.get("fusion_status") or status,
                                      time.perf_counter() - start, state.get("fusion_report"),
                                      state.get("fusion_failures", ()), first - start if first else None)  # fmt: skip
