@@ -53,32 +53,39 @@ def lm():
     return scripted_lm(qa_responder, model="scripted/generator")
 
 
-@pytest.fixture(scope="session")
-def ray_records(tmp_path_factory):
-    """Where the Ray cases' processes record an import of litellm (``tests.engine_support.litellm_importers``)."""
-    return tmp_path_factory.mktemp("litellm-imports")
-
-
-@pytest.fixture(scope="session")
-def ray_session(ray_records):
-    """One local Ray instance for every Ray case of this test process: tests/test_engines.py and
-    tests/test_ray_engine.py, which LONGEST_FIRST hands to the same worker. Starting one takes 4-8 s on 2 cores.
-    Its configs are native: no process of it may import litellm. It stays up until the process ends, so a later
-    test that must not find an instance up says so itself (tests/test_ray_client.py)."""
-    from tests.engine_support import local_ray
-
-    with local_ray(ray_records) as ray:
-        yield ray
+# The files whose Ray cases share one local Ray instance (tests.engine_support.shared_ray) while they run back to
+# back on a worker; it ends after the last of them (pytest_runtest_teardown), so no other file runs beside it.
+RAY_FILES = {"test_engines.py", "test_ray_engine.py"}
 
 
 @pytest.fixture(scope="module")
-def ray_instance(ray_session, ray_records):
-    """The local Ray instance, with the environment its cases' processes run in set for the module
-    (``tests.engine_support.ray_environment``)."""
-    from tests.engine_support import ray_environment
+def ray_instance():
+    """The local Ray instance, with the environment its cases' processes run in (the repository on PYTHONPATH, no
+    litellm) set for the whole module: tests/test_ray_engine.py's drivers are processes of the module."""
+    from tests.engine_support import ray_cases
 
-    with ray_environment(ray_records):
-        yield ray_session
+    with ray_cases() as ray:
+        yield ray
+
+
+@pytest.fixture
+def ray_case():
+    """The same, with that environment set for one case only: the other cases of its module keep theirs."""
+    from tests.engine_support import ray_cases
+
+    with ray_cases() as ray:
+        yield ray
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    """Starting Ray takes 4-8 s on 2 cores: test_engines.py and test_ray_engine.py share an instance when they run
+    one after the other here, and it ends after the last of them (xdist hands a worker its next item before it
+    tears down this one, so ``nextitem`` is known)."""
+    if item.path.name in RAY_FILES and (nextitem is None or nextitem.path.name not in RAY_FILES):
+        from tests.engine_support import stop_shared_ray
+
+        stop_shared_ray()
 
 
 def short_embedded_config(max_tokens: int = 24):
@@ -112,9 +119,7 @@ def one_core_for_the_embedded_model(request):
 
 # The files that take longest, longest first (measured with --durations on 2 cores). xdist hands out whole files
 # (--dist loadfile) in collection order: started first, they run while the short files fill the other worker, so
-# both workers end together instead of one long file running alone at the end. Only the order changes. xdist
-# starts each worker on two files, one each in turn: the 2nd and 4th (test_engines.py, test_ray_engine.py) go to the
-# same worker, which then starts one Ray instance for both (ray_session).
+# both workers end together instead of one long file running alone at the end. Only the order changes.
 LONGEST_FIRST = ["test_notebooks.py", "test_engines.py", "test_faults_batch.py", "test_ray_engine.py",
                  "test_workers.py", "test_serve_ops.py", "test_eval_synth.py", "test_faults.py",
                  "test_docstrings.py", "test_serve_errors.py", "test_search.py", "test_serve.py",

@@ -5,6 +5,8 @@ import contextlib
 import json
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -66,18 +68,38 @@ def ray_environment(records: Path) -> Iterator[None]:
                 os.environ[name] = value
 
 
-@contextlib.contextmanager
-def local_ray(records: Path) -> Iterator[Any]:
-    """One local Ray instance (2 CPUs, no dashboard) whose processes run in ``ray_environment(records)``: its raylet
-    starts them with the environment it was started in."""
+_SHARED: dict[str, Path] = {}  # the records folder of the Ray instance shared_ray started, while it is up
+
+
+def shared_ray() -> tuple[Any, Path]:
+    """This test process's local Ray instance (2 CPUs, no dashboard), started if none is up, and the folder where
+    its processes record an import of litellm: they run in ``ray_environment`` of that folder (its raylet starts
+    them with the environment it was started in). ``stop_shared_ray`` ends it."""
     import ray
 
+    if not ray.is_initialized():
+        _SHARED["records"] = Path(tempfile.mkdtemp(prefix="fusion-ray-litellm-"))
+        with ray_environment(_SHARED["records"]):
+            ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    assert "records" in _SHARED, "a Ray instance that shared_ray did not start is up in this process"
+    return ray, _SHARED["records"]
+
+
+@contextlib.contextmanager
+def ray_cases() -> Iterator[Any]:
+    """The shared Ray instance, with the environment its cases' processes run in set while the context lasts."""
+    ray, records = shared_ray()
     with ray_environment(records):
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    try:
         yield ray
-    finally:
+
+
+def stop_shared_ray() -> None:
+    """End the instance ``shared_ray`` started, if it is up."""
+    if (records := _SHARED.pop("records", None)) is not None:
+        import ray
+
         ray.shutdown()
+        shutil.rmtree(records, ignore_errors=True)
 
 
 def litellm_free(records: Path) -> dict[str, str]:

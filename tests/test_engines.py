@@ -32,7 +32,7 @@ ENGINES = ["local", "workers", "ray"]
 @pytest.fixture(params=ENGINES)
 def engine(request):
     if request.param == "ray":
-        request.getfixturevalue("ray_instance")
+        request.getfixturevalue("ray_case")
         return RayEngine(actors=1, in_flight=4)
     return {"local": LocalEngine(4), "workers": WorkerEngine(workers=2, concurrency=4)}[request.param]
 
@@ -199,7 +199,7 @@ def test_a_killed_driver_takes_its_own_local_ray_down_with_it(tmp_path):
         assert len(server.requests) == asked, "no request after the driver's death"
 
 
-def test_a_driver_that_joins_a_running_instance_leaves_it_up(ray_instance):
+def test_a_driver_that_joins_a_running_instance_leaves_it_up(ray_case):
     """Without ``--address``, ``ray.init`` joins the instance ``RAY_ADDRESS`` names (``ray job submit`` sets it):
     this driver did not start it, so its end takes nothing down."""
     import subprocess

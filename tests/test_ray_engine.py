@@ -1,6 +1,6 @@
 """The Ray engine (``--engine ray``) against the loopback server: the local engine's records, exactly once after
 a killed driver or a killed worker, failing teachers handled as locally. One local Ray instance (2 CPUs, no
-dashboard) serves the whole module, and tests/test_engines.py too (tests/conftest.py)."""
+dashboard) serves the whole module, and tests/test_engines.py too when it ran just before (tests/conftest.py)."""
 
 import json
 import os
