@@ -168,3 +168,39 @@ def test_a_router_takes_a_transport_built_with_its_configs_keywords(router_class
     router = router_class(lm15.RouterConfig(env={}, api_keys={"openai": "x"}, transport=transport))
     fail_unless(router.lm("openai:m").transport is transport, "a router no longer uses RouterConfig(transport=...)")
     fail_unless(transport.max_connections == 7, "the transport no longer keeps max_connections")
+
+
+def test_a_router_closes_the_transport_it_was_given():
+    """NativeEngine.close() / aclose() close their routers only: a router must close a transport passed to it in
+    RouterConfig(transport=...), as it closes its own (fusion_dspy.backends.transport gives it one)."""
+    import asyncio
+
+    from fusion_dspy.backends.transport import transport_class
+    from fusion_dspy.testing import StubOpenAIServer
+
+    request = lm15.Request(model="m", messages=(lm15.Message.user("hi"),))
+    with StubOpenAIServer(respond=lambda call: {"answer": "4"}) as server:
+        def config(transport):
+            return lm15.RouterConfig(env={}, api_keys={"openai": "x"}, base_urls={"openai": server.api_base},
+                                     transport=transport)  # fmt: skip
+
+        transport = transport_class(lm15.LMRouter)(trust_env=False)
+        router = lm15.LMRouter(config(transport))
+        router.lm("openai:m").complete(request)
+        fail_unless(transport.pool_stats()["idle"] == 1, "the transport kept no connection after a request")
+        router.close()
+        fail_unless(transport.pool_stats()["idle"] == 0, "LMRouter.close() left a given transport's connections open")
+
+        async def closed_async() -> bool:
+            given = transport_class(lm15.AsyncLMRouter)(trust_env=False)
+            router = lm15.AsyncLMRouter(config(given))
+            lm = router.lm("openai:m")
+            await lm.complete(request)
+            await router.aclose()
+            try:
+                await lm.complete(request)
+            except lm15.TransportError:
+                return True
+            return False
+
+        fail_unless(asyncio.run(closed_async()), "AsyncLMRouter.aclose() left a given transport open")
