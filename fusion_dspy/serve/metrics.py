@@ -53,8 +53,8 @@ class ServeMetrics:
         self.requests = Counter("fusion_requests", "Chat completion requests by profile and outcome status "
                                 "(a stream that ended with an error event counts that error's status).",
                                 ["profile", "status"], registry=r)  # fmt: skip
-        self.seconds = Histogram("fusion_request_seconds", "Whole request, read to last byte.", ["profile"],
-                                 buckets=SECONDS, registry=r)  # fmt: skip
+        self.seconds = Histogram("fusion_request_seconds", "Whole request: from its arrival until its last byte is "
+                                 "handed to the HTTP server.", ["profile"], buckets=SECONDS, registry=r)  # fmt: skip
         self.stage_seconds = Histogram("fusion_stage_seconds", "One stage of a request (sample, fuse, select).",
                                        ["profile", "stage"], buckets=SECONDS, registry=r)  # fmt: skip
         self.first_token = Histogram("fusion_time_to_first_token_seconds", "Streamed requests: until the first "
