@@ -98,24 +98,29 @@ print(json.dumps({"reply": asyncio.run(ask()), "litellm": "litellm" in sys.modul
     assert litellm_importers(tmp_path / "imports") == {}, "no process imported litellm"
 
 
-@pytest.mark.parametrize("config", ["{engine: litellm}", "{deployments: [{api_base: BASE}, {api_base: BASE}]}"])
-def test_a_litellm_model_imports_it_with_the_local_cost_map_switch_set_first(tmp_path, config):
-    """The process ends the moment litellm's import starts, saying whether the switch was set then: the import
-    itself (5-7 s of CPU here) is what is being guarded, and litellm models running is tested in-process."""
+@pytest.mark.parametrize(("config", "to_the_end"), [("{engine: litellm}", True),
+                                                   ("{deployments: [{api_base: BASE}, {api_base: BASE}]}", False)])
+def test_a_litellm_model_imports_it_with_the_local_cost_map_switch_set_first(tmp_path, config, to_the_end):
+    """The switch is read the moment litellm's import starts. One case then runs its command to the end (a
+    litellm model works in a fresh interpreter); the other ends there, since the import (5-7 s of CPU here) is
+    all it adds."""
     (tmp_path / "model.yaml").write_text(config)
-    seen = fresh(STUB + """
+    seen = fresh(STUB + f"TO_THE_END = {to_the_end}" + """
 import json, os, yaml
-class Watch:  # at the moment litellm's import starts: the switch, then the end of the process
+switch = []
+class Watch:  # at the moment litellm's import starts: the switch (and, unless TO_THE_END, the end of the process)
     def find_spec(self, name, path=None, target=None):
-        if name == "litellm":
-            print(json.dumps({"switch": os.environ.get("LITELLM_LOCAL_MODEL_COST_MAP")}), flush=True)
-            os._exit(0)
+        if name == "litellm" and not switch:
+            switch.append(os.environ.get("LITELLM_LOCAL_MODEL_COST_MAP"))
+            if not TO_THE_END:
+                print(json.dumps({"switch": switch}), flush=True)
+                os._exit(0)
 sys.meta_path.insert(0, Watch())
 from fusion_dspy.cli import main
 model = {"model": "openai/stub", "api_base": server.api_base, "cache": False,
          **yaml.safe_load(open("model.yaml").read().replace("BASE", server.api_base))}
 open("config.yaml", "w").write(yaml.safe_dump({"roles": {"generators": "stub"}, "models": {"stub": model}}))
 code = main(["run", "--config", "config.yaml", "--input", "2 + 2?", "--output", "out.jsonl", "--quiet"])
-print(json.dumps({"code": code, "litellm": "never imported"}))
+print(json.dumps({"switch": switch, "code": code, "litellm": "litellm" in sys.modules}))
 """, tmp_path)  # fmt: skip
-    assert seen == {"switch": "True"}
+    assert seen == ({"switch": ["True"], "code": 0, "litellm": True} if to_the_end else {"switch": ["True"]})
