@@ -153,6 +153,7 @@ class EmbeddedServer:
             address = server.listening_address
             try:
                 _wait_healthy(address, self.startup_timeout)
+                _wait_for_the_task_loop(address, self.startup_timeout)
             except BaseException:
                 del server
                 raise
@@ -223,6 +224,18 @@ def _wait_healthy(address: str, timeout: float) -> None:
             last_error = str(exc)
         time.sleep(0.1)
     raise EmbeddedModelError(f"Embedded model server at {address} not healthy after {timeout:.0f} s: {last_error}")
+
+
+def _wait_for_the_task_loop(address: str, timeout: float) -> None:
+    """Return once the task loop runs: ``xllamacpp.Server()`` returns before it starts, and its start sets the flag
+    ``~Server()`` clears to end it, so a server stopped in that gap hung at exit (3 of 45 starts under load,
+    xllamacpp 2026.10). An empty completion is a task of that loop."""
+    task = urllib.request.Request(f"{address}/completion", data=b'{"prompt": "", "n_predict": 0}',
+                                  headers={"Content-Type": "application/json"})  # fmt: skip
+    try:
+        urllib.request.build_opener(urllib.request.ProxyHandler({})).open(task, timeout=timeout).close()
+    except (urllib.error.URLError, OSError) as exc:
+        raise EmbeddedModelError(f"Embedded model server at {address} answered no task: {exc}") from exc
 
 
 # The one piece of process state: a lazily started server shared by everything in this process.
