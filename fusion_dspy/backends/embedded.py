@@ -211,13 +211,16 @@ def _usable_cores() -> int:
         return os.cpu_count() or 2
 
 
+def _open_direct(request: str | urllib.request.Request, timeout: float) -> Any:
+    """Open a URL of the server, bypassing any HTTP(S)_PROXY from the environment: the server is on loopback."""
+    return urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=timeout)
+
+
 def _wait_healthy(address: str, timeout: float) -> None:
-    # Bypass any HTTP(S)_PROXY from the environment: the server is on loopback.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     deadline, last_error = time.monotonic() + timeout, "no answer"
     while time.monotonic() < deadline:
         try:
-            with opener.open(f"{address}/health", timeout=2) as response:
+            with _open_direct(f"{address}/health", timeout=2) as response:
                 if json.load(response).get("status") == "ok":
                     return
         except (urllib.error.URLError, OSError, ValueError) as exc:  # 503 while loading, refused, bad JSON
@@ -233,7 +236,7 @@ def _wait_for_the_task_loop(address: str, timeout: float) -> None:
     task = urllib.request.Request(f"{address}/completion", data=b'{"prompt": "", "n_predict": 0}',
                                   headers={"Content-Type": "application/json"})  # fmt: skip
     try:
-        urllib.request.build_opener(urllib.request.ProxyHandler({})).open(task, timeout=timeout).close()
+        _open_direct(task, timeout).close()
     except (urllib.error.URLError, OSError) as exc:
         raise EmbeddedModelError(f"Embedded model server at {address} answered no task: {exc}") from exc
 

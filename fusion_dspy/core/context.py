@@ -60,11 +60,6 @@ def prompt_messages(predict: dspy.Predict, inputs: dict[str, Any], adapter: Any 
     return adapter.format(predict.signature, predict.demos, inputs)
 
 
-def prompt_tokens(lm: Any, predict: dspy.Predict, inputs: dict[str, Any], adapter: Any = None) -> int:
-    """Tokens of the prompt ``predict`` would send ``lm`` for ``inputs``."""
-    return count_tokens(lm, messages=prompt_messages(predict, inputs, adapter))
-
-
 def most_tokens(messages: list[dict[str, Any]]) -> int | None:
     """At most how many tokens ``count_tokens`` finds in ``messages``, known without a tokenizer; ``None`` when a
     message holds more than text (an image's tokens are not bounded by its bytes).

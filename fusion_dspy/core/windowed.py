@@ -54,13 +54,17 @@ def _prompt_tokens(fuse: Any, lm: Any, candidates: Sequence[Any], inputs: dict[s
     return count_tokens(lm, messages=_prompt(fuse, candidates, inputs))
 
 
+def _answer_room(lm: Any, longest: int) -> int:
+    """Tokens kept for the fused answer: the fusor's ``max_tokens``, else as long as the longest candidate."""
+    return (getattr(lm, "kwargs", None) or {}).get("max_tokens") or max(longest, DEFAULT_ANSWER_TOKENS)
+
+
 def _all_fit(fuse: Any, lm: Any, candidates: Sequence[Any], inputs: dict[str, Any], context_window: int) -> bool:
     """All of them fit one call, answer included, by ``most_tokens``'s bound: nothing to count."""
     prompt = most_tokens(_prompt(fuse, candidates, inputs))
     output_fields = list(fuse.task_signature.output_fields)
     longest = max(len(render_candidate(c, output_fields, i + 1).encode("utf-8")) + 4 for i, c in enumerate(candidates))
-    answer = (getattr(lm, "kwargs", None) or {}).get("max_tokens") or max(longest, DEFAULT_ANSWER_TOKENS)
-    return prompt is not None and prompt + answer <= context_window
+    return prompt is not None and prompt + _answer_room(lm, longest) <= context_window
 
 
 def fitting_group_size(sizes: Sequence[int], budget: int, context_window: int) -> int:
@@ -111,7 +115,7 @@ def auto_group_size(fuse: Any, candidates: Sequence[Any], inputs: dict[str, Any]
     if candidates and _all_fit(fuse, lm, candidates, inputs, context_window):
         return len(candidates)
     sizes = _candidate_tokens(lm, candidates, list(fuse.task_signature.output_fields))
-    answer = (getattr(lm, "kwargs", None) or {}).get("max_tokens") or max(max(sizes), DEFAULT_ANSWER_TOKENS)
+    answer = _answer_room(lm, max(sizes))
     room = context_window - answer
     budget = room - _prompt_tokens(fuse, lm, [], inputs)
     k = fitting_group_size(sizes, budget, context_window)
