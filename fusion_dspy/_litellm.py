@@ -57,9 +57,15 @@ def model_cost() -> dict[str, Any]:
         >>> model_cost()["gpt-4o"]["max_input_tokens"]
         128000
     """
-    if "litellm" in sys.modules or os.environ.get("LITELLM_LOCAL_MODEL_COST_MAP", "").lower() != "true":
+    if "litellm" in sys.modules or not local_cost_map():
         return import_litellm().model_cost
     return _shipped_cost_map()
+
+
+def local_cost_map() -> bool:
+    """Whether litellm and DSPy read the model map they ship (``LITELLM_LOCAL_MODEL_COST_MAP=True``, which
+    ``import fusion_dspy`` sets unless the variable is set), rather than fetch it from the network."""
+    return os.environ.get("LITELLM_LOCAL_MODEL_COST_MAP", "").lower() == "true"
 
 
 @functools.cache

@@ -32,6 +32,8 @@ from typing import Any
 
 from dspy import lm15
 
+from fusion_dspy._litellm import local_cost_map
+from fusion_dspy.backends.in_place import io_in_threads
 from fusion_dspy.backends.native_choices import AsyncNChoices, NChoices, read_choices, transport_errors
 from fusion_dspy.backends.transport import client_config
 from fusion_dspy.failures import FailureKind, kind_of
@@ -56,6 +58,14 @@ def router_config(model: str, api_base: str | None, api_key: str | None, timeout
                                base_urls={resolution.provider: api_base} if api_base else None,
                                timeouts=timeouts, max_connections=1024)  # a server's requests x their samples
     return config, f"{resolution.provider}:{resolution.model}"
+
+
+def light_bookkeeping(lm: Any, kwargs: dict[str, Any]) -> bool:
+    """Whether DSPy's bookkeeping of a call of ``lm`` with ``kwargs`` is CPU alone, a few microseconds a step, so
+    it may run on the event loop (``fusion_dspy.backends.in_place``): the native engine (no capability lookup),
+    no cache (read and written on disk), DSPy's price metadata read from its bundled copy, not fetched."""
+    native = isinstance(lm.engine, (NativeEngine, NChoices))  # NChoices: the engine of a call for n, on one request
+    return native and not kwargs.get("cache", lm.cache) and local_cost_map()
 
 
 @contextlib.contextmanager
@@ -196,22 +206,26 @@ class AsyncNativeEngine(NativeEngine):
     router_class = lm15.AsyncLMRouter
 
     async def complete(self, request: lm15.Request) -> lm15.Response:  # type: ignore[override]
-        with _timeouts_as_timeouts():
+        with _timeouts_as_timeouts(), io_in_threads():
             return await self._client(asyncio.get_running_loop()).complete(self._wire(request))
 
     async def stream(self, request: lm15.Request):  # type: ignore[override]
         events = self._client(asyncio.get_running_loop()).stream(self._wire(request))
         try:
-            with _timeouts_as_timeouts():
-                async for event in events:
-                    yield event
+            while True:
+                with _timeouts_as_timeouts(), io_in_threads():  # set and reset within a step, not across a yield
+                    try:
+                        event = await anext(events)
+                    except StopAsyncIteration:
+                        return
+                yield event
         finally:
             if aclose := getattr(events, "aclose", None):
                 await aclose()
 
     async def choices(self, request: lm15.Request, n: int) -> list[lm15.Response]:  # type: ignore[override]
         transport_request = self._n_request(request, n)
-        with _timeouts_as_timeouts(), transport_errors():
+        with _timeouts_as_timeouts(), transport_errors(), io_in_threads():
             async with self._client(asyncio.get_running_loop()).transport.stream(transport_request) as reply:
                 status, body = reply.status, await reply.read()
         return read_choices(self._dialect(), status, body, n, self.wire_model)

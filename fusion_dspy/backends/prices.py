@@ -27,6 +27,8 @@ from typing import Any
 
 import dspy
 
+from fusion_dspy.backends.in_place import bookkeeping_in_place
+from fusion_dspy.backends.native import light_bookkeeping
 from fusion_dspy.core.meter import UNPRICED
 
 TABLE = "genai-prices"
@@ -108,6 +110,9 @@ class PricedLM(dspy.LM):
     (``None``), neither 0 nor the sum of the other calls. A provider that reports the cost in ``usage`` itself
     (OpenRouter) is already counted there.
 
+    Its async calls on the native engine keep DSPy's bookkeeping on the event loop where the loop allows it
+    (``fusion_dspy.backends.in_place``).
+
     Example:
         >>> from fusion_dspy.backends.native import AsyncNativeEngine, NativeEngine
         >>> with StubOpenAIServer(respond=lambda call: {"answer": "4"}) as server:
@@ -126,7 +131,7 @@ class PricedLM(dspy.LM):
             return super().__call__(prompt, messages=messages, **kwargs)
 
     async def acall(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
-        with self._billed():
+        with self._billed(), bookkeeping_in_place(light_bookkeeping(self, kwargs)):
             return await super().acall(prompt, messages=messages, **kwargs)
 
     @contextlib.contextmanager

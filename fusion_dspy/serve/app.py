@@ -10,6 +10,7 @@ do; while the panel runs it gets a keep-alive comment after each interval of sil
 failure after the start ends the stream with an OpenAI-style error event, never a silent cut (``stream``).
 """
 
+import asyncio
 import contextlib
 import hmac
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
+from fusion_dspy.backends.in_place import InPlaceExecutor
 from fusion_dspy.backends.secrets import Redactor
 from fusion_dspy.serve.health import Readiness, add_health_routes
 from fusion_dspy.serve.metrics import MetricsMiddleware, ServeMetrics, add_metrics_route, failures_of
@@ -102,6 +104,7 @@ def create_app(profiles: dict[str, Profile], settings: ServeSettings | None = No
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        asyncio.get_running_loop().set_default_executor(InPlaceExecutor())  # DSPy's bookkeeping of native calls
         readiness.started = True
         readiness.drain_on_sigterm(settings.drain_s)
         yield

@@ -22,6 +22,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from fusion_dspy.backends.in_place import InPlaceExecutor
 from fusion_dspy.errors import FusionDSPyError
 from fusion_dspy.workflows.engine import Job, JobActor, Outcome
 
@@ -218,6 +219,7 @@ def serve(job: Job, in_flight: int, verbose: bool, pipe: Any) -> None:
 
 
 async def _serve_rows(actor: JobActor, pipe: Any) -> None:
+    asyncio.get_running_loop().set_default_executor(InPlaceExecutor())  # DSPy's bookkeeping of native calls
     running: set[asyncio.Task] = set()
 
     async def one(row: dict[str, str]) -> None:
