@@ -95,6 +95,16 @@ def test_nested_and_reentered_each_put_back_what_they_found(caplog):
     assert state() == before
 
 
+def test_what_the_start_up_built_is_frozen_until_left():
+    before = state()
+    with CommandProcess() as command:
+        built = [[] for _ in range(10_000)]  # a server's backends, programs and app, made after entering
+        assert any(alive is built for alive in gc.get_objects())
+        command.freeze_start_up()
+        assert not any(alive is built for alive in gc.get_objects()), "no collection walks it any more"
+    assert state() == before and any(alive is built for alive in gc.get_objects())
+
+
 def test_a_set_up_that_fails_leaves_nothing_changed(monkeypatch):
     import fusion_dspy.process as process
 

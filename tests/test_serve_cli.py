@@ -108,9 +108,10 @@ def test_the_served_process_keeps_no_dspy_history_or_trace(tmp_path):
     with StubOpenAIServer(chat_reply) as stub:
         config = write_config(tmp_path / "config.yaml", {"stub": stub.api_base}, "stub", n=2)
         assert not dspy.settings.disable_history and dspy.settings.trace == [] and not gc.get_freeze_count()
-        ServeOptions(config=str(config)).app()
+        app = ServeOptions(config=str(config)).app()
     assert dspy.settings.disable_history and dspy.settings.trace is None
     assert gc.get_freeze_count() > 0, "its imports frozen: no collection walks them again (freeze_imports)"
+    assert not any(alive is app for alive in gc.get_objects()), "the app, built after them, frozen too"
 
 
 def test_each_serve_option_is_an_argument_of_the_command_and_reaches_the_app_s_settings(tmp_path, monkeypatch):

@@ -115,6 +115,7 @@ class ServeOptions:
                                  **{name: getattr(self, name) for name in shared})  # fmt: skip
         app = create_app(profiles, settings, redact)
         app.state.profile_names = list(profiles)
+        server.freeze_start_up()
         return app
 
 
