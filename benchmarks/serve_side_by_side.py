@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import psutil
 from machine import Machine
 from serve_stack import (
@@ -35,15 +36,23 @@ def side_by_side(config: Path, servers: dict[str, tuple[list[str], Path | None]]
             port = _free_port()
             command = [sys.executable, "-m", "fusion_dspy.cli", "serve", "--config", str(config), "--port", str(port),
                        "--max-concurrency", str(4 * CONCURRENCY)]  # fmt: skip
-            started[label] = (subprocess.Popen([*command, *extra], cwd=checkout, stdout=subprocess.DEVNULL,
-                                               stderr=subprocess.DEVNULL), port)  # fmt: skip
+            log = config.parent / f"server-{len(started)}.log"  # told when it fails a request
+            with log.open("w") as output:
+                started[label] = (subprocess.Popen([*command, *extra], cwd=checkout, stdout=output, stderr=output),
+                                  port)  # fmt: skip
             _wait_healthy(port)
             asyncio.run(_sequential(port, 20))  # warm-up
         spent: dict[str, list[float]] = {label: [] for label in servers}
         for _ in range(3):
             for label, (server, port) in started.items():
                 before = _cpu_seconds(psutil.Process(server.pid))
-                requests = load(port)
+                try:
+                    requests = load(port)
+                except httpx.HTTPError as error:  # say whose: a ratio needs both, and either can fail
+                    state = "still running" if server.poll() is None else f"exited ({server.returncode})"
+                    log = (config.parent / f"server-{list(started).index(label)}.log").read_text()[-3000:]
+                    raise RuntimeError(f"the server of {label} failed a request with {type(error).__name__}: "
+                                       f"{error!r}; it is {state}. The end of its log:\n{log}") from error  # fmt: skip
                 spent[label].append(1000 * (_cpu_seconds(psutil.Process(server.pid)) - before) / requests)
         return spent
     finally:
