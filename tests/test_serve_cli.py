@@ -9,6 +9,7 @@ import time
 
 import httpx
 import openai
+import pytest
 
 from fusion_dspy.testing import StubOpenAIServer
 from tests.serve_support import FUSED_WORDS, chat_reply, write_config
@@ -127,11 +128,12 @@ def test_each_serve_option_is_an_argument_of_the_command_and_reaches_the_app_s_s
         defaults = ServeOptions.of(build_parser().parse_args(["serve", "--config", str(config)]))
         assert defaults == ServeOptions(config=str(config))
         given = {"max_concurrency": 3, "timeout": 7.5, "max_n": 4, "max_body_bytes": 2048, "keepalive_s": 0.5,
-                 "drain_s": 0.0, "metrics": False, "otel": False, "api_key_env": "FUSION_TEST_SERVE_KEY"}  # fmt: skip
+                 "drain_s": 0.0, "metrics": False, "otel": False, "api_key_env": "FUSION_TEST_SERVE_KEY",
+                 "idle_connection_s": 9.0}  # fmt: skip
         assert set(given) == {option.name for option in fields(ServeOptions) if "help" in option.metadata}
         argv = ["serve", "--config", str(config), "--max-concurrency", "3", "--timeout", "7.5", "--max-n", "4",
                 "--max-body-bytes", "2048", "--keepalive-s", "0.5", "--drain-s", "0", "--no-metrics", "--no-otel",
-                "--api-key-env", "FUSION_TEST_SERVE_KEY"]  # fmt: skip
+                "--api-key-env", "FUSION_TEST_SERVE_KEY", "--idle-connection-s", "9"]  # fmt: skip
         options = ServeOptions.of(build_parser().parse_args(argv))
         assert options == ServeOptions(config=str(config), **given)
         monkeypatch.setenv("FUSION_TEST_SERVE_KEY", KEY)
@@ -139,3 +141,24 @@ def test_each_serve_option_is_an_argument_of_the_command_and_reaches_the_app_s_s
     assert (settings.max_concurrency, settings.timeout, settings.limits.max_n, settings.max_body_bytes,
             settings.keepalive_s, settings.drain_s, settings.metrics) == (3, 7.5, 4, 2048, 0.5, 0.0, False)
     assert settings.api_key == KEY
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_idle_connection_outlives_the_clients_own_expiry(tmp_path, monkeypatch, workers):
+    """uvicorn closes an idle keep-alive connection after 5 s, httpx (so the OpenAI SDK) reuses one for 5 s: a
+    request sent as the server closed its connection got a reset (benchmarks/serve.py --against, 64 in flight).
+    The server keeps idle connections 75 s, or --idle-connection-s."""
+    import uvicorn
+
+    from fusion_dspy.cli import build_parser
+    from fusion_dspy.serve.command import ServeOptions, serve_command
+
+    ran = []
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: ran.append(kwargs))
+    with StubOpenAIServer(chat_reply) as stub:
+        config = write_config(tmp_path / "c.yaml", {"stub": stub.api_base}, "stub", n=2)
+        for extra in ([], ["--idle-connection-s", "90"]):
+            argv = ["serve", "--config", str(config), *extra]
+            serve_command(ServeOptions.of(build_parser().parse_args(argv)), workers=workers)
+    assert [kwargs["timeout_keep_alive"] for kwargs in ran] == [75.0, 90.0]
+    assert httpx.Limits().keepalive_expiry < 75.0, "clients give up an idle connection before the server does"

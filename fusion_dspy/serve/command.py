@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from fusion_dspy.errors import FusionDSPyError
-from fusion_dspy.serve.server import check_exposure
+from fusion_dspy.serve.server import IDLE_CONNECTION_S, check_exposure
 
 MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's (read when it is imported: not here, in the workers)
 ENVIRONMENT = "FUSION_DSPY_SERVE"  # the options of a multi-worker server, for each worker (no key: its variable)
@@ -57,6 +57,9 @@ class ServeOptions:
     drain_s: float = _option("seconds to keep serving after SIGTERM with /health/readiness at 503, before stopping "
                              "(default 5)", 5.0)  # fmt: skip
     metrics: bool = _option("serve Prometheus metrics at GET /metrics (default on)", True)
+    idle_connection_s: float = _option("seconds a client's idle keep-alive connection stays open; keep it longer than "
+                                       "the clients' own (httpx, the OpenAI SDK: 5 s; a load balancer's) (default 75)",
+                                       IDLE_CONNECTION_S)  # fmt: skip
 
     @classmethod
     def of(cls, args: Any) -> "ServeOptions":
@@ -145,14 +148,16 @@ def serve_command(options: ServeOptions, host: str = "127.0.0.1", port: int = 80
         app = options.app()
         print(f"fusion-dspy: serving {', '.join(app.state.profile_names)} on http://{host}:{port}/v1 ({auth})",
               file=sys.stderr)  # fmt: skip
-        uvicorn.run(app, host=host, port=port, log_level=log_level, log_config=access_log_config())
+        uvicorn.run(app, host=host, port=port, log_level=log_level, log_config=access_log_config(),
+                    timeout_keep_alive=options.idle_connection_s)  # fmt: skip
         return
     read_config(options.config)  # a broken config fails here, once, not in every worker
     os.environ[ENVIRONMENT] = json.dumps(asdict(options))
     print(f"fusion-dspy: {workers} workers on http://{host}:{port}/v1 ({auth})", file=sys.stderr)
     with shared_metrics_folder(options.metrics):
         uvicorn.run("fusion_dspy.serve.command:app_from_environment", factory=True, workers=workers, host=host,
-                    port=port, log_level=log_level, log_config=access_log_config())  # fmt: skip
+                    port=port, log_level=log_level, log_config=access_log_config(),
+                    timeout_keep_alive=options.idle_connection_s)  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -2,6 +2,13 @@
 
 Binding to an address other than loopback without an API key is refused: a fusion server spends the config's
 keys and compute for whoever can reach it.
+
+An idle keep-alive connection stays open ``IDLE_CONNECTION_S`` (uvicorn's ``timeout_keep_alive``, 5 s by default).
+A client reuses an idle connection until its own expiry, 5 s in httpx and so in the OpenAI SDK: with both at 5 s,
+a client could send a request on a connection just as the server closed it, and get a reset instead of a reply
+(``httpx.ReadError``; a POST is not retried). It happened in 4 of 12 runs of ``benchmarks/serve.py --against``,
+64 requests in flight. A server that keeps idle connections longer than its clients do never closes one under
+a request: 75 s, nginx's default, is also longer than the 60 s a load balancer (AWS's) keeps its own.
 """
 
 import ipaddress
@@ -11,6 +18,8 @@ import time
 from typing import Any
 
 from fusion_dspy.errors import FusionDSPyError
+
+IDLE_CONNECTION_S = 75.0  # longer than clients keep an idle connection (httpx: 5 s; a load balancer: 60 s)
 
 
 def is_loopback(host: str) -> bool:
@@ -56,7 +65,8 @@ class BackgroundServer:
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind(("127.0.0.1", 0))
         self.port = self._socket.getsockname()[1]
-        config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2,
+                                timeout_keep_alive=IDLE_CONNECTION_S)  # fmt: skip
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]},
                                         name="fusion-serve", daemon=True)  # fmt: skip
