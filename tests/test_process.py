@@ -24,7 +24,7 @@ def state() -> dict:
     root = logging.getLogger()
     return {"record factory": logging.getLogRecordFactory(), "root handlers": list(root.handlers),
             "root level": root.level, "dspy handler levels": [h.level for h in logging.getLogger("dspy").handlers],
-            "gc enabled": gc.isenabled(), "gc frozen": gc.get_freeze_count() > 0,
+            "gc enabled": gc.isenabled(), "gc frozen": gc.get_freeze_count() > 0, "gc threshold": gc.get_threshold(),
             "disable_history": dspy.settings.disable_history, "trace": id(dspy.settings.trace),
             "held": list(HELD.secrets), "commands": list(CommandProcess.active)}  # fmt: skip
 
@@ -103,6 +103,14 @@ def test_what_the_start_up_built_is_frozen_until_left():
         command.freeze_start_up()
         assert not any(alive is built for alive in gc.get_objects()), "no collection walks it any more"
     assert state() == before and any(alive is built for alive in gc.get_objects())
+
+
+def test_a_server_collects_young_objects_less_often_until_left():
+    before = state()
+    with CommandProcess() as command:
+        command.collect_young_less_often(5_000)
+        assert gc.get_threshold() == (5_000, *before["gc threshold"][1:])
+    assert state() == before
 
 
 def test_a_set_up_that_fails_leaves_nothing_changed(monkeypatch):

@@ -104,6 +104,7 @@ def test_the_served_process_keeps_no_dspy_history_or_trace(tmp_path):
 
     import dspy
 
+    from fusion_dspy.process import SERVER_YOUNG_OBJECTS
     from fusion_dspy.serve.command import ServeOptions
 
     with StubOpenAIServer(chat_reply) as stub:
@@ -113,6 +114,7 @@ def test_the_served_process_keeps_no_dspy_history_or_trace(tmp_path):
     assert dspy.settings.disable_history and dspy.settings.trace is None
     assert gc.get_freeze_count() > 0, "its imports frozen: no collection walks them again (freeze_imports)"
     assert not any(alive is app for alive in gc.get_objects()), "the app, built after them, frozen too"
+    assert gc.get_threshold()[0] == SERVER_YOUNG_OBJECTS, "young objects collected less often"
 
 
 def test_each_serve_option_is_an_argument_of_the_command_and_reaches_the_app_s_settings(tmp_path, monkeypatch):

@@ -119,6 +119,7 @@ class ServeOptions:
         app = create_app(profiles, settings, redact)
         app.state.profile_names = list(profiles)
         server.freeze_start_up()
+        server.collect_young_less_often()
         return app
 
 
