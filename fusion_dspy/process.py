@@ -165,7 +165,7 @@ class CommandProcess:
         gc.freeze()
 
     def collect_young_less_often(self, objects: int = SERVER_YOUNG_OBJECTS) -> None:
-        """Collect the youngest generation once ``objects`` new objects are alive, not CPython's 700
+        """Collect the youngest generation once ``objects`` more objects were made than freed, not CPython's 700
         (``gc.set_threshold``), until this is left. With 64 requests in flight, each young collection walked every
         live object of all of them again: at 20,000, the server's CPU per fused request at 64 in flight was 0.91 of
         what it was, in two side-by-side runs, and unchanged sequentially (1.04, within the noise of one run).

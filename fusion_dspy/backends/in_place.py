@@ -7,8 +7,9 @@ steps on the caller's thread.
 
 Why that is not enough: on a native LM without a cache those steps are CPU alone, tens of microseconds, and each
 hop to a thread costs more than the step: the hand-off to the worker, its return, and the loop's wake-up. A
-fused request at N = 3 makes six (one to prepare each of its two calls, one to price each of its four replies),
-about a sixth of the server's CPU per request (``benchmarks/serve.py``), none of it fusion's work.
+fused request at N = 3 makes six (one to prepare each of its two calls, one to price each of its four replies):
+a quarter of the server's CPU per sequential request (``benchmarks/serve.py --against``, one run; 3% at 64 in
+flight, where the pool's threads are busy anyway), none of it fusion's work.
 
 What we do instead: ``asyncio.to_thread`` runs a call on the loop's default executor, which a loop lets its owner
 choose (``loop.set_default_executor``, public asyncio). ``InPlaceExecutor`` is a ``ThreadPoolExecutor`` that
