@@ -6,7 +6,7 @@ keys and compute for whoever can reach it.
 An idle keep-alive connection stays open ``IDLE_CONNECTION_S`` (uvicorn's ``timeout_keep_alive``, 5 s by default).
 A client reuses an idle connection until its own expiry, 5 s in httpx and so in the OpenAI SDK: with both at 5 s,
 a client could send a request on a connection just as the server closed it, and get a reset instead of a reply
-(``httpx.ReadError``; a POST is not retried). It happened in 4 of 12 runs of ``benchmarks/serve.py --against``,
+(``httpx.ReadError``; a POST is not retried). It happened in 7 of 18 runs of ``benchmarks/serve.py --against``,
 64 requests in flight; instrumented, a server at 5 s closed 20-36 idle connections in each such phase. A server
 that keeps idle connections longer than its clients do never closes one under a request: 75 s, nginx's default,
 is also longer than the 60 s a load balancer (AWS's) keeps its own.
