@@ -48,7 +48,7 @@ def test_a_native_call_hops_to_no_thread_unless_it_reads_a_cache(tmp_path, monke
     assert (hops != []) is cache, hops
 
 
-def test_a_plain_dspy_lm_keeps_dspys_threads(monkeypatch):
+def test_a_plain_dspy_lm_keeps_dspys_threads():
     """Only the library's LMs ask for it: a ``dspy.LM`` on the same engine, on the same loop, hops as DSPy does."""
     with StubOpenAIServer(respond=respond) as server:
         route = ("openai/gen", server.api_base)
