@@ -39,24 +39,24 @@ def side_by_side(config: Path, servers: dict[str, tuple[list[str], Path | None]]
             log = config.parent / f"server-{len(started)}.log"  # told when it fails a request
             with log.open("w") as output:
                 started[label] = (subprocess.Popen([*command, *extra], cwd=checkout, stdout=output, stderr=output),
-                                  port)  # fmt: skip
+                                  port, log)  # fmt: skip
             _wait_healthy(port)
             asyncio.run(_sequential(port, 20))  # warm-up
         spent: dict[str, list[float]] = {label: [] for label in servers}
         for _ in range(3):
-            for label, (server, port) in started.items():
+            for label, (server, port, log) in started.items():
                 before = _cpu_seconds(psutil.Process(server.pid))
                 try:
                     requests = load(port)
                 except httpx.HTTPError as error:  # say whose: a ratio needs both, and either can fail
                     state = "still running" if server.poll() is None else f"exited ({server.returncode})"
-                    log = (config.parent / f"server-{list(started).index(label)}.log").read_text()[-3000:]
                     raise RuntimeError(f"the server of {label} failed a request with {type(error).__name__}: "
-                                       f"{error!r}; it is {state}. The end of its log:\n{log}") from error  # fmt: skip
+                                       f"{error!r}; it is {state}. The end of its log:\n"
+                                       f"{log.read_text()[-3000:]}") from error  # fmt: skip
                 spent[label].append(1000 * (_cpu_seconds(psutil.Process(server.pid)) - before) / requests)
         return spent
     finally:
-        for server, _ in started.values():
+        for server, _, _ in started.values():
             server.kill()
 
 
