@@ -81,14 +81,14 @@ def main() -> None:
     finally:
         backend.kill()
     by_package, ours = collections.Counter(), collections.Counter()
-    for (path, _, name), (_, calls, _, _, callers) in pstats.Stats(profile).stats.items():  # type: ignore[attr-defined]
+    for (path, line, name), (_, calls, _, _, callers) in pstats.Stats(profile).stats.items():  # type: ignore[attr-defined]
         if path == "~":  # a builtin (isinstance, len, dict.get ...): counted for the package of each caller
             for (caller, *_), (_, made, *_) in callers.items():
                 by_package[package(caller)] += made
             continue
         by_package[package(path)] += calls
         if package(path) == "fusion_dspy":
-            ours[f"{path.split('/fusion_dspy/')[1]}:{name}"] += calls
+            ours[f"{path.split('/fusion_dspy/')[1]}:{line} {name}"] += calls
     served = sum(by_package.values())
     print(f"function calls per request in the server's app, N={N}, engine {args.engine}, {args.requests} "
           f"sequential requests (cProfile): {served / args.requests:,.0f} in all")  # fmt: skip
