@@ -41,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
+import httpx2
 import psutil
 import serve_side_by_side as side_by_side
 from machine import Machine
@@ -70,7 +70,7 @@ def overhead(config: Path, port: int, requests: int) -> tuple[float, float, floa
     program, url = _program(config), f"http://127.0.0.1:{port}/v1/chat/completions"
 
     async def through_server() -> tuple[list[float], list[float]]:
-        async with httpx.AsyncClient(timeout=60) as client:
+        async with httpx2.AsyncClient(timeout=60) as client:
             times, outside = [], []
             for k in range(requests):
                 start = time.perf_counter()

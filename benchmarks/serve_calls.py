@@ -3,7 +3,7 @@ machine's speed, where its CPU milliseconds drift by a third over a day (docs/be
 
 Run by hand: `python benchmarks/serve_calls.py --engine native`. The backend (the OpenAI-compatible stub) runs
 in its own process. The server's app, built as `fusion-dspy serve` builds it (its start-up included), runs in
-this one on uvloop, as under uvicorn, and is called through httpx's ASGI transport, one request at a time. After
+this one on uvloop, as under uvicorn, and is called through httpx2's ASGI transport, one request at a time. After
 a warm-up, cProfile counts every call the app makes while it answers (the client's own work is before and
 after). Printed: the calls per request of each package, its Python functions and the builtins its code calls
 (``isinstance``, ``len``, ``dict.get`` ...), and fusion_dspy's functions called most.
@@ -21,7 +21,7 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
-import httpx
+import httpx2
 from serve_stack import N, _body, _config, backend_process
 
 STDLIB = sysconfig.get_paths()["stdlib"]
@@ -52,9 +52,9 @@ async def requests(app, count: int, warm_up: int) -> cProfile.Profile:
         finally:
             profile.disable()
 
-    transport = httpx.ASGITransport(app=counted)
+    transport = httpx2.ASGITransport(app=counted)
     # The lifespan: the server's start and stop (e.g. its event loop's default executor, serve/app.py).
-    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://x") as client:
+    async with app.router.lifespan_context(app), httpx2.AsyncClient(transport=transport, base_url="http://x") as client:
         for k in range(warm_up + count):
             measured = k >= warm_up
             (await client.post("/v1/chat/completions", json=_body(k))).raise_for_status()

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
+import httpx2
 import psutil
 from machine import Machine
 from serve_stack import (
@@ -48,7 +48,7 @@ def side_by_side(config: Path, servers: dict[str, tuple[list[str], Path | None]]
                 before = _cpu_seconds(psutil.Process(server.pid))
                 try:
                     requests = load(port)
-                except httpx.HTTPError as error:  # say whose: a ratio needs both, and either can fail
+                except httpx2.HTTPError as error:  # say whose: a ratio needs both, and either can fail
                     state = "still running" if server.poll() is None else f"exited ({server.returncode})"
                     raise RuntimeError(f"the server of {label} failed a request with {type(error).__name__}: "
                                        f"{error!r}; it is {state}. The end of its log:\n"
