@@ -1,11 +1,11 @@
-"""The pieces of the serving benchmarks (serve.py, serve_side_by_side.py): a stub backend and an OTLP collector,
-each a process of its own (this file run with --backend or --collector), the served config, the requests, and the
-CPU each process spends.
+"""The pieces of the serving benchmarks (serve.py, serve_side_by_side.py, serve_calls.py): a stub backend and an
+OTLP collector, each a process of its own (this file run with --backend or --collector), the served config, the
+requests, and the CPU each process spends.
 
 The client is httpx2, pydantic's maintained fork of httpx (the same API). httpx's connection pool (httpcore 1.0.9)
 walks every connection for every queued request (encode/httpcore#1035): with 64 requests in flight it spent 22 ms
 of CPU a request, so the client, not the server, set the throughput (43 requests/s) and took a core from the
-servers being measured. httpx2's pool (pydantic/httpx2#974, #1075) spends 2.2 ms."""
+servers being measured. With httpx2, whose pool was mended (pydantic/httpx2#974, #1075), the client spends 2.2 ms."""
 
 import argparse
 import asyncio
