@@ -145,20 +145,19 @@ def serve_command(options: ServeOptions, host: str = "127.0.0.1", port: int = 80
     key = options.api_key()
     check_exposure(host, key)
     auth = "key required" if key else "no key (loopback only)"
+    server = {"host": host, "port": port, "log_level": log_level, "log_config": access_log_config(),
+              "timeout_keep_alive": options.idle_connection_s}  # one server or K workers alike
     if workers < 2:
         app = options.app()
         print(f"fusion-dspy: serving {', '.join(app.state.profile_names)} on http://{host}:{port}/v1 ({auth})",
               file=sys.stderr)  # fmt: skip
-        uvicorn.run(app, host=host, port=port, log_level=log_level, log_config=access_log_config(),
-                    timeout_keep_alive=options.idle_connection_s)  # fmt: skip
+        uvicorn.run(app, **server)
         return
     read_config(options.config)  # a broken config fails here, once, not in every worker
     os.environ[ENVIRONMENT] = json.dumps(asdict(options))
     print(f"fusion-dspy: {workers} workers on http://{host}:{port}/v1 ({auth})", file=sys.stderr)
     with shared_metrics_folder(options.metrics):
-        uvicorn.run("fusion_dspy.serve.command:app_from_environment", factory=True, workers=workers, host=host,
-                    port=port, log_level=log_level, log_config=access_log_config(),
-                    timeout_keep_alive=options.idle_connection_s)  # fmt: skip
+        uvicorn.run("fusion_dspy.serve.command:app_from_environment", factory=True, workers=workers, **server)
 
 
 @contextlib.contextmanager
